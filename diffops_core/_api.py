@@ -1,0 +1,158 @@
+"""The in-memory, zodiax-compatible API: `jacobian` and `hessian`."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+
+from ._kernels import Kernels, get_kernels
+from ._plan import resolve_block_size
+from ._sizing import Sizing, auto_micro, budget_block
+
+__all__ = ["jacobian", "hessian", "choose_sizing"]
+
+_MODES = ("auto", "fwd", "rev")
+
+
+def _check_flag(name, value):
+    if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_budget=None,
+                  inner_width=None) -> Sizing:
+    """Resolve the blocking knobs into a block size and micro-batch width.
+
+    At most one of ``nbatches`` (zodiax's meaning; 1 counts as not given),
+    ``block_size`` and ``memory_budget`` may be given; it bounds the products in
+    flight at once. ``inner_width`` (default: `auto_micro`) may only narrow that.
+
+    **Raises:** `TypeError`/`ValueError` naming the offending argument.
+    """
+    spec = kernels.spec
+    noun = {0: "rows", 1: "columns"}[spec.axis]
+    given = [name for name, value in
+             (("nbatches", None if nbatches == 1 and not isinstance(nbatches, bool) else nbatches),
+              ("block_size", block_size), ("memory_budget", memory_budget))
+             if value is not None]
+    if len(given) > 1:
+        raise ValueError(
+            f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"
+        )
+    if inner_width is not None:
+        if isinstance(inner_width, bool) or not isinstance(inner_width, numbers.Integral) \
+                or inner_width < 1:
+            raise TypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
+    if memory_budget is not None:
+        return budget_block(kernels, memory_budget, micro=inner_width)
+    try:
+        size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
+    except ValueError as err:
+        if nbatches is not None and spec.op == "jacrev":
+            raise ValueError(
+                f"nbatches={nbatches} is too large for the {spec.extent} {noun} of a "
+                "reverse-mode Jacobian. Choose nbatches <= "
+                f"{spec.extent}, or pass mode='fwd'."
+            ) from None
+        raise err
+    size = size or spec.extent
+    micro = min(inner_width, size) if inner_width is not None else auto_micro(kernels, size)
+    return Sizing(size, micro)
+
+
+def _run_matrix(kernels: Kernels, x_flat, micro: int, jit: bool):
+    if jit:
+        return kernels.matrix(micro)(x_flat)
+    with jax.disable_jit():
+        return kernels.matrix_fn(micro)(x_flat)
+
+
+def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
+            memory_budget=None, inner_width=None):
+    """The Hessian of a scalar function of a pytree, in column blocks of HVPs.
+
+    Drop-in for `zodiax.diffops.hessian`: the positional signature and return
+    values are the same. Columns are forward-over-reverse Hessian-vector products
+    of one-hot vectors, computed a micro-batch at a time inside one jitted loop
+    that linearises ``grad f`` once; the compiled loop is cached per ``f`` and
+    input shapes, so later calls do not trace ``f`` again.
+
+    **Arguments:**
+
+    - `f`: ``f(x) -> scalar``.
+    - `x`: a pytree of float arrays and/or Python floats.
+    - `nbatches`: zodiax's knob: at most ``ceil(n / nbatches)`` columns in flight.
+    - `jit`: ``False`` runs op by op (debugging; slow).
+    - `checkpoint`: wrap ``f`` in `jax.checkpoint` (less memory, more compute).
+    - `block_size`: at most this many columns in flight.
+    - `memory_budget`: bytes or a string (``"512MB"``, ``"2GiB"``): the largest
+      block whose compiled kernel fits (the result ``H`` itself is not counted).
+    - `inner_width`: micro-batch width inside a block (default: sized from XLA's
+      memory analysis; see the README). It can only narrow a block.
+
+    At most one of ``nbatches`` (other than 1), ``block_size`` and ``memory_budget``.
+
+    **Returns:** ``(H, unflatten)``: ``H`` of shape ``(n, n)`` over the flat
+    parameters (`jax.flatten_util.ravel_pytree` order) and the function mapping a
+    flat vector back to a pytree like ``x``.
+
+    **Raises:** `TypeError` for non-float leaves or bad argument types;
+    `ValueError` for a non-scalar ``f``, bad block settings or a budget that
+    cannot hold one column.
+    """
+    jit = _check_flag("jit", jit)
+    checkpoint = _check_flag("checkpoint", checkpoint)
+    kernels, x_flat, unravel = get_kernels(f, x, "hessian", checkpoint=checkpoint, cache=jit)
+    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
+                           memory_budget=memory_budget, inner_width=inner_width)
+    return _run_matrix(kernels, x_flat, sizing.micro, jit), unravel
+
+
+def jacobian_op(mode: str, n: int, m: int) -> str:
+    """``"jacfwd"`` or ``"jacrev"`` for a mode: ``"auto"`` takes fewer products."""
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode == "auto":
+        mode = "fwd" if n <= m else "rev"
+    return "jacfwd" if mode == "fwd" else "jacrev"
+
+
+def split_jacobian(J, out_layout, n: int):
+    """Reshape a flat ``(m, n)`` Jacobian into the output's structure (``leaf.shape + (n,)``)."""
+    leaves = out_layout.leaves
+    if len(leaves) == 1:
+        return out_layout.unflatten_list([J.reshape(leaves[0].shape + (n,))])
+    return out_layout.unflatten_list(
+        [J[leaf.slice].reshape(leaf.shape + (n,)).astype(leaf.dtype) for leaf in leaves]
+    )
+
+
+def jacobian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
+             memory_budget=None, mode="auto", inner_width=None):
+    """The Jacobian of ``f`` with respect to a pytree, in blocks of JVPs or VJPs.
+
+    Drop-in for `zodiax.diffops.jacobian`. ``mode="fwd"`` computes column blocks
+    of JVPs, ``"rev"`` row blocks of VJPs, ``"auto"`` whichever needs fewer
+    products (rows ``m`` vs columns ``n``). The blocking knobs mean the same as in
+    `hessian` and count products (columns in fwd mode, rows in rev mode).
+
+    **Returns:** ``(J, unflatten)``. For an array output ``y``, ``J.shape ==
+    (*y.shape, n)``; for a pytree output, a pytree like ``y`` whose leaves have
+    shape ``leaf.shape + (n,)``, whatever the blocking.
+
+    **Raises:** as `hessian`, plus `ValueError` for an unknown ``mode``.
+    """
+    jit = _check_flag("jit", jit)
+    checkpoint = _check_flag("checkpoint", checkpoint)
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    kernels, x_flat, unravel = get_kernels(f, x, "jacfwd", checkpoint=checkpoint, cache=jit)
+    op = jacobian_op(mode, kernels.spec.n, kernels.spec.m)
+    if op != "jacfwd":
+        kernels = kernels.for_op(op)
+    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
+                           memory_budget=memory_budget, inner_width=inner_width)
+    J = _run_matrix(kernels, x_flat, sizing.micro, jit)
+    return split_jacobian(J, kernels.spec.out_layout, kernels.spec.n), unravel

@@ -1,0 +1,315 @@
+"""Per-block kernels: JVP columns, VJP rows and HVP columns.
+
+The one primitive is `_fill`: given a linear map ``lin`` (a linearised HVP or JVP,
+or a VJP) it applies ``lin`` to the one-hot vectors of a window of ``width``
+consecutive indices and writes the products into a slab, ``micro`` indices at a
+time (micro-batches bound the columns in flight, and a narrower vmap is often
+faster on CPUs). Two executors use it:
+
+- the block kernel ``block(x_flat, start) -> slab``: linearise at ``x_flat`` and
+  fill the window ``[start, start + block_size)``; ``start`` is a traced scalar,
+  so one compile serves every block (the pipeline runs this on dask workers);
+- the in-memory matrix ``matrix(x_flat) -> M``: linearise once and fill the whole
+  matrix in one jitted loop (the in-memory API).
+
+Compiled kernels are cached per (function, input avals, options): calling again
+with the same ``f`` and shapes does not trace ``f`` again.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+from ._layout import Layout
+
+__all__ = ["KernelSpec", "Kernels", "get_kernels", "OPS"]
+
+#: op -> (axis along which the slab is cut, what the kernel applies)
+OPS = {"hessian": 1, "jacfwd": 1, "jacrev": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """Static description of what a set of kernels computes.
+
+    **Attributes:**
+
+    - `op`: ``"hessian"`` (HVP columns), ``"jacfwd"`` (JVP columns) or ``"jacrev"``
+      (VJP rows).
+    - `n`: size of the flat input; `m`: size of the flat output (``m == n`` for a
+      Hessian). The matrix has shape ``(m, n)``.
+    - `dtype`: dtype name of the matrix.
+    - `in_layout`, `out_layout`: flat layouts of ``x`` and of ``f(x)``.
+    """
+
+    op: str
+    n: int
+    m: int
+    dtype: str
+    in_layout: Layout
+    out_layout: Layout
+
+    @property
+    def axis(self) -> int:
+        """1 when blocks are column slabs ``(m, b)``, 0 for row slabs ``(b, n)``."""
+        return OPS[self.op]
+
+    @property
+    def extent(self) -> int:
+        """Number of columns (axis 1) or rows (axis 0) to cover."""
+        return self.n if self.axis == 1 else self.m
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.m, self.n)
+
+    def slab_shape(self, width: int) -> tuple[int, int]:
+        return (self.m, width) if self.axis == 1 else (width, self.n)
+
+
+def _ravel_output(y):
+    leaves = jax.tree_util.tree_leaves(y)
+    if len(leaves) == 1:
+        return jnp.ravel(leaves[0])
+    dtype = jnp.result_type(*leaves)
+    return jnp.concatenate([jnp.ravel(leaf).astype(dtype) for leaf in leaves])
+
+
+def _linear_map(op, f_flat, x_flat):
+    """The linear map whose products are the matrix's columns (or rows)."""
+    if op == "hessian":
+        return jax.linearize(jax.grad(f_flat), x_flat)[1]
+    if op == "jacfwd":
+        return jax.linearize(f_flat, x_flat)[1]
+    _, vjp = jax.vjp(f_flat, x_flat)
+    return lambda u: vjp(u)[0]
+
+
+def _fill(lin, start, width, micro, extent, in_dtype, axis, slab):
+    """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
+
+    The window is covered by ``ceil(width / micro)`` micro-batches; the last one is
+    shifted left to end at ``width`` (an overlap, never a pad), and
+    ``dynamic_update_slice`` writes each where it was computed.
+    """
+    count = math.ceil(width / micro)
+    lanes = jnp.arange(micro)
+
+    def body(j, slab):
+        offset = jnp.minimum(j * micro, width - micro)
+        basis = jax.nn.one_hot(start + offset + lanes, extent, dtype=in_dtype)
+        products = jax.vmap(lin)(basis)  # (micro, len of lin's output)
+        if axis == 1:
+            return jax.lax.dynamic_update_slice(slab, products.T.astype(slab.dtype), (0, offset))
+        return jax.lax.dynamic_update_slice(slab, products.astype(slab.dtype), (offset, 0))
+
+    if count == 1:
+        return body(0, slab)
+    return jax.lax.fori_loop(0, count, body, slab)
+
+
+_CACHE: "collections.OrderedDict[tuple, _Traced]" = collections.OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+
+
+class _Traced:
+    """What one (f, x-avals, checkpoint) combination shares across ops: the output
+    layout (from one `jax.eval_shape`), the jitted kernels and sizing memos."""
+
+    def __init__(self, f, unravel, checkpoint: bool, in_layout: Layout):
+        self.f = f
+        self.unravel = unravel
+        self.checkpoint = checkpoint
+        self.in_layout = in_layout
+        x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
+        y = jax.eval_shape(lambda z: f(unravel(z)), x_aval)
+        self.out_layout = Layout.from_pytree(y, name="f(x)", check_float=False)
+        self.jitted: dict[tuple, object] = {}
+        self.memo: dict[tuple, object] = {}
+        self.lock = threading.Lock()
+
+
+class Kernels:
+    """The kernels of one op for one (f, x-avals, checkpoint) combination.
+
+    Build with `get_kernels`. Holds the `KernelSpec` and hands out jitted functions:
+
+    - `block(block_size, micro)`: ``(x_flat, start) -> slab`` of shape
+      ``spec.slab_shape(block_size)`` holding columns (rows for ``jacrev``)
+      ``start .. start + block_size``; ``start`` is traced (one compile for all
+      blocks) and must satisfy ``0 <= start <= extent - block_size``.
+    - `matrix(micro)`: ``x_flat -> (m, n)`` matrix, the whole loop in one jit.
+
+    ``micro`` is the micro-batch width: products vmapped at once (``<= block_size``).
+    """
+
+    def __init__(self, traced: _Traced, op: str):
+        self._traced = traced
+        self.spec = _make_spec(op, traced.in_layout, traced.out_layout)
+        self.memo = _OpMemo(traced.memo, op)
+
+    def for_op(self, op: str) -> "Kernels":
+        """The kernels of another op for the same function and avals."""
+        return Kernels(self._traced, op)
+
+    def f_flat(self, z):
+        """``f`` on the flat input, its output raveled to one vector."""
+        return _ravel_output(self._traced.f(self._traced.unravel(z)))
+
+    def _lin(self, x_flat):
+        f_flat = self.f_flat
+        if self._traced.checkpoint:
+            f_flat = jax.checkpoint(f_flat)
+        if self.spec.op == "hessian":
+            scalar = lambda z: f_flat(z).reshape(())  # noqa: E731
+            return _linear_map("hessian", scalar, x_flat)
+        return _linear_map(self.spec.op, f_flat, x_flat)
+
+    def block_fn(self, block_size: int, micro: int):
+        """The un-jitted block kernel (see class docstring)."""
+        spec = self.spec
+        _check_widths(spec.extent, block_size, micro)
+
+        def block(x_flat, start):
+            lin = self._lin(x_flat)
+            slab = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
+            return _fill(lin, start, block_size, micro, spec.extent, x_flat.dtype, spec.axis, slab)
+
+        return block
+
+    def matrix_fn(self, micro: int):
+        """The un-jitted whole-matrix loop (see class docstring)."""
+        spec = self.spec
+        _check_widths(spec.extent, spec.extent, micro)
+
+        def matrix(x_flat):
+            lin = self._lin(x_flat)
+            out = jnp.zeros(spec.shape, spec.dtype)
+            return _fill(lin, 0, spec.extent, micro, spec.extent, x_flat.dtype, spec.axis, out)
+
+        return matrix
+
+    def _jit(self, key, build):
+        key = (self.spec.op,) + key
+        with self._traced.lock:
+            if key not in self._traced.jitted:
+                self._traced.jitted[key] = jax.jit(build())
+            return self._traced.jitted[key]
+
+    def block(self, block_size: int, micro: int):
+        return self._jit(("block", block_size, micro), lambda: self.block_fn(block_size, micro))
+
+    def matrix(self, micro: int):
+        return self._jit(("matrix", micro), lambda: self.matrix_fn(micro))
+
+
+class _OpMemo:
+    """A per-op view of the shared memo dict."""
+
+    def __init__(self, memo, op):
+        self._memo, self._op = memo, op
+
+    def __contains__(self, key):
+        return (self._op, key) in self._memo
+
+    def __getitem__(self, key):
+        return self._memo[(self._op, key)]
+
+    def __setitem__(self, key, value):
+        self._memo[(self._op, key)] = value
+
+
+def _check_widths(extent, width, micro):
+    if not 1 <= width <= extent:
+        raise ValueError(f"block size must be in [1, {extent}], got {width}")
+    if not 1 <= micro <= width:
+        raise ValueError(f"micro-batch width must be in [1, {width}], got {micro}")
+
+
+def _aval_key(leaves):
+    return tuple(
+        (tuple(np.shape(leaf)), str(jnp.result_type(leaf)), bool(getattr(leaf, "weak_type", False)))
+        for leaf in leaves
+    )
+
+
+def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:
+    for leaf in out_layout.leaves:
+        if not jnp.issubdtype(np.dtype(leaf.dtype), jnp.floating):
+            raise TypeError(
+                f"f(x){leaf.path} has dtype {leaf.dtype}; derivatives need a floating-point "
+                "output. Cast the output to float inside f."
+            )
+    if op == "hessian":
+        if len(out_layout.leaves) != 1 or out_layout.leaves[0].shape != ():
+            shapes = ", ".join(f"f(x){s.path}: shape {s.shape}" for s in out_layout.leaves)
+            raise ValueError(
+                f"hessian needs a scalar-valued f, but f returned {shapes}. Reduce the "
+                "output to a scalar (e.g. a sum or a loss), or use jacobian for vector outputs."
+            )
+        return KernelSpec(op, in_layout.n, in_layout.n, in_layout.dtype, in_layout, out_layout)
+    if op == "jacfwd":
+        dtype = out_layout.dtype
+    else:
+        dtype = np.dtype(jnp.result_type(in_layout.dtype, out_layout.dtype)).name
+    return KernelSpec(op, in_layout.n, out_layout.n, dtype, in_layout, out_layout)
+
+
+def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
+    """Kernels for ``f`` at the shapes of ``x`` (cached on f and x's avals).
+
+    **Arguments:**
+
+    - `f`: the function; for ``op="hessian"`` it must return a scalar.
+    - `x`: the parameter pytree (arrays, Python floats, or tracers).
+    - `op`: ``"hessian"``, ``"jacfwd"`` or ``"jacrev"``.
+    - `checkpoint`: wrap ``f`` in `jax.checkpoint`.
+    - `cache`: reuse what was built for the same ``f`` and avals (``f`` is traced
+      once, by `jax.eval_shape`, when it is built).
+
+    **Returns:** ``(kernels, x_flat, unravel)``.
+
+    **Raises:** `TypeError` for non-float leaves or outputs; `ValueError` for a
+    non-scalar ``f`` in ``hessian`` or an unknown ``op``.
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
+    in_layout = Layout.from_pytree(x)
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    x_flat, unravel = jax.flatten_util.ravel_pytree(x)
+    key = None
+    if cache:
+        key = (f, bool(checkpoint), treedef, _aval_key(leaves), bool(jax.config.jax_enable_x64))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable f (e.g. a module holding arrays): no caching
+            key = None
+    traced = None
+    if key is not None:
+        with _CACHE_LOCK:
+            traced = _CACHE.get(key)
+            if traced is not None:
+                _CACHE.move_to_end(key)
+    if traced is None:
+        traced = _Traced(f, unravel, checkpoint, in_layout)
+        if key is not None:
+            with _CACHE_LOCK:
+                _CACHE[key] = traced
+                while len(_CACHE) > _CACHE_SIZE:
+                    _CACHE.popitem(last=False)
+    return Kernels(traced, op), x_flat, unravel
+
+
+def clear_cache():
+    """Forget every cached kernel (frees the functions they hold)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,0 +1,148 @@
+"""Block and micro-batch sizing from XLA's compiled memory analysis.
+
+Two questions, both answered by compiling (never running) the block kernel and
+reading ``compiled.memory_analysis()``:
+
+- how many products to vmap at once inside a block (the micro-batch width): on
+  a CPU, a narrow vmap keeps each micro-batch's temporaries in cache, and the
+  best width is the one whose temporaries total about `WIDTH_TARGET_BYTES`;
+  on an accelerator, wider is better;
+- how large a block fits a memory budget: the largest block whose kernel
+  (argument, slab and temporaries) fits, or an error with the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from ._kernels import Kernels
+from ._plan import format_bytes, parse_bytes
+
+__all__ = ["kernel_bytes", "auto_micro", "budget_block", "Sizing"]
+
+#: Temporaries one micro-batch may hold, per platform. Measured on a 2-core CPU
+#: (benchmarks/RESULTS.md, inner-width sweep): the best width put 20-40 MB of
+#: temporaries in flight on every benchmark problem. Accelerators want width.
+WIDTH_TARGET_BYTES = {"cpu": 40e6}
+ACCELERATOR_WIDTH_TARGET_BYTES = 2e9
+_PROBE = 8  # micro-batch width compiled to measure per-product temporaries
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """XLA's compiled memory figures for one kernel, in bytes."""
+
+    argument: int
+    output: int
+    temp: int
+    alias: int
+
+    @property
+    def total(self) -> int:
+        return self.argument + self.output + self.temp - self.alias
+
+
+def kernel_bytes(kernels: Kernels, block_size: int, micro: int) -> Footprint:
+    """Compile ``kernels.block(block_size, micro)`` for abstract inputs and read its memory."""
+    spec = kernels.spec
+    x_aval = jax.ShapeDtypeStruct((spec.n,), spec.in_layout.dtype)
+    start_aval = jax.ShapeDtypeStruct((), "int32")
+    compiled = kernels.block(block_size, micro).lower(x_aval, start_aval).compile()
+    stats = compiled.memory_analysis()
+    if stats is None:  # some backends give no analysis: treat as free
+        return Footprint(0, 0, 0, 0)
+    return Footprint(
+        int(stats.argument_size_in_bytes),
+        int(stats.output_size_in_bytes),
+        int(stats.temp_size_in_bytes),
+        int(stats.alias_size_in_bytes),
+    )
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def _per_product_temp(kernels: Kernels) -> float:
+    key = ("per_product_temp",)
+    if key not in kernels.memo:
+        probe = min(_PROBE, kernels.spec.extent)
+        kernels.memo[key] = kernel_bytes(kernels, probe, probe).temp / probe
+    return kernels.memo[key]
+
+
+def auto_micro(kernels: Kernels, limit: int) -> int:
+    """The micro-batch width the kernels use by default, at most ``limit``.
+
+    On CPU, the largest power of two whose temporaries (XLA's estimate) stay
+    within ``WIDTH_TARGET_BYTES``; elsewhere, up to ``limit`` within the
+    accelerator target.
+    """
+    target = WIDTH_TARGET_BYTES.get(_platform(), ACCELERATOR_WIDTH_TARGET_BYTES)
+    per = _per_product_temp(kernels)
+    width = 1
+    while width * 2 <= limit and width * 2 * per <= target:
+        width *= 2
+    return min(width, limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizing:
+    """A block size and micro-batch width, and the kernel's estimated footprint."""
+
+    block_size: int
+    micro: int
+    footprint: Footprint | None = None
+
+
+def budget_block(kernels: Kernels, memory_budget, micro: int | None = None) -> Sizing:
+    """The largest block whose compiled kernel fits ``memory_budget``.
+
+    **Arguments:**
+
+    - `kernels`: the kernels to size.
+    - `memory_budget`: bytes, or a string such as ``"512MB"``.
+    - `micro`: a micro-batch width to use (default: `auto_micro`, capped by the block).
+
+    **Returns:** a `Sizing`.
+
+    **Raises:** `ValueError` with the numbers when even a block of one product
+    does not fit.
+    """
+    budget = parse_bytes(memory_budget)
+    spec = kernels.spec
+    one = kernel_bytes(kernels, 1, 1)
+    if one.total > budget:
+        raise ValueError(
+            f"one {'row' if spec.axis == 0 else 'column'} needs {format_bytes(one.total)} "
+            f"(XLA's compiled estimate for a block of 1); memory_budget={memory_budget!r} "
+            "cannot hold a block. Raise memory_budget, or pass checkpoint=True to trade "
+            "compute for memory."
+        )
+    width = micro or auto_micro(kernels, spec.extent)
+    itemsize = jax.numpy.dtype(spec.dtype).itemsize
+    per_slab_col = (spec.m if spec.axis == 1 else spec.n) * itemsize
+    per_temp = max(_per_product_temp(kernels), 0.0)
+
+    def estimate(block, w):
+        return one.total + (block - 1) * per_slab_col + (w - 1) * per_temp
+
+    # Largest micro-batch that fits with a block of its own width, then the
+    # largest block at that width.
+    while width > 1 and estimate(width, width) > budget:
+        width //= 2
+    block = max(width, int(width + (budget - estimate(width, width)) // per_slab_col))
+    block = min(block, spec.extent)
+    width = min(width, block)
+    # Check the estimate against the compiled kernel; shrink until it fits.
+    for _ in range(6):
+        footprint = kernel_bytes(kernels, block, width)
+        if footprint.total <= budget:
+            return Sizing(block, width, footprint)
+        scale = budget / footprint.total
+        block = max(1, int(block * scale * 0.95))
+        width = max(1, min(width, block) if scale > 0.5 else width // 2)
+        width = min(width, block)
+    return Sizing(1, 1, one)

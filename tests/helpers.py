@@ -1,0 +1,78 @@
+"""Shared test problems and comparisons (one place, imported by every test module)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+def mixed_x(dtype=jnp.float32):
+    """A pytree of mixed shapes: 0-d, 1-d, 2-d, nested dict/list/tuple and a Python float."""
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    return {
+        "scalar": jnp.asarray(0.7, dtype),
+        "vec": jax.random.normal(k[0], (5,), dtype),
+        "nested": [
+            jax.random.normal(k[1], (2, 3), dtype),
+            (1.25, jax.random.normal(k[2], (3,), dtype)),
+        ],
+    }
+
+
+def mixed_loss(p):
+    """A scalar with coupling between every leaf (a dense Hessian)."""
+    a = p["scalar"]
+    v = p["vec"]
+    m, (s, w) = p["nested"]
+    t = jnp.tanh(m @ w) * a + s * jnp.sum(jnp.sin(v) ** 2)
+    return jnp.sum(t**2) + jnp.prod(jnp.cos(v[:3])) * s * a + jnp.sum(m**3) * jnp.sum(v)
+
+
+def mixed_out(p):
+    """A pytree-valued function of `mixed_x` (for Jacobians)."""
+    m, (s, w) = p["nested"]
+    return {
+        "first": jnp.sin(p["vec"]) * p["scalar"] * s,
+        "second": (m @ w, jnp.sum(m) * p["scalar"]),
+    }
+
+
+def flat(f, x):
+    """``f`` as a function of the flat vector of ``x``, and that vector."""
+    x_flat, unravel = ravel_pytree(x)
+    return (lambda z: f(unravel(z))), x_flat
+
+
+def reference_hessian(f, x):
+    g, x_flat = flat(f, x)
+    return np.asarray(jax.hessian(g)(x_flat))
+
+
+def reference_jacobian(f, x):
+    g, x_flat = flat(f, x)
+    return jax.jacobian(g)(x_flat)
+
+
+def tol(dtype):
+    return dict(rtol=2e-5, atol=2e-5) if np.dtype(dtype) == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def assert_tree_close(actual, expected, **kw):
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
+    for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
+        assert np.shape(a) == np.shape(e)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), **kw)
+
+
+class TraceCounter:
+    """Wraps a function and counts how often JAX traces (or Python calls) it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.count = 0
+
+    def __call__(self, *args):
+        self.count += 1
+        return self.f(*args)
