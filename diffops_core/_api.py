@@ -32,7 +32,6 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
     **Raises:** `TypeError`/`ValueError` naming the offending argument.
     """
     spec = kernels.spec
-    noun = {0: "rows", 1: "columns"}[spec.axis]
     given = [name for name, value in
              (("nbatches", None if nbatches == 1 and not isinstance(nbatches, bool) else nbatches),
               ("block_size", block_size), ("memory_budget", memory_budget))
@@ -47,16 +46,12 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
             raise TypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
     if memory_budget is not None:
         return budget_block(kernels, memory_budget, micro=inner_width)
-    try:
-        size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
-    except ValueError as err:
-        if nbatches is not None and spec.op == "jacrev":
-            raise ValueError(
-                f"nbatches={nbatches} is too large for the {spec.extent} {noun} of a "
-                "reverse-mode Jacobian. Choose nbatches <= "
-                f"{spec.extent}, or pass mode='fwd'."
-            ) from None
-        raise err
+    if nbatches is not None and spec.op == "jacrev":
+        # nbatches keeps zodiax's meaning (checked against the n parameters); row
+        # blocks can't be more than the m rows, so it is capped there.
+        resolve_block_size(spec.n, nbatches=nbatches)
+        nbatches = min(nbatches, spec.extent)
+    size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
     size = size or spec.extent
     micro = min(inner_width, size) if inner_width is not None else auto_micro(kernels, size)
     return Sizing(size, micro)

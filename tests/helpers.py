@@ -47,12 +47,12 @@ def flat(f, x):
 
 def reference_hessian(f, x):
     g, x_flat = flat(f, x)
-    return np.asarray(jax.hessian(g)(x_flat))
+    return np.asarray(jax.jit(jax.hessian(g))(x_flat))
 
 
 def reference_jacobian(f, x):
     g, x_flat = flat(f, x)
-    return jax.jacobian(g)(x_flat)
+    return jax.jit(jax.jacobian(g))(x_flat)
 
 
 def tol(dtype):
