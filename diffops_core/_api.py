@@ -22,7 +22,7 @@ def _check_flag(name, value):
 
 
 def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_budget=None,
-                  inner_width=None) -> Sizing:
+                  inner_width=None, auto_width=True) -> Sizing:
     """Resolve the blocking knobs into a block size and micro-batch width.
 
     At most one of ``nbatches`` (zodiax's meaning; 1 counts as not given),
@@ -53,8 +53,9 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
         nbatches = min(nbatches, spec.extent)
     size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
     size = size or spec.extent
-    micro = min(inner_width, size) if inner_width is not None else auto_micro(kernels, size)
-    return Sizing(size, micro)
+    if inner_width is not None:
+        return Sizing(size, min(inner_width, size))
+    return Sizing(size, auto_micro(kernels, size) if auto_width else None)
 
 
 def _run_matrix(kernels: Kernels, x_flat, micro: int, jit: bool):

@@ -211,6 +211,24 @@ class Kernels:
     def matrix(self, micro: int):
         return self._jit(("matrix", micro), lambda: self.matrix_fn(micro))
 
+    def compiled_block(self, block_size: int, micro: int):
+        """The block kernel compiled ahead of time for ``(x_flat, int32 start)``.
+
+        Cached: executors and `kernel_bytes` share one compile. Call it as
+        ``compiled(x_flat, np.int32(start))``.
+        """
+        key = (self.spec.op, "compiled", block_size, micro)
+        traced = self._traced
+        with traced.lock:
+            compiled = traced.jitted.get(key)
+        if compiled is None:
+            x_aval = jax.ShapeDtypeStruct((self.spec.n,), self.spec.in_layout.dtype)
+            start_aval = jax.ShapeDtypeStruct((), "int32")
+            compiled = self.block(block_size, micro).lower(x_aval, start_aval).compile()
+            with traced.lock:
+                compiled = traced.jitted.setdefault(key, compiled)
+        return compiled
+
 
 class _OpMemo:
     """A per-op view of the shared memo dict."""

@@ -46,11 +46,7 @@ class Footprint:
 
 def kernel_bytes(kernels: Kernels, block_size: int, micro: int) -> Footprint:
     """Compile ``kernels.block(block_size, micro)`` for abstract inputs and read its memory."""
-    spec = kernels.spec
-    x_aval = jax.ShapeDtypeStruct((spec.n,), spec.in_layout.dtype)
-    start_aval = jax.ShapeDtypeStruct((), "int32")
-    compiled = kernels.block(block_size, micro).lower(x_aval, start_aval).compile()
-    stats = compiled.memory_analysis()
+    stats = kernels.compiled_block(block_size, micro).memory_analysis()
     if stats is None:  # some backends give no analysis: treat as free
         return Footprint(0, 0, 0, 0)
     return Footprint(
@@ -93,7 +89,7 @@ class Sizing:
     """A block size and micro-batch width, and the kernel's estimated footprint."""
 
     block_size: int
-    micro: int
+    micro: int | None
     footprint: Footprint | None = None
 
 

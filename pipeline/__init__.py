@@ -1,0 +1,25 @@
+"""pipeline: out-of-core, resumable Jacobians and Hessians as dask graphs of
+`diffops_core` block kernels writing Zarr column slabs.
+
+Public names: `hessian_to_zarr`, `jacobian_to_zarr`, `open_result`, `Result`,
+`local_cluster`, and the errors `StoreError` and `BlockError`.
+"""
+
+from diffops_core import __version__
+
+from ._api import hessian_to_zarr, jacobian_to_zarr
+from ._cluster import local_cluster
+from ._result import Result, open_result
+from ._store import StoreError
+from ._tasks import BlockError
+
+__all__ = [
+    "__version__",
+    "hessian_to_zarr",
+    "jacobian_to_zarr",
+    "open_result",
+    "Result",
+    "local_cluster",
+    "StoreError",
+    "BlockError",
+]
