@@ -4,8 +4,8 @@
   block kernel runs in XLA, which already uses every core and releases the GIL,
   so a second thread only overlaps one block's host copy and Zarr write with the
   next block's kernel (benchmarks/RESULTS.md, pipeline overhead).
-- A `distributed.Client`: the context is scattered once to every worker
-  (broadcast), then one future per block; progress via ``as_completed``.
+- A `distributed.Client`: the context is one task that each worker fetches once
+  as a dependency, then one future per block; progress via ``as_completed``.
 
 Either way a failing block stops the run with a `BlockError` naming it; blocks
 that finished stay complete.
@@ -17,7 +17,7 @@ import dask
 from dask.callbacks import Callback
 
 from ._progress import Progress
-from ._tasks import BlockContext, BlockError, run_block
+from ._tasks import BlockContext, BlockError, hold, run_block
 
 __all__ = ["run_local", "run_distributed", "active_client"]
 
@@ -46,38 +46,70 @@ class _Tick(Callback):
 
 def run_local(ctx: BlockContext, todo: list[int], progress: Progress, threads: int) -> list[dict]:
     """Run the blocks ``todo`` with dask's threaded scheduler in this process."""
-    prefix = f"diffops-block-{ctx.token[:12]}-"
-    context = dask.delayed(ctx, traverse=False, name=f"diffops-context-{ctx.token[:12]}")
+    prefix = f"diffops-block-{ctx.token}-"
+    context = dask.delayed(ctx, traverse=False, name=f"diffops-context-{ctx.token}")
     tasks = [dask.delayed(run_block, pure=False)(context, i, dask_key_name=f"{prefix}{i}")
              for i in todo]
     with _Tick(progress, prefix):
         return list(dask.compute(*tasks, scheduler="threads", num_workers=threads))
 
 
-def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progress) -> list[dict]:
-    """Run the blocks ``todo`` as futures on ``client``'s cluster."""
-    from distributed import as_completed
+def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progress,
+                    is_done=None, max_resubmits: int = 3) -> list[dict]:
+    """Run the blocks ``todo`` as futures on ``client``'s cluster.
 
-    scattered = client.scatter(ctx, broadcast=True, hash=False)
-    keys = [f"diffops-block-{ctx.token[:12]}-r{ctx.run}-{i}" for i in todo]
-    futures = client.map(run_block, [scattered] * len(todo), todo, key=keys, pure=False)
-    index_of = {future.key: i for future, i in zip(futures, todo)}
+    The store is the truth: a block whose future is lost (its worker died after
+    the block finished) counts as done when its completion record says so, and is
+    submitted again otherwise (at most ``max_resubmits`` times).
+    """
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+
+    from diffops_core import BlockPlan
+
+    plan = BlockPlan(ctx.extent, ctx.block_size)
+    # The context is a task (not scattered data), so the scheduler can rebuild it
+    # if every worker holding it dies; each worker fetches it once, as a dependency.
+    scattered = client.submit(hold, ctx, key=f"diffops-context-{ctx.token}", pure=False)
+    pending, index_of, tries = {}, {}, {}
+
+    def submit(i):
+        tries[i] = tries.get(i, -1) + 1
+        key = f"diffops-block-{ctx.token}-{i}" + (f"-again{tries[i]}" if tries[i] else "")
+        future = client.submit(run_block, scattered, i, key=key, pure=False)
+        pending[key], index_of[key] = future, i
+        return future
+
+    queue = as_completed([submit(i) for i in todo])
     results = []
     try:
-        for future in as_completed(futures):
-            if future.status != "finished":
-                err = future.exception()
-                if isinstance(err, BlockError):
-                    raise err
-                index = index_of[future.key]
-                from diffops_core import BlockPlan
-
-                block = BlockPlan(ctx.extent, ctx.block_size).block(index)
-                raise BlockError(index, block.start, block.stop, ctx.axis,
+        for future in queue:
+            i = index_of[future.key]
+            try:
+                value = future.result()
+            except BlockError:
+                raise
+            except (FutureCancelledError, KeyError) as err:
+                if is_done is not None and is_done(i):
+                    value = {"index": i, "lost_result": True}
+                elif tries[i] < max_resubmits:
+                    pending.pop(future.key)
+                    queue.add(submit(i))
+                    continue
+                else:
+                    block = plan.block(i)
+                    raise BlockError(i, block.start, block.stop, ctx.axis,
+                                     f"lost {tries[i] + 1} times: {err}") from err
+            except Exception as err:  # e.g. KilledWorker: the block kept killing workers
+                block = plan.block(i)
+                raise BlockError(i, block.start, block.stop, ctx.axis,
                                  f"{type(err).__name__}: {err}") from err
-            results.append(future.result())
+            results.append(value)
+            # Forget the result at once, so a worker that dies later does not make
+            # the scheduler recompute a block that is already written.
+            pending.pop(future.key).release()
             progress.update()
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        client.cancel(list(pending.values()))
         del scattered
     return results

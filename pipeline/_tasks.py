@@ -4,7 +4,8 @@ The `BlockContext` (function, x, options, store location) travels to each worker
 once; the worker compiles the block kernel once per process (cached by the
 context's token) and reuses it for every block it runs.
 
-Fault injection for tests: ``DIFFOPS_FAULTS`` holds a JSON list of faults, each
+Fault injection for tests: ``DIFFOPS_FAULTS`` (or the file named by
+``DIFFOPS_FAULTS_FILE``, read at each block) holds a JSON list of faults, each
 ``{"block": i, "kind": "raise"|"exit"|"nan"|"sleep", "at": "start"|"kernel"|"write",
 "seconds": s, "once": "/dir"}``. ``at="start"`` fires before the kernel, ``"kernel"``
 after it (where ``nan`` poisons the slab),
@@ -65,6 +66,11 @@ class BlockContext:
     axis: int
 
 
+def hold(ctx: BlockContext) -> BlockContext:
+    """The context as a task result (rebuildable by the scheduler if lost)."""
+    return ctx
+
+
 class _WorkerState:
     def __init__(self, ctx: BlockContext):
         import jax
@@ -101,6 +107,10 @@ def _state(ctx: BlockContext) -> _WorkerState:
 
 def _faults(index: int, at: str):
     spec = os.environ.get("DIFFOPS_FAULTS")
+    path = os.environ.get("DIFFOPS_FAULTS_FILE")
+    if not spec and path and os.path.exists(path):
+        with open(path) as fh:
+            spec = fh.read()
     if not spec:
         return []
     fired = []

@@ -76,3 +76,25 @@ class TraceCounter:
     def __call__(self, *args):
         self.count += 1
         return self.f(*args)
+
+
+def file_snapshot(root):
+    """{relative path: (size, mtime_ns, inode)} of every file under ``root``."""
+    import os
+
+    snap = {}
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(base, name)
+            st = os.stat(full)
+            snap[os.path.relpath(full, root)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return snap
+
+
+def chunk_files(store, array="matrix"):
+    """The data chunk files of a local store's array, sorted."""
+    import glob
+    import os
+
+    return sorted(p for p in glob.glob(os.path.join(store, array, "c", "**", "*"), recursive=True)
+                  if os.path.isfile(p))
