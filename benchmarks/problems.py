@@ -35,7 +35,7 @@ def make_psf():
     """The demo optical PSF fit (FFT-heavy): n = 4120."""
     from models import psf
     x = jax.tree_util.tree_map(jnp.asarray, psf.best_fit())
-    return psf.loss, x, f"PSF fit: Zernike + flat field + position + flux, FFT {2 * psf.NPUPIL}^2 (n=4120)"
+    return psf.loss, x, "PSF fit: Zernike + flat field + position + flux, FFT 128^2 (n=4120)"
 
 
 def make_dense(n: int = 4096):

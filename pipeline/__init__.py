@@ -2,7 +2,9 @@
 `diffops_core` block kernels writing Zarr column slabs.
 
 Public names: `hessian_to_zarr`, `jacobian_to_zarr`, `open_result`, `Result`,
-`local_cluster`, and the errors `StoreError` and `BlockError`.
+`local_cluster`, the workflow spec (`load_spec`, `run_spec`, `Spec`), and the
+errors `StoreError`, `SpecError` and `BlockError`. The ``diffops`` command is
+`pipeline.cli`.
 """
 
 from diffops_core import __version__
@@ -10,6 +12,8 @@ from diffops_core import __version__
 from ._api import hessian_to_zarr, jacobian_to_zarr
 from ._cluster import local_cluster
 from ._result import Result, open_result
+from ._spec import Spec, SpecError, load_spec
+from ._workflow import run_spec
 from ._store import StoreError
 from ._tasks import BlockError
 
@@ -20,6 +24,10 @@ __all__ = [
     "open_result",
     "Result",
     "local_cluster",
+    "load_spec",
+    "run_spec",
+    "Spec",
     "StoreError",
+    "SpecError",
     "BlockError",
 ]

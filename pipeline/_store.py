@@ -167,7 +167,7 @@ class ResultStore:
     def out_layout(self) -> Layout:
         return Layout.from_json(self.meta["out_layout"])
 
-    def _save_meta(self):
+    def save_meta(self):
         self.group.attrs["diffops"] = self.meta
 
     def start_run(self, blocks_todo: int) -> int:
@@ -178,13 +178,13 @@ class ResultStore:
                 run["status"] = "interrupted"
         runs.append({"run": len(runs) + 1, "start": now(), "host": socket.gethostname(),
                      "pid": os.getpid(), "blocks_todo": blocks_todo, "status": "running"})
-        self._save_meta()
+        self.save_meta()
         return len(runs)
 
     def end_run(self, run: int, **fields):
         entry = self.meta["runs"][run - 1]
         entry.update(fields, end=now())
-        self._save_meta()
+        self.save_meta()
 
     # -- records ------------------------------------------------------------------
 

@@ -9,22 +9,18 @@ best fit is the Fisher information of the parameters.
 Parameters (``best_fit()``): ``{"flat": (npix, npix), "flux": (), "position": (2,),
 "zernike": (nzern,)}``; with the defaults npix=64, nzern=21: n = 4120.
 
-Everything is built at import from fixed seeds, so driver and workers agree.
+Everything is built from fixed seeds, so driver and workers agree.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-NPUPIL = int(os.environ.get("DIFFOPS_PSF_NPUPIL", 64))
-NPIX = int(os.environ.get("DIFFOPS_PSF_NPIX", 64))
-NZERN = int(os.environ.get("DIFFOPS_PSF_NZERN", 21))
-OVERSAMPLE = 2  # focal-plane FFT grid is OVERSAMPLE * NPUPIL wide
+OVERSAMPLE = 2  # the focal-plane FFT grid is OVERSAMPLE * npupil wide
 
 
 def _noll_to_nm(j: int) -> tuple[int, int]:
@@ -37,8 +33,9 @@ def _noll_to_nm(j: int) -> tuple[int, int]:
     return n, m
 
 
-def zernike_basis(nterms: int, npupil: int) -> np.ndarray:
-    """Noll-ordered Zernike polynomials 2..nterms+1 (piston left out) on a unit disk."""
+def zernike_basis(nterms: int, npupil: int):
+    """Noll-ordered Zernike polynomials 2..nterms+1 (piston left out) on a unit disk,
+    and the disk itself."""
     c = (np.arange(npupil) - (npupil - 1) / 2) / (npupil / 2)
     xx, yy = np.meshgrid(c, c)
     rho, theta = np.hypot(xx, yy), np.arctan2(yy, xx)
@@ -59,51 +56,52 @@ def zernike_basis(nterms: int, npupil: int) -> np.ndarray:
     return np.stack(basis), inside
 
 
-_BASIS, _APERTURE = zernike_basis(NZERN, NPUPIL)
-_C = (np.arange(NPUPIL) - (NPUPIL - 1) / 2) / (NPUPIL / 2)
-_TILT = np.stack(np.meshgrid(_C, _C))  # (2, npupil, npupil): x and y tilt
+def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed: int = 0):
+    """Build ``(loss, best_fit)`` for a detector of ``npix``^2 pixels and ``nzern``
+    Zernike terms (n = npix^2 + nzern + 3 parameters)."""
+    npupil = npupil or npix
+    basis_np, aperture_np = zernike_basis(nzern, npupil)
+    c = (np.arange(npupil) - (npupil - 1) / 2) / (npupil / 2)
+    tilt_np = np.stack(np.meshgrid(c, c))  # (2, npupil, npupil): x and y tilt
+
+    def psf_model(params):
+        """Expected counts on the detector, shape (npix, npix)."""
+        dtype = params["zernike"].dtype
+        phase = jnp.tensordot(params["zernike"], jnp.asarray(basis_np, dtype), axes=1)
+        # A shift of s focal-plane pixels is a pupil phase ramp of pi * s / OVERSAMPLE
+        # per unit of normalised pupil radius (Fourier shift theorem).
+        tilt = jnp.tensordot(params["position"], jnp.asarray(tilt_np, dtype), axes=1)
+        wave = 2 * jnp.pi * phase + jnp.pi / OVERSAMPLE * tilt
+        field = jnp.asarray(aperture_np, dtype) * jnp.exp(1j * wave)
+        size = OVERSAMPLE * npupil
+        pad = (size - npupil) // 2
+        field = jnp.pad(field, ((pad, size - npupil - pad), (pad, size - npupil - pad)))
+        intensity = jnp.abs(jnp.fft.fftshift(jnp.fft.fft2(field))) ** 2
+        lo = (size - npix) // 2
+        psf = intensity[lo:lo + npix, lo:lo + npix] / jnp.sum(intensity)
+        return params["flux"] * psf * params["flat"] + 10.0
+
+    def best_fit():
+        """The parameters the data were simulated with (float32)."""
+        rng = np.random.default_rng(seed)
+        return {
+            "flat": (1.0 + 0.02 * rng.standard_normal((npix, npix))).astype(np.float32),
+            "flux": np.float32(1e6),
+            "position": np.array([0.3, -0.2], dtype=np.float32),
+            "zernike": (0.05 * rng.standard_normal(nzern)).astype(np.float32),
+        }
+
+    truth = jax.tree_util.tree_map(jnp.asarray, best_fit())
+    data_np = np.random.default_rng(seed + 1).poisson(np.asarray(psf_model(truth))).astype(np.float32)
+
+    def loss(params):
+        """Poisson negative log-likelihood of the simulated image (up to a constant)."""
+        model = psf_model(params)
+        data = jnp.asarray(data_np, model.dtype)
+        return jnp.sum(model - data * jnp.log(model))
+
+    return loss, best_fit, psf_model
 
 
-def psf_model(params):
-    """Expected counts on the detector, shape (NPIX, NPIX)."""
-    basis = jnp.asarray(_BASIS, dtype=params["zernike"].dtype)
-    phase = jnp.tensordot(params["zernike"], basis, axes=1)
-    # A shift of s focal-plane pixels is a pupil phase ramp of pi * s / OVERSAMPLE
-    # per unit of normalised pupil radius (Fourier shift theorem).
-    tilt = jnp.tensordot(params["position"], jnp.asarray(_TILT, phase.dtype), axes=1)
-    wave = 2 * jnp.pi * phase + jnp.pi / OVERSAMPLE * tilt
-    field = jnp.asarray(_APERTURE, phase.dtype) * jnp.exp(1j * wave)
-    size = OVERSAMPLE * NPUPIL
-    pad = (size - NPUPIL) // 2
-    field = jnp.pad(field, ((pad, size - NPUPIL - pad), (pad, size - NPUPIL - pad)))
-    focal = jnp.fft.fftshift(jnp.fft.fft2(field))
-    intensity = jnp.abs(focal) ** 2
-    lo = (size - NPIX) // 2
-    psf = intensity[lo:lo + NPIX, lo:lo + NPIX]
-    psf = psf / jnp.sum(intensity)
-    return params["flux"] * psf * params["flat"] + 10.0
-
-
-def best_fit():
-    """The parameters the data were simulated with (float32)."""
-    rng = np.random.default_rng(0)
-    return {
-        "flat": (1.0 + 0.02 * rng.standard_normal((NPIX, NPIX))).astype(np.float32),
-        "flux": np.float32(1e6),
-        "position": np.array([0.3, -0.2], dtype=np.float32),
-        "zernike": (0.05 * rng.standard_normal(NZERN)).astype(np.float32),
-    }
-
-
-_DATA = np.asarray(
-    np.random.default_rng(1).poisson(np.asarray(psf_model(jax.tree_util.tree_map(
-        jnp.asarray, best_fit())))),
-    dtype=np.float32,
-)
-
-
-def loss(params):
-    """Poisson negative log-likelihood of the simulated image (up to a constant)."""
-    model = psf_model(params)
-    data = jnp.asarray(_DATA, model.dtype)
-    return jnp.sum(model - data * jnp.log(model))
+#: The demo model: 64x64 pixels, 21 Zernike terms, n = 4120.
+loss, best_fit, psf_model = make_model()

@@ -1,0 +1,124 @@
+"""Running a workflow spec: cluster set-up, the pipeline call, checks, finalize."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+
+import numpy as np
+
+from ._api import hessian_to_zarr, jacobian_to_zarr
+from ._cluster import local_cluster
+from ._result import Result, open_result
+from ._spec import Spec
+from ._store import NONFINITE, ResultStore
+
+__all__ = ["run_spec", "checks", "peak_rss"]
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def _client_for(spec: Spec, scheduler: str | None, workers: int | None):
+    """A distributed client as the spec/flags ask, or None (embedded default)."""
+    scheduler = scheduler or spec.cluster.get("scheduler")
+    workers = workers or (None if scheduler else spec.cluster.get("workers"))
+    if scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            yield client
+        return
+    if workers:
+        from distributed import Client
+
+        pythonpath = os.pathsep.join([*spec.import_dirs(), os.environ.get("PYTHONPATH", "")])
+        env = {"PYTHONPATH": pythonpath, **spec.env}
+        if spec.dtype == "float64":
+            env["JAX_ENABLE_X64"] = "1"
+        with local_cluster(workers, threads_per_worker=spec.cluster.get("threads_per_worker", 1),
+                           memory_limit=spec.cluster.get("memory_limit", "auto"), env=env,
+                           dashboard_address=":0") as cluster, Client(cluster) as client:
+            yield client
+        return
+    yield None
+
+
+def checks(result: Result) -> dict:
+    """Non-finite entries (from the records) and, for a Hessian, the relative
+    symmetry error max|H - H^T| / max|H| (read lazily, block by block)."""
+    import dask
+    import dask.array as da
+
+    records = result._store.read_records()
+    out = {"nonfinite": int(records[:, NONFINITE].sum())}
+    if result.meta["operation"] == "hessian":
+        side = result._store.plan.block_size  # square chunks: a and a.T line up
+        a = result.array.rechunk((side, side))
+        finite = da.where(da.isfinite(a), a, 0)
+        diff, scale = dask.compute(da.max(da.abs(finite - finite.T)), da.max(da.abs(finite)),
+                                   scheduler="threads")
+        out["symmetry_error"] = float(diff / scale) if scale > 0 else 0.0
+    return out
+
+
+def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = None,
+             overwrite: bool = False, progress: bool = True) -> dict:
+    """Run a spec through the pipeline; the summary as a dict.
+
+    Idempotent: a complete store is left as it is and only summarised.
+    """
+    t0 = time.perf_counter()
+    if spec.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    f = spec.load_function()
+    x = spec.load_point()
+    blocking = spec.blocking()
+    with _client_for(spec, scheduler, workers) as client:
+        kwargs = dict(checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
+                      progress=progress, compressor=spec.compression, **blocking)
+        if spec.operation == "hessian":
+            result = hessian_to_zarr(f, x, spec.output, **kwargs)
+        else:
+            result = jacobian_to_zarr(f, x, spec.output, mode=spec.mode, **kwargs)
+        worker_peak = None
+        if client is not None:
+            worker_peak = max(client.run(peak_rss).values(), default=None)
+    run_summary = result.run_summary
+    computed = run_summary.get("blocks_computed", 0)
+    store = ResultStore.open(spec.output, mode="r+") if computed or "checks" not in result.meta \
+        else None
+    if store is not None:  # something new was computed: check it and remember how to redo it
+        store.meta["checks"] = checks(result)
+        store.meta["spec"] = spec.to_json()
+        store.save_meta()
+        result = open_result(spec.output)
+    if spec.finalize_npy and (computed or not os.path.exists(spec.finalize_npy)):
+        np.save(spec.finalize_npy, result.assemble())
+    seconds = time.perf_counter() - t0
+    status = result.status()
+    summary = {
+        "output": spec.output,
+        "operation": spec.operation,
+        "shape": list(result.shape),
+        "dtype": str(result.dtype),
+        "blocks_total": status["blocks_total"],
+        "blocks_done": status["blocks_done"],
+        "blocks_computed": computed,
+        "complete": status["complete"],
+        "wall_s": seconds,
+        "pipeline_s": run_summary.get("seconds", 0.0),
+        "columns_per_s": run_summary.get("columns_per_s", 0.0),
+        "peak_rss_driver": peak_rss(),
+        "peak_rss_worker": worker_peak,
+        **result.meta.get("checks", {}),
+        "finalize_npy": spec.finalize_npy,
+    }
+    return summary
