@@ -76,8 +76,6 @@ class _WorkerState:
         import jax
         import zarr
 
-        if ctx.x64 and not jax.config.jax_enable_x64:
-            jax.config.update("jax_enable_x64", True)
         from diffops_core import auto_micro, get_kernels
 
         kernels, x_flat, _ = get_kernels(ctx.f, ctx.x, ctx.op, checkpoint=ctx.checkpoint)
@@ -152,6 +150,14 @@ def run_block(ctx: BlockContext, index: int) -> dict:
 
     **Raises:** `BlockError` naming the block, whatever went wrong.
     """
+    import jax
+
+    # x64 is thread-local configuration here: never flip it for the whole process
+    with jax.enable_x64(ctx.x64):
+        return _run_block(ctx, index)
+
+
+def _run_block(ctx: BlockContext, index: int) -> dict:
     t0 = time.perf_counter()
     from diffops_core import BlockPlan
 

@@ -73,11 +73,15 @@ def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = 
 
     Idempotent: a complete store is left as it is and only summarised.
     """
-    t0 = time.perf_counter()
-    if spec.dtype == "float64":
-        import jax
+    import jax
 
-        jax.config.update("jax_enable_x64", True)
+    x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
+    with x64:
+        return _run_spec(spec, scheduler, workers, overwrite, progress)
+
+
+def _run_spec(spec, scheduler, workers, overwrite, progress) -> dict:
+    t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
     blocking = spec.blocking()

@@ -1,0 +1,260 @@
+"""The diffops command, through click's runner and as real subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import diffops_core as dc
+from pipeline._store import ResultStore
+from pipeline.cli import main
+
+TINY_MODEL = '''
+import jax.numpy as jnp
+import numpy as np
+
+def loss(p):
+    return jnp.sum(jnp.sin(p["a"]) ** 2) * jnp.sum(p["b"] ** 3) + jnp.prod(p["a"][:3])
+
+def best_fit():
+    return {"a": np.linspace(0.1, 1.0, 9).astype(np.float32),
+            "b": np.full((2, 3), 0.4, np.float32)}
+
+def vector(p):
+    return jnp.sin(p["a"]) * jnp.sum(p["b"])
+
+def broken():
+    raise RuntimeError("no data today")
+'''
+
+
+def write_spec(tmp_path, body=None, name="spec.yaml", **overrides):
+    (tmp_path / "tinymodel.py").write_text(TINY_MODEL)
+    data = {"operation": "hessian", "function": "tinymodel:loss", "point": "tinymodel:best_fit",
+            "output": "out.zarr", "blocks": {"block_size": 4}}
+    data.update(overrides)
+    text = body if body is not None else "\n".join(f"{k}: {json.dumps(v)}" for k, v in data.items())
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def expected_hessian():
+    import importlib
+    tiny = importlib.import_module("tinymodel")
+    return np.asarray(dc.hessian(tiny.loss, tiny.best_fit())[0])
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def spec(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return write_spec(tmp_path)
+
+
+def test_run_status_verify_show_plot(spec, tmp_path):
+    res = invoke("run", spec, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "hessian 15x15 float32" in res.output and "4/4 complete (4 computed" in res.output
+    assert "symmetry" in res.output and "non-finite  0 entries" in res.output
+    store = str(tmp_path / "out.zarr")
+    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
+                               expected_hessian(), rtol=1e-5, atol=1e-5)
+
+    res = invoke("status", store)
+    assert res.exit_code == 0 and "4/4 blocks, complete; 1 run(s)" in res.output
+    res = invoke("status", store, "--json")
+    assert json.loads(res.output)["blocks_done"] == 4
+
+    res = invoke("verify", store)
+    assert res.exit_code == 0 and "0 bad block(s)" in res.output
+
+    res = invoke("show", store)
+    assert res.exit_code == 0
+    assert "['a']" in res.output and "['b']" in res.output and "diagonal min" in res.output
+
+    png = str(tmp_path / "m.png")
+    res = invoke("plot", store, "-o", png)
+    assert res.exit_code == 0, res.output
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(png).ndim == 3
+
+
+def test_rerun_of_complete_run_does_no_work(spec, tmp_path):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    from helpers import file_snapshot
+    before = file_snapshot(str(tmp_path / "out.zarr"))
+    res = invoke("run", spec, "--no-progress")
+    assert res.exit_code == 0 and "(0 computed by this run)" in res.output
+    assert "nothing to do" in res.output
+    assert file_snapshot(str(tmp_path / "out.zarr")) == before
+
+
+def test_status_of_incomplete_store_exits_3(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+    res = invoke("run", spec, "--no-progress")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith(
+        "diffops: error: block 1 (columns 4:8) failed: RuntimeError: injected fault")
+    res = invoke("status", str(tmp_path / "out.zarr"))
+    assert res.exit_code == 3 and "incomplete" in res.output
+    monkeypatch.delenv("DIFFOPS_FAULTS")
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    assert invoke("status", str(tmp_path / "out.zarr")).exit_code == 0
+
+
+def test_changed_input_refused_without_overwrite(spec, tmp_path):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    other = write_spec(tmp_path, name="other.yaml", function="tinymodel:vector",
+                       operation="jacobian")
+    res = invoke("run", other, "--no-progress")
+    assert res.exit_code == 1
+    assert "holds a result of a different computation" in res.output
+    assert "overwrite=True" in res.output
+    assert invoke("run", other, "--no-progress", "--overwrite").exit_code == 0
+
+
+def test_verify_repair_restores_the_exact_matrix(spec, tmp_path):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    good = np.asarray(ResultStore.open(store).matrix[...])
+    from helpers import chunk_files
+    chunks = chunk_files(store)
+    with open(chunks[1], "r+b") as fh:
+        fh.write(b"garbage!" * 4)
+    with open(chunks[3], "r+b") as fh:
+        fh.truncate(7)
+    res = invoke("verify", store)
+    assert res.exit_code == 4 and "2 bad block(s): [1, 3]" in res.output
+    res = invoke("verify", store, "--repair", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "repaired 2 block(s)" in res.output
+    np.testing.assert_array_equal(np.asarray(ResultStore.open(store).matrix[...]), good)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("function: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "operation: missing (required)"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "colour: blue\n", "unknown key 'colour'"),
+    ("operation: hessian\nfunction: nosuchmodule:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "function: cannot import module 'nosuchmodule'"),
+    ("operation: hessian\nfunction: tinymodel:nothing\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "function: module 'tinymodel' has no attribute 'nothing'"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:broken\noutput: o.zarr\n",
+     "point: tinymodel:broken() raised RuntimeError: no data today"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "blocks: {block_size: many}\n", "blocks.block_size: must be a positive int, got 'many'"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "blocks: {block_size: 4, nbatches: 2}\n", "blocks: give one of"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: 7\n",
+     "output: must be a path or URL, got 7"),
+    ("operation: hessian\nfunction: loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "function: must look like 'module:attribute', got 'loss'"),
+    ("operation: laplacian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "operation: must be 'hessian' or 'jacobian', got 'laplacian'"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "checkpoint: maybe\n", "checkpoint: must be true or false, got 'maybe'"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "cluster: {workers: 0}\n", "cluster.workers: must be a positive int, got 0"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+     "blocks: {memory_budget: lots}\n", "blocks.memory_budget='lots' is not a size"),
+    ("operation: hessian\nfunction: tinymodel:vector\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+     "hessian needs a scalar-valued f"),
+    ("operation: hessian\nfunction: tinymodel:loss\npoint: missing.npz\noutput: o.zarr\n",
+     "point: no such file"),
+    ("- just\n- a list\n", "a spec must be a YAML mapping"),
+    ("operation: [unclosed\n", "not valid YAML"),
+])
+def test_spec_errors_are_one_line_naming_the_field(tmp_path, monkeypatch, body, message):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_spec(tmp_path, body=body)
+    res = invoke("run", path, "--no-progress")
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("diffops: error: ") and message in lines[0]
+    if "spec" not in message and "hessian needs" not in message:
+        assert path in lines[0] or "spec.yaml" in lines[0]
+
+
+def test_missing_spec_file_and_store(tmp_path):
+    res = invoke("run", str(tmp_path / "none.yaml"))
+    assert res.exit_code == 1 and "no such spec file" in res.output
+    res = invoke("status", str(tmp_path / "none.zarr"))
+    assert res.exit_code == 1 and "no diffops result" in res.output
+
+
+def _cli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_done(store, count, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if os.path.exists(os.path.join(store, "blocks", "zarr.json")):
+            if int(ResultStore.open(store).done_mask().sum()) >= count:
+                return
+        time.sleep(0.1)
+    raise AssertionError("no progress")
+
+
+def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
+    store = str(tmp_path / "out.zarr")
+    slow = json.dumps([{"block": i, "kind": "sleep", "seconds": 1.0} for i in range(4)])
+    proc = _cli(["run", spec, "--no-progress"], {"DIFFOPS_FAULTS": slow})
+    try:
+        _wait_done(store, 1, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done_before = int(ResultStore.open(store).done_mask().sum())
+    assert 1 <= done_before < 4
+    proc = _cli(["run", spec, "--no-progress", "--json"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["blocks_computed"] == 4 - done_before and summary["complete"]
+    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
+                               expected_hessian(), rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_second_run_is_refused(spec, tmp_path):
+    store = str(tmp_path / "out.zarr")
+    slow = json.dumps([{"block": i, "kind": "sleep", "seconds": 1.5} for i in range(4)])
+    first = _cli(["run", spec, "--no-progress"], {"DIFFOPS_FAULTS": slow})
+    try:
+        _wait_done(store, 0, first)
+        while not os.path.exists(os.path.join(store, "diffops.lock")):
+            assert first.poll() is None
+            time.sleep(0.05)
+        second = _cli(["run", spec, "--no-progress"])
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 1
+        assert err.strip().splitlines()[-1].startswith("diffops: error: another run (pid ")
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
+                               expected_hessian(), rtol=1e-5, atol=1e-5)
+
+
+def test_help_on_every_subcommand():
+    for command in ([], ["run"], ["status"], ["verify"], ["show"], ["plot"]):
+        res = invoke(*command, "--help")
+        assert res.exit_code == 0 and "Usage: " in res.output
