@@ -110,17 +110,26 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
     if client is None:
         client = active_client()
 
+    # The same computation resumes (or, complete, is left untouched) even with
+    # overwrite=True; only a store holding something else is replaced.
     result_store = None
-    if ResultStore.exists(store) and not overwrite:
-        result_store = ResultStore.open(store, mode="r+")
-        if result_store.fingerprint != fingerprint:
-            old = result_store.meta.get("fingerprint_parts", {})
-            differs = [k for k in parts if old.get(k) != parts[k]] or ["fingerprint"]
-            raise StoreError(
-                f"the store {store!r} holds a result of a different computation (differs in: "
-                f"{', '.join(differs)}); pass overwrite=True to replace it, or choose another store"
-            )
-        if not result_store.todo():  # complete: touch nothing
+    if ResultStore.exists(store):
+        try:
+            result_store = ResultStore.open(store, mode="r+")
+        except StoreError:
+            if not overwrite:
+                raise
+        if result_store is not None and result_store.fingerprint != fingerprint:
+            if not overwrite:
+                old = result_store.meta.get("fingerprint_parts", {})
+                differs = [k for k in parts if old.get(k) != parts[k]] or ["fingerprint"]
+                raise StoreError(
+                    f"the store {store!r} holds a result of a different computation (differs in: "
+                    f"{', '.join(differs)}); pass overwrite=True to replace it, or choose another "
+                    "store"
+                )
+            result_store = None
+        if result_store is not None and not result_store.todo():  # complete: touch nothing
             return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})
 
     # Memory is a contract: refuse before computing anything.
@@ -150,7 +159,7 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
             }
             result_store = ResultStore.create(
                 store, meta=meta, shape=spec.shape, dtype=spec.dtype, axis=spec.axis,
-                block_size=plan.block_size, compressor=compressor, overwrite=overwrite)
+                block_size=plan.block_size, compressor=compressor, overwrite=True)
         result_store.remove_partial_files()
         todo = result_store.todo()
 
@@ -223,7 +232,8 @@ def hessian_to_zarr(f, x, store, *, nbatches=None, block_size=None, memory_budge
     - `checkpoint`: wrap ``f`` in `jax.checkpoint`.
     - `client`: a `distributed.Client`; default: the active one, else the embedded
       default (dask's threaded scheduler in this process).
-    - `overwrite`: replace a store that holds a different result.
+    - `overwrite`: replace a store that holds a different result (the same
+      computation is still resumed, never restarted).
     - `progress`: print a progress bar (blocks done/total, ETA) to stderr.
     - `threads`: tasks at once on the embedded default.
     - `compressor`: ``None`` (default: Hessians compress poorly) or ``"zstd"``.

@@ -193,3 +193,15 @@ def test_zstd_and_float64(tmp_path):
         assert result.dtype == np.float64
         np.testing.assert_allclose(result.assemble(), dc.hessian(mixed_loss, x)[0],
                                    **tol(np.float64))
+
+
+def test_overwrite_still_resumes_the_same_computation(tmp_path):
+    from pipeline._store import ResultStore
+
+    store = str(tmp_path / "h.zarr")
+    pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    ResultStore.open(store, "r+").clear_record(2)
+    again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, overwrite=True,
+                                     progress=False)
+    assert again.run_summary["blocks_computed"] == 1
+    assert len(again.meta["runs"]) == 2
