@@ -84,17 +84,27 @@ def _ravel_output(y):
 
 
 def _linear_map(op, f_flat, x_flat):
-    """The linear map whose products are the matrix's columns (or rows)."""
+    """The linear map whose products are the matrix's columns (or rows).
+
+    A `jax.tree_util.Partial` (a pytree of the linearisation's residuals), so it
+    can leave one jitted function and enter another: the pipeline linearises once
+    per run and reuses the residuals for every block. Apply it with `_apply`.
+    """
     if op == "hessian":
         return jax.linearize(jax.grad(f_flat), x_flat)[1]
     if op == "jacfwd":
         return jax.linearize(f_flat, x_flat)[1]
-    _, vjp = jax.vjp(f_flat, x_flat)
-    return lambda u: vjp(u)[0]
+    return jax.vjp(f_flat, x_flat)[1]
+
+
+def _apply(op, lin, v):
+    return lin(v)[0] if op == "jacrev" else lin(v)
 
 
 def _fill(lin, start, width, micro, extent, in_dtype, axis, slab):
     """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
+
+    ``lin`` is a callable of one basis vector (``e_i`` of length ``extent``).
 
     The window is covered by ``ceil(width / micro)`` micro-batches; the last one is
     shifted left to end at ``width`` (an overlap, never a pad), and
@@ -148,6 +158,11 @@ class Kernels:
       ``start .. start + block_size``; ``start`` is traced (one compile for all
       blocks) and must satisfy ``0 <= start <= extent - block_size``.
     - `matrix(micro)`: ``x_flat -> (m, n)`` matrix, the whole loop in one jit.
+    - `prepare()` and `slab(block_size, micro)`: the block kernel in two stages,
+      ``x_flat -> lin`` (linearise once) and ``(lin, start) -> slab``; executors
+      that run many blocks at one ``x`` linearise once and reuse ``lin``.
+      `compiled_prepare()` / `compiled_block(block_size, micro)` are the same,
+      compiled ahead of time (shared with the memory analysis).
 
     ``micro`` is the micro-batch width: products vmapped at once (``<= block_size``).
     """
@@ -174,17 +189,28 @@ class Kernels:
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
-    def block_fn(self, block_size: int, micro: int):
-        """The un-jitted block kernel (see class docstring)."""
+    def _fill(self, lin, start, width, micro, out):
+        spec = self.spec
+        in_dtype = jnp.dtype(spec.in_layout.dtype) if spec.op != "jacrev" else \
+            jnp.dtype(spec.out_layout.dtype)
+        apply = lambda v: _apply(spec.op, lin, v)  # noqa: E731
+        return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out)
+
+    def slab_fn(self, block_size: int, micro: int):
+        """The un-jitted second stage: ``(lin, start) -> slab``."""
         spec = self.spec
         _check_widths(spec.extent, block_size, micro)
 
-        def block(x_flat, start):
-            lin = self._lin(x_flat)
-            slab = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
-            return _fill(lin, start, block_size, micro, spec.extent, x_flat.dtype, spec.axis, slab)
+        def slab(lin, start):
+            out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
+            return self._fill(lin, start, block_size, micro, out)
 
-        return block
+        return slab
+
+    def block_fn(self, block_size: int, micro: int):
+        """The un-jitted block kernel ``(x_flat, start) -> slab`` (see class docstring)."""
+        slab = self.slab_fn(block_size, micro)
+        return lambda x_flat, start: slab(self._lin(x_flat), start)
 
     def matrix_fn(self, micro: int):
         """The un-jitted whole-matrix loop (see class docstring)."""
@@ -192,9 +218,8 @@ class Kernels:
         _check_widths(spec.extent, spec.extent, micro)
 
         def matrix(x_flat):
-            lin = self._lin(x_flat)
             out = jnp.zeros(spec.shape, spec.dtype)
-            return _fill(lin, 0, spec.extent, micro, spec.extent, x_flat.dtype, spec.axis, out)
+            return self._fill(self._lin(x_flat), 0, spec.extent, micro, out)
 
         return matrix
 
@@ -211,23 +236,42 @@ class Kernels:
     def matrix(self, micro: int):
         return self._jit(("matrix", micro), lambda: self.matrix_fn(micro))
 
-    def compiled_block(self, block_size: int, micro: int):
-        """The block kernel compiled ahead of time for ``(x_flat, int32 start)``.
+    def prepare(self):
+        return self._jit(("prepare",), lambda: self._lin)
 
-        Cached: executors and `kernel_bytes` share one compile. Call it as
-        ``compiled(x_flat, np.int32(start))``.
-        """
-        key = (self.spec.op, "compiled", block_size, micro)
+    def slab(self, block_size: int, micro: int):
+        return self._jit(("slab", block_size, micro), lambda: self.slab_fn(block_size, micro))
+
+    def _compiled(self, key, lower):
+        key = (self.spec.op, "compiled") + key
         traced = self._traced
         with traced.lock:
             compiled = traced.jitted.get(key)
         if compiled is None:
-            x_aval = jax.ShapeDtypeStruct((self.spec.n,), self.spec.in_layout.dtype)
-            start_aval = jax.ShapeDtypeStruct((), "int32")
-            compiled = self.block(block_size, micro).lower(x_aval, start_aval).compile()
+            compiled = lower().compile()
             with traced.lock:
                 compiled = traced.jitted.setdefault(key, compiled)
         return compiled
+
+    def _x_aval(self):
+        return jax.ShapeDtypeStruct((self.spec.n,), self.spec.in_layout.dtype)
+
+    def compiled_prepare(self):
+        """`prepare` compiled ahead of time: ``compiled(x_flat) -> lin``."""
+        return self._compiled(("prepare",), lambda: self.prepare().lower(self._x_aval()))
+
+    def compiled_block(self, block_size: int, micro: int):
+        """`slab` compiled ahead of time: ``compiled(lin, np.int32(start)) -> slab``.
+
+        Cached: executors and `kernel_bytes` share one compile. Its arguments
+        (hence its memory analysis) include the linearisation's residuals.
+        """
+        def lower():
+            lin_aval = jax.eval_shape(self.prepare(), self._x_aval())
+            start_aval = jax.ShapeDtypeStruct((), "int32")
+            return self.slab(block_size, micro).lower(lin_aval, start_aval)
+
+        return self._compiled(("slab", block_size, micro), lower)
 
 
 class _OpMemo:

@@ -106,6 +106,8 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
                "dtype": spec.dtype, "x64": bool(jax.config.jax_enable_x64), "micro": fixed_micro}
     parts = fingerprint_parts(f, x_flat, spec.in_layout.to_json(), options)
     fingerprint = sha256_json(parts)
+    # what the compiled kernel depends on (not x's values): workers reuse kernels across runs
+    compile_key = sha256_json({k: v for k, v in parts.items() if k != "x"})
 
     if client is None:
         client = active_client()
@@ -165,7 +167,7 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
 
         run = result_store.start_run(len(todo))
         ctx = BlockContext(
-            token=f"{fingerprint[:16]}-{run}-{uuid.uuid4().hex}", f=f, x=x_host, op=spec.op, checkpoint=checkpoint,
+            token=f"{fingerprint[:16]}-{run}-{uuid.uuid4().hex}", compile_key=compile_key, f=f, x=x_host, op=spec.op, checkpoint=checkpoint,
             block_size=plan.block_size, micro=fixed_micro, location=store, run=run,
             x64=bool(jax.config.jax_enable_x64), extent=spec.extent, axis=spec.axis)
         bar = Progress(plan.n_blocks, plan.n_blocks - len(todo), enabled=progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dask
 from dask.callbacks import Callback
 
+from ._cluster import tune_malloc
 from ._progress import Progress
 from ._tasks import BlockContext, BlockError, hold, run_block
 
@@ -46,6 +47,7 @@ class _Tick(Callback):
 
 def run_local(ctx: BlockContext, todo: list[int], progress: Progress, threads: int) -> list[dict]:
     """Run the blocks ``todo`` with dask's threaded scheduler in this process."""
+    tune_malloc()
     prefix = f"diffops-block-{ctx.token}-"
     context = dask.delayed(ctx, traverse=False, name=f"diffops-context-{ctx.token}")
     tasks = [dask.delayed(run_block, pure=False)(context, i, dask_key_name=f"{prefix}{i}")

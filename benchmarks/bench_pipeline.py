@@ -1,0 +1,251 @@
+"""Pipeline benchmarks: overhead against the in-memory API, and out-of-core runs.
+
+    python benchmarks/bench_pipeline.py overhead              # MLP n=2632, block 128
+    python benchmarks/bench_pipeline.py outofcore --n 40000 --worker-memory 2GB
+    python benchmarks/bench_pipeline.py outofcore --n 90000 --worker-memory 3GB --section larger-than-ram
+
+``outofcore`` computes the Hessian of a cheap banded-plus-low-rank function
+(H = diag(d) + a tridiagonal band + U U^T, known in closed form, so sampled
+entries are checked) with a LocalCluster whose workers have a bounded memory
+limit, and reports every process's peak RSS, wall time, columns/s, and the write
+throughput beside the raw disk write speed measured in the same run. It checks
+free disk space first and deletes its store afterwards (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import mb, write_section  # noqa: E402
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _row(*cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# -- overhead -----------------------------------------------------------------------
+
+
+def overhead(args):
+    import jax
+    from distributed import Client
+
+    import diffops_core as dc
+    import pipeline
+    from problems import make_mlp
+
+    f, x, _ = make_mlp()
+    x = jax.tree_util.tree_map(np.asarray, x)
+    block = args.block_size
+    tmp = tempfile.mkdtemp(prefix="diffops-bench-", dir=args.dir)
+    counter = [0]
+
+    def fresh():
+        counter[0] += 1
+        return os.path.join(tmp, f"s{counter[0]}.zarr")
+
+    def timed(fn, repeats):
+        fn()  # warm: compiles
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    rows = []
+    base = timed(lambda: jax.block_until_ready(dc.hessian(f, x, block_size=block)[0]), args.repeats)
+    rows.append(("in-memory diffops_core.hessian", base))
+    print(f"in-memory {base:.3f}s", file=sys.stderr)
+    for threads in (1, 2):
+        t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block, threads=threads,
+                                                   progress=False), args.repeats)
+        rows.append((f"pipeline, embedded default (threads={threads})", t))
+        print(f"embedded threads={threads} {t:.3f}s", file=sys.stderr)
+    for workers in (1, 2):
+        with pipeline.local_cluster(workers, memory_limit="6GiB", dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block,
+                                                       client=client, progress=False), args.repeats)
+        rows.append((f"pipeline, warm LocalCluster({workers} worker{'s' * (workers > 1)}, 1 thread)",
+                     t))
+        print(f"cluster {workers} {t:.3f}s", file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
+    lines = [_row("executor", "median s", "vs in-memory"), _row("---", "---", "---")]
+    lines += [_row(name, f"{t:.3f}", f"{t / base:.2f}x") for name, t in rows]
+    body = (f"### Pipeline overhead: MLP Hessian n=2632, block_size={block} "
+            f"(median of {args.repeats} warm runs, each into a new store)\n\n" + "\n".join(lines))
+    write_section("pipeline-overhead", body,
+                  f"python benchmarks/bench_pipeline.py overhead --block-size {block}")
+    print(body)
+
+
+# -- out of core --------------------------------------------------------------------
+
+
+def make_banded_low_rank(n: int, rank: int = 8):
+    """f with H = diag(d) + band(c) + U U^T, and a function giving H's columns."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    d = (2.0 + rng.random(n)).astype(np.float32)
+    c = (0.1 * rng.standard_normal(n - 1)).astype(np.float32)
+    U = (rng.standard_normal((n, rank)) / np.sqrt(rank)).astype(np.float32)
+
+    def f(x):
+        Ux = jnp.asarray(U).T @ x
+        return (0.5 * jnp.sum(jnp.asarray(d) * x**2) + jnp.sum(jnp.asarray(c) * x[:-1] * x[1:])
+                + 0.5 * jnp.sum(Ux**2))
+
+    def column(j):
+        col = U @ U[j]
+        col[j] += d[j]
+        if j > 0:
+            col[j - 1] += c[j - 1]
+        if j < n - 1:
+            col[j + 1] += c[j]
+        return col
+
+    return f, np.zeros(n, np.float32) + 0.1, column
+
+
+def disk_write_speed(directory: str, nbytes: int = 1 << 30) -> float:
+    """Bytes/s of writing ``nbytes`` in 64 MiB pieces and fsyncing, in ``directory``."""
+    path = os.path.join(directory, "diskspeed.tmp")
+    piece = np.random.default_rng(0).bytes(64 << 20)
+    t = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(nbytes // len(piece)):
+            fh.write(piece)
+        fh.flush()
+        os.fsync(fh.fileno())
+    seconds = time.perf_counter() - t
+    os.unlink(path)
+    return nbytes / seconds
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _dirs, files in os.walk(path) for name in files)
+
+
+def outofcore(args):
+    from distributed import Client
+
+    import diffops_core as dc
+    import pipeline
+
+    n = args.n
+    nbytes = n * n * 4
+    os.makedirs(args.dir, exist_ok=True)
+    free = shutil.disk_usage(args.dir).free
+    need = int(nbytes * 1.05) + (1 << 30)
+    if free < need:
+        sys.exit(f"bench_pipeline: need {dc.format_bytes(need)} free in {args.dir} for n={n} "
+                 f"(H is {dc.format_bytes(nbytes)}), only {dc.format_bytes(free)} free; "
+                 "use a smaller --n or another --dir")
+    import psutil
+
+    total_ram = psutil.virtual_memory().total
+    store = tempfile.mkdtemp(prefix="diffops-ooc-", dir=args.dir) + "/h.zarr"
+    f, x, column = make_banded_low_rank(n)
+    disk = disk_write_speed(args.dir)
+    print(f"raw disk write {disk / 1e6:.0f} MB/s; H {nbytes / 1e9:.1f} GB; "
+          f"RAM {total_ram / 1e9:.1f} GB", file=sys.stderr)
+    try:
+        with pipeline.local_cluster(args.workers, memory_limit=args.worker_memory,
+                                    threads_per_worker=args.threads,
+                                    dashboard_address=":0") as cluster, Client(cluster) as client:
+            t = time.perf_counter()
+            result = pipeline.hessian_to_zarr(f, x, store, block_size=args.block_size,
+                                              client=client, progress=True)
+            wall = time.perf_counter() - t
+            worker_peaks = client.run(_peak_rss)
+            limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+        written = _dir_bytes(os.path.join(store, "matrix"))
+        status = result.status()
+        rng = np.random.default_rng(1)
+        checked = rng.choice(n, size=4, replace=False)
+        for j in checked:  # exact columns from the closed form
+            got = np.asarray(result.array[:, int(j)].compute())
+            np.testing.assert_allclose(got, column(int(j)), rtol=1e-4, atol=1e-4)
+        bad = result.verify() if args.verify else None
+    finally:
+        if not args.keep:
+            shutil.rmtree(os.path.dirname(store), ignore_errors=True)
+    summary = result.run_summary
+    lines = [
+        _row("figure", "value"), _row("---", "---"),
+        _row("n, H size (float32)", f"{n:,}, {nbytes / 1e9:.1f} GB"),
+        _row("machine RAM", f"{total_ram / 1e9:.1f} GB"),
+        _row("workers x threads, memory limit each", f"{args.workers} x {args.threads}, "
+             f"{mb(min(limits))} MB"),
+        _row("block size, blocks", f"{args.block_size}, {status['blocks_total']} "
+             f"({status['blocks_done']} complete)"),
+        _row("wall time", f"{wall:.1f} s"),
+        _row("columns/s", f"{n / wall:,.0f}"),
+        _row("kernel / device-to-host / write time (sum over tasks)",
+             f"{summary.get('kernel_s', 0):.1f} / {summary.get('d2h_s', 0):.1f} / "
+             f"{summary.get('write_s', 0):.1f} s"),
+        _row("bytes written, write throughput", f"{written / 1e9:.1f} GB, "
+             f"{written / wall / 1e6:.0f} MB/s"),
+        _row("raw disk write speed (1 GiB, fsync, same run)", f"{disk / 1e6:.0f} MB/s"),
+        _row("peak RSS, driver", f"{mb(_peak_rss())} MB"),
+        _row("peak RSS, each worker", ", ".join(f"{mb(v)} MB" for v in worker_peaks.values())),
+        _row("worker peak under its limit", "yes" if max(worker_peaks.values()) < min(limits)
+             else "NO"),
+        _row("sampled columns vs closed form", f"{len(checked)} columns equal (rtol 1e-4)"),
+    ]
+    if bad is not None:
+        lines.append(_row("verify (all checksums)", "all good" if not bad else f"bad: {bad}"))
+    title = args.title or f"Out of core: Hessian n={n:,} ({nbytes / 1e9:.1f} GB) with " \
+                          f"{args.worker_memory} workers"
+    body = f"### {title}\n\n" + "\n".join(lines)
+    command = (f"python benchmarks/bench_pipeline.py outofcore --n {n} --worker-memory "
+               f"{args.worker_memory} --workers {args.workers} --block-size {args.block_size}"
+               + (f" --section {args.section}" if args.section != "pipeline-outofcore" else ""))
+    write_section(args.section, body, command)
+    print(body)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("overhead")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=None)
+    p.set_defaults(fn=overhead)
+    p = sub.add_parser("outofcore")
+    p.add_argument("--n", type=int, default=40000)
+    p.add_argument("--worker-memory", default="2GB")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--verify", action="store_true", help="also checksum every block")
+    p.add_argument("--section", default="pipeline-outofcore")
+    p.add_argument("--title", default=None)
+    p.set_defaults(fn=outofcore)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
