@@ -95,11 +95,13 @@ def suite_sweep(repeats):
 
 def suite_wide(repeats):
     ours = run(_cfg("wide", "diffops", repeats, op="jacobian", nbatches=16))
+    ours1 = run(_cfg("wide", "diffops", repeats, op="jacobian"))
     jx = run(_cfg("wide", "jax", repeats, op="jacrev"))
     zod = run(_cfg("wide", "zodiax", max(1, repeats // 3), op="jacobian", nbatches=16))
     lines = [_row("implementation", "first call s", "steady median s", "vs jax.jacrev"),
              _row(*["---"] * 4)]
-    for name, res in (("diffops nbatches=16 (auto -> rev)", ours), ("jax.jit(jax.jacrev)", jx),
+    for name, res in (("diffops nbatches=16 (auto -> rev)", ours),
+                      ("diffops nbatches=1 (auto -> rev)", ours1), ("jax.jit(jax.jacrev)", jx),
                       ("zodiax nbatches=16", zod)):
         lines.append(_row(name, f"{res['first_s']:.3f}", f"{res['median_s'] * 1e3:.2f} ms",
                           f"{res['median_s'] / jx['median_s']:.2f}x"))
@@ -153,8 +155,7 @@ def main():
         print(f"== {title}", file=sys.stderr)
         body.append(f"### {title}\n\n{fn(args.repeats)}\n")
     command = "python benchmarks/bench_core.py" + "".join(f" --suite {n}" for n in args.suite or [])
-    section = "core" if not args.suite else "core-" + "-".join(args.suite)
-    write_section(section, "## diffops_core (in memory)\n\n" + "\n".join(body), command)
+    write_section("core", "## diffops_core (in memory)\n\n" + "\n".join(body), command)
     print("\n".join(body))
 
 

@@ -76,6 +76,14 @@ def overhead(args):
                                                    progress=False), args.repeats)
         rows.append((f"pipeline, embedded default (threads={threads})", t))
         print(f"embedded threads={threads} {t:.3f}s", file=sys.stderr)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block, client=client,
+                                                   progress=False), args.repeats)
+    rows.append(("pipeline, warm in-process LocalCluster(processes=False, 2 threads)", t))
+    print(f"in-process cluster {t:.3f}s", file=sys.stderr)
     for workers in (1, 2):
         with pipeline.local_cluster(workers, memory_limit="6GiB", dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
@@ -201,7 +209,7 @@ def outofcore(args):
         _row("kernel / device-to-host / write time (sum over tasks)",
              f"{summary.get('kernel_s', 0):.1f} / {summary.get('d2h_s', 0):.1f} / "
              f"{summary.get('write_s', 0):.1f} s"),
-        _row("bytes written, write throughput", f"{written / 1e9:.1f} GB, "
+        _row("bytes on disk (matrix), write throughput", f"{written / 1e9:.1f} GB, "
              f"{written / wall / 1e6:.0f} MB/s"),
         _row("raw disk write speed (1 GiB, fsync, same run)", f"{disk / 1e6:.0f} MB/s"),
         _row("peak RSS, driver", f"{mb(_peak_rss())} MB"),

@@ -56,4 +56,13 @@ def make_wide(m: int = 64, n: int = 20000):
     return (lambda v: jnp.tanh(A @ v)), x, f"wide Jacobian: tanh(A x), A {m}x{n}"
 
 
-PROBLEMS = {"mlp": make_mlp, "psf": make_psf, "dense": make_dense, "wide": make_wide}
+def make_psf128():
+    """The PSF fit at 128x128 pixels (n = 16408): a larger problem for a GPU."""
+    from models.psf import make_model
+    loss, best_fit, _ = make_model(npix=128)
+    x = jax.tree_util.tree_map(jnp.asarray, best_fit())
+    return loss, x, "PSF fit at 128x128 pixels (n=16408)"
+
+
+PROBLEMS = {"mlp": make_mlp, "psf": make_psf, "psf128": make_psf128, "dense": make_dense,
+            "wide": make_wide}

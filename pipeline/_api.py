@@ -210,6 +210,7 @@ def _summarise(blocks: list[dict], seconds: float, plan, spec) -> dict:
         summary["nonfinite_blocks"] = sorted(b["index"] for b in blocks if b["nonfinite"])
         summary["hosts"] = sorted({f"{b['host']}:{b['pid']}" for b in blocks})
         summary["micro"] = blocks[0]["micro"]
+        summary["kernel_intervals"] = [tuple(b["kernel_interval"]) for b in blocks]
     return summary
 
 

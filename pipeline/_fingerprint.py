@@ -30,6 +30,9 @@ def _feed(h, value, depth=0):
     if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
         h.update(function_identity(value, depth + 1).encode())
         return
+    if isinstance(value, types.ModuleType):
+        h.update(f"<module {value.__name__}>".encode())
+        return
     if isinstance(value, (str, bytes, int, float, complex, bool, type(None))):
         h.update(repr(value).encode())
         return
@@ -47,8 +50,10 @@ def _feed(h, value, depth=0):
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         try:
             arr = np.asarray(value)
-        except Exception:  # noqa: BLE001 - a tracer or device array we cannot read
-            h.update(f"{type(value).__name__}{value.shape}{value.dtype}".encode())
+            if arr.dtype.hasobject:
+                raise TypeError("object array")
+        except Exception:  # noqa: BLE001 - a tracer or anything we cannot read as bytes
+            h.update(f"{type(value).__name__}{getattr(value, 'shape', '')}".encode())
             return
         h.update(f"{arr.shape}{arr.dtype}".encode())
         h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).tobytes())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import socket
 import zlib
@@ -68,9 +69,15 @@ def local_path(store) -> str | None:
 
 
 def chunk_shape(shape: tuple[int, int], axis: int, block_size: int, itemsize: int) -> tuple[int, int]:
-    """Chunks with edges on block edges along ``axis``, about 64 MiB each."""
+    """Chunks with edges on block edges along ``axis``, at most about 64 MiB each.
+
+    Across the block axis the extent is split evenly: zarr stores edge chunks at
+    full size, so a ragged split would write padding (up to a chunk per block).
+    """
     other = shape[1 - axis]
-    across = max(1, min(other, _CHUNK_TARGET_BYTES // max(1, block_size * itemsize)))
+    target = max(1, min(other, _CHUNK_TARGET_BYTES // max(1, block_size * itemsize)))
+    pieces = math.ceil(other / target)
+    across = math.ceil(other / pieces)
     return (across, block_size) if axis == 1 else (block_size, across)
 
 

@@ -6,10 +6,10 @@ context's token) and reuses it for every block it runs.
 
 Fault injection for tests: ``DIFFOPS_FAULTS`` (or the file named by
 ``DIFFOPS_FAULTS_FILE``, read at each block) holds a JSON list of faults, each
-``{"block": i, "kind": "raise"|"exit"|"nan"|"sleep", "at": "start"|"kernel"|"write",
+``{"block": i, "kind": "raise"|"exit"|"nan"|"sleep"|"enospc", "at": "start"|"kernel"|"data"|"write",
 "seconds": s, "once": "/dir"}``. ``at="start"`` fires before the kernel, ``"kernel"``
-after it (where ``nan`` poisons the slab),
-``"write"`` after the data is written but before the record. With ``once`` the
+after it (where ``nan`` poisons the slab), ``"data"`` just before the data is
+written, ``"write"`` after the data is written but before the record. With ``once`` the
 fault fires only the first time (a marker file in that directory).
 """
 
@@ -150,6 +150,10 @@ def _inject(index: int, at: str, slab=None):
             os._exit(17)
         if kind == "sleep":
             time.sleep(float(fault.get("seconds", 1.0)))
+        if kind == "enospc":  # a full disk: the write fails part-way
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
         if kind == "nan" and slab is not None:
             slab = np.array(slab)  # device-backed host arrays are read-only
             slab.reshape(-1)[0] = np.nan
@@ -179,10 +183,10 @@ def _run_block(ctx: BlockContext, index: int) -> dict:
     try:
         state = _state(ctx)
         _inject(index, "start")
-        t_start = time.perf_counter()
+        t_start, wall_start = time.perf_counter(), time.time()
         device_slab = state.kernel(state.lin, np.int32(block.window))
         device_slab.block_until_ready()
-        t_kernel = time.perf_counter()
+        t_kernel, wall_kernel = time.perf_counter(), time.time()
         slab = np.asarray(device_slab)
         del device_slab
         t_host = time.perf_counter()
@@ -192,6 +196,7 @@ def _run_block(ctx: BlockContext, index: int) -> dict:
         keep = _inject(index, "kernel", keep)
         region = (slice(None), slice(block.start, block.stop)) if ctx.axis == 1 \
             else (slice(block.start, block.stop), slice(None))
+        _inject(index, "data")
         state.matrix[region] = keep
         t_write = time.perf_counter()
         nonfinite = int(keep.size - np.count_nonzero(np.isfinite(keep)))
@@ -212,6 +217,8 @@ def _run_block(ctx: BlockContext, index: int) -> dict:
         "write_s": t_write - t_host,
         "total_s": time.perf_counter() - t0,
         "nonfinite": nonfinite,
+        # wall-clock interval of the kernel, for device busy fractions across threads
+        "kernel_interval": (wall_start, wall_kernel),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "micro": state.micro,

@@ -123,6 +123,7 @@ def _run_spec(spec, scheduler, workers, overwrite, progress) -> dict:
         "peak_rss_driver": peak_rss(),
         "peak_rss_worker": worker_peak,
         **result.meta.get("checks", {}),
+        "nonfinite_blocks": status["nonfinite_blocks"],
         "finalize_npy": spec.finalize_npy,
     }
     return summary

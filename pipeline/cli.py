@@ -78,7 +78,8 @@ def _print_summary(summary: dict):
     if "symmetry_error" in summary:
         lines.append(f"  symmetry    max|H - H^T| / max|H| = {summary['symmetry_error']:.2e}")
     if "nonfinite" in summary:
-        lines.append(f"  non-finite  {summary['nonfinite']} entries")
+        where = f" in blocks {summary['nonfinite_blocks']}" if summary.get("nonfinite_blocks") else ""
+        lines.append(f"  non-finite  {summary['nonfinite']} entries{where}")
     if summary.get("finalize_npy"):
         lines.append(f"  npy         {summary['finalize_npy']}")
     click.echo("\n".join(lines))
@@ -149,7 +150,7 @@ def verify(store, repair, spec_path, progress):
     missing = [i for i in range(result.status()["blocks_total"])
                if not result._store.done_mask()[i]]
     click.echo(f"{store}: {len(bad)} bad block(s){': ' + str(bad) if bad else ''}; "
-               f"{len(missing)} incomplete")
+               f"{len(missing)} incomplete{': ' + str(missing) if missing else ''}")
     if not bad and not (repair and missing):
         sys.exit(0)
     if not repair:

@@ -73,6 +73,9 @@ def test_worker_killed_mid_task_run_completes_bitwise(tmp_path, client, faults):
     assert result.status()["complete"]
     np.testing.assert_array_equal(result.assemble(), clean)
     assert result.verify() == []
+    from test_faults import log_fault
+    log_fault("worker process exits mid-task (os._exit, before the kernel and after the write)",
+              2, True, int(np.count_nonzero(result.assemble() != clean)))
 
 
 def test_block_error_on_cluster_names_the_block(tmp_path, client, faults):
