@@ -8,9 +8,10 @@
    (n=2632) and on the PSF fit at 128x128 pixels (n=16408), each in a fresh
    process: first call, median of 3 steady calls, peak device memory where the
    backend reports it. Out-of-memory is reported as such.
-2. The pipeline with the embedded default on the GPU, writing to local disk:
-   per-block kernel, device-to-host and write time, the device busy fraction
-   (union of kernel intervals over wall time; target >= 80%), columns/s.
+2. The pipeline with the embedded default on the GPU, writing to local disk, on
+   the PSF fit at 128x128 (compute-heavy FFTs; the MLP with --quick): per-block
+   kernel, device-to-host and write time, the device busy fraction (union of
+   kernel intervals over the blocks' wall time; target >= 80%), columns/s.
 3. The largest n that fits: in memory (the banded-plus-low-rank f at growing n
    until the device runs out of memory) and through the pipeline (bounded by
    free disk: n = sqrt(free / 4) for float32).
@@ -73,13 +74,15 @@ def _union(intervals):
     return total
 
 
-def pipeline_run(n, block_size, directory):
+def pipeline_run(problem, block_size, directory):
     import jax
 
     import pipeline
-    from bench_pipeline import make_banded_low_rank, disk_write_speed
+    from bench_pipeline import disk_write_speed
+    from problems import PROBLEMS
 
-    f, x, _ = make_banded_low_rank(n)
+    f, x, _ = PROBLEMS[problem]()
+    n = int(sum(v.size for v in jax.tree_util.tree_leaves(x)))
     store = tempfile.mkdtemp(prefix="diffops-gpu-", dir=directory) + "/h.zarr"
     disk = disk_write_speed(directory, 1 << 30)
     try:
@@ -89,7 +92,7 @@ def pipeline_run(n, block_size, directory):
         wall = time.perf_counter() - t
         s = result.run_summary
         busy = _union(s["kernel_intervals"])
-        return {"n": n, "block_size": block_size, "blocks": s["blocks_computed"], "wall_s": wall,
+        return {"problem": problem, "n": n, "block_size": block_size, "blocks": s["blocks_computed"], "wall_s": wall,
                 "pipeline_s": s["seconds"], "kernel_s_per_block": s["kernel_s"] / s["blocks_computed"],
                 "d2h_s_per_block": s["d2h_s"] / s["blocks_computed"],
                 "write_s_per_block": s["write_s"] / s["blocks_computed"],
@@ -139,8 +142,8 @@ def main():
     problems = [("mlp", 128)] if args.quick else [("mlp", 128), ("psf128", 16)]
     results = {"device": device, "in_memory": in_memory(problems, 240)}
     disk_dir = args.disk or args.out
-    n_pipe, block = (4000, 512) if args.quick else (40000, 2048)
-    results["pipeline"] = pipeline_run(n_pipe, block, disk_dir)
+    problem, block = ("mlp", 256) if args.quick else ("psf128", 1024)
+    results["pipeline"] = pipeline_run(problem, block, disk_dir)
     sizes = [2000, 4000] if args.quick else [32768, 65536, 98304, 131072]
     best, tried = largest_in_memory(sizes)
     free = shutil.disk_usage(disk_dir).free
@@ -160,7 +163,7 @@ def main():
             lines.append(f"| {r['problem']} | {r['impl']} | {r['first_s']:.2f} | {r['median_s']:.3f} | "
                          f"{r['peak_rss'] / 1e6:.0f} | |")
     p = results["pipeline"]
-    lines += ["", f"Pipeline, n={p['n']} ({p['gb_written']:.1f} GB), block {p['block_size']}: "
+    lines += ["", f"Pipeline, {p['problem']} n={p['n']} ({p['gb_written']:.1f} GB), block {p['block_size']}: "
               f"{p['columns_per_s']:.0f} columns/s; per block kernel {p['kernel_s_per_block'] * 1e3:.1f} ms, "
               f"device-to-host {p['d2h_s_per_block'] * 1e3:.1f} ms, write {p['write_s_per_block'] * 1e3:.1f} ms; "
               f"device busy {100 * p['device_busy_fraction']:.0f}% (target >= 80%); raw disk "

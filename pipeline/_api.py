@@ -112,27 +112,11 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
     if client is None:
         client = active_client()
 
-    # The same computation resumes (or, complete, is left untouched) even with
-    # overwrite=True; only a store holding something else is replaced.
-    result_store = None
-    if ResultStore.exists(store):
-        try:
-            result_store = ResultStore.open(store, mode="r+")
-        except StoreError:
-            if not overwrite:
-                raise
-        if result_store is not None and result_store.fingerprint != fingerprint:
-            if not overwrite:
-                old = result_store.meta.get("fingerprint_parts", {})
-                differs = [k for k in parts if old.get(k) != parts[k]] or ["fingerprint"]
-                raise StoreError(
-                    f"the store {store!r} holds a result of a different computation (differs in: "
-                    f"{', '.join(differs)}); pass overwrite=True to replace it, or choose another "
-                    "store"
-                )
-            result_store = None
-        if result_store is not None and not result_store.todo():  # complete: touch nothing
-            return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})
+    lock = RunLock(store)
+    lock.check_free()  # a run in progress: refuse before reading its half-made store
+    result_store = _existing(store, fingerprint, parts, overwrite)
+    if result_store is not None and not result_store.todo():  # complete: touch nothing
+        return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})
 
     # Memory is a contract: refuse before computing anything.
     micro = fixed_micro or auto_micro(kernels, plan.block_size)
@@ -148,8 +132,9 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
         _check_memory(per_task, threads, psutil.virtual_memory().available,
                       "this machine's available memory", detail)
 
-    lock = RunLock(store)
     with lock:
+        # look again under the lock: another run may have finished in between
+        result_store = _existing(store, fingerprint, parts, overwrite)
         if result_store is None:
             meta = {
                 "operation": op_name, "op": spec.op, "mode": mode if op_name == "jacobian" else None,
@@ -197,6 +182,33 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
                                  blocks_done=done_now, executor="distributed" if client else "threads")
     summary = _summarise(blocks, seconds, plan, spec)
     return Result(result_store, summary)
+
+
+def _existing(store, fingerprint, parts, overwrite) -> ResultStore | None:
+    """The store's result if it is this computation; None if there is none (or,
+    with ``overwrite``, another). The same computation is resumed (or, complete,
+    left untouched) even with ``overwrite``; only another one is replaced.
+
+    **Raises:** `StoreError` for another computation without ``overwrite``.
+    """
+    if not ResultStore.exists(store):
+        return None
+    try:
+        result_store = ResultStore.open(store, mode="r+")
+    except StoreError:
+        if overwrite:
+            return None
+        raise
+    if result_store.fingerprint == fingerprint:
+        return result_store
+    if overwrite:
+        return None
+    old = result_store.meta.get("fingerprint_parts", {})
+    differs = [k for k in parts if old.get(k) != parts[k]] or ["fingerprint"]
+    raise StoreError(
+        f"the store {store!r} holds a result of a different computation (differs in: "
+        f"{', '.join(differs)}); pass overwrite=True to replace it, or choose another store"
+    )
 
 
 def _summarise(blocks: list[dict], seconds: float, plan, spec) -> dict:

@@ -55,7 +55,12 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     from distributed import LocalCluster
 
     environ = {**JAX_WORKER_ENV, **(env or {})}
+    # pre-spawn: in the environment from the worker's first instruction (malloc,
+    # JAX). Also as the nanny's own argument, which outranks variables the
+    # driver's environment already holds (the nanny's lowest-ranked source is
+    # its configuration, and it writes pre-spawn values into the driver's
+    # environment, so a second cluster would otherwise inherit the first's).
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.multiprocessing-method": "spawn"}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                            processes=True, memory_limit=memory_limit, **kwargs)
+                            processes=True, memory_limit=memory_limit, env=environ, **kwargs)

@@ -272,20 +272,35 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                if self._stale(holder, me["host"]):
                     os.unlink(self.path)  # stale: its process is gone
                     continue
-                who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-                       if holder else "an unknown process")
-                raise StoreError(
-                    f"another run ({who}) is writing to {os.path.dirname(self.path)!r}; wait for it "
-                    f"to finish, or delete {self.path!r} if that process is gone"
-                ) from None
+                self._refuse(holder)
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
             return self
         raise StoreError(f"could not take the lock {self.path!r}")  # pragma: no cover
+
+    def check_free(self):
+        """Refuse now if another live run holds the lock (without taking it)."""
+        if self.path is None or not os.path.exists(self.path):
+            return
+        holder = self._holder()
+        if not self._stale(holder, socket.gethostname()):
+            self._refuse(holder)
+
+    @staticmethod
+    def _stale(holder, host) -> bool:
+        return bool(holder) and holder.get("host") == host and not _alive(holder.get("pid"))
+
+    def _refuse(self, holder):
+        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+               if holder else "an unknown process")
+        raise StoreError(
+            f"another run ({who}) is writing to {os.path.dirname(self.path)!r}; wait for it "
+            f"to finish, or delete {self.path!r} if that process is gone"
+        )
 
     def _holder(self) -> dict | None:
         try:

@@ -98,3 +98,15 @@ def chunk_files(store, array="matrix"):
 
     return sorted(p for p in glob.glob(os.path.join(store, array, "c", "**", "*"), recursive=True)
                   if os.path.isfile(p))
+
+
+def log_fault(name, injected, survived, data_lost):
+    """Append a fault-injection figure to $DIFFOPS_FAULT_REPORT (benchmarks/fault_report.py)."""
+    import json
+    import os
+
+    path = os.environ.get("DIFFOPS_FAULT_REPORT")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"fault": name, "injected": injected, "survived": survived,
+                                 "data_lost": data_lost}) + "\n")

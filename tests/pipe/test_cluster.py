@@ -8,7 +8,7 @@ import pytest
 
 import diffops_core as dc
 import pipeline
-from helpers import mixed_loss, mixed_out, mixed_x, tol
+from helpers import log_fault, mixed_loss, mixed_out, mixed_x, tol
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,6 @@ def test_worker_killed_mid_task_run_completes_bitwise(tmp_path, client, faults):
     assert result.status()["complete"]
     np.testing.assert_array_equal(result.assemble(), clean)
     assert result.verify() == []
-    from test_faults import log_fault
     log_fault("worker process exits mid-task (os._exit, before the kernel and after the write)",
               2, True, int(np.count_nonzero(result.assemble() != clean)))
 

@@ -18,20 +18,12 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
-from helpers import chunk_files, mixed_loss, mixed_x
+from helpers import chunk_files, log_fault, mixed_loss, mixed_x
 from pipeline._store import RUN, ResultStore
 from pipeline.cli import main
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 2  # mixed_x: 16 columns -> 8 blocks
-
-
-def log_fault(name, injected, survived, data_lost):
-    path = os.environ.get("DIFFOPS_FAULT_REPORT")
-    if path:
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"fault": name, "injected": injected, "survived": survived,
-                                 "data_lost": data_lost}) + "\n")
 
 
 @pytest.fixture(scope="module")
