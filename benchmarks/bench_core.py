@@ -94,10 +94,11 @@ def suite_sweep(repeats):
 
 
 def suite_wide(repeats):
+    repeats = max(repeats, 30)  # millisecond calls: more of them for a stable median
     ours = run(_cfg("wide", "diffops", repeats, op="jacobian", nbatches=16))
     ours1 = run(_cfg("wide", "diffops", repeats, op="jacobian"))
     jx = run(_cfg("wide", "jax", repeats, op="jacrev"))
-    zod = run(_cfg("wide", "zodiax", max(1, repeats // 3), op="jacobian", nbatches=16))
+    zod = run(_cfg("wide", "zodiax", 3, op="jacobian", nbatches=16))
     lines = [_row("implementation", "first call s", "steady median s", "vs jax.jacrev"),
              _row(*["---"] * 4)]
     for name, res in (("diffops nbatches=16 (auto -> rev)", ours),
@@ -149,14 +150,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     names = args.suite or list(SUITES)
-    body = []
-    for name in names:
+    command = "python benchmarks/bench_core.py" + "".join(f" --suite {n}" for n in args.suite or [])
+    for name in names:  # each suite keeps its own section of RESULTS.md
         title, fn = SUITES[name]
         print(f"== {title}", file=sys.stderr)
-        body.append(f"### {title}\n\n{fn(args.repeats)}\n")
-    command = "python benchmarks/bench_core.py" + "".join(f" --suite {n}" for n in args.suite or [])
-    write_section("core", "## diffops_core (in memory)\n\n" + "\n".join(body), command)
-    print("\n".join(body))
+        body = f"### {title}\n\n{fn(args.repeats)}\n"
+        write_section(f"core-{name}", body, command + ("" if args.repeats == 3 else
+                                                         f" --repeats {args.repeats}"))
+        print(body)
 
 
 if __name__ == "__main__":

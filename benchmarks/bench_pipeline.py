@@ -102,6 +102,30 @@ def overhead(args):
     print(body)
 
 
+def threads(args):
+    """Embedded default: 1 vs 2 threads on an I/O-heavy Hessian (writes dominate)."""
+    import pipeline
+
+    f, x, _ = make_banded_low_rank(args.n)
+    os.makedirs(args.dir, exist_ok=True)
+    store = os.path.join(args.dir, "threads.zarr")
+    times = {1: [], 2: []}
+    for count in (1, 2) * args.repeats:
+        shutil.rmtree(store, ignore_errors=True)
+        t = time.perf_counter()
+        pipeline.hessian_to_zarr(f, x, store, block_size=256, threads=count, progress=False)
+        times[count].append(time.perf_counter() - t)
+    shutil.rmtree(store, ignore_errors=True)
+    lines = [_row("threads", "median s", "runs s"), _row("---", "---", "---")]
+    lines += [_row(k, f"{statistics.median(v):.2f}", ", ".join(f"{t:.2f}" for t in v))
+              for k, v in times.items()]
+    body = (f"### Embedded default, threads: banded-plus-low-rank Hessian n={args.n:,} "
+            f"({args.n * args.n * 4 / 1e9:.1f} GB, block 256), writes dominate\n\n" + "\n".join(lines))
+    write_section("pipeline-threads", body,
+                  f"python benchmarks/bench_pipeline.py threads --n {args.n} --repeats {args.repeats}")
+    print(body)
+
+
 # -- out of core --------------------------------------------------------------------
 
 
@@ -225,7 +249,9 @@ def outofcore(args):
     body = f"### {title}\n\n" + "\n".join(lines)
     command = (f"python benchmarks/bench_pipeline.py outofcore --n {n} --worker-memory "
                f"{args.worker_memory} --workers {args.workers} --block-size {args.block_size}"
-               + (f" --section {args.section}" if args.section != "pipeline-outofcore" else ""))
+               + (" --verify" if args.verify else "")
+               + (f" --section {args.section}" if args.section != "pipeline-outofcore" else "")
+               + (f" --title '{args.title}'" if args.title else ""))
     write_section(args.section, body, command)
     print(body)
 
@@ -239,6 +265,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None)
     p.set_defaults(fn=overhead)
+    p = sub.add_parser("threads")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.set_defaults(fn=threads)
     p = sub.add_parser("outofcore")
     p.add_argument("--n", type=int, default=40000)
     p.add_argument("--worker-memory", default="2GB")

@@ -39,9 +39,7 @@ class Result:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._store.matrix.dtype.to_native_dtype()
-                        if hasattr(self._store.matrix.dtype, "to_native_dtype")
-                        else self._store.matrix.dtype)
+        return np.dtype(self._store.matrix.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -64,6 +62,10 @@ class Result:
             "nonfinite_blocks": [int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))],
         }
 
+    def missing_blocks(self) -> list[int]:
+        """Indices of the blocks without a completion record."""
+        return self._store.todo()
+
     def assemble(self) -> np.ndarray:
         """The whole matrix as a numpy array.
 
@@ -84,7 +86,11 @@ class Result:
             )
         return np.asarray(self._store.matrix[...])
 
-    def _layouts(self, x=None) -> tuple[Layout, Layout]:
+    def layouts(self, x=None) -> tuple[Layout, Layout]:
+        """The (row, column) flat layouts; with ``x``, its structure for the columns.
+
+        **Raises:** `ValueError` when ``x``'s leaf shapes differ from the stored ones.
+        """
         cols = self._store.in_layout
         if x is not None:
             given = Layout.from_pytree(x, check_float=False)
@@ -105,7 +111,7 @@ class Result:
         dict keyed by key path for other containers. For a Jacobian the outer
         structure is the output's, the inner the input's.
         """
-        rows, cols = self._layouts(x)
+        rows, cols = self.layouts(x)
         return matrix_to_pytree(self.array, rows, cols)
 
     def verify(self, workers: int = 4) -> list[int]:

@@ -147,8 +147,7 @@ def verify(store, repair, spec_path, progress):
     """Check every block of STORE against its checksum; --repair recomputes bad ones."""
     result = _open(store)
     bad = result.verify()
-    missing = [i for i in range(result.status()["blocks_total"])
-               if not result._store.done_mask()[i]]
+    missing = result.missing_blocks()
     click.echo(f"{store}: {len(bad)} bad block(s){': ' + str(bad) if bad else ''}; "
                f"{len(missing)} incomplete{': ' + str(missing) if missing else ''}")
     if not bad and not (repair and missing):
@@ -203,7 +202,7 @@ def show(store):
     if not st["complete"]:
         click.echo("  (incomplete: no per-leaf summary)")
         return
-    rows_layout, cols_layout = result._layouts()
+    rows_layout, cols_layout = result.layouts()
     side = plan["block_size"]
     a = result.array.rechunk((side, side))  # square chunks: row blocks and a.T line up
     stats = []
@@ -260,7 +259,7 @@ def plot(store, output, pixels):
     hi = float(finite.max()) if finite.size else 0.0
     lo = max(float(np.percentile(finite, 1)), hi - 12) if finite.size else 0.0
     logged = np.where(np.isfinite(logged), logged, lo)
-    rows_layout, cols_layout = result._layouts()
+    rows_layout, cols_layout = result.layouts()
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     im = ax.imshow(logged, cmap="magma", vmin=lo, interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})"
