@@ -99,9 +99,13 @@ def run(spec_path, scheduler, workers, overwrite, progress, as_json):
     Re-running a complete run does no work; an interrupted run resumes; a store
     holding another result is refused unless --overwrite.
     """
+    import logging
+
     from ._spec import load_spec
     from ._workflow import run_spec
 
+    # a local cluster's start/stop chatter is not for the user; warnings still show
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     spec = load_spec(spec_path)
     summary = run_spec(spec, scheduler=scheduler, workers=workers, overwrite=overwrite,
                        progress=progress)
