@@ -59,6 +59,25 @@ def _worker_limits(client) -> tuple[int, int]:
     return (min(positive) if positive else 0), max(threads)
 
 
+def _check_task_memory(kernels, block_size: int, micro, client, threads: int):
+    """Refuse, with the numbers, a block task that cannot fit where it will run:
+    XLA's compiled footprint of the block kernel plus two host copies of the slab,
+    times the tasks a worker runs at once, against 80% of its memory limit (or of
+    this machine's available memory on the embedded default)."""
+    spec = kernels.spec
+    footprint = kernel_bytes(kernels, block_size, micro or auto_micro(kernels, block_size))
+    slab = block_size * (spec.m if spec.axis == 1 else spec.n) * np.dtype(spec.dtype).itemsize
+    per_task = footprint.total + 2 * slab
+    detail = (f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
+              f"2 x {format_bytes(slab)} slab on the host")
+    if client is not None:
+        limit, worker_threads = _worker_limits(client)
+        _check_memory(per_task, worker_threads, limit, "a worker's memory limit", detail)
+    else:
+        _check_memory(per_task, threads, psutil.virtual_memory().available,
+                      "this machine's available memory", detail)
+
+
 def _check_memory(per_task: int, threads: int, limit: int, where: str, detail: str):
     need = per_task * threads
     if limit and need > 0.8 * limit:
@@ -119,18 +138,7 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
         return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})
 
     # Memory is a contract: refuse before computing anything.
-    micro = fixed_micro or auto_micro(kernels, plan.block_size)
-    footprint = kernel_bytes(kernels, plan.block_size, micro)
-    slab = plan.block_size * other * itemsize
-    per_task = footprint.total + 2 * slab
-    detail = (f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
-              f"2 x {format_bytes(slab)} slab on the host")
-    if client is not None:
-        limit, worker_threads = _worker_limits(client)
-        _check_memory(per_task, worker_threads, limit, "a worker's memory limit", detail)
-    else:
-        _check_memory(per_task, threads, psutil.virtual_memory().available,
-                      "this machine's available memory", detail)
+    _check_task_memory(kernels, plan.block_size, fixed_micro, client, threads)
 
     with lock:
         # look again under the lock: another run may have finished in between

@@ -72,13 +72,13 @@ def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progre
     plan = BlockPlan(ctx.extent, ctx.block_size)
     # The context is a task (not scattered data), so the scheduler can rebuild it
     # if every worker holding it dies; each worker fetches it once, as a dependency.
-    scattered = client.submit(hold, ctx, key=f"diffops-context-{ctx.token}", pure=False)
+    context = client.submit(hold, ctx, key=f"diffops-context-{ctx.token}", pure=False)
     pending, index_of, tries = {}, {}, {}
 
     def submit(i):
         tries[i] = tries.get(i, -1) + 1
         key = f"diffops-block-{ctx.token}-{i}" + (f"-again{tries[i]}" if tries[i] else "")
-        future = client.submit(run_block, scattered, i, key=key, pure=False)
+        future = client.submit(run_block, context, i, key=key, pure=False)
         pending[key], index_of[key] = future, i
         return future
 
@@ -113,5 +113,5 @@ def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progre
             progress.update()
     finally:
         client.cancel(list(pending.values()))
-        del scattered
+        context.release()
     return results

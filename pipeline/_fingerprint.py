@@ -74,7 +74,7 @@ def function_identity(f, depth: int = 0) -> str:
     h = hashlib.sha256()
     code = getattr(target, "__code__", None)
     if code is None:  # a callable object: hash its type's __call__
-        call = getattr(type(target), "__call__", None)
+        call = type(target).__call__ if callable(target) else None
         code = getattr(call, "__code__", None)
     if code is not None:
         _feed(h, code, depth)
