@@ -98,6 +98,9 @@ class _WorkerState:
         self.matrix = group["matrix"]
         self.records = group["blocks"]
         self.micro = micro
+        # One kernel at a time per process: XLA already uses every core (or the
+        # GPU) for one, so a second thread only overlaps its copy and write.
+        self.kernel_lock = threading.Lock()
 
 
 _STATES: dict[str, _WorkerState] = {}
@@ -183,10 +186,11 @@ def _run_block(ctx: BlockContext, index: int) -> dict:
     try:
         state = _state(ctx)
         _inject(index, "start")
-        t_start, wall_start = time.perf_counter(), time.time()
-        device_slab = state.kernel(state.lin, np.int32(block.window))
-        device_slab.block_until_ready()
-        t_kernel, wall_kernel = time.perf_counter(), time.time()
+        with state.kernel_lock:
+            t_start, wall_start = time.perf_counter(), time.time()
+            device_slab = state.kernel(state.lin, np.int32(block.window))
+            device_slab.block_until_ready()
+            t_kernel, wall_kernel = time.perf_counter(), time.time()
         slab = np.asarray(device_slab)
         del device_slab
         t_host = time.perf_counter()
