@@ -258,3 +258,24 @@ def test_help_on_every_subcommand():
     for command in ([], ["run"], ["status"], ["verify"], ["show"], ["plot"]):
         res = invoke(*command, "--help")
         assert res.exit_code == 0 and "Usage: " in res.output
+
+
+def test_jacobian_spec_run_show_plot(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = write_spec(tmp_path, operation="jacobian", function="tinymodel:vector", mode="rev",
+                      blocks={"block_size": 3})
+    res = invoke("run", spec, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "jacobian 9x15 float32" in res.output and "symmetry" not in res.output
+    store = str(tmp_path / "out.zarr")
+    import importlib
+
+    tiny = importlib.import_module("tinymodel")
+    J, _ = dc.jacobian(tiny.vector, tiny.best_fit(), mode="rev")
+    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]), np.asarray(J),
+                               rtol=1e-5, atol=1e-6)
+    res = invoke("show", store)
+    assert res.exit_code == 0 and "jacobian (jacrev)" in res.output and "(rows)" in res.output
+    png = str(tmp_path / "j.png")
+    assert invoke("plot", store, "-o", png).exit_code == 0
+    assert open(png, "rb").read(4) == b"\x89PNG"
