@@ -7,10 +7,24 @@ flat layout (`Layout`) are the documented internal API that executors (the
 in-memory loop here, the dask pipeline) build on.
 """
 
-from ._api import choose_sizing, hessian, jacobian, jacobian_op, split_jacobian
-from ._kernels import KernelSpec, Kernels, clear_cache, get_kernels
+from ._api import (
+    check_flag,
+    choose_sizing,
+    hessian,
+    jacobian,
+    jacobian_op,
+    split_jacobian,
+)
+from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
 from ._layout import Layout, LeafSpec
-from ._plan import Block, BlockPlan, format_bytes, parse_bytes, plan_blocks, resolve_block_size
+from ._plan import (
+    Block,
+    BlockPlan,
+    format_bytes,
+    parse_bytes,
+    plan_blocks,
+    resolve_block_size,
+)
 from ._sizing import Footprint, Sizing, auto_micro, budget_block, kernel_bytes
 from ._version import __version__
 from ._views import hessian_to_pytree, matrix_to_pytree
@@ -44,4 +58,5 @@ __all__ = [
     "kernel_bytes",
     "jacobian_op",
     "split_jacobian",
+    "check_flag",
 ]

@@ -15,7 +15,8 @@ __all__ = ["jacobian", "hessian", "choose_sizing"]
 _MODES = ("auto", "fwd", "rev")
 
 
-def _check_flag(name, value):
+def check_flag(name, value) -> bool:
+    """``value`` as a bool; `TypeError` naming ``name`` unless it is True/False (or 1/0)."""
     if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
@@ -98,8 +99,8 @@ def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
     `ValueError` for a non-scalar ``f``, bad block settings or a budget that
     cannot hold one column.
     """
-    jit = _check_flag("jit", jit)
-    checkpoint = _check_flag("checkpoint", checkpoint)
+    jit = check_flag("jit", jit)
+    checkpoint = check_flag("checkpoint", checkpoint)
     kernels, x_flat, unravel = get_kernels(f, x, "hessian", checkpoint=checkpoint, cache=jit)
     sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
                            memory_budget=memory_budget, inner_width=inner_width)
@@ -140,8 +141,8 @@ def jacobian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
 
     **Raises:** as `hessian`, plus `ValueError` for an unknown ``mode``.
     """
-    jit = _check_flag("jit", jit)
-    checkpoint = _check_flag("checkpoint", checkpoint)
+    jit = check_flag("jit", jit)
+    checkpoint = check_flag("checkpoint", checkpoint)
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     kernels, x_flat, unravel = get_kernels(f, x, "jacfwd", checkpoint=checkpoint, cache=jit)

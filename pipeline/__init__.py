@@ -13,9 +13,9 @@ from ._api import hessian_to_zarr, jacobian_to_zarr
 from ._cluster import local_cluster
 from ._result import Result, open_result
 from ._spec import Spec, SpecError, load_spec
-from ._workflow import run_spec
 from ._store import StoreError
 from ._tasks import BlockError
+from ._workflow import run_spec
 
 __all__ = [
     "__version__",

@@ -13,8 +13,16 @@ import jax
 import numpy as np
 import psutil
 
-from diffops_core import (auto_micro, choose_sizing, format_bytes, get_kernels, jacobian_op, kernel_bytes,
-                          plan_blocks)
+from diffops_core import (
+    auto_micro,
+    check_flag,
+    choose_sizing,
+    format_bytes,
+    get_kernels,
+    jacobian_op,
+    kernel_bytes,
+    plan_blocks,
+)
 
 from ._execute import active_client, run_distributed, run_local
 from ._fingerprint import fingerprint_parts
@@ -35,12 +43,6 @@ def default_block_size(extent: int, other: int, itemsize: int) -> int:
     by_count = math.ceil(extent / _DEFAULT_BLOCKS)
     by_bytes = max(1, SLAB_TARGET_BYTES // max(1, other * itemsize))
     return max(1, min(extent, by_count, by_bytes))
-
-
-def _check_flag(name, value):
-    if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _host_tree(x):
@@ -91,9 +93,9 @@ def _check_memory(per_task: int, threads: int, limit: int, where: str, detail: s
 
 def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget, inner_width,
              checkpoint, client, overwrite, progress, threads, compressor):
-    checkpoint = _check_flag("checkpoint", checkpoint)
-    overwrite = _check_flag("overwrite", overwrite)
-    progress = _check_flag("progress", progress)
+    checkpoint = check_flag("checkpoint", checkpoint)
+    overwrite = check_flag("overwrite", overwrite)
+    progress = check_flag("progress", progress)
     if not isinstance(store, (str, os.PathLike)) and not hasattr(store, "get"):
         raise TypeError(f"store must be a path, a URL or a zarr store, got {type(store).__name__}")
     if isinstance(store, os.PathLike):
