@@ -144,7 +144,7 @@ class _Traced:
         y = jax.eval_shape(lambda z: f(unravel(z)), x_aval)
         self.out_layout = Layout.from_pytree(y, name="f(x)", check_float=False)
         self.jitted: dict[tuple, object] = {}
-        self.memo: dict[tuple, object] = {}
+        self.memos: dict[str, dict] = {}  # per op: sizing figures measured once
         self.lock = threading.Lock()
 
 
@@ -170,7 +170,7 @@ class Kernels:
     def __init__(self, traced: _Traced, op: str):
         self._traced = traced
         self.spec = _make_spec(op, traced.in_layout, traced.out_layout)
-        self.memo = _OpMemo(traced.memo, op)
+        self.memo = traced.memos.setdefault(op, {})
 
     def for_op(self, op: str) -> "Kernels":
         """The kernels of another op for the same function and avals."""
@@ -272,22 +272,6 @@ class Kernels:
             return self.slab(block_size, micro).lower(lin_aval, start_aval)
 
         return self._compiled(("slab", block_size, micro), lower)
-
-
-class _OpMemo:
-    """A per-op view of the shared memo dict."""
-
-    def __init__(self, memo, op):
-        self._memo, self._op = memo, op
-
-    def __contains__(self, key):
-        return (self._op, key) in self._memo
-
-    def __getitem__(self, key):
-        return self._memo[(self._op, key)]
-
-    def __setitem__(self, key, value):
-        self._memo[(self._op, key)] = value
 
 
 def _check_widths(extent, width, micro):

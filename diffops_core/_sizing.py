@@ -45,7 +45,9 @@ class Footprint:
 
 
 def kernel_bytes(kernels: Kernels, block_size: int, micro: int) -> Footprint:
-    """Compile ``kernels.block(block_size, micro)`` for abstract inputs and read its memory."""
+    """XLA's memory figures for ``kernels.compiled_block(block_size, micro)``: the
+    slab kernel compiled (never run) for abstract inputs, whose arguments include
+    the linearisation's residuals. The compile is cached and reused by executors."""
     stats = kernels.compiled_block(block_size, micro).memory_analysis()
     if stats is None:  # some backends give no analysis: treat as free
         return Footprint(0, 0, 0, 0)
