@@ -48,10 +48,11 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
     if memory_budget is not None:
         return budget_block(kernels, memory_budget, micro=inner_width)
     if nbatches is not None and spec.op == "jacrev":
-        # nbatches keeps zodiax's meaning (checked against the n parameters); row
-        # blocks can't be more than the m rows, so it is capped there.
-        resolve_block_size(spec.n, nbatches=nbatches)
-        nbatches = min(nbatches, spec.extent)
+        # nbatches keeps zodiax's meaning in either mode: at most ceil(n / nbatches)
+        # products in flight (checked against the n parameters); in rev mode those
+        # products are VJP rows, and a block holds at most the m rows there are.
+        size = resolve_block_size(spec.n, nbatches=nbatches)
+        nbatches, block_size = None, None if size is None else min(size, spec.extent)
     size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
     size = size or spec.extent
     if inner_width is not None:
@@ -63,7 +64,7 @@ def _run_matrix(kernels: Kernels, x_flat, micro: int, jit: bool):
     if jit:
         return kernels.matrix(micro)(x_flat)
     with jax.disable_jit():
-        return kernels.matrix_fn(micro)(x_flat)
+        return kernels.matrix_fn(micro)(kernels.consts, x_flat)
 
 
 def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,

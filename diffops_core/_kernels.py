@@ -12,14 +12,16 @@ faster on CPUs). Two executors use it:
 - the in-memory matrix ``matrix(x_flat) -> M``: linearise once and fill the whole
   matrix in one jitted loop (the in-memory API).
 
-Compiled kernels are cached per (function, input avals, options): calling again
-with the same ``f`` and shapes does not trace ``f`` again.
+``f`` is traced once per call (`diffops_core._trace`); compiled kernels are
+cached on what JAX traced and take the trace's constants as arguments, so a
+second call with new data (or a new ``x``) compiles nothing and is never stale.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import threading
 
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._layout import Layout
+from ._trace import TracedFunction, const_spec, eval_flat, trace
 
 __all__ = ["KernelSpec", "Kernels", "get_kernels", "OPS"]
 
@@ -126,32 +129,31 @@ def _fill(lin, start, width, micro, extent, in_dtype, axis, slab):
     return jax.lax.fori_loop(0, count, body, slab)
 
 
-_CACHE: "collections.OrderedDict[tuple, _Traced]" = collections.OrderedDict()
-_CACHE_SIZE = 64
+_CACHE: "collections.OrderedDict[tuple, _Program]" = collections.OrderedDict()
+_CACHE_SIZE = 32
 _CACHE_LOCK = threading.Lock()
 
 
-class _Traced:
-    """What one (f, x-avals, checkpoint) combination shares across ops: the output
-    layout (from one `jax.eval_shape`), the jitted kernels and sizing memos."""
+class _Program:
+    """What every trace with one compile key shares: the jaxpr (never ``f``), the
+    jitted kernels and sizing memos. Constants are arguments of every kernel."""
 
-    def __init__(self, f, unravel, checkpoint: bool, in_layout: Layout):
-        self.f = f
-        self.unravel = unravel
+    def __init__(self, jaxpr, checkpoint: bool, in_layout: Layout):
+        self.jaxpr = jaxpr
         self.checkpoint = checkpoint
-        self.in_layout = in_layout
-        x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
-        y = jax.eval_shape(lambda z: f(unravel(z)), x_aval)
-        self.out_layout = Layout.from_pytree(y, name="f(x)", check_float=False)
+        self.x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
         self.jitted: dict[tuple, object] = {}
         self.memos: dict[str, dict] = {}  # per op: sizing figures measured once
         self.lock = threading.Lock()
 
 
 class Kernels:
-    """The kernels of one op for one (f, x-avals, checkpoint) combination.
+    """The kernels of one op for one traced function. Build with `get_kernels`.
 
-    Build with `get_kernels`. Holds the `KernelSpec` and hands out jitted functions:
+    Holds the `KernelSpec`, this call's constants (`consts`: the arrays ``f``
+    reads, as traced now) and the `traced` function, and hands out functions
+    bound to those constants whose compiled code is shared by every trace with
+    the same compile key:
 
     - `block(block_size, micro)`: ``(x_flat, start) -> slab`` of shape
       ``spec.slab_shape(block_size)`` holding columns (rows for ``jacrev``)
@@ -167,22 +169,25 @@ class Kernels:
     ``micro`` is the micro-batch width: products vmapped at once (``<= block_size``).
     """
 
-    def __init__(self, traced: _Traced, op: str):
-        self._traced = traced
-        self.spec = _make_spec(op, traced.in_layout, traced.out_layout)
-        self.memo = traced.memos.setdefault(op, {})
+    def __init__(self, program: _Program, op: str, traced: TracedFunction,
+                 in_layout: Layout, out_layout: Layout):
+        self._program = program
+        self.traced = traced
+        self.consts = traced.consts
+        self.spec = _make_spec(op, in_layout, out_layout)
+        self.memo = program.memos.setdefault(op, {})
 
     def for_op(self, op: str) -> "Kernels":
-        """The kernels of another op for the same function and avals."""
-        return Kernels(self._traced, op)
+        """The kernels of another op for the same traced function."""
+        return Kernels(self._program, op, self.traced, self.spec.in_layout, self.spec.out_layout)
 
-    def f_flat(self, z):
-        """``f`` on the flat input, its output raveled to one vector."""
-        return _ravel_output(self._traced.f(self._traced.unravel(z)))
+    def f_flat(self, consts, z):
+        """``f`` on the flat input with constants ``consts``, raveled to one vector."""
+        return _ravel_output(eval_flat(self._program.jaxpr, consts, z))
 
-    def _lin(self, x_flat):
-        f_flat = self.f_flat
-        if self._traced.checkpoint:
+    def _lin(self, consts, x_flat):
+        f_flat = functools.partial(self.f_flat, consts)
+        if self._program.checkpoint:
             f_flat = jax.checkpoint(f_flat)
         if self.spec.op == "hessian":
             scalar = lambda z: f_flat(z).reshape(())  # noqa: E731
@@ -208,57 +213,65 @@ class Kernels:
         return slab
 
     def block_fn(self, block_size: int, micro: int):
-        """The un-jitted block kernel ``(x_flat, start) -> slab`` (see class docstring)."""
+        """The un-jitted block kernel ``(consts, x_flat, start) -> slab``."""
         slab = self.slab_fn(block_size, micro)
-        return lambda x_flat, start: slab(self._lin(x_flat), start)
+        return lambda consts, x_flat, start: slab(self._lin(consts, x_flat), start)
 
     def matrix_fn(self, micro: int):
-        """The un-jitted whole-matrix loop (see class docstring)."""
+        """The un-jitted whole-matrix loop ``(consts, x_flat) -> (m, n)``."""
         spec = self.spec
         _check_widths(spec.extent, spec.extent, micro)
 
-        def matrix(x_flat):
+        def matrix(consts, x_flat):
             out = jnp.zeros(spec.shape, spec.dtype)
-            return self._fill(self._lin(x_flat), 0, spec.extent, micro, out)
+            return self._fill(self._lin(consts, x_flat), 0, spec.extent, micro, out)
 
         return matrix
 
     def _jit(self, key, build):
         key = (self.spec.op,) + key
-        with self._traced.lock:
-            if key not in self._traced.jitted:
-                self._traced.jitted[key] = jax.jit(build())
-            return self._traced.jitted[key]
+        program = self._program
+        with program.lock:
+            if key not in program.jitted:
+                program.jitted[key] = jax.jit(build())
+            return program.jitted[key]
 
     def block(self, block_size: int, micro: int):
-        return self._jit(("block", block_size, micro), lambda: self.block_fn(block_size, micro))
+        jitted = self._jit(("block", block_size, micro), lambda: self.block_fn(block_size, micro))
+        return functools.partial(jitted, self.consts)
 
     def matrix(self, micro: int):
-        return self._jit(("matrix", micro), lambda: self.matrix_fn(micro))
+        return functools.partial(self._jit(("matrix", micro), lambda: self.matrix_fn(micro)),
+                                 self.consts)
+
+    def _prepare_jitted(self):
+        return self._jit(("prepare",), lambda: self._lin)
 
     def prepare(self):
-        return self._jit(("prepare",), lambda: self._lin)
+        return functools.partial(self._prepare_jitted(), self.consts)
 
     def slab(self, block_size: int, micro: int):
         return self._jit(("slab", block_size, micro), lambda: self.slab_fn(block_size, micro))
 
     def _compiled(self, key, lower):
         key = (self.spec.op, "compiled") + key
-        traced = self._traced
-        with traced.lock:
-            compiled = traced.jitted.get(key)
+        program = self._program
+        with program.lock:
+            compiled = program.jitted.get(key)
         if compiled is None:
             compiled = lower().compile()
-            with traced.lock:
-                compiled = traced.jitted.setdefault(key, compiled)
+            with program.lock:
+                compiled = program.jitted.setdefault(key, compiled)
         return compiled
 
-    def _x_aval(self):
-        return jax.ShapeDtypeStruct((self.spec.n,), self.spec.in_layout.dtype)
+    def _const_avals(self):
+        return tuple(const_spec(c) for c in self.consts)
 
     def compiled_prepare(self):
         """`prepare` compiled ahead of time: ``compiled(x_flat) -> lin``."""
-        return self._compiled(("prepare",), lambda: self.prepare().lower(self._x_aval()))
+        compiled = self._compiled(("prepare",), lambda: self._prepare_jitted().lower(
+            self._const_avals(), self._program.x_aval))
+        return functools.partial(compiled, self.consts)
 
     def compiled_block(self, block_size: int, micro: int):
         """`slab` compiled ahead of time: ``compiled(lin, np.int32(start)) -> slab``.
@@ -267,7 +280,8 @@ class Kernels:
         (hence its memory analysis) include the linearisation's residuals.
         """
         def lower():
-            lin_aval = jax.eval_shape(self.prepare(), self._x_aval())
+            lin_aval = jax.eval_shape(self._prepare_jitted(), self._const_avals(),
+                                      self._program.x_aval)
             start_aval = jax.ShapeDtypeStruct((), "int32")
             return self.slab(block_size, micro).lower(lin_aval, start_aval)
 
@@ -279,13 +293,6 @@ def _check_widths(extent, width, micro):
         raise ValueError(f"block size must be in [1, {extent}], got {width}")
     if not 1 <= micro <= width:
         raise ValueError(f"micro-batch width must be in [1, {width}], got {micro}")
-
-
-def _aval_key(leaves):
-    return tuple(
-        (tuple(np.shape(leaf)), str(jnp.result_type(leaf)), bool(getattr(leaf, "weak_type", False)))
-        for leaf in leaves
-    )
 
 
 def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:
@@ -311,7 +318,14 @@ def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:
 
 
 def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
-    """Kernels for ``f`` at the shapes of ``x`` (cached on f and x's avals).
+    """Trace ``f`` at ``x`` once and return its kernels.
+
+    ``f`` is traced to a jaxpr on every call (`diffops_core._trace.trace`); the
+    kernels are compiled from that jaxpr and cached on what JAX traced (the
+    program's structure and the constants a compiled kernel keeps), never on
+    ``f``'s identity. The trace's constants (the arrays ``f`` reads) are passed
+    to the compiled kernels as arguments, so new data gives fresh results with
+    no recompile, and structurally identical functions share one compile.
 
     **Arguments:**
 
@@ -319,8 +333,7 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     - `x`: the parameter pytree (arrays, Python floats, or tracers).
     - `op`: ``"hessian"``, ``"jacfwd"`` or ``"jacrev"``.
     - `checkpoint`: wrap ``f`` in `jax.checkpoint`.
-    - `cache`: reuse what was built for the same ``f`` and avals (``f`` is traced
-      once, by `jax.eval_shape`, when it is built).
+    - `cache`: reuse compiled kernels of the same program.
 
     **Returns:** ``(kernels, x_flat, unravel)``.
 
@@ -330,32 +343,30 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     if op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
     in_layout = Layout.from_pytree(x)
-    leaves, treedef = jax.tree_util.tree_flatten(x)
     x_flat, unravel = jax.flatten_util.ravel_pytree(x)
-    key = None
-    if cache:
-        key = (f, bool(checkpoint), treedef, _aval_key(leaves), bool(jax.config.jax_enable_x64))
-        try:
-            hash(key)
-        except TypeError:  # an unhashable f (e.g. a module holding arrays): no caching
-            key = None
-    traced = None
+    x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
+    traced = trace(f, unravel, x_aval)
+    out_layout = Layout.from_pytree(traced.out_tree, name="f(x)", check_float=False)
+    compile_key = traced.compile_key if cache else None
+    key = None if compile_key is None else (
+        compile_key, bool(checkpoint), in_layout.dtype, bool(jax.config.jax_enable_x64))
+    program = None
     if key is not None:
         with _CACHE_LOCK:
-            traced = _CACHE.get(key)
-            if traced is not None:
+            program = _CACHE.get(key)
+            if program is not None:
                 _CACHE.move_to_end(key)
-    if traced is None:
-        traced = _Traced(f, unravel, checkpoint, in_layout)
+    if program is None:
+        program = _Program(traced.jaxpr, checkpoint, in_layout)
         if key is not None:
             with _CACHE_LOCK:
-                _CACHE[key] = traced
+                program = _CACHE.setdefault(key, program)
                 while len(_CACHE) > _CACHE_SIZE:
                     _CACHE.popitem(last=False)
-    return Kernels(traced, op), x_flat, unravel
+    return Kernels(program, op, traced, in_layout, out_layout), x_flat, unravel
 
 
 def clear_cache():
-    """Forget every cached kernel (frees the functions they hold)."""
+    """Forget every cached kernel."""
     with _CACHE_LOCK:
         _CACHE.clear()

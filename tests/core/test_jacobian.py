@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-from helpers import (TraceCounter, assert_tree_close, mixed_out, mixed_x, reference_jacobian,
+from helpers import (CompileCounter, TraceCounter, assert_tree_close, mixed_out, mixed_x, reference_jacobian,
                      tol)
 
 N = 16
@@ -70,10 +70,25 @@ def test_float64_rev():
         assert_tree_close(J, reference_jacobian(mixed_out, x), **tol(np.float64))
 
 
-def test_repeated_calls_do_not_trace_again():
+def test_repeated_calls_trace_once_and_compile_nothing():
     f = TraceCounter(mixed_out)
     x = mixed_x()
     dc.jacobian(f, x, 2, mode="rev")
     traced = f.count
-    dc.jacobian(f, jax.tree_util.tree_map(lambda v: v * 2.0, x), 2, mode="rev")
-    assert f.count == traced
+    x2 = jax.tree_util.tree_map(lambda v: v * 2.0, x)
+    with CompileCounter() as compiles:
+        J2, _ = dc.jacobian(f, x2, 2, mode="rev")
+    assert f.count == traced + 1 and compiles.count == 0
+    assert_tree_close(J2, reference_jacobian(mixed_out, x2), **tol(np.float32))
+
+
+def test_nbatches_bounds_products_in_flight_in_rev_mode_too():
+    # issue 8 (12): nbatches=16 on a wide Jacobian meant 16 row blocks of 4 rows;
+    # it means at most ceil(n / 16) products in flight, so all 4 rows go at once.
+    f = lambda v: jnp.tanh(v[:4] * jnp.sum(v))  # noqa: E731
+    x = jnp.linspace(0.1, 1.0, 200)
+    kernels = dc.get_kernels(f, x, "jacrev")[0]
+    assert dc.choose_sizing(kernels, nbatches=16).block_size == 4
+    assert dc.choose_sizing(kernels, nbatches=100).block_size == 2  # ceil(200 / 100)
+    J, _ = dc.jacobian(f, x, 16, mode="rev")
+    np.testing.assert_allclose(J, reference_jacobian(f, x), rtol=1e-5, atol=1e-6)
