@@ -95,7 +95,8 @@ class Sizing:
     footprint: Footprint | None = None
 
 
-def budget_block(kernels: Kernels, memory_budget, micro: int | None = None) -> Sizing:
+def budget_block(kernels: Kernels, memory_budget, micro: int | None = None,
+                 host_bytes_per_item: int = 0) -> Sizing:
     """The largest block whose compiled kernel fits ``memory_budget``.
 
     **Arguments:**
@@ -103,6 +104,9 @@ def budget_block(kernels: Kernels, memory_budget, micro: int | None = None) -> S
     - `kernels`: the kernels to size.
     - `memory_budget`: bytes, or a string such as ``"512MB"``.
     - `micro`: a micro-batch width to use (default: `auto_micro`, capped by the block).
+    - `host_bytes_per_item`: bytes a block needs outside the kernel per column
+      (row) it holds, counted against the same budget (an executor's host
+      copies of the slab).
 
     **Returns:** a `Sizing`.
 
@@ -111,11 +115,13 @@ def budget_block(kernels: Kernels, memory_budget, micro: int | None = None) -> S
     """
     budget = parse_bytes(memory_budget)
     spec = kernels.spec
+    host = max(0, int(host_bytes_per_item))
     one = kernel_bytes(kernels, 1, 1)
-    if one.total > budget:
+    if one.total + host > budget:
+        extra = f" plus {format_bytes(host)} on the host" if host else ""
         raise ValueError(
-            f"one {'row' if spec.axis == 0 else 'column'} needs {format_bytes(one.total)} "
-            f"(XLA's compiled estimate for a block of 1); memory_budget={memory_budget!r} "
+            f"one {'row' if spec.axis == 0 else 'column'} needs {format_bytes(one.total + host)} "
+            f"(XLA's compiled estimate for a block of 1{extra}); memory_budget={memory_budget!r} "
             "cannot hold a block. Raise memory_budget, or pass checkpoint=True to trade "
             "compute for memory."
         )
@@ -125,21 +131,21 @@ def budget_block(kernels: Kernels, memory_budget, micro: int | None = None) -> S
     per_temp = max(_per_product_temp(kernels), 0.0)
 
     def estimate(block, w):
-        return one.total + (block - 1) * per_slab_col + (w - 1) * per_temp
+        return one.total + (block - 1) * per_slab_col + (w - 1) * per_temp + block * host
 
     # Largest micro-batch that fits with a block of its own width, then the
     # largest block at that width.
     while width > 1 and estimate(width, width) > budget:
         width //= 2
-    block = max(width, int(width + (budget - estimate(width, width)) // per_slab_col))
+    block = max(width, int(width + (budget - estimate(width, width)) // (per_slab_col + host)))
     block = min(block, spec.extent)
     width = min(width, block)
     # Check the estimate against the compiled kernel; shrink until it fits.
     for _ in range(6):
         footprint = kernel_bytes(kernels, block, width)
-        if footprint.total <= budget:
+        if footprint.total + block * host <= budget:
             return Sizing(block, width, footprint)
-        scale = budget / footprint.total
+        scale = budget / (footprint.total + block * host)
         block = max(1, int(block * scale * 0.95))
         width = max(1, min(width, block) if scale > 0.5 else width // 2)
         width = min(width, block)

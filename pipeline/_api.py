@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -15,6 +16,7 @@ import psutil
 
 from diffops_core import (
     auto_micro,
+    budget_block,
     check_flag,
     choose_sizing,
     format_bytes,
@@ -25,17 +27,34 @@ from diffops_core import (
 )
 
 from ._execute import active_client, run_distributed, run_local
-from ._fingerprint import fingerprint_parts
+from ._fingerprint import describe_difference, fingerprint_parts
 from ._progress import Progress
 from ._result import Result
-from ._store import ResultStore, RunLock, StoreError, sha256_json
+from ._store import (
+    FORMAT,
+    ResultStore,
+    RunLock,
+    StoreError,
+    describe_foreign,
+    free_disk,
+    inspect,
+    normalise_location,
+    read_meta,
+    sha256_json,
+)
 from ._tasks import BlockContext
 
-__all__ = ["hessian_to_zarr", "jacobian_to_zarr", "default_block_size", "SLAB_TARGET_BYTES"]
+__all__ = ["hessian_to_zarr", "jacobian_to_zarr", "default_block_size", "SLAB_TARGET_BYTES",
+           "task_bytes", "Limits"]
 
-#: Default block: the matrix in about 16 blocks, each slab at most this large.
+#: Default block: the matrix in about 16 blocks, each slab at most this large
+#: (then shrunk to fit the workers' memory).
 SLAB_TARGET_BYTES = 256 * 2**20
 _DEFAULT_BLOCKS = 16
+#: A worker's resident memory before its first block, with jax, dask and the
+#: pipeline imported (measured: benchmarks/RESULTS.md); used when a worker
+#: cannot report its own.
+WORKER_BASELINE_BYTES = 300 * 10**6
 
 
 def default_block_size(extent: int, other: int, itemsize: int) -> int:
@@ -50,60 +69,140 @@ def _host_tree(x):
     return jax.tree_util.tree_map(lambda v: np.asarray(v) if hasattr(v, "dtype") else v, x)
 
 
-def _worker_limits(client) -> tuple[int, int]:
-    """(smallest worker memory limit in bytes or 0 for none, most threads per worker)."""
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Where block tasks run, as memory: the smallest limit (bytes, 0 for none),
+    the baseline a process holds before its first block, tasks at once, and a
+    name for messages."""
+
+    limit: int
+    baseline: int
+    threads: int
+    where: str
+
+    @property
+    def per_task(self) -> float:
+        """Bytes one task may use: 80% of the limit, less the baseline, per task."""
+        return (0.8 * self.limit - self.baseline) / self.threads
+
+
+def _vm_rss() -> int:
+    """This process's resident memory now (VmRSS), in bytes."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0  # pragma: no cover - not Linux
+
+
+def _limits(client, threads: int) -> Limits:
+    """The memory block tasks may use: the smallest worker's limit and the largest
+    worker's baseline (measured now), or this machine's available memory."""
+    if client is None:
+        # available memory already excludes what this process holds
+        return Limits(int(psutil.virtual_memory().available), 0, threads,
+                      "this machine's available memory")
     workers = client.scheduler_info().get("workers", {}).values()
-    limits = [int(w.get("memory_limit") or 0) for w in workers]
-    threads = [int(w.get("nthreads") or 1) for w in workers]
     if not workers:
         raise StoreError("the distributed client has no workers; start some, or pass client=None")
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
     positive = [lim for lim in limits if lim > 0]
-    return (min(positive) if positive else 0), max(threads)
+    try:
+        baseline = max(client.run(_vm_rss).values(), default=0)
+    except Exception:  # noqa: BLE001 - a worker that cannot say: assume the measured typical
+        baseline = WORKER_BASELINE_BYTES
+    return Limits(min(positive) if positive else 0, int(baseline),
+                  max(int(w.get("nthreads") or 1) for w in workers), "a worker's memory limit")
 
 
-def _check_task_memory(kernels, block_size: int, micro, client, threads: int):
-    """Refuse, with the numbers, a block task that cannot fit where it will run:
-    XLA's compiled footprint of the block kernel plus two host copies of the slab,
-    times the tasks a worker runs at once, against 80% of its memory limit (or of
-    this machine's available memory on the embedded default)."""
-    spec = kernels.spec
+def _slab_bytes(spec, block_size: int) -> int:
+    other = spec.m if spec.axis == 1 else spec.n
+    return block_size * other * np.dtype(spec.dtype).itemsize
+
+
+def task_bytes(kernels, block_size: int, micro=None) -> tuple[int, str]:
+    """(bytes one block task needs, how that was counted): XLA's compiled
+    footprint of the block kernel plus two host copies of the slab."""
     footprint = kernel_bytes(kernels, block_size, micro or auto_micro(kernels, block_size))
-    slab = block_size * (spec.m if spec.axis == 1 else spec.n) * np.dtype(spec.dtype).itemsize
-    per_task = footprint.total + 2 * slab
+    slab = _slab_bytes(kernels.spec, block_size)
     detail = (f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
               f"2 x {format_bytes(slab)} slab on the host")
-    if client is not None:
-        limit, worker_threads = _worker_limits(client)
-        _check_memory(per_task, worker_threads, limit, "a worker's memory limit", detail)
-    else:
-        _check_memory(per_task, threads, psutil.virtual_memory().available,
-                      "this machine's available memory", detail)
+    return footprint.total + 2 * slab, detail
 
 
-def _check_memory(per_task: int, threads: int, limit: int, where: str, detail: str):
-    need = per_task * threads
-    if limit and need > 0.8 * limit:
-        raise MemoryError(
-            f"one block task needs about {format_bytes(per_task)} ({detail}); with {threads} "
-            f"task(s) at once that is {format_bytes(need)}, over 80% of {where} "
-            f"({format_bytes(limit)}). Use a smaller block_size or memory_budget, or give the "
-            "workers more memory."
+def _memory_error(per_task: int, detail: str, limits: Limits) -> MemoryError:
+    need = limits.baseline + per_task * limits.threads
+    base = f"{format_bytes(limits.baseline)} baseline + " if limits.baseline else ""
+    return MemoryError(
+        f"one block task needs about {format_bytes(per_task)} ({detail}); with {limits.threads} "
+        f"task(s) at once that is {base}{format_bytes(per_task * limits.threads)} = "
+        f"{format_bytes(need)}, over 80% of {limits.where} ({format_bytes(limits.limit)}). Use "
+        "a smaller block_size or memory_budget, or give the workers more memory."
+    )
+
+
+def _check_task_memory(kernels, block_size: int, micro, limits: Limits):
+    """Refuse, with the numbers, a block task that cannot fit where it will run."""
+    per_task, detail = task_bytes(kernels, block_size, micro)
+    if limits.limit and per_task > limits.per_task:
+        raise _memory_error(per_task, detail, limits)
+
+
+def _default_block(kernels, limits: Limits) -> int:
+    """The default block: about 16 blocks with slabs of at most 256 MiB, shrunk
+    until one task fits the smallest worker (or this machine); refused only when
+    one column (row) cannot fit."""
+    spec = kernels.spec
+    itemsize = np.dtype(spec.dtype).itemsize
+    other = spec.m if spec.axis == 1 else spec.n
+    block = default_block_size(spec.extent, other, itemsize)
+    if not limits.limit or task_bytes(kernels, block)[0] <= limits.per_task:
+        return block
+    if limits.per_task <= 0:
+        raise _memory_error(*task_bytes(kernels, 1), limits)
+    try:
+        sizing = budget_block(kernels, int(limits.per_task), host_bytes_per_item=2 * other * itemsize)
+    except ValueError:
+        raise _memory_error(*task_bytes(kernels, 1), limits) from None
+    return max(1, min(block, sizing.block_size))
+
+
+def _check_disk(location, spec, plan, todo: list[int], compressor):
+    """Refuse, with the numbers, a local store whose disk cannot hold what is left."""
+    free = free_disk(location)
+    if free is None:
+        return
+    itemsize = np.dtype(spec.dtype).itemsize
+    other = spec.m if spec.axis == 1 else spec.n
+    need = sum(plan.block(i).size for i in todo) * other * itemsize + plan.n_blocks * 64
+    if need > free:
+        what = "uncompressed; zstd may need less" if compressor else "uncompressed"
+        raise StoreError(
+            f"the {spec.m}x{spec.n} {spec.dtype} result needs {format_bytes(need)} more on disk "
+            f"({what}) at {location!r}, but only {format_bytes(free)} is free there; free "
+            "space, or choose an output on a larger disk"
         )
 
 
-def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget, inner_width,
-             checkpoint, client, overwrite, progress, threads, compressor):
-    checkpoint = check_flag("checkpoint", checkpoint)
-    overwrite = check_flag("overwrite", overwrite)
-    progress = check_flag("progress", progress)
+def _check_args(store, threads, compressor, flags: dict) -> dict:
+    flags = {name: check_flag(name, value) for name, value in flags.items()}
     if not isinstance(store, (str, os.PathLike)) and not hasattr(store, "get"):
         raise TypeError(f"store must be a path, a URL or a zarr store, got {type(store).__name__}")
-    if isinstance(store, os.PathLike):
-        store = os.fspath(store)
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise TypeError(f"threads must be a positive int, got {threads!r}")
     if compressor not in (None, "zstd"):
         raise ValueError(f"compressor must be None or 'zstd', got {compressor!r}")
+    return flags
+
+
+def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget, inner_width,
+             checkpoint, client, overwrite, progress, threads, compressor, break_lock=False,
+             redo=()):
+    flags = _check_args(store, threads, compressor,
+                        {"checkpoint": checkpoint, "overwrite": overwrite, "progress": progress,
+                         "break_lock": break_lock})
+    checkpoint, overwrite, progress = flags["checkpoint"], flags["overwrite"], flags["progress"]
+    location = normalise_location(store)
 
     x_host = _host_tree(x)
     kernels, x_flat, _ = get_kernels(f, x_host, "hessian" if op_name == "hessian" else "jacfwd",
@@ -111,40 +210,38 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
     if op_name == "jacobian":
         kernels = kernels.for_op(jacobian_op(mode, kernels.spec.n, kernels.spec.m))
     spec = kernels.spec
-    itemsize = np.dtype(spec.dtype).itemsize
-    other = spec.m if spec.axis == 1 else spec.n
+    if client is None:
+        client = active_client()
+    limits = _limits(client, threads)
     if nbatches == 1 and block_size is None and memory_budget is None:
         nbatches = None
     if nbatches is None and block_size is None and memory_budget is None:
-        block_size = default_block_size(spec.extent, other, itemsize)
+        block_size = _default_block(kernels, limits)
     sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
                            memory_budget=memory_budget, inner_width=inner_width, auto_width=False)
     plan = plan_blocks(spec.extent, block_size=sizing.block_size)
     fixed_micro = sizing.micro  # None: each worker sizes it for its own device
 
     x_flat = np.asarray(x_flat)
+    identity = kernels.traced.identity()
     options = {"op": spec.op, "block_size": plan.block_size, "checkpoint": checkpoint,
                "dtype": spec.dtype, "x64": bool(jax.config.jax_enable_x64), "micro": fixed_micro}
-    parts = fingerprint_parts(f, x_flat, spec.in_layout.to_json(), options)
+    parts = fingerprint_parts(identity, x_flat, spec.in_layout.to_json(), options)
     fingerprint = sha256_json(parts)
-    # what the compiled kernel depends on (not x's values): workers reuse kernels across runs
-    compile_key = sha256_json({k: v for k, v in parts.items() if k != "x"})
 
-    if client is None:
-        client = active_client()
+    result_store = _existing(location, fingerprint, parts, overwrite)
+    if result_store is not None and not redo and not result_store.todo():
+        return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})  # touch nothing
 
-    lock = RunLock(store)
-    lock.check_free()  # a run in progress: refuse before reading its half-made store
-    result_store = _existing(store, fingerprint, parts, overwrite)
-    if result_store is not None and not result_store.todo():  # complete: touch nothing
-        return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})
+    # Refuse before anything is written: memory, then disk.
+    _check_task_memory(kernels, plan.block_size, fixed_micro, limits)
+    _check_disk(location, spec, plan, result_store.todo() if result_store else range(len(plan)),
+                compressor)
 
-    # Memory is a contract: refuse before computing anything.
-    _check_task_memory(kernels, plan.block_size, fixed_micro, client, threads)
-
+    lock = RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location))
     with lock:
         # look again under the lock: another run may have finished in between
-        result_store = _existing(store, fingerprint, parts, overwrite)
+        result_store = _existing(location, fingerprint, parts, overwrite)
         if result_store is None:
             meta = {
                 "operation": op_name, "op": spec.op, "mode": mode if op_name == "jacobian" else None,
@@ -155,70 +252,111 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
                 "fingerprint_parts": parts, "options": options, "compressor": compressor,
             }
             result_store = ResultStore.create(
-                store, meta=meta, shape=spec.shape, dtype=spec.dtype, axis=spec.axis,
-                block_size=plan.block_size, compressor=compressor, overwrite=True)
+                location, meta=meta, shape=spec.shape, dtype=spec.dtype, axis=spec.axis,
+                block_size=plan.block_size, compressor=compressor)
         result_store.remove_partial_files()
+        for index in redo:  # a repair: only now, with everything ready to recompute them
+            result_store.clear_record(int(index))
         todo = result_store.todo()
-
-        run = result_store.start_run(len(todo))
         ctx = BlockContext(
-            token=f"{fingerprint[:16]}-{run}-{uuid.uuid4().hex}", compile_key=compile_key, f=f, x=x_host, op=spec.op, checkpoint=checkpoint,
-            block_size=plan.block_size, micro=fixed_micro, location=store, run=run,
-            x64=bool(jax.config.jax_enable_x64), extent=spec.extent, axis=spec.axis)
-        bar = Progress(plan.n_blocks, plan.n_blocks - len(todo), enabled=progress)
-        if progress and client is not None:
-            print(f"diffops: {len(todo)} blocks on {client.dashboard_link or client}",
-                  file=sys.stderr)
-        t0 = time.perf_counter()
-        status, error, blocks = "failed", None, []
-        try:
-            if client is not None:
-                blocks = run_distributed(ctx, todo, client, bar,
-                                         is_done=lambda i: bool(result_store.done_mask()[i]))
-            else:
-                blocks = run_local(ctx, todo, bar, threads)
-            status = "complete"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        except BaseException as err:
-            error = f"{type(err).__name__}: {err}"
-            raise
-        finally:
-            bar.close()
-            seconds = time.perf_counter() - t0
-            done_now = int(result_store.done_mask().sum())
-            result_store.end_run(run, status=status, error=error, seconds=round(seconds, 3),
-                                 blocks_done=done_now, executor="distributed" if client else "threads")
-    summary = _summarise(blocks, seconds, plan, spec)
+            token="", f=f, x=x_host, op=spec.op, checkpoint=checkpoint, program=identity.program,
+            data=identity.data, block_size=plan.block_size, micro=fixed_micro, location=location,
+            run=0, x64=bool(jax.config.jax_enable_x64), extent=spec.extent, axis=spec.axis)
+        summary = _dispatch(result_store, ctx, todo, plan, spec, client, progress, threads,
+                            fingerprint)
     return Result(result_store, summary)
 
 
-def _existing(store, fingerprint, parts, overwrite) -> ResultStore | None:
-    """The store's result if it is this computation; None if there is none (or,
-    with ``overwrite``, another). The same computation is resumed (or, complete,
-    left untouched) even with ``overwrite``; only another one is replaced.
-
-    **Raises:** `StoreError` for another computation without ``overwrite``.
-    """
-    if not ResultStore.exists(store):
-        return None
+def _dispatch(result_store, ctx, todo, plan, spec, client, progress, threads, fingerprint):
+    """Run the blocks ``todo`` on the chosen executor, recording the run."""
+    run = result_store.start_run(len(todo))
+    ctx = dataclasses.replace(ctx, run=run, token=f"{fingerprint[:16]}-{run}-{uuid.uuid4().hex}")
+    bar = Progress(plan.n_blocks, plan.n_blocks - len(todo), enabled=progress)
+    if progress and client is not None:
+        print(f"diffops: {len(todo)} blocks on {client.dashboard_link or client}", file=sys.stderr)
+    t0 = time.perf_counter()
+    status, error, failure, blocks = "failed", None, None, []
     try:
-        result_store = ResultStore.open(store, mode="r+")
+        if client is not None:
+            blocks = run_distributed(ctx, todo, client, bar,
+                                     is_done=lambda i: bool(result_store.done_mask()[i]))
+        else:
+            blocks = run_local(ctx, todo, bar, threads)
+        status = "complete"
+    except BaseException as err:
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        error, failure = f"{type(err).__name__}: {err}", err
+        raise
+    finally:
+        bar.close()
+        seconds = time.perf_counter() - t0
+        try:
+            result_store.end_run(run, status=status, error=error, seconds=round(seconds, 3),
+                                 blocks_done=int(result_store.done_mask().sum()),
+                                 executor="distributed" if client else "threads")
+        except OSError as err:  # e.g. the full disk that failed the run: keep its error
+            if failure is None:
+                raise
+            failure.add_note(f"(the store's run history could not be updated either: {err})")
+    return _summarise(blocks, seconds, plan, spec)
+
+
+def _holder(location) -> str | None:
+    """Who holds the lock, from the store's run history (for the refusal)."""
+    try:
+        runs = read_meta(location).get("runs") or []
+    except Exception:  # noqa: BLE001 - no history to read: say nothing
+        return None
+    running = [r for r in runs if isinstance(r, dict) and r.get("status") == "running"]
+    if not running:
+        return None
+    r = running[-1]
+    return f"run {r.get('run')}, pid {r.get('pid')} on {r.get('host')} since {r.get('start')}"
+
+
+def _existing(location, fingerprint, parts, overwrite) -> ResultStore | None:
+    """The store's result if it is this computation; None when there is nothing
+    (or only something of ours that may be replaced: a half-made store, or with
+    ``overwrite`` another computation or damaged metadata).
+
+    **Raises:** `StoreError` for a location that is not ours (always), another
+    computation or damaged metadata (without ``overwrite``).
+    """
+    state = inspect(location)
+    if state in ("absent", "half-made"):
+        return None
+    if state == "foreign":
+        raise StoreError(describe_foreign(location))
+    if state == "damaged":
+        if overwrite:
+            return None
+        try:
+            read_meta(location)
+            reason = "its metadata cannot be read"
+        except StoreError as err:
+            reason = str(err)
+        raise StoreError(f"{location!r} looks like a diffops store, but {reason}; pass "
+                         "overwrite=True (diffops run --overwrite) to recompute it")
+    meta = read_meta(location)
+    if not meta.get("ready", False):
+        return None  # its creation was interrupted: no block can have been recorded
+    if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+        if overwrite:
+            return None
+        if meta.get("format") != FORMAT:
+            ResultStore.open(location)  # raises, naming the format and the way out
+        keys, words = describe_difference(meta.get("fingerprint_parts") or {}, parts)
+        raise StoreError(
+            f"the store {location!r} holds a result of a different computation (differs in: "
+            f"{', '.join(keys)}): {words}. Pass overwrite=True (diffops run --overwrite) to "
+            "recompute it, or choose another store"
+        )
+    try:
+        return ResultStore.open(location, mode="r+")
     except StoreError:
         if overwrite:
             return None
         raise
-    if result_store.fingerprint == fingerprint:
-        return result_store
-    if overwrite:
-        return None
-    old = result_store.meta.get("fingerprint_parts", {})
-    differs = [k for k in parts if old.get(k) != parts[k]] or ["fingerprint"]
-    raise StoreError(
-        f"the store {store!r} holds a result of a different computation (differs in: "
-        f"{', '.join(differs)}); pass overwrite=True to replace it, or choose another store"
-    )
 
 
 def _summarise(blocks: list[dict], seconds: float, plan, spec) -> dict:
@@ -238,7 +376,7 @@ def _summarise(blocks: list[dict], seconds: float, plan, spec) -> dict:
 
 def hessian_to_zarr(f, x, store, *, nbatches=None, block_size=None, memory_budget=None,
                     inner_width=None, checkpoint=False, client=None, overwrite=False,
-                    progress=True, threads=2, compressor=None) -> Result:
+                    progress=True, threads=2, compressor=None, break_lock=False) -> Result:
     """Compute the Hessian of scalar ``f`` at ``x`` into a Zarr store, block by block.
 
     One dask task per block of columns; each writes its own column slab (whole
@@ -257,27 +395,33 @@ def hessian_to_zarr(f, x, store, *, nbatches=None, block_size=None, memory_budge
     - `checkpoint`: wrap ``f`` in `jax.checkpoint`.
     - `client`: a `distributed.Client`; default: the active one, else the embedded
       default (dask's threaded scheduler in this process).
-    - `overwrite`: replace a store that holds a different result (the same
-      computation is still resumed, never restarted).
+    - `overwrite`: replace a store of ours that holds a different result (the same
+      computation is still resumed, never restarted). A non-empty directory that
+      is not a diffops store is refused even so, and nothing in it is touched.
     - `progress`: print a progress bar (blocks done/total, ETA) to stderr.
     - `threads`: tasks at once on the embedded default.
     - `compressor`: ``None`` (default: Hessians compress poorly) or ``"zstd"``.
+    - `break_lock`: take over the store's lock from a run that is gone but whose
+      host still holds it (a network filesystem); never needed on a local disk.
 
     **Returns:** a `Result`.
 
-    **Raises:** `StoreError` for a store holding another result or locked by
-    another run; `MemoryError` when one task cannot fit a worker; `BlockError`
-    naming the block when a block fails; the in-memory API's errors for bad input.
+    **Raises:** `StoreError` for a location that is not ours, a store holding
+    another result (the message says what differs) or locked by another run, or
+    a disk too small for what is left; `MemoryError` when one task cannot fit a
+    worker; `BlockError` naming the block when a block fails; the in-memory API's
+    errors for bad input.
     """
     return _to_zarr("hessian", f, x, store, mode=None, nbatches=nbatches, block_size=block_size,
                     memory_budget=memory_budget, inner_width=inner_width, checkpoint=checkpoint,
                     client=client, overwrite=overwrite, progress=progress, threads=threads,
-                    compressor=compressor)
+                    compressor=compressor, break_lock=break_lock)
 
 
 def jacobian_to_zarr(f, x, store, *, mode="auto", nbatches=None, block_size=None,
                      memory_budget=None, inner_width=None, checkpoint=False, client=None,
-                     overwrite=False, progress=True, threads=2, compressor=None) -> Result:
+                     overwrite=False, progress=True, threads=2, compressor=None,
+                     break_lock=False) -> Result:
     """Compute the Jacobian of ``f`` at ``x`` into a Zarr store, block by block.
 
     As `hessian_to_zarr`; ``mode`` is ``"fwd"`` (column slabs of JVPs), ``"rev"``
@@ -287,4 +431,4 @@ def jacobian_to_zarr(f, x, store, *, mode="auto", nbatches=None, block_size=None
     return _to_zarr("jacobian", f, x, store, mode=mode, nbatches=nbatches, block_size=block_size,
                     memory_budget=memory_budget, inner_width=inner_width, checkpoint=checkpoint,
                     client=client, overwrite=overwrite, progress=progress, threads=threads,
-                    compressor=compressor)
+                    compressor=compressor, break_lock=break_lock)

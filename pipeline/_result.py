@@ -20,6 +20,11 @@ class Result:
 
     **Attributes:** `shape` ``(m, n)``, `dtype`, `array` (a lazy dask array over
     the Zarr data), `meta` (the stored metadata), `location`.
+
+    Views of an incomplete result (`array`, `to_pytree`, ``diffops plot``, and
+    any Zarr or xarray reader) show NaN wherever a block is missing: the matrix's
+    fill value is NaN, so a block never written never reads as zeros. `assemble`
+    refuses an incomplete result.
     """
 
     def __init__(self, store: ResultStore, run_summary: dict | None = None):
@@ -50,16 +55,20 @@ class Result:
         return da.from_zarr(self._store.matrix)
 
     def status(self) -> dict:
-        """``blocks_total``, ``blocks_done``, ``complete``, ``runs``, and the blocks
-        holding non-finite values."""
+        """``blocks_total``, ``blocks_done``, ``complete``, ``runs``, the blocks
+        holding non-finite values, and ``missing_data``: blocks recorded complete
+        whose data chunks are gone (they count as not done; a run recomputes them).
+        A block is done only when its record says so and all its chunks exist."""
         records = self._store.read_records()
-        done = self._store.done_mask(records)
+        recorded = self._store.recorded_mask(records)
+        done = recorded & self._store.data_present()
         return {
             "blocks_total": int(done.size),
             "blocks_done": int(done.sum()),
             "complete": bool(done.all()),
             "runs": len(self.meta.get("runs", [])),
             "nonfinite_blocks": [int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))],
+            "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
         }
 
     def missing_blocks(self) -> list[int]:
@@ -89,15 +98,18 @@ class Result:
     def layouts(self, x=None) -> tuple[Layout, Layout]:
         """The (row, column) flat layouts; with ``x``, its structure for the columns.
 
-        **Raises:** `ValueError` when ``x``'s leaf shapes differ from the stored ones.
+        **Raises:** `ValueError` when ``x``'s leaf key paths or shapes differ from the
+        stored ones.
         """
         cols = self._store.in_layout
         if x is not None:
             given = Layout.from_pytree(x, check_float=False)
-            if [(s.shape) for s in given.leaves] != [s.shape for s in cols.leaves]:
+            ours = [(s.path, s.shape) for s in cols.leaves]
+            theirs = [(s.path, s.shape) for s in given.leaves]
+            if theirs != ours:
                 raise ValueError(
-                    f"x has leaf shapes {[s.shape for s in given.leaves]}, but the stored result "
-                    f"was computed for {[s.shape for s in cols.leaves]}; pass the same x, or none"
+                    f"x has leaves {_describe(theirs)}, but the stored result was computed for "
+                    f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
                 )
             cols = given
         rows = cols if self.meta["operation"] == "hessian" else self._store.out_layout
@@ -115,15 +127,18 @@ class Result:
         return matrix_to_pytree(self.array, rows, cols)
 
     def verify(self, workers: int = 4) -> list[int]:
-        """Re-read every complete block and compare its checksum.
+        """Re-read every block recorded complete and compare its checksum.
 
         **Returns:** the indices of blocks whose data no longer match their record
-        (unreadable blocks count as bad).
+        (unreadable blocks and missing chunks count as bad).
         """
         records = self._store.read_records()
-        done = np.flatnonzero(self._store.done_mask(records))
+        done = np.flatnonzero(self._store.recorded_mask(records))
+        present = self._store.data_present()
 
         def check(index: int) -> int | None:
+            if not present[index]:
+                return index
             try:
                 data = np.asarray(self._store.matrix[self._store.block_region(index)])
             except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
@@ -134,6 +149,11 @@ class Result:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
         return sorted(bad)
+
+
+def _describe(leaves) -> str:
+    text = ", ".join(f"{path or '(root)'} {shape}" for path, shape in leaves[:6])
+    return f"[{text}{', ...' if len(leaves) > 6 else ''}]"
 
 
 def open_result(store) -> Result:

@@ -1,43 +1,60 @@
-"""The store: one Zarr v3 group per result.
+"""The store: one Zarr v3 group per result, and only ever ours.
 
 Layout of the group:
 
-- ``matrix``: the ``(m, n)`` array. Chunks are ``(rows, block_size)`` for column
-  slabs (``(block_size, cols)`` for row slabs), so chunk edges along the block axis
+- ``matrix``: the ``(m, n)`` array, fill value NaN: a chunk never written reads
+  as NaN, never as zeros. Chunks are ``(rows, block_size)`` for column slabs
+  (``(block_size, cols)`` for row slabs), so chunk edges along the block axis
   fall exactly on block edges: each task writes whole chunks that no other task
   touches.
 - ``blocks``: the completion records, ``(n_blocks, 5)`` int64 with one chunk per
   block: ``[state, crc32 of the data written, milliseconds, run, non-finite count]``.
-  A block is complete when its ``state`` is 1; a record is written only after the
-  block's data, so a block with a record always has its data. (Zarr skips
-  all-zero chunks, so the presence of a data chunk is no record.)
+  A record is written only after the block's data. A block counts as complete
+  when its ``state`` is 1 *and* every data chunk of it exists (Zarr skips
+  all-zero chunks unless told otherwise, so chunk presence alone is no record;
+  a record alone does not survive a deleted chunk).
 - group attributes, key ``diffops``: JSON metadata (operation, shapes, dtype,
-  block plan, flat layouts of x and f(x), fingerprint, run history).
+  block plan, flat layouts of x and f(x), fingerprint, run history), with
+  ``ready: false`` from the moment the group exists until both arrays do. The
+  group and its attributes are written in one atomic write, so a store killed
+  while being created is recognisably ours.
 
-No pickles are stored.
+What we create in a store's directory: `OUR_NAMES`. Nothing else there is ever
+deleted; a non-empty directory that is not recognisably ours is refused, even
+with ``overwrite``. No pickles are stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import math
 import os
-import socket
+import re
+import shutil
 import zlib
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from diffops_core import BlockPlan, Layout
 
-__all__ = ["StoreError", "ResultStore", "RECORD_FIELDS", "checksum"]
+__all__ = ["StoreError", "ResultStore", "RunLock", "RECORD_FIELDS", "checksum", "inspect",
+           "normalise_location", "local_path", "OUR_NAMES"]
 
-FORMAT = 1
+FORMAT = 2
 RECORD_FIELDS = ("state", "checksum", "millis", "run", "nonfinite")
 STATE, CHECKSUM, MILLIS, RUN, NONFINITE = range(5)
 _CHUNK_TARGET_BYTES = 64 * 2**20
+LOCK_NAME = "diffops.lock"
+#: Everything a store's directory may hold that we made (and so may remove).
+OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME})
+_OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it"
+# zarr's local store writes through "<name>.<uuid hex>.partial" and renames
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 class StoreError(ValueError):
@@ -53,16 +70,20 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def local_path(store) -> str | None:
-    """The filesystem path of a local store, else None."""
+def normalise_location(store):
+    """A local store as a plain path (``file://`` URLs included); others unchanged."""
     if isinstance(store, os.PathLike):
         return os.fspath(store)
+    if isinstance(store, str) and store.startswith("file://"):
+        return store[len("file://"):] or "/"
+    return store
+
+
+def local_path(store) -> str | None:
+    """The filesystem path of a local store, else None."""
+    store = normalise_location(store)
     if isinstance(store, str):
-        if "://" not in store:
-            return store
-        if store.startswith("file://"):
-            return store[len("file://"):]
-        return None
+        return None if "://" in store else store
     if isinstance(store, zarr.storage.LocalStore):
         return str(store.root)
     return None
@@ -81,6 +102,107 @@ def chunk_shape(shape: tuple[int, int], axis: int, block_size: int, itemsize: in
     return (across, block_size) if axis == 1 else (block_size, across)
 
 
+# -- what is at a location ------------------------------------------------------------
+
+
+def _read_group_json(path: str) -> dict:
+    """The group's zarr.json. **Raises:** `StoreError` naming the file."""
+    name = os.path.join(path, "zarr.json")
+    try:
+        with open(name) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise StoreError(f"cannot read {name}: {err}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"cannot read {name}: not a JSON object")
+    return data
+
+
+def _has_chunks(path: str) -> bool:
+    for array in ("matrix", "blocks"):
+        for _root, _dirs, files in os.walk(os.path.join(path, array, "c")):
+            if any(not _PARTIAL.search(name) for name in files):
+                return True
+    return False
+
+
+def inspect(location) -> str:
+    """What is at ``location``, before we touch it.
+
+    **Returns:** one of
+
+    - ``"absent"``: nothing there (or an empty directory): free to create;
+    - ``"ours"``: a group with diffops metadata (possibly not ready, or of an
+      older format);
+    - ``"half-made"``: only names we create, no diffops metadata and no data
+      chunks: a creation killed early (by an older version), nothing to lose;
+    - ``"damaged"``: only names we create and data chunks, but the group's
+      metadata cannot be read: ours in all likelihood, replaced only on request;
+    - ``"foreign"``: anything else; never written to or deleted.
+    """
+    path = local_path(location)
+    if path is None:
+        try:
+            group = zarr.open_group(location, mode="r")
+        except Exception:  # noqa: BLE001 - nothing readable there: zarr's "w-" guards the rest
+            return "absent"
+        return "ours" if "diffops" in group.attrs else "foreign"
+    if not os.path.lexists(path):
+        return "absent"
+    if not os.path.isdir(path) or os.path.islink(path):
+        return "foreign"
+    names = {name for name in os.listdir(path) if not _PARTIAL.search(name)
+             or not name.startswith("zarr.")}
+    if not names - {LOCK_NAME}:
+        return "absent"
+    if "zarr.json" in names:
+        try:
+            attrs = _read_group_json(path).get("attributes") or {}
+            if isinstance(attrs, dict) and "diffops" in attrs:
+                return "ours"
+        except StoreError:
+            return "damaged" if names <= OUR_NAMES else "foreign"
+    if not names <= OUR_NAMES:
+        return "foreign"
+    return "damaged" if _has_chunks(path) else "half-made"
+
+
+def read_meta(location) -> dict:
+    """The diffops metadata of a store `inspect` calls ours, without opening its arrays."""
+    path = local_path(location)
+    if path is not None:
+        attrs = _read_group_json(path).get("attributes") or {}
+    else:
+        attrs = zarr.open_group(location, mode="r").attrs.asdict()
+    meta = attrs.get("diffops") if isinstance(attrs, dict) else None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{location!r}: the diffops metadata is not a JSON object")
+    return meta
+
+
+def describe_foreign(location) -> str:
+    path = local_path(location)
+    what = ""
+    if path is not None and os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        what = f" (it holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+    elif path is not None:
+        what = " (it is a file)"
+    return (f"{location!r} is not empty and is not a diffops store{what}; diffops never writes "
+            "into or deletes what it did not create, even with overwrite. Choose a new or "
+            "empty directory for the output")
+
+
+def _remove_ours(path: str):
+    """Delete what we create in a store directory (never the lock, never other files)."""
+    for name in sorted(OUR_NAMES - {LOCK_NAME}):
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        elif os.path.lexists(full):
+            os.unlink(full)
+
+
 class ResultStore:
     """Read and write one result group. Create with `create` or `open`."""
 
@@ -88,25 +210,44 @@ class ResultStore:
         self.group = group
         self.location = location
         self.meta = dict(group.attrs.get("diffops", {}))
+        where = local_path(location) or location
         if not self.meta:
             raise StoreError(f"{location!r} is a Zarr group but holds no diffops result")
         if self.meta.get("format") != FORMAT:
             raise StoreError(
-                f"{location!r} was written in diffops store format {self.meta.get('format')}, "
-                f"this version reads format {FORMAT}"
+                f"{location!r} was written in diffops store format {self.meta.get('format')}; "
+                f"this version reads format {FORMAT}: {_OVERWRITE_HINT}"
             )
+        if not self.meta.get("ready", False):
+            raise StoreError(f"{location!r} is a diffops store whose creation was interrupted; "
+                             "run the computation again to recreate it")
         self.plan = BlockPlan(**{k: self.meta["plan"][k] for k in ("total", "block_size")})
-        self.matrix = group["matrix"]
-        self.records = group["blocks"]
+        arrays = {}
+        for name in ("matrix", "blocks"):
+            try:
+                arrays[name] = group[name]
+            except Exception as err:  # noqa: BLE001 - missing or unreadable array metadata
+                raise StoreError(
+                    f"cannot read {where}/{name}/zarr.json ({type(err).__name__}: {err}); the "
+                    f"store's metadata is damaged: {_OVERWRITE_HINT}"
+                ) from None
+        self.matrix, self.records = arrays["matrix"], arrays["blocks"]
 
     # -- construction -------------------------------------------------------------
 
     @classmethod
     def open(cls, location, mode: str = "r") -> "ResultStore":
-        """Open an existing result. **Raises:** `StoreError` when there is none."""
+        """Open an existing result.
+
+        **Raises:** `StoreError` when there is none, or it cannot be read (the
+        message names the file).
+        """
+        location = normalise_location(location)
         path = local_path(location)
-        if path is not None and not os.path.exists(os.path.join(path, "zarr.json")):
-            raise StoreError(f"no diffops result at {location!r} (no zarr.json there)")
+        if path is not None:
+            if not os.path.exists(os.path.join(path, "zarr.json")):
+                raise StoreError(f"no diffops result at {location!r} (no zarr.json there)")
+            _read_group_json(path)  # one line naming the file when it is damaged
         try:
             group = zarr.open_group(location, mode=mode)
         except (FileNotFoundError, KeyError, ValueError) as err:
@@ -114,29 +255,25 @@ class ResultStore:
         return cls(group, location)
 
     @classmethod
-    def exists(cls, location) -> bool:
-        path = local_path(location)
-        if path is not None:
-            return os.path.exists(os.path.join(path, "zarr.json"))
-        try:
-            zarr.open_group(location, mode="r")
-            return True
-        except Exception:  # noqa: BLE001 - any failure to open means "nothing usable there"
-            return False
-
-    @classmethod
     def create(cls, location, *, meta: dict, shape, dtype, axis: int, block_size: int,
-               compressor: str | None = None, overwrite: bool = False) -> "ResultStore":
-        """Create a new result group (replacing whatever is there when ``overwrite``)."""
+               compressor: str | None = None) -> "ResultStore":
+        """Create a new result group where `inspect` found nothing, or ours.
+
+        The caller holds the lock and has decided that what is there may go.
+        The group and its metadata (``ready: false``) are written at once; the
+        arrays follow; ``ready`` turns true last.
+        """
+        location = normalise_location(location)
         path = local_path(location)
+        attrs = {"diffops": {**meta, "format": FORMAT, "record_fields": list(RECORD_FIELDS),
+                             "runs": [], "ready": False}}
         if path is None:
-            group = zarr.open_group(location, mode="w" if overwrite else "w-")
+            mode = "w" if inspect(location) == "ours" else "w-"
+            group = zarr.open_group(location, mode=mode, attributes=attrs)
         else:
-            if overwrite:  # clear everything but our own lock
-                _clear_dir(path, keep=RunLock.NAME)
-            elif os.path.exists(os.path.join(path, "zarr.json")):
-                raise StoreError(f"{location!r} already holds a Zarr group; pass overwrite=True")
-            group = zarr.open_group(location, mode="a")
+            _remove_ours(path)
+            os.makedirs(path, exist_ok=True)
+            group = zarr.open_group(path, mode="a", attributes=attrs)
         n_blocks = meta["plan"]["n_blocks"]
         chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
         compressors = None
@@ -144,16 +281,16 @@ class ResultStore:
             compressors = [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}] \
                 if compressor == "zstd" else compressor
         group.create_array(
-            "matrix", shape=tuple(shape), chunks=chunks, dtype=dtype, fill_value=0,
+            "matrix", shape=tuple(shape), chunks=chunks, dtype=dtype, fill_value=float("nan"),
             compressors=compressors, config={"write_empty_chunks": True},
             dimension_names=("row", "column"),
         )
         group.create_array(
             "blocks", shape=(n_blocks, len(RECORD_FIELDS)), chunks=(1, len(RECORD_FIELDS)),
             dtype="int64", fill_value=0, compressors=None, dimension_names=("block", "field"),
+            config={"write_empty_chunks": True},
         )
-        group.attrs["diffops"] = {**meta, "format": FORMAT, "record_fields": list(RECORD_FIELDS),
-                                  "runs": []}
+        group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
         return cls(group, location)
 
     # -- metadata -----------------------------------------------------------------
@@ -179,6 +316,8 @@ class ResultStore:
 
     def start_run(self, blocks_todo: int) -> int:
         """Append a run to the history (status ``running``); its 1-based number."""
+        import socket
+
         runs = self.meta.setdefault("runs", [])
         for run in runs:  # a run still 'running' was killed before it could say so
             if run.get("status") == "running":
@@ -193,14 +332,36 @@ class ResultStore:
         entry.update(fields, end=now())
         self.save_meta()
 
-    # -- records ------------------------------------------------------------------
+    # -- records and data ---------------------------------------------------------
 
     def read_records(self) -> np.ndarray:
         return np.asarray(self.records[...])
 
-    def done_mask(self, records: np.ndarray | None = None) -> np.ndarray:
+    def _block_chunk_keys(self, index: int) -> list[str]:
+        grid = self.matrix._chunk_grid_shape
+        other = grid[1 - self.axis]
+        coords = [(i, index) if self.axis == 1 else (index, i) for i in range(other)]
+        return [f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(c)}" for c in coords]
+
+    def data_present(self) -> np.ndarray:
+        """Per block: whether every data chunk of it exists in the store."""
+        store, prefix = self.matrix.store, f"{self.matrix.path}/"
+
+        async def listing():
+            return {key async for key in store.list_prefix(prefix)}
+
+        present = sync(listing())
+        return np.array([all(k in present for k in self._block_chunk_keys(i))
+                         for i in range(self.plan.n_blocks)], dtype=bool)
+
+    def recorded_mask(self, records: np.ndarray | None = None) -> np.ndarray:
+        """Per block: whether its completion record says complete."""
         records = self.read_records() if records is None else records
         return records[:, STATE] == 1
+
+    def done_mask(self, records: np.ndarray | None = None) -> np.ndarray:
+        """Per block: complete, i.e. recorded complete and every data chunk present."""
+        return self.recorded_mask(records) & self.data_present()
 
     def todo(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(~self.done_mask())]
@@ -216,119 +377,88 @@ class ResultStore:
     # -- housekeeping -------------------------------------------------------------
 
     def remove_partial_files(self) -> int:
-        """Delete the temporary files a killed writer leaves behind (local stores)."""
+        """Delete the temporary files a killed writer leaves in our arrays (local stores)."""
         path = local_path(self.location)
         if path is None:
             return 0
-        removed = 0
-        for root, _dirs, files in os.walk(path):
-            for name in files:
-                if name.endswith(".partial"):
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-        return removed
-
-
-def _clear_dir(path: str, keep: str):
-    import shutil
-
-    if not os.path.isdir(path):
-        return
-    for name in os.listdir(path):
-        if name == keep:
-            continue
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-        else:
-            os.unlink(full)
+        found = [os.path.join(path, name) for name in os.listdir(path)
+                 if name.startswith("zarr.") and _PARTIAL.search(name)]
+        for array in ("matrix", "blocks"):
+            for root, _dirs, files in os.walk(os.path.join(path, array)):
+                found += [os.path.join(root, name) for name in files if _PARTIAL.search(name)]
+        for name in found:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        return len(found)
 
 
 def sha256_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class RunLock:
-    """An exclusive lock file in a local store, so two runs never write one store.
+def free_disk(location) -> int | None:
+    """Free bytes on the filesystem that would hold a local store; None for others."""
+    path = local_path(location)
+    if path is None:
+        return None
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return shutil.disk_usage(probe).free
 
-    A lock left by a dead process on this host is taken over; one held by a live
-    process (or by another host) refuses with who holds it.
+
+class RunLock:
+    """An exclusive OS lock (`filelock`) on ``diffops.lock`` in a local store.
+
+    The kernel releases it when the holding process dies, however it dies, so
+    there is no stale lock to guess about on a local filesystem. On a network
+    filesystem the lock is only as good as the filesystem's own locking (NFSv4
+    leases expire a while after a node dies); ``break_lock=True`` takes over a
+    lock that a vanished host still holds: it replaces the lock file, so the
+    old holder, if it is in fact alive, no longer excludes anyone. Object
+    stores have no lock: run one writer per store there.
     """
 
-    NAME = "diffops.lock"
+    NAME = LOCK_NAME
 
-    def __init__(self, location):
+    def __init__(self, location, *, break_lock: bool = False, holder=None):
         path = local_path(location)
+        self.directory = path
         self.path = os.path.join(path, self.NAME) if path is not None else None
-        self.held = False
+        self.break_lock = break_lock
+        self.holder = holder  # a callable describing who holds it, for the message
+        self._lock = None
 
     def acquire(self):
         if self.path is None:  # remote stores: no lock (documented)
             return self
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": now()}
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._stale(holder, me["host"]):
-                    os.unlink(self.path)  # stale: its process is gone
-                    continue
-                self._refuse(holder)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self.held = True
-            return self
-        raise StoreError(f"could not take the lock {self.path!r}")  # pragma: no cover
+        import filelock
 
-    def check_free(self):
-        """Refuse now if another live run holds the lock (without taking it)."""
-        if self.path is None or not os.path.exists(self.path):
-            return
-        holder = self._holder()
-        if not self._stale(holder, socket.gethostname()):
-            self._refuse(holder)
-
-    @staticmethod
-    def _stale(holder, host) -> bool:
-        return bool(holder) and holder.get("host") == host and not _alive(holder.get("pid"))
-
-    def _refuse(self, holder):
-        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-               if holder else "an unknown process")
-        raise StoreError(
-            f"another run ({who}) is writing to {os.path.dirname(self.path)!r}; wait for it "
-            f"to finish, or delete {self.path!r} if that process is gone"
-        )
-
-    def _holder(self) -> dict | None:
+        os.makedirs(self.directory, exist_ok=True)
+        if self.break_lock:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        lock = filelock.FileLock(self.path, timeout=0)
         try:
-            with open(self.path) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
+            lock.acquire()
+        except filelock.Timeout:
+            who = self.holder() if self.holder else None
+            raise StoreError(
+                f"another run{f' ({who})' if who else ''} is writing to {self.directory!r}; "
+                "wait for it to finish. If that run is gone but its host still holds the lock "
+                "(a network filesystem after a node failed), pass break_lock=True "
+                "(diffops run --break-lock)"
+            ) from None
+        self._lock = lock
+        return self
 
     def release(self):
-        if self.held:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,8 +1,9 @@
 """What runs on a worker: one block = kernel, device-to-host, write, record.
 
-The `BlockContext` (function, x, options, store location) travels to each worker
-once; the worker compiles the block kernel once per process (cached by the
-context's token) and reuses it for every block it runs.
+The `BlockContext` (function, x, options, store location, the driver's identity
+of ``f``) travels to each worker once; the worker traces ``f``, checks that it
+is the driver's computation, and reuses the compiled block kernel (cached by
+`diffops_core` on what JAX traced) for every block it runs.
 
 Fault injection for tests: ``DIFFOPS_FAULTS`` (or the file named by
 ``DIFFOPS_FAULTS_FILE``, read at each block) holds a JSON list of faults, each
@@ -50,14 +51,20 @@ def _rebuild_block_error(index, start, stop, message):
 
 @dataclasses.dataclass(frozen=True)
 class BlockContext:
-    """Everything a worker needs to run any block of one result."""
+    """Everything a worker needs to run any block of one result.
+
+    `program` and `data` are the driver's `diffops_core.Identity` of ``f``: a
+    worker traces ``f`` itself and refuses to write when its trace differs (a
+    worker that imports another version of the model, or reads other data).
+    """
 
     token: str
-    compile_key: str
     f: object
     x: object
     op: str
     checkpoint: bool
+    program: str
+    data: str
     block_size: int
     micro: int | None
     location: object
@@ -67,9 +74,27 @@ class BlockContext:
     axis: int
 
 
+class IdentityMismatch(RuntimeError):
+    """``f`` traces to another computation on a worker than on the driver."""
+
+
 def hold(ctx: BlockContext) -> BlockContext:
     """The context as a task result (rebuildable by the scheduler if lost)."""
     return ctx
+
+
+def _check_identity(ctx: BlockContext, identity):
+    if (identity.program, identity.data) == (ctx.program, ctx.data):
+        return
+    import socket
+
+    what = ("f's traced program" if identity.program != ctx.program
+            else "the data f reads (arrays it closes over, globals, files a module loaded)")
+    raise IdentityMismatch(
+        f"on worker {socket.gethostname()}:{os.getpid()}, {what} differs from the driver's, so "
+        "its blocks would belong to another computation; give the workers the same model code, "
+        "data files and environment as the driver"
+    )
 
 
 class _WorkerState:
@@ -80,14 +105,10 @@ class _WorkerState:
 
         from diffops_core import auto_micro, get_kernels
 
-        with _STATES_LOCK:
-            kernels = _KERNELS.get(ctx.compile_key)
-        if kernels is None:
-            kernels = get_kernels(ctx.f, ctx.x, ctx.op, checkpoint=ctx.checkpoint)[0]
-            with _STATES_LOCK:
-                _KERNELS[ctx.compile_key] = kernels
-                while len(_KERNELS) > 4:
-                    _KERNELS.pop(next(iter(_KERNELS)))
+        # Traced here, from the function as this process sees it; compiled
+        # kernels are shared with every earlier run of the same program.
+        kernels = get_kernels(ctx.f, ctx.x, ctx.op, checkpoint=ctx.checkpoint)[0]
+        _check_identity(ctx, kernels.traced.identity())
         x_flat = jax.flatten_util.ravel_pytree(ctx.x)[0]
         micro = ctx.micro or auto_micro(kernels, ctx.block_size)
         self.spec = kernels.spec
@@ -104,9 +125,6 @@ class _WorkerState:
 
 
 _STATES: dict[str, _WorkerState] = {}
-# Kernels by compile key: a function shipped again by value (a new object) for a
-# new run or a new x still finds the kernel this process compiled before.
-_KERNELS: dict[str, object] = {}
 _STATES_LOCK = threading.RLock()
 
 

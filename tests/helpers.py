@@ -130,3 +130,31 @@ def log_fault(name, injected, survived, data_lost):
         with open(path, "a") as fh:
             fh.write(json.dumps({"fault": name, "injected": injected, "survived": survived,
                                  "data_lost": data_lost}) + "\n")
+
+
+def lock_is_free(store) -> bool:
+    """Whether no process holds the run lock of a local store (an OS lock)."""
+    import os
+
+    import filelock
+
+    lock = filelock.FileLock(os.path.join(store, "diffops.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def wait_for_lock_held(store, proc, timeout=120.0):
+    """Wait until a process holds the store's run lock (it is writing)."""
+    import os
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        assert time.time() < deadline and proc.poll() is None
+        if os.path.exists(os.path.join(store, "zarr.json")) and not lock_is_free(store):
+            return
+        time.sleep(0.02)

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import diffops_core as dc
+from helpers import wait_for_lock_held
 from pipeline._store import ResultStore
 from pipeline.cli import main
 
@@ -240,13 +241,11 @@ def test_concurrent_second_run_is_refused(spec, tmp_path):
     first = _cli(["run", spec, "--no-progress"], {"DIFFOPS_FAULTS": slow})
     try:
         _wait_done(store, 0, first)
-        while not os.path.exists(os.path.join(store, "diffops.lock")):
-            assert first.poll() is None
-            time.sleep(0.05)
+        wait_for_lock_held(store, first)
         second = _cli(["run", spec, "--no-progress"])
         out, err = second.communicate(timeout=300)
         assert second.returncode == 1
-        assert err.strip().splitlines()[-1].startswith("diffops: error: another run (pid ")
+        assert err.strip().splitlines()[-1].startswith("diffops: error: another run (run 1, pid ")
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err

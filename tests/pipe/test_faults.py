@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
-from helpers import chunk_files, log_fault, mixed_loss, mixed_x
+from helpers import (chunk_files, lock_is_free, log_fault, mixed_loss, mixed_x,
+                     wait_for_lock_held)
 from pipeline._store import RUN, ResultStore
 from pipeline.cli import main
 
@@ -108,7 +109,7 @@ def test_driver_sigkill_once(tmp_path, clean):
     np.testing.assert_array_equal(after[done], before[done])  # not recomputed
     assert set(after[:, RUN]) == {1, 2}
     assert [r["status"] for r in result.meta["runs"]] == ["interrupted", "complete"]
-    assert not os.path.exists(os.path.join(store, "diffops.lock"))
+    assert lock_is_free(store)  # the kernel released the killed driver's lock
     lost = lost_entries(store, clean)
     assert lost == 0
     log_fault("driver SIGKILL mid-run, then resume", 1, True, lost)
@@ -192,25 +193,48 @@ def test_disk_full_on_one_block(tmp_path, clean, monkeypatch):
 
 
 @pytest.mark.slow
-def test_disk_really_full_on_tmpfs(tmp_path):
+def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch):
     mount = tmp_path / "small"
     mount.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
                         capture_output=True)
     if ok.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {ok.stderr.decode().strip()}")
     try:
         import jax.numpy as jnp
 
-        x = {"w": jnp.linspace(0.0, 1.0, 600)}  # H is 1.4 MB: cannot fit in 600 kB
+        x = {"w": jnp.linspace(0.0, 1.0, 600)}  # H is 1.4 MB: fits in 2 MB when we start
         f = lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) * jnp.sum(p["w"])  # noqa: E731
         store = str(mount / "h.zarr")
+        # the disk fills up while the run is under way (another program's file)
+        monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps(
+            [{"block": 2, "kind": "sleep", "seconds": 1.0, "at": "start"}]))
+        def fill_when_block_1_is_recorded():
+            deadline = time.time() + 120
+            while not os.path.exists(os.path.join(store, "blocks", "c", "1", "0")):
+                if time.time() > deadline:
+                    return
+                time.sleep(0.01)
+            subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=64k"],
+                           capture_output=True)
+
+        filler = threading.Thread(target=fill_when_block_1_is_recorded)
+        filler.start()
         with pytest.raises(pipeline.BlockError, match=r"No space left on device"):
             pipeline.hessian_to_zarr(f, x, store, block_size=50, threads=1, progress=False)
+        filler.join()
         result = pipeline.open_result(store)
         assert 0 < result.status()["blocks_done"] < result.status()["blocks_total"]
         assert result.verify() == []  # what was recorded is intact
-        log_fault("disk really full (600 kB tmpfs)", 1, True, 0)
+        log_fault("disk really full mid-run (2 MB tmpfs)", 1, True, 0)
+        # issue 8 (11): with the disk full, a run is refused before it writes a byte
+        monkeypatch.delenv("DIFFOPS_FAULTS")
+        with pytest.raises(pipeline.StoreError, match=r"needs [0-9.]+ [kM]B more on disk .* "
+                                                      r"but only [0-9.]+ k?B is free"):
+            pipeline.hessian_to_zarr(f, x, str(mount / "other.zarr"), block_size=50,
+                                     progress=False)
+        assert not os.path.exists(mount / "other.zarr")
+        log_fault("a run larger than the free disk (refused up front)", 1, True, 0)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
@@ -219,10 +243,7 @@ def test_two_runs_racing_on_one_store(tmp_path, clean):
     store = str(tmp_path / "h.zarr")
     proc = _driver(store, [{"block": i, "kind": "sleep", "seconds": 0.5} for i in range(8)])
     try:
-        deadline = time.time() + 120
-        while not os.path.exists(os.path.join(store, "diffops.lock")):
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.02)
+        wait_for_lock_held(store, proc)
         with pytest.raises(pipeline.StoreError, match="another run"):
             pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK,
                                      progress=False)

@@ -132,28 +132,56 @@ def test_verify_detects_a_corrupted_chunk(tmp_path):
     assert result.verify() == [2, 3]
 
 
-def test_run_lock_refuses_a_second_writer(tmp_path):
+def test_run_lock_refuses_a_second_writer_and_break_lock_takes_over(tmp_path):
+    import filelock
+
     store = tmp_path / "h.zarr"
     store.mkdir()
-    (store / "diffops.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "now"}))
-    with pytest.raises(pipeline.StoreError, match=r"another run \(pid 1 on elsewhere"):
-        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(store), block_size=4, progress=False)
+    held = filelock.FileLock(str(store / "diffops.lock"), timeout=0)
+    held.acquire()  # a live run holds it (an OS lock: freed when its process dies)
+    try:
+        with pytest.raises(pipeline.StoreError, match=r"another run is writing to .*break_lock"):
+            pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(store), block_size=4,
+                                     progress=False)
+        assert os.listdir(store) == ["diffops.lock"]  # refused before writing anything
+        taken = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(store), block_size=4,
+                                         progress=False, break_lock=True)
+        assert taken.status()["complete"]
+    finally:
+        held.release()
+
+
+def test_a_malformed_lock_file_is_no_obstacle(tmp_path):
+    # issue 8 (8): a lock body that was valid JSON but not an object crashed
+    store = tmp_path / "h.zarr"
+    store.mkdir()
+    (store / "diffops.lock").write_text("[1, 2, 3]")
+    result = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(store), block_size=4,
+                                      progress=False)
+    assert result.status()["complete"]
 
 
 def test_stale_lock_and_partial_files_are_cleaned(tmp_path):
+    import filelock
+
     store = str(tmp_path / "h.zarr")
     pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
     from pipeline._store import ResultStore
     ResultStore.open(store, "r+").clear_record(1)  # as if the run died while writing block 1
     import socket
-    with open(os.path.join(store, "diffops.lock"), "w") as fh:
+    with open(os.path.join(store, "diffops.lock"), "w") as fh:  # an old-style lock body
         json.dump({"host": socket.gethostname(), "pid": 2**22 + 12345, "since": "then"}, fh)
-    leftover = os.path.join(store, "matrix", "c", "0", "1.abc.partial")
+    leftover = os.path.join(store, "matrix", "c", "0", "1.0123456789abcdef0123456789abcdef.partial")
     open(leftover, "wb").close()
+    not_ours = os.path.join(store, "matrix", "c", "0", "notes.partial")
+    open(not_ours, "wb").close()
     again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
     assert again.run_summary["blocks_computed"] == 1
     assert not os.path.exists(leftover)
-    assert not os.path.exists(os.path.join(store, "diffops.lock"))
+    assert os.path.exists(not_ours)  # not a name zarr writes: not ours to delete
+    probe = filelock.FileLock(os.path.join(store, "diffops.lock"), timeout=0)
+    probe.acquire()  # released when the run ended
+    probe.release()
 
 
 def test_memory_contract_refuses_up_front(tmp_path, monkeypatch):
