@@ -69,7 +69,10 @@ class Spec:
         return os.path.dirname(os.path.abspath(self.path))
 
     def to_json(self) -> dict:
+        """The spec as stored with a result: every path absolute, so that a repair
+        finds the model from any working directory."""
         data = dataclasses.asdict(self)
+        data["path"] = os.path.abspath(self.path)
         data["python_path"] = list(self.python_path)
         return data
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import resource
 import time
 
 import numpy as np
 
-from ._api import hessian_to_zarr, jacobian_to_zarr
+from ._api import _to_zarr
 from ._cluster import local_cluster
 from ._result import Result, open_result
-from ._spec import Spec
-from ._store import NONFINITE, ResultStore
+from ._spec import Spec, SpecError
+from ._store import NONFINITE, ResultStore, normalise_location
 
-__all__ = ["run_spec", "checks", "peak_rss"]
+__all__ = ["run_spec", "repair", "stored_spec", "checks", "peak_rss"]
 
 
 def peak_rss() -> int:
@@ -68,30 +69,78 @@ def checks(result: Result) -> dict:
 
 
 def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = None,
-             overwrite: bool = False, progress: bool = True) -> dict:
+             overwrite: bool = False, progress: bool = True, break_lock: bool = False,
+             output=None, redo=()) -> dict:
     """Run a spec through the pipeline; the summary as a dict.
 
-    Idempotent: a complete store is left as it is and only summarised.
+    Idempotent: a complete store is left as it is and only summarised. With
+    ``output``, the result goes there instead of the spec's output (a store that
+    was moved or copied); ``redo`` lists blocks to recompute (their records are
+    cleared under the lock, only once the function has been traced and the
+    store found to hold the same computation).
     """
     import jax
 
+    if output is not None:
+        spec = dataclasses.replace(spec, output=normalise_location(output))
     x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
     with x64:
-        return _run_spec(spec, scheduler, workers, overwrite, progress)
+        return _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, tuple(redo))
 
 
-def _run_spec(spec, scheduler, workers, overwrite, progress) -> dict:
+def stored_spec(result: Result) -> Spec:
+    """The spec stored with a result by the run that computed it.
+
+    **Raises:** `SpecError` when there is none (the result was computed from Python).
+    """
+    stored = result.meta.get("spec")
+    if not stored:
+        raise SpecError(f"no spec is stored with {result.location!r} (it was computed from "
+                        "Python, not by diffops run): pass the spec (--spec SPEC)")
+    stored = dict(stored)
+    stored["python_path"] = tuple(stored.get("python_path", ()))
+    return Spec(**stored)
+
+
+def repair(location, spec: Spec | None = None, *, progress: bool = True) -> dict:
+    """Recompute the bad and missing blocks of the store at ``location``, in place.
+
+    Verifies every recorded block first; recomputes the bad ones and those never
+    finished, into this store (not the spec's output: the store may have been
+    moved or copied), then verifies again.
+
+    **Arguments:** `location` (the store), `spec` (default: the one stored with
+    it), `progress`.
+
+    **Returns:** ``{"bad": [...], "missing": [...], "still_bad": [...],
+    "still_missing": [...]}``: the blocks found before and left after.
+
+    **Raises:** `SpecError` when no spec is given or stored; the pipeline's errors
+    (a record is cleared only once the replacement is ready to run).
+    """
+    location = normalise_location(location)
+    result = open_result(location)
+    bad, missing = result.verify(), result.missing_blocks()
+    if bad or missing:
+        run_spec(spec or stored_spec(result), progress=progress, output=location, redo=bad)
+        result = open_result(location)
+    return {"bad": bad, "missing": [i for i in missing if i not in bad],
+            "still_bad": result.verify(), "still_missing": result.missing_blocks()}
+
+
+def _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, redo) -> dict:
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
     blocking = spec.blocking()
     with _client_for(spec, scheduler, workers) as client:
         kwargs = dict(checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
-                      progress=progress, compressor=spec.compression, **blocking)
-        if spec.operation == "hessian":
-            result = hessian_to_zarr(f, x, spec.output, **kwargs)
-        else:
-            result = jacobian_to_zarr(f, x, spec.output, mode=spec.mode, **kwargs)
+                      progress=progress, compressor=spec.compression, break_lock=break_lock,
+                      redo=redo, **blocking)
+        op = "hessian" if spec.operation == "hessian" else "jacobian"
+        result = _to_zarr(op, f, x, spec.output, mode=spec.mode if op == "jacobian" else None,
+                          **{"nbatches": None, "block_size": None, "memory_budget": None,
+                             "inner_width": None, "threads": 2, **kwargs})
         worker_peak = None
         if client is not None:
             worker_peak = max(client.run(peak_rss).values(), default=None)

@@ -89,11 +89,14 @@ def _print_summary(summary: dict):
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--scheduler", metavar="ADDRESS", help="Run on this dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), help="Start a local cluster of N workers.")
-@click.option("--overwrite", is_flag=True, help="Replace a store that holds another result.")
+@click.option("--overwrite", is_flag=True,
+              help="Recompute a store that holds another computation (the same one resumes).")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the lock of a run that is gone but whose host still holds it.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_friendly
-def run(spec_path, scheduler, workers, overwrite, progress, as_json):
+def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json):
     """Run the workflow SPEC: compute what is missing, then summarise.
 
     Re-running a complete run does no work; an interrupted run resumes; a store
@@ -108,7 +111,7 @@ def run(spec_path, scheduler, workers, overwrite, progress, as_json):
     logging.getLogger("distributed").setLevel(logging.WARNING)
     spec = load_spec(spec_path)
     summary = run_spec(spec, scheduler=scheduler, workers=workers, overwrite=overwrite,
-                       progress=progress)
+                       break_lock=break_lock, progress=progress)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -137,48 +140,42 @@ def status(store, as_json):
                        + (f", error: {run['error']}" if run.get("error") else ""))
         if st["nonfinite_blocks"]:
             click.echo(f"  non-finite values in blocks {st['nonfinite_blocks']}")
+        if st["missing_data"]:
+            click.echo(f"  data chunks missing in blocks {st['missing_data']} (recorded "
+                       "complete; the next run recomputes them)")
     sys.exit(0 if st["complete"] else EXIT_INCOMPLETE)
 
 
 @main.command()
 @click.argument("store")
-@click.option("--repair", is_flag=True, help="Recompute the bad blocks.")
+@click.option("--repair", is_flag=True, help="Recompute the bad and missing blocks, in STORE.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
               help="The spec to recompute with (default: the one stored with the run).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @_friendly
 def verify(store, repair, spec_path, progress):
-    """Check every block of STORE against its checksum; --repair recomputes bad ones."""
+    """Check every block of STORE against its checksum; --repair recomputes the bad
+    and missing ones. Exit code 0 when every block is present and verifies, 4 when
+    some are bad, 3 when some are missing."""
+    from ._spec import load_spec
+    from ._workflow import repair as repair_store
+
     result = _open(store)
-    bad = result.verify()
-    missing = result.missing_blocks()
+    bad, missing = result.verify(), result.missing_blocks()
+    missing = [i for i in missing if i not in bad]
     click.echo(f"{store}: {len(bad)} bad block(s){': ' + str(bad) if bad else ''}; "
                f"{len(missing)} incomplete{': ' + str(missing) if missing else ''}")
-    if not bad and not (repair and missing):
-        sys.exit(0)
-    if not repair:
-        sys.exit(EXIT_BAD_BLOCKS)
-    from ._spec import Spec, load_spec
-    from ._store import ResultStore, RunLock
-    from ._workflow import run_spec
-
-    if spec_path:
-        spec = load_spec(spec_path)
-    elif result.meta.get("spec"):
-        stored = dict(result.meta["spec"])
-        stored["python_path"] = tuple(stored.get("python_path", ()))
-        spec = Spec(**stored)
-    else:
-        raise click.UsageError("no spec is stored with this result: pass --spec SPEC")
-    with RunLock(store):
-        writable = ResultStore.open(store, mode="r+")
-        for index in bad:
-            writable.clear_record(index)
-    run_spec(spec, progress=progress)
-    still = _open(store).verify()
-    if still:
-        raise ValueError(f"blocks {still} are still bad after the repair")
-    click.echo(f"{store}: repaired {len(bad)} block(s); all blocks verify")
+    if repair and (bad or missing):
+        spec = load_spec(spec_path) if spec_path else None
+        report = repair_store(store, spec, progress=progress)
+        bad, missing = report["still_bad"], report["still_missing"]
+        if not bad and not missing:
+            fixed = len(report["bad"]) + len(report["missing"])
+            click.echo(f"{store}: repaired {fixed} block(s); all blocks verify")
+        else:
+            click.echo(f"{store}: after the repair, {len(bad)} bad and {len(missing)} "
+                       "incomplete block(s) remain", err=True)
+    sys.exit(EXIT_BAD_BLOCKS if bad else EXIT_INCOMPLETE if missing else 0)
 
 
 @main.command()
@@ -262,10 +259,13 @@ def plot(store, output, pixels):
     finite = logged[np.isfinite(logged)]
     hi = float(finite.max()) if finite.size else 0.0
     lo = max(float(np.percentile(finite, 1)), hi - 12) if finite.size else 0.0
-    logged = np.where(np.isfinite(logged), logged, lo)
+    missing = np.isnan(logged)  # blocks not computed (the fill value) or NaN entries
+    logged = np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing)
     rows_layout, cols_layout = result.layouts()
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
-    im = ax.imshow(logged, cmap="magma", vmin=lo, interpolation="nearest", aspect="auto")
+    cmap = matplotlib.colormaps["magma"].copy()
+    cmap.set_bad("#9fc5e8")  # never drawn as small values: missing is missing
+    im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})"
                                                       if factor > 1 else ""))
     for layout, axis in ((rows_layout, "row"), (cols_layout, "col")):
@@ -285,12 +285,19 @@ def plot(store, output, pixels):
             ax.set_yticks(ticks, labels, fontsize=7)
         else:
             ax.set_xticks(ticks, labels, fontsize=7, rotation=60, ha="right")
-    ax.set_title(f"{result.meta['operation']} {m}x{n}: log10|M|")
+    st = result.status()
+    title = f"{result.meta['operation']} {m}x{n}: log10|M|"
+    if not st["complete"] or missing.any():
+        title += (f"\nINCOMPLETE: {st['blocks_done']}/{st['blocks_total']} blocks; blue = missing "
+                  "or NaN" if not st["complete"] else "\nblue = NaN entries")
+    ax.set_title(title, fontsize=9 if "\n" in title else None)
     fig.tight_layout()
     fig.savefig(output, format="png")
     plt.close(fig)
+    note = "" if st["complete"] else (f"; INCOMPLETE, {st['blocks_total'] - st['blocks_done']} "
+                                      "block(s) missing, drawn blue")
     click.echo(f"wrote {output} ({logged.shape[0]}x{logged.shape[1]} cells, "
-               f"downsampled {factor}x)")
+               f"downsampled {factor}x{note})")
 
 
 if __name__ == "__main__":  # pragma: no cover

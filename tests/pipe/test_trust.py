@@ -1,0 +1,440 @@
+"""Issue 8: a stored result is the computation asked for (fresh or refused), views
+never show a missing block as zeros, and the store is only ever ours.
+
+Each test reproduces a case observed on d0876c5; those that inject a fault log
+it for benchmarks/fault_report.py.
+"""
+
+import json
+import os
+import shutil
+import threading
+import types
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffops_core as dc
+import pipeline
+from helpers import chunk_files, file_snapshot, log_fault, mixed_loss, mixed_x, tol
+from pipeline._api import Limits, _default_block, task_bytes
+from pipeline._store import ResultStore, RunLock
+from pipeline._tasks import BlockContext, run_block
+
+X4 = jnp.linspace(0.1, 0.4, 4)
+
+
+def _hessian(f, x=X4):
+    return np.asarray(dc.hessian(f, x)[0])
+
+
+# -- what the old fingerprint missed (issue 8, item 2) ---------------------------------
+
+GLOBAL_W = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+FAKE_MODULE = types.ModuleType("fake_model")
+
+
+def _global_pair():
+    global GLOBAL_W
+    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x))  # noqa: E731
+
+    def change():
+        global GLOBAL_W
+        GLOBAL_W = GLOBAL_W * 10
+
+    return f, f, change
+
+
+def _module_attribute_pair():
+    FAKE_MODULE.w = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    f = lambda x: jnp.sum(FAKE_MODULE.w * jnp.sin(x))  # noqa: E731
+    return f, f, lambda: setattr(FAKE_MODULE, "w", FAKE_MODULE.w * 10)
+
+
+class _Obj:
+    def __init__(self, w):
+        self.w = jnp.asarray(w, jnp.float32)
+
+    def loss(self, x):
+        return jnp.sum(self.w * jnp.sin(x))
+
+    def __call__(self, x):
+        return jnp.sum(self.w * jnp.cos(x))
+
+
+class _Eqx(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return jnp.sum(self.w * jnp.sin(x) ** 2)
+
+
+class _ClassAttr:
+    w = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+
+
+def _deep(w, depth=8):
+    f = lambda x: jnp.sum(w * jnp.sin(x))  # noqa: E731
+    for _ in range(depth):
+        f = (lambda g: (lambda x: g(x) * 1.0))(f)
+    return f
+
+
+def _kwdefault(w):
+    def f(x, *, w=w):
+        return jnp.sum(w * jnp.sin(x))
+
+    return f
+
+
+W1, W2 = [1.0, 2.0, 3.0, 4.0], [5.0, 1.0, 7.0, 2.0]
+PAIRS = {
+    "global": _global_pair,
+    "module attribute": _module_attribute_pair,
+    "bound method's object": lambda: (_Obj(W1).loss, _Obj(W2).loss, None),
+    "callable object's attribute": lambda: (_Obj(W1), _Obj(W2), None),
+    "equinox module as f": lambda: (_Eqx(jnp.array(W1)), _Eqx(jnp.array(W2)), None),
+    "equinox module closed over": lambda: (
+        (lambda m: (lambda x: m(x) + 1.0))(_Eqx(jnp.array(W1))),
+        (lambda m: (lambda x: m(x) + 1.0))(_Eqx(jnp.array(W2))), None),
+    "jitted f, edited body": lambda: (jax.jit(lambda x: jnp.sum(jnp.sin(x) ** 3)),
+                                      jax.jit(lambda x: jnp.sum(jnp.sin(x) ** 5)), None),
+    "__kwdefaults__": lambda: (_kwdefault(np.array(W1, np.float32)),
+                               _kwdefault(np.array(W2, np.float32)), None),
+    "frozenset": lambda: (
+        (lambda s: (lambda x: jnp.sum(x**3) * sum(sorted(s))))(frozenset({1.0, 2.0})),
+        (lambda s: (lambda x: jnp.sum(x**3) * sum(sorted(s))))(frozenset({5.0})), None),
+    "class attribute": lambda: (
+        lambda x: jnp.sum(_ClassAttr.w * jnp.sin(x)), None,
+        lambda: setattr(_ClassAttr, "w", _ClassAttr.w * 10)),
+    "closure deeper than 6": lambda: (_deep(np.array(W1, np.float32)),
+                                      _deep(np.array(W2, np.float32)), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAIRS))
+def test_another_computation_is_refused_then_recomputed(tmp_path, case):
+    saved = (GLOBAL_W, _ClassAttr.w)
+    try:
+        fa, fb, change = PAIRS[case]()
+        store = str(tmp_path / "h.zarr")
+        first = pipeline.hessian_to_zarr(fa, X4, store, block_size=2, progress=False).assemble()
+        np.testing.assert_allclose(first, _hessian(fa), rtol=1e-6)
+        if change is not None:
+            change()
+            fb = fb or fa
+        with pytest.raises(pipeline.StoreError, match=r"differs in: (function|data)\).*"
+                                                      r"overwrite=True"):
+            pipeline.hessian_to_zarr(fb, X4, store, block_size=2, progress=False)
+        again = pipeline.hessian_to_zarr(fb, X4, store, block_size=2, overwrite=True,
+                                         progress=False)
+        assert again.run_summary["blocks_computed"] == 2  # everything, not a mix
+        expected = _hessian(fb)
+        assert not np.allclose(expected, first)
+        np.testing.assert_allclose(again.assemble(), expected, rtol=1e-6)
+    finally:
+        globals()["GLOBAL_W"], _ClassAttr.w = saved
+    log_fault(f"f's {case} changed between runs (refused, then recomputed)", 1, True, 0)
+
+
+def test_changed_data_after_an_interrupted_run_is_refused_not_mixed(tmp_path, monkeypatch):
+    global GLOBAL_W
+    saved = GLOBAL_W
+    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x) ** 2)  # noqa: E731
+    store = str(tmp_path / "h.zarr")
+    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 2, "kind": "raise"}]))
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(f, X4, store, block_size=1, threads=1, progress=False)
+    monkeypatch.delenv("DIFFOPS_FAULTS")
+    try:
+        GLOBAL_W = GLOBAL_W * 3
+        with pytest.raises(pipeline.StoreError, match=r"differs in: data\): the data f reads "
+                                                      r"changed"):
+            pipeline.hessian_to_zarr(f, X4, store, block_size=1, progress=False)
+        done = pipeline.hessian_to_zarr(f, X4, store, block_size=1, overwrite=True,
+                                        progress=False)
+        assert done.run_summary["blocks_computed"] == 4
+        np.testing.assert_allclose(done.assemble(), _hessian(f), rtol=1e-6)
+    finally:
+        GLOBAL_W = saved
+    log_fault("data changed after an interrupted run (refused; no mixed matrix)", 1, True, 0)
+
+
+def test_a_new_store_gets_its_own_objects_matrix(tmp_path):
+    # issue 8 (3): the worker kernel cache keyed on the fingerprint minus x wrote
+    # b1's Hessian into b2
+    b1 = pipeline.hessian_to_zarr(_Obj([1, 2, 3, 4]).loss, X4, str(tmp_path / "b1.zarr"),
+                                  block_size=2, progress=False)
+    b2 = pipeline.hessian_to_zarr(_Obj([10, 20, 30, 40]).loss, X4, str(tmp_path / "b2.zarr"),
+                                  block_size=2, progress=False)
+    np.testing.assert_allclose(b1.assemble(), _hessian(_Obj([1, 2, 3, 4]).loss), rtol=1e-6)
+    np.testing.assert_allclose(b2.assemble(), _hessian(_Obj([10, 20, 30, 40]).loss), rtol=1e-6)
+
+
+def test_a_worker_whose_f_reads_other_data_refuses_to_write(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    good = pipeline.hessian_to_zarr(_Obj(W1).loss, X4, store, block_size=2, progress=False)
+    ctx_args = good.meta
+    identity = dc.get_kernels(_Obj(W1).loss, X4, "hessian")[0].traced.identity()
+    ctx = BlockContext(token="t-other", f=_Obj(W2).loss, x=np.asarray(X4), op="hessian",
+                       checkpoint=False, program=identity.program, data=identity.data,
+                       block_size=2, micro=None, location=store, run=9, x64=False, extent=4,
+                       axis=ctx_args["axis"])
+    with pytest.raises(pipeline.BlockError, match=r"the data f reads .* differs from the driver"):
+        run_block(ctx, 0)
+    assert ResultStore.open(store).read_records()[0, 3] == 1  # untouched: still run 1's
+
+
+# -- views never read a missing block as zeros (item 4) --------------------------------
+
+
+def test_missing_blocks_read_as_nan_in_every_view(tmp_path, monkeypatch):
+    store = str(tmp_path / "h.zarr")
+    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, threads=1,
+                                 progress=False)
+    result = pipeline.open_result(store)
+    missing = result.missing_blocks()
+    assert 1 in missing
+    a = result.array.compute()
+    for block in range(4):
+        columns = a[:, 4 * block:4 * block + 4]
+        assert np.isnan(columns).all() if block in missing else np.isfinite(columns).all()
+    import zarr
+    assert np.isnan(zarr.open_group(store, mode="r")["matrix"][0, 5])  # any zarr reader
+    leaves = jax.tree_util.tree_leaves(result.to_pytree())
+    assert any(np.isnan(np.asarray(leaf.compute())).any() for leaf in leaves)
+    with pytest.raises(ValueError, match="incomplete"):
+        result.assemble()
+
+
+def test_a_deleted_chunk_makes_the_store_incomplete_and_is_recomputed(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    os.unlink(chunk_files(store)[2])
+    result = pipeline.open_result(store)
+    status = result.status()
+    assert not status["complete"] and status["missing_data"] == [2]
+    assert result.missing_blocks() == [2]
+    with pytest.raises(ValueError, match="incomplete"):
+        result.assemble()
+    again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    assert again.run_summary["blocks_computed"] == 1
+    np.testing.assert_allclose(again.assemble(), dc.hessian(mixed_loss, mixed_x())[0],
+                               **tol(np.float32))
+    log_fault("a data chunk deleted from a complete store (seen, recomputed)", 1, True, 0)
+
+
+def test_to_pytree_checks_key_paths_not_only_shapes(tmp_path):
+    x = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    result = pipeline.hessian_to_zarr(lambda p: jnp.sum(p["a"]) ** 2 * jnp.sum(p["b"] ** 2), x,
+                                      str(tmp_path / "h.zarr"), progress=False)
+    renamed = {"p": jnp.ones(3), "q": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"x has leaves \[\['p'\] \(3,\).*computed for "
+                                         r"\[\['a'\] \(3,\)"):
+        result.to_pytree(renamed)
+    assert result.to_pytree(x)["a"]["b"].shape == (3, 2)
+
+
+# -- the store is only ever ours (items 5, 7, 9) ---------------------------------------
+
+
+def test_a_directory_that_is_not_ours_is_never_touched(tmp_path):
+    target = tmp_path / "mine"
+    (target / "models").mkdir(parents=True)
+    (target / "notes.txt").write_text("do not delete")
+    (target / "models" / "m.py").write_text("x = 1")
+    before = file_snapshot(str(target))
+    for overwrite in (False, True):
+        with pytest.raises(pipeline.StoreError, match=r"is not a diffops store .*notes.txt.*never "
+                                                      r"writes into or deletes"):
+            pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(target), overwrite=overwrite,
+                                     progress=False)
+    assert file_snapshot(str(target)) == before
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("data")
+    with pytest.raises(pipeline.StoreError, match="is a file"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(a_file), overwrite=True,
+                                 progress=False)
+    assert a_file.read_text() == "data"
+    log_fault("output pointed at a user's directory (refused, nothing touched)", 2, True, 0)
+
+
+def test_a_store_killed_while_being_created_is_recreated(tmp_path, monkeypatch):
+    import zarr
+
+    store = str(tmp_path / "h.zarr")
+    real = zarr.Group.create_array
+
+    def dies_on_blocks(self, name, **kw):
+        if name == "blocks":
+            raise KeyboardInterrupt  # as a kill would, between the two arrays
+        return real(self, name, **kw)
+
+    monkeypatch.setattr(zarr.Group, "create_array", dies_on_blocks)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    monkeypatch.setattr(zarr.Group, "create_array", real)
+    with pytest.raises(pipeline.StoreError, match="creation was interrupted; run the computation "
+                                                  "again"):
+        pipeline.open_result(store)
+    done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    assert done.status()["complete"]
+    # and the older half-made form: a bare group, no metadata, nothing else of value
+    bare = tmp_path / "bare.zarr"
+    zarr.open_group(str(bare), mode="w")
+    done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(bare), block_size=4,
+                                    progress=False)
+    assert done.status()["complete"]
+    log_fault("a store killed while being created (recreated)", 2, True, 0)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_array_metadata_is_one_line_naming_the_file(tmp_path, damage):
+    store = str(tmp_path / "h.zarr")
+    pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    meta = os.path.join(store, "matrix", "zarr.json")
+    if damage == "delete":
+        os.unlink(meta)
+    else:
+        with open(meta, "r+") as fh:
+            fh.truncate(40)
+    with pytest.raises(pipeline.StoreError, match=r"cannot read .*h.zarr/matrix/zarr.json .*"
+                                                  r"overwrite=True") as err:
+        pipeline.open_result(store)
+    assert "\n" not in str(err.value)
+    with pytest.raises(pipeline.StoreError, match=r"matrix/zarr.json"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, overwrite=True,
+                                    progress=False)
+    np.testing.assert_allclose(done.assemble(), dc.hessian(mixed_loss, mixed_x())[0],
+                               **tol(np.float32))
+    log_fault(f"array metadata {damage}d (one line naming the file; overwrite recomputes)", 1,
+              True, 0)
+
+
+def test_damaged_group_metadata_names_the_file(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    with open(os.path.join(store, "zarr.json"), "r+") as fh:
+        fh.truncate(20)
+    with pytest.raises(pipeline.StoreError, match=r"cannot read .*h.zarr/zarr.json"):
+        pipeline.open_result(store)
+    with pytest.raises(pipeline.StoreError, match=r"looks like a diffops store, but cannot read "
+                                                  r".*overwrite=True"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, overwrite=True,
+                                    progress=False)
+    assert done.status()["complete"]
+
+
+def test_file_urls_work_and_leave_no_bare_group(tmp_path):
+    path = tmp_path / "u.zarr"
+    result = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), f"file://{path}", block_size=4,
+                                      progress=False)
+    assert result.status()["complete"]
+    again = pipeline.open_result(f"file://{path}")
+    np.testing.assert_allclose(again.assemble(), dc.hessian(mixed_loss, mixed_x())[0],
+                               **tol(np.float32))
+    assert sorted(os.listdir(path)) == ["blocks", "diffops.lock", "matrix", "zarr.json"]
+
+
+# -- locks (item 8) --------------------------------------------------------------------
+
+
+def test_a_stale_lock_race_has_exactly_one_winner(tmp_path):
+    winners_per_trial = []
+    for trial in range(40):
+        store = tmp_path / f"s{trial}"
+        store.mkdir()
+        # an old lock body of a dead process: no longer means anything
+        (store / "diffops.lock").write_text(json.dumps({"host": "h", "pid": 2**22 + 1}))
+        barrier, held, errors = threading.Barrier(2), [], []
+
+        def take(store=store, barrier=barrier, held=held, errors=errors):
+            lock = RunLock(str(store))
+            barrier.wait()
+            try:
+                lock.acquire()
+                held.append(lock)
+            except pipeline.StoreError:
+                pass
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=take) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        winners_per_trial.append(len(held))
+        for lock in held:
+            lock.release()
+    assert winners_per_trial == [1] * 40
+    log_fault("two runs racing for a stale lock (40 trials, one winner each)", 40, True, 0)
+
+
+# -- plans that fit (items 10, 11) -----------------------------------------------------
+
+
+def _wide_quadratic(n):
+    w = jnp.linspace(0.5, 1.5, n)
+    return (lambda v: jnp.sum(w * v**2) + jnp.sum(v) ** 2 * 1e-3), jnp.linspace(-1.0, 1.0, n)
+
+
+def test_default_block_fits_the_memory_there_is(tmp_path, monkeypatch):
+    import psutil
+
+    f, x = _wide_quadratic(2000)
+    kernels = dc.get_kernels(f, x, "hessian")[0]
+    roomy = _default_block(kernels, Limits(10**12, 0, 2, "test"))
+    assert roomy == 125  # about 16 blocks
+    need = task_bytes(kernels, roomy)[0]
+    tight = Limits(int(need), 0, 2, "test")  # room for about half a default block per task
+    block = _default_block(kernels, tight)
+    assert 1 <= block < roomy and task_bytes(kernels, block)[0] <= tight.per_task
+    with_baseline = _default_block(kernels, Limits(int(need), int(0.2 * need), 2, "test"))
+    assert with_baseline < block  # the worker's baseline is counted
+
+    class Small:
+        available = int(need)
+        total = int(need)
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Small)
+    result = pipeline.hessian_to_zarr(f, x, str(tmp_path / "h.zarr"), progress=False)
+    assert result.meta["plan"]["block_size"] == block
+    np.testing.assert_allclose(result.array.compute(), dc.hessian(f, x)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(MemoryError, match=r"one block task needs about .* over 80% of this "
+                                          r"machine's available memory"):
+        Small.available = 1000
+        pipeline.hessian_to_zarr(f, x, str(tmp_path / "tiny.zarr"), progress=False)
+
+
+def test_a_matrix_larger_than_the_disk_is_refused_before_a_store_exists(tmp_path):
+    n = 10**6  # 4 TB of float32
+    f = lambda v: jnp.sum(v**2)  # noqa: E731
+    store = tmp_path / "huge.zarr"
+    with pytest.raises(pipeline.StoreError, match=r"needs 4\.0 TB more on disk .* but only "):
+        pipeline.hessian_to_zarr(f, jnp.zeros(n), str(store), block_size=64, progress=False)
+    assert not store.exists()
+    log_fault("a 4 TB Hessian on a small disk (refused before a store exists)", 1, True, 0)
+
+
+# -- moved stores, repair (item 6) -----------------------------------------------------
+
+
+def test_a_moved_store_resumes_in_place(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
+    moved = str(tmp_path / "elsewhere" / "h.zarr")
+    shutil.copytree(store, moved)
+    ResultStore.open(moved, "r+").clear_record(3)
+    before = file_snapshot(store)
+    again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), moved, block_size=4, progress=False)
+    assert again.run_summary["blocks_computed"] == 1 and again.status()["complete"]
+    assert file_snapshot(store) == before
