@@ -263,8 +263,8 @@ def plot(store, output, pixels):
     logged = np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing)
     rows_layout, cols_layout = result.layouts()
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
-    cmap = matplotlib.colormaps["magma"].copy()
-    cmap.set_bad("#9fc5e8")  # never drawn as small values: missing is missing
+    # never drawn as small values: missing is missing
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
     im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})"
                                                       if factor > 1 else ""))

@@ -278,3 +278,142 @@ def test_jacobian_spec_run_show_plot(tmp_path, monkeypatch):
     png = str(tmp_path / "j.png")
     assert invoke("plot", store, "-o", png).exit_code == 0
     assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+DATA_MODEL = '''
+import jax.numpy as jnp
+import numpy as np
+import os
+
+DATA = np.load(os.path.join(os.path.dirname(__file__), "data.npy"))  # read at import
+
+def loss(p):
+    return jnp.sum(DATA * jnp.sin(p["a"]) ** 2)
+
+def best_fit():
+    return {"a": np.linspace(0.1, 1.0, 8).astype(np.float32)}
+'''
+
+
+def test_changed_data_file_is_refused_and_overwrite_is_a_nightly_recipe(tmp_path):
+    # issue 8 (2): the data file changed and `diffops run` served the old matrix
+    (tmp_path / "datamodel.py").write_text(DATA_MODEL)
+    np.save(tmp_path / "data.npy", np.arange(1.0, 9.0, dtype=np.float32))
+    spec_path = write_spec(tmp_path, function="datamodel:loss", point="datamodel:best_fit",
+                           blocks={"block_size": 2})
+    env = {"PYTHONPATH": str(tmp_path)}
+
+    def run(*flags):
+        proc = _cli(["run", spec_path, "--no-progress", "--json", *flags], env)
+        out, err = proc.communicate(timeout=300)
+        return proc.returncode, out, err
+
+    code, out, _ = run()
+    assert code == 0 and json.loads(out)["blocks_computed"] == 4
+    np.save(tmp_path / "data.npy", np.arange(1.0, 9.0, dtype=np.float32) * 3)
+    code, out, err = run()
+    assert code == 1
+    assert "differs in: data): the data f reads changed" in err and "--overwrite" in err
+    code, out, _ = run("--overwrite")
+    assert code == 0 and json.loads(out)["blocks_computed"] == 4
+    a = np.linspace(0.1, 1.0, 8).astype(np.float32)
+    expected = np.diag(3 * np.arange(1.0, 9.0) * 2 * np.cos(2 * a))
+    np.testing.assert_allclose(np.asarray(ResultStore.open(str(tmp_path / "out.zarr")).matrix[...]),
+                               expected, rtol=1e-4, atol=1e-5)
+    code, out, _ = run("--overwrite")  # nothing changed: nothing done
+    assert code == 0 and json.loads(out)["blocks_computed"] == 0
+
+
+def test_output_dot_is_refused_and_nothing_is_deleted(tmp_path, monkeypatch):
+    # issue 8 (5): `output: .` deleted the spec, the models package and notes.txt
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec_path = write_spec(tmp_path, output=".")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    from helpers import file_snapshot
+    before = file_snapshot(str(tmp_path))
+    for flags in ([], ["--overwrite"]):
+        res = invoke("run", spec_path, "--no-progress", *flags)
+        assert res.exit_code == 1
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "is not a diffops store" in lines[0]
+    after = {k: v for k, v in file_snapshot(str(tmp_path)).items() if "__pycache__" not in k}
+    assert after == {k: v for k, v in before.items() if "__pycache__" not in k}
+
+
+def test_verify_repairs_the_store_it_is_given(spec, tmp_path):
+    # issue 8 (6): a copied store was "repaired" into the original path
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    good = np.asarray(ResultStore.open(store).matrix[...])
+    copy = str(tmp_path / "copy" / "out.zarr")
+    import shutil
+    shutil.copytree(store, copy)
+    from helpers import chunk_files, file_snapshot
+    with open(chunk_files(copy)[2], "r+b") as fh:
+        fh.write(b"garbage!" * 4)
+    before = file_snapshot(store)
+    res = invoke("verify", copy, "--repair", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "repaired 1 block(s); all blocks verify" in res.output
+    np.testing.assert_array_equal(np.asarray(ResultStore.open(copy).matrix[...]), good)
+    assert file_snapshot(store) == before
+
+
+def test_verify_repair_whose_import_fails_clears_no_record(spec, tmp_path, monkeypatch):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    from helpers import chunk_files
+    with open(chunk_files(store)[1], "r+b") as fh:
+        fh.write(b"garbage!" * 4)
+    os.rename(tmp_path / "tinymodel.py", tmp_path / "gone.py")
+    monkeypatch.delitem(sys.modules, "tinymodel", raising=False)
+    res = invoke("verify", store, "--repair", "--no-progress")
+    assert res.exit_code == 1
+    assert "cannot import module 'tinymodel'" in res.output.strip().splitlines()[-1]
+    assert ResultStore.open(store).read_records()[1, 0] == 1  # the record is still there
+    assert invoke("verify", store).exit_code == 4
+
+
+def test_verify_exits_non_zero_on_an_incomplete_store(spec, tmp_path):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    ResultStore.open(store, "r+").clear_record(2)
+    res = invoke("verify", store)
+    assert res.exit_code == 3 and "1 incomplete: [2]" in res.output
+    res = invoke("verify", store, "--repair", "--no-progress")
+    assert res.exit_code == 0 and "repaired 1 block(s)" in res.output
+
+
+def test_the_stored_spec_path_is_absolute(spec, tmp_path, monkeypatch):
+    # issue 8 (6): a relative stored spec path broke repair from another directory
+    monkeypatch.chdir(tmp_path)
+    assert invoke("run", "spec.yaml", "--no-progress").exit_code == 0
+    stored = ResultStore.open(str(tmp_path / "out.zarr")).meta["spec"]
+    assert os.path.isabs(stored["path"]) and os.path.isabs(stored["output"])
+    monkeypatch.chdir("/")
+    ResultStore.open(str(tmp_path / "out.zarr"), "r+").clear_record(0)
+    res = invoke("verify", str(tmp_path / "out.zarr"), "--repair", "--no-progress")
+    assert res.exit_code == 0, res.output
+
+
+def test_status_of_damaged_metadata_is_one_line(spec, tmp_path):
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    os.unlink(tmp_path / "out.zarr" / "blocks" / "zarr.json")
+    res = invoke("status", str(tmp_path / "out.zarr"))
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "blocks/zarr.json" in lines[0] and "--overwrite" in lines[0]
+
+
+def test_plot_of_an_incomplete_store_says_so(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+    assert invoke("run", spec, "--no-progress").exit_code == 1
+    png = str(tmp_path / "partial.png")
+    res = invoke("plot", str(tmp_path / "out.zarr"), "-o", png)
+    assert res.exit_code == 0 and "INCOMPLETE" in res.output and "drawn blue" in res.output
+    import matplotlib.image
+    image = matplotlib.image.imread(png)[..., :3]
+    blue = np.all(np.abs(image - np.array([0x9F, 0xC5, 0xE8]) / 255) < 0.02, axis=-1)
+    assert blue.sum() > 100  # the missing block is drawn, not shown as small values
