@@ -5,7 +5,7 @@ median of N steady calls on new x, peak RSS. Writes the tables into the
 ``core`` section of benchmarks/RESULTS.md.
 
     python benchmarks/bench_core.py                 # everything (about 15 min on 2 cores)
-    python benchmarks/bench_core.py --suite mlp     # one suite: mlp, sweep, wide, repeated, budget
+    python benchmarks/bench_core.py --suite mlp     # one suite: mlp, sweep, wide, repeated, trace, budget
 """
 
 from __future__ import annotations
@@ -133,13 +133,29 @@ def suite_budget(repeats):
     return "\n".join(lines)
 
 
+def suite_trace(repeats):
+    """Per-call cost of the identity (a trace of f to a jaxpr, every call)."""
+    configs = [("mlp", "hessian", {"nbatches": 128}), ("psf", "hessian", {"nbatches": 16}),
+               ("dense", "hessian", {"nbatches": 8}), ("wide", "jacobian", {"nbatches": 16})]
+    lines = [_row("problem", "steady call s", "trace per call ms", "share of the call",
+                  "constant digest ms (pipeline only)"), _row(*["---"] * 5)]
+    for problem, op, kw in configs:
+        res = run({**_cfg(problem, "diffops", repeats, op=op, **kw), "trace": True})
+        lines.append(_row(problem, f"{res['median_s']:.3f}", f"{res['trace_s'] * 1e3:.2f}",
+                          f"{100 * res['trace_s'] / res['median_s']:.1f}%",
+                          f"{res['identity_s'] * 1e3:.2f}"))
+    return "\n".join(lines)
+
+
 SUITES = {
     "mlp": ("Hessian of the MLP loss (n=2632): this project vs zodiax.diffops vs jax.hessian", suite_mlp),
     "psf": ("Hessian of the PSF fit (n=4120, FFT-heavy)",
             lambda r: suite_mlp(r, problem="psf", nbatches=(1, 16))),
     "sweep": ("Inner (micro-batch) width sweep: default vs best", suite_sweep),
     "wide": ("Wide Jacobian 64x20000, nbatches=16", suite_wide),
-    "repeated": ("Repeated calls (same f, new x), dense n=4096 Hessian, nbatches=8", suite_repeated),
+    "repeated": ("Repeated calls (same f, new x, f traced every call), dense n=4096 Hessian, "
+                 "nbatches=8", suite_repeated),
+    "trace": ("Per-call trace cost (the identity of a computation is what JAX traces)", suite_trace),
     "budget": ("memory_budget on the MLP: peak RSS increase vs budget + size of H (27.7 MB)", suite_budget),
 }
 

@@ -2,7 +2,9 @@
 
     python benchmarks/fault_report.py
 
-Runs tests/pipe/test_faults.py (slow ones included) and the worker-kill test of
+Runs tests/pipe/test_faults.py (slow ones included), tests/pipe/test_trust.py
+(the trust cases of issue 8: changed data, foreign directories, half-made and
+damaged stores, lock races, plans too large for memory or disk) and the worker-kill test of
 tests/pipe/test_cluster.py with $DIFFOPS_FAULT_REPORT set, counts the bad-input
 tests (API, spec, CLI) that passed, and writes the ``faults`` section of
 benchmarks/RESULTS.md.
@@ -46,7 +48,7 @@ def pytest(args, env=None):
 
 def main():
     report = tempfile.mktemp(suffix=".jsonl")
-    passed, failed, proc = pytest(["tests/pipe/test_faults.py",
+    passed, failed, proc = pytest(["tests/pipe/test_faults.py", "tests/pipe/test_trust.py",
                                    "tests/pipe/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise"],
                                   {"DIFFOPS_FAULT_REPORT": report})
     rows = [json.loads(line) for line in open(report)] if os.path.exists(report) else []

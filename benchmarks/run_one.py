@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -29,7 +28,12 @@ from problems import PROBLEMS  # noqa: E402
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def make_call(impl, op, f, kwargs):
@@ -84,6 +88,22 @@ def main(config: dict) -> dict:
                                                     kernels.spec.m))
         chosen = dc.choose_sizing(kernels, **kw)
         sizing = {"block_size": chosen.block_size, "micro": chosen.micro}
+    if config.get("trace"):
+        # per-call identity cost: trace f to a jaxpr (+ its structure digest), the
+        # part of every call that zodiax-style caching on f's identity skipped;
+        # and the pipeline's digest of every constant's bytes
+        import diffops_core as dc
+        op = config.get("op", "hessian")
+        op = op if op in ("hessian", "jacrev", "jacfwd") else "jacfwd"
+        tt, it = [], []
+        for _ in range(20):
+            t = time.perf_counter()
+            kernels = dc.get_kernels(f, x, "hessian" if op == "hessian" else "jacfwd")[0]
+            tt.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            kernels.traced.identity()
+            it.append(time.perf_counter() - t)
+        sizing.update(trace_s=statistics.median(tt), identity_s=statistics.median(it))
     return {**config, **sizing, "first_s": first, "median_s": statistics.median(times), "times_s": times,
             "rss_before": rss0, "peak_rss": peak, "peak_increase": peak - rss0,
             "device": str(jax.devices()[0].device_kind)}

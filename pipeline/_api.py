@@ -27,6 +27,7 @@ from diffops_core import (
 )
 
 from ._execute import active_client, run_distributed, run_local
+from ._cluster import vm_bytes
 from ._fingerprint import describe_difference, fingerprint_parts
 from ._progress import Progress
 from ._result import Result
@@ -86,13 +87,16 @@ class Limits:
         return (0.8 * self.limit - self.baseline) / self.threads
 
 
-def _vm_rss() -> int:
-    """This process's resident memory now (VmRSS), in bytes."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0  # pragma: no cover - not Linux
+def _baseline_rss() -> int:
+    """A worker's resident memory (VmRSS) once it is ready for its first block:
+    jax and the pipeline imported and the backend started, as the first task
+    would do anyway."""
+    import jax
+
+    from . import _tasks  # noqa: F401 - what a block task imports
+
+    jax.devices()
+    return vm_bytes("VmRSS")
 
 
 def _limits(client, threads: int) -> Limits:
@@ -108,7 +112,7 @@ def _limits(client, threads: int) -> Limits:
     limits = [int(w.get("memory_limit") or 0) for w in workers]
     positive = [lim for lim in limits if lim > 0]
     try:
-        baseline = max(client.run(_vm_rss).values(), default=0)
+        baseline = max(client.run(_baseline_rss).values(), default=0)
     except Exception:  # noqa: BLE001 - a worker that cannot say: assume the measured typical
         baseline = WORKER_BASELINE_BYTES
     return Limits(min(positive) if positive else 0, int(baseline),

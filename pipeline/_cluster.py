@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dask
 
-__all__ = ["local_cluster", "JAX_WORKER_ENV", "tune_malloc"]
+__all__ = ["local_cluster", "JAX_WORKER_ENV", "tune_malloc", "vm_bytes", "peak_rss"]
 
 #: Set in each worker process before it starts (so before it imports JAX).
 JAX_WORKER_ENV = {
@@ -16,6 +16,26 @@ JAX_WORKER_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
 }
+
+
+def vm_bytes(field: str = "VmHWM") -> int:
+    """A figure of this process from ``/proc/self/status``, in bytes: ``VmHWM``
+    (peak resident memory of this process image; unlike ``ru_maxrss`` it does not
+    survive exec, so a worker spawned by a large driver reports its own peak) or
+    ``VmRSS`` (resident now). 0 where there is no /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return 0
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM)."""
+    return vm_bytes("VmHWM")
 
 
 def tune_malloc() -> bool:

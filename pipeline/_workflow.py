@@ -5,23 +5,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import resource
 import time
 
 import numpy as np
 
 from ._api import _to_zarr
-from ._cluster import local_cluster
+from ._cluster import local_cluster, peak_rss
 from ._result import Result, open_result
 from ._spec import Spec, SpecError
 from ._store import NONFINITE, ResultStore, normalise_location
 
 __all__ = ["run_spec", "repair", "stored_spec", "checks", "peak_rss"]
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @contextlib.contextmanager
