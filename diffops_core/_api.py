@@ -121,7 +121,8 @@ def split_jacobian(J, out_layout, n: int):
     """Reshape a flat ``(m, n)`` Jacobian into the output's structure (``leaf.shape + (n,)``)."""
     leaves = out_layout.leaves
     if len(leaves) == 1:
-        return out_layout.unflatten_list([J.reshape(leaves[0].shape + (n,))])
+        shape = leaves[0].shape + (n,)
+        return out_layout.unflatten_list([J if J.shape == shape else J.reshape(shape)])
     return out_layout.unflatten_list(
         [J[leaf.slice].reshape(leaf.shape + (n,)).astype(leaf.dtype) for leaf in leaves]
     )

@@ -16,25 +16,25 @@ call. Everything downstream rests on that trace, never on the Python object:
   across processes and ``PYTHONHASHSEED`` values (no ``id()``, no ``hash()``).
 
 Custom derivative rules (`jax.custom_jvp`, `jax.custom_vjp`) print only their
-names in the primal jaxpr, so when a function has any, the traced derivatives
-(JVP and VJP, or HVP for a scalar ``f``) join its structure and constants.
+names in the primal jaxpr, so each custom-rule equation's traced derivative (the
+rule's body: a JVP, or a VJP for `custom_vjp`) joins the structure and the
+constants; a few milliseconds per distinct rule and shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr, jaxpr_as_fun
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 
 __all__ = ["TracedFunction", "Identity", "trace", "eval_flat", "const_spec"]
 
-_CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin")
+# custom_lin is what linearising a custom_vjp leaves: its rule is the custom_vjp_call's
+_CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 # Printed Python objects (callbacks) carry their address: never part of an identity.
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -64,18 +64,21 @@ def _sub_jaxprs(value):
                 yield item
 
 
-def _walk(jaxpr: Jaxpr, nested: list, found: set):
-    """Collect the constants of nested closed jaxprs and the custom-rule primitives."""
+def _walk(jaxpr: Jaxpr, nested: list, found: set, rules: list | None = None):
+    """Collect the constants of nested closed jaxprs, the custom-rule primitives'
+    names (``found``) and their equations (``rules``)."""
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _CUSTOM_RULES:
             found.add(eqn.primitive.name)
+            if rules is not None:
+                rules.append(eqn)
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
                 if isinstance(sub, ClosedJaxpr):
                     nested.extend(sub.consts)
-                    _walk(sub.jaxpr, nested, found)
+                    _walk(sub.jaxpr, nested, found, rules)
                 else:
-                    _walk(sub, nested, found)
+                    _walk(sub, nested, found, rules)
 
 
 def _aval_text(value) -> str:
@@ -114,33 +117,47 @@ def const_spec(value) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
 
 
-def _derivative_traces(jaxpr: Jaxpr, consts, x_aval, scalar: bool):
-    """Texts and constants of the traced derivatives (custom rules inlined)."""
-    def ravel(c, z):
-        return jnp.concatenate([jnp.ravel(leaf) for leaf in eval_flat(jaxpr, c, z)])
+def _single(eqn):
+    """A custom-rule equation alone, as a function of its non-literal inputs."""
+    ins = [v for v in eqn.invars if not isinstance(v, Literal)]
+    jaxpr = Jaxpr([], ins, list(eqn.outvars), [eqn], eqn.effects)
+    return jaxpr_as_fun(ClosedJaxpr(jaxpr, [])), [const_spec_of_aval(v.aval) for v in ins]
 
-    derivatives = {
-        "jvp": lambda c, z, v: jax.jvp(functools.partial(ravel, c), (z,), (v,))[1],
-        "vjp": lambda c, z, u: jax.vjp(functools.partial(ravel, c), z)[1](u)[0],
-    }
-    if scalar:
-        derivatives["hvp"] = lambda c, z, v: jax.jvp(
-            jax.grad(lambda w: ravel(c, w).reshape(())), (z,), (v,))[1]
-    const_specs = tuple(const_spec(c) for c in consts)
-    texts, values = [], []
-    for name, fn in derivatives.items():
-        try:
-            if name == "vjp":
-                out = jax.eval_shape(ravel, const_specs, x_aval)
-                closed = jax.make_jaxpr(fn)(const_specs, x_aval, out)
-            else:
-                closed = jax.make_jaxpr(fn)(const_specs, x_aval, x_aval)
-        except Exception as err:  # noqa: BLE001 - e.g. a custom_vjp under jvp: record it
-            texts.append(f"{name}: {type(err).__name__}")
+
+def const_spec_of_aval(aval) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False))
+
+
+def _rule_trace(eqn):
+    """The traced derivative of one custom-rule equation: its JVP (the rule's body,
+    which also fixes every higher derivative and, transposed, the VJP), or for a
+    `jax.custom_vjp` its VJP (forward and backward bodies)."""
+    fn, avals = _single(eqn)
+    if eqn.primitive.name == "custom_jvp_call":
+        return jax.make_jaxpr(lambda p, t: jax.jvp(lambda *a: fn(*a), p, t))(avals, avals)
+    outs = [const_spec_of_aval(v.aval) for v in eqn.outvars]
+    return jax.make_jaxpr(lambda p, ct: jax.vjp(lambda *a: fn(*a), *p)[1](ct))(avals, outs)
+
+
+def _rule_traces(rules: list):
+    """Texts and constants of the derivatives of every custom-rule equation, nested
+    rules (custom calls inside a rule's body) included; each distinct one once."""
+    texts, values, seen = [], [], set()
+    while rules:
+        eqn = rules.pop()
+        fn_text = _ADDRESS.sub("", str(Jaxpr([], [v for v in eqn.invars
+                                                 if not isinstance(v, Literal)],
+                                             list(eqn.outvars), [eqn], eqn.effects)))
+        if fn_text in seen:
             continue
+        seen.add(fn_text)
+        try:
+            closed = _rule_trace(eqn)
+        except Exception as err:  # noqa: BLE001 - no identity can be established
+            return None, f"{eqn.primitive.name} ({type(err).__name__}: {err})".splitlines()[0]
         nested: list = []
-        _walk(closed.jaxpr, nested, set())
-        texts.append(f"{name}: {_ADDRESS.sub('', str(closed.jaxpr))}")
+        _walk(closed.jaxpr, nested, set(), rules)
+        texts.append(_ADDRESS.sub("", str(closed.jaxpr)))
         values.extend(closed.consts)
         values.extend(nested)
     return texts, values
@@ -157,6 +174,7 @@ class TracedFunction:
     - `out_tree`: the pytree of ``f``'s output, as `jax.ShapeDtypeStruct` leaves.
     - `structure`: SHA-256 of the program (see `Identity.program`).
     - `baked`: the constants a compiled kernel keeps (nested and custom-rule ones).
+    - `untraceable`: why a custom rule's derivative could not be traced, if so.
     """
 
     jaxpr: Jaxpr
@@ -164,19 +182,30 @@ class TracedFunction:
     out_tree: object
     structure: str
     baked: tuple
+    untraceable: str | None = None
 
     @property
     def compile_key(self) -> tuple | None:
-        """What one compiled kernel may serve; None when that cannot be known
-        (a baked constant is a tracer of an enclosing transformation)."""
+        """What one compiled kernel may serve; None when that cannot be known (a
+        baked constant is a tracer of an enclosing transformation, or a custom
+        rule's derivative cannot be traced on its own): then nothing is cached."""
         digest = _digest(self.baked)
-        return None if digest is None else (self.structure, digest)
+        if digest is None or self.untraceable:
+            return None
+        return (self.structure, digest)
 
     def identity(self) -> Identity:
         """Digests of the program and of every constant's bytes (no tracers).
 
-        **Raises:** `TypeError` when a constant is a tracer (inside a transformation).
+        **Raises:** `TypeError` when a constant is a tracer (inside a transformation)
+        or a custom rule's derivative cannot be traced.
         """
+        if self.untraceable:
+            raise TypeError(
+                f"f uses a custom derivative rule whose derivative cannot be traced on its own "
+                f"({self.untraceable}), so what f computes cannot be identified for a stored "
+                "result; use the in-memory API, or a rule that JAX can differentiate"
+            )
         data = _digest((*self.consts, *self.baked))
         if data is None:
             raise TypeError(
@@ -196,18 +225,20 @@ def trace(f, unravel, x_aval) -> TracedFunction:
     closed, out_tree = jax.make_jaxpr(lambda z: f(unravel(z)), return_shape=True)(x_aval)
     jaxpr, consts = closed.jaxpr, tuple(closed.consts)
     nested: list = []
-    found: set = set()
-    _walk(jaxpr, nested, found)
+    rules: list = []
+    _walk(jaxpr, nested, set(), rules)
     h = hashlib.sha256()
     h.update(_ADDRESS.sub("", str(jaxpr)).encode())
     h.update(repr([_aval_text(c) for c in consts]).encode())
     h.update(str(jax.tree_util.tree_structure(out_tree)).encode())
     baked = list(nested)
-    if found:
-        leaves = jax.tree_util.tree_leaves(out_tree)
-        scalar = len(leaves) == 1 and leaves[0].shape == ()
-        texts, values = _derivative_traces(jaxpr, consts, x_aval, scalar)
-        for text in texts:
-            h.update(text.encode())
-        baked.extend(values)
-    return TracedFunction(jaxpr, consts, out_tree, h.hexdigest(), tuple(baked))
+    untraceable = None
+    if rules:
+        texts, values = _rule_traces(rules)
+        if texts is None:
+            untraceable = values
+        else:
+            for text in texts:
+                h.update(text.encode())
+            baked.extend(values)
+    return TracedFunction(jaxpr, consts, out_tree, h.hexdigest(), tuple(baked), untraceable)

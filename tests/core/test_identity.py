@@ -230,3 +230,26 @@ def test_tracers_have_no_identity_but_hessian_still_works_under_jit():
         return dc.hessian(lambda v: jnp.sum(d * v**2), jnp.ones(3))[0]
 
     np.testing.assert_allclose(np.diag(outer(jnp.array([1.0, 2.0, 3.0]))), [2.0, 4.0, 6.0])
+
+
+def _custom_vjp(scale):
+    @jax.custom_vjp
+    def g(x):
+        return jnp.sin(x)
+
+    def fwd(x):
+        return jnp.sin(x), x
+
+    def bwd(x, ct):
+        return (scale * ct,)
+
+    g.defvjp(fwd, bwd)
+    return lambda x: g(x) * 1.0
+
+
+def test_custom_vjp_rules_with_the_same_name_are_told_apart():
+    x = jnp.linspace(0.1, 0.5, 3)
+    J2, _ = dc.jacobian(_custom_vjp(2.0), x, mode="rev")
+    J7, _ = dc.jacobian(_custom_vjp(7.0), x, mode="rev")
+    np.testing.assert_allclose(J2, 2.0 * np.eye(3))
+    np.testing.assert_allclose(J7, 7.0 * np.eye(3))
