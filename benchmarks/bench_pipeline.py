@@ -294,7 +294,7 @@ def memory(args):
                                                rtol=1e-4, atol=1e-4)
                 kernels = dc.get_kernels(f, x, "hessian")[0]
                 task = task_bytes(kernels, block)[0]
-                predicted = limits.baseline + limits.threads * task
+                predicted = limits.peak(task)
                 under = peak < limits.limit
                 ok = ok and under
                 lines.append(_row(limit, blocking, block, mb(limits.baseline), mb(task),
@@ -306,10 +306,11 @@ def memory(args):
     title = (f"Worker memory: predicted vs measured peak, Hessian n={n:,} "
              f"({n * n * 4 / 1e9:.1f} GB float32), 1 worker x 1 thread")
     body = (f"### {title}\n\n" + "\n".join(lines) + "\n\nPredicted = the worker's measured "
-            "baseline (jax and the pipeline imported, backend started) + one task (XLA's "
-            "compiled footprint of the block kernel + two host copies of the slab). The "
-            "default block is the count default (about 16 blocks, slabs <= 256 MiB) shrunk "
-            "until that fits 80% of the limit.")
+            "baseline (jax and the pipeline imported, backend started) + the larger of one "
+            "task (XLA's compiled footprint of the block kernel + two host copies of the slab) "
+            "and the runtime floor (`WORKER_RUNTIME_BYTES`, 300 MB: what a worker grows to "
+            "whatever the block). The default block is the count default (about 16 blocks, "
+            "slabs <= 256 MiB) shrunk until the prediction fits 80% of the limit.")
     limits_text = " ".join(args.limits)
     write_section("pipeline-memory", body, f"python benchmarks/bench_pipeline.py memory --n {n} "
                   f"--limits {limits_text} --block-size {args.block_size}")

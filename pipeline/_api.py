@@ -46,16 +46,22 @@ from ._store import (
 from ._tasks import BlockContext
 
 __all__ = ["hessian_to_zarr", "jacobian_to_zarr", "default_block_size", "SLAB_TARGET_BYTES",
-           "task_bytes", "Limits"]
+           "task_bytes", "Limits", "WORKER_RUNTIME_BYTES"]
 
 #: Default block: the matrix in about 16 blocks, each slab at most this large
 #: (then shrunk to fit the workers' memory).
 SLAB_TARGET_BYTES = 256 * 2**20
 _DEFAULT_BLOCKS = 16
 #: A worker's resident memory before its first block, with jax, dask and the
-#: pipeline imported (measured: benchmarks/RESULTS.md); used when a worker
-#: cannot report its own.
-WORKER_BASELINE_BYTES = 300 * 10**6
+#: pipeline imported (measured 230 MB: benchmarks/RESULTS.md, worker memory);
+#: used when a worker cannot report its own.
+WORKER_BASELINE_BYTES = 250 * 10**6
+#: What a worker's resident memory grows to above its baseline once blocks run,
+#: however small they are: XLA's runtime and compile buffers, zarr's and
+#: distributed's I/O buffers, allocator slack (the malloc thresholds keep freed
+#: slabs in the heap). Measured 265-415 MB with 30 MB slabs, n=30,000
+#: (benchmarks/RESULTS.md, worker memory); a floor under the per-task estimate.
+WORKER_RUNTIME_BYTES = 300 * 10**6
 
 
 def default_block_size(extent: int, other: int, itemsize: int) -> int:
@@ -80,11 +86,20 @@ class Limits:
     baseline: int
     threads: int
     where: str
+    floor: int = 0  # what a worker grows to whatever the block (WORKER_RUNTIME_BYTES)
 
     @property
     def per_task(self) -> float:
         """Bytes one task may use: 80% of the limit, less the baseline, per task."""
         return (0.8 * self.limit - self.baseline) / self.threads
+
+    def peak(self, task: int) -> int:
+        """A worker's predicted peak with tasks of ``task`` bytes: its baseline plus
+        the tasks at once, or the runtime floor where that is larger."""
+        return self.baseline + max(self.threads * task, self.floor)
+
+    def fits(self, task: int) -> bool:
+        return not self.limit or self.peak(task) <= 0.8 * self.limit
 
 
 def _baseline_rss() -> int:
@@ -116,7 +131,8 @@ def _limits(client, threads: int) -> Limits:
     except Exception:  # noqa: BLE001 - a worker that cannot say: assume the measured typical
         baseline = WORKER_BASELINE_BYTES
     return Limits(min(positive) if positive else 0, int(baseline),
-                  max(int(w.get("nthreads") or 1) for w in workers), "a worker's memory limit")
+                  max(int(w.get("nthreads") or 1) for w in workers), "a worker's memory limit",
+                  WORKER_RUNTIME_BYTES)
 
 
 def _slab_bytes(spec, block_size: int) -> int:
@@ -135,20 +151,25 @@ def task_bytes(kernels, block_size: int, micro=None) -> tuple[int, str]:
 
 
 def _memory_error(per_task: int, detail: str, limits: Limits) -> MemoryError:
-    need = limits.baseline + per_task * limits.threads
+    tasks = per_task * limits.threads
+    if tasks < limits.floor:
+        tasks_text = (f"the {format_bytes(limits.floor)} a worker's runtime grows to "
+                      f"whatever the block (more than {limits.threads} task(s) need)")
+    else:
+        tasks_text = f"{format_bytes(tasks)} for {limits.threads} task(s) at once"
     base = f"{format_bytes(limits.baseline)} baseline + " if limits.baseline else ""
     return MemoryError(
-        f"one block task needs about {format_bytes(per_task)} ({detail}); with {limits.threads} "
-        f"task(s) at once that is {base}{format_bytes(per_task * limits.threads)} = "
-        f"{format_bytes(need)}, over 80% of {limits.where} ({format_bytes(limits.limit)}). Use "
-        "a smaller block_size or memory_budget, or give the workers more memory."
+        f"one block task needs about {format_bytes(per_task)} ({detail}); {base}{tasks_text} = "
+        f"{format_bytes(limits.peak(per_task))}, over 80% of {limits.where} "
+        f"({format_bytes(limits.limit)}). Use a smaller block_size or memory_budget, or give "
+        "the workers more memory."
     )
 
 
 def _check_task_memory(kernels, block_size: int, micro, limits: Limits):
     """Refuse, with the numbers, a block task that cannot fit where it will run."""
     per_task, detail = task_bytes(kernels, block_size, micro)
-    if limits.limit and per_task > limits.per_task:
+    if not limits.fits(per_task):
         raise _memory_error(per_task, detail, limits)
 
 
@@ -160,9 +181,9 @@ def _default_block(kernels, limits: Limits) -> int:
     itemsize = np.dtype(spec.dtype).itemsize
     other = spec.m if spec.axis == 1 else spec.n
     block = default_block_size(spec.extent, other, itemsize)
-    if not limits.limit or task_bytes(kernels, block)[0] <= limits.per_task:
+    if limits.fits(task_bytes(kernels, block)[0]):
         return block
-    if limits.per_task <= 0:
+    if not limits.fits(0):
         raise _memory_error(*task_bytes(kernels, 1), limits)
     try:
         sizing = budget_block(kernels, int(limits.per_task), host_bytes_per_item=2 * other * itemsize)

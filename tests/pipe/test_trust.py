@@ -397,7 +397,7 @@ def test_default_block_fits_the_memory_there_is(tmp_path, monkeypatch):
     need = task_bytes(kernels, roomy)[0]
     tight = Limits(int(need), 0, 2, "test")  # room for about half a default block per task
     block = _default_block(kernels, tight)
-    assert 1 <= block < roomy and task_bytes(kernels, block)[0] <= tight.per_task
+    assert 1 <= block < roomy and tight.fits(task_bytes(kernels, block)[0])
     with_baseline = _default_block(kernels, Limits(int(need), int(0.2 * need), 2, "test"))
     assert with_baseline < block  # the worker's baseline is counted
 
@@ -438,3 +438,16 @@ def test_a_moved_store_resumes_in_place(tmp_path):
     again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), moved, block_size=4, progress=False)
     assert again.run_summary["blocks_computed"] == 1 and again.status()["complete"]
     assert file_snapshot(store) == before
+
+
+def test_a_worker_limit_below_the_runtime_floor_is_refused_with_the_numbers():
+    from pipeline._api import WORKER_RUNTIME_BYTES
+
+    f, x = _wide_quadratic(200)
+    kernels = dc.get_kernels(f, x, "hessian")[0]
+    worker = Limits(int(0.6e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES)
+    with pytest.raises(MemoryError, match=r"250.0 MB baseline \+ the 300.0 MB a worker's runtime "
+                                          r"grows to .* over 80% of a worker's memory limit"):
+        _default_block(kernels, worker)
+    roomy = Limits(int(1e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES)
+    assert roomy.peak(1) == int(0.25e9) + WORKER_RUNTIME_BYTES and roomy.fits(1)
