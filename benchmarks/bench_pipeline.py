@@ -312,8 +312,9 @@ def memory(args):
             "whatever the block). The default block is the count default (about 16 blocks, "
             "slabs <= 256 MiB) shrunk until the prediction fits 80% of the limit.")
     limits_text = " ".join(args.limits)
-    write_section("pipeline-memory", body, f"python benchmarks/bench_pipeline.py memory --n {n} "
-                  f"--limits {limits_text} --block-size {args.block_size}")
+    write_section(args.section, body, f"python benchmarks/bench_pipeline.py memory --n {n} "
+                  f"--limits {limits_text} --block-size {args.block_size}"
+                  + (f" --section {args.section}" if args.section != "pipeline-memory" else ""))
     print(body)
     if not ok:
         sys.exit(1)
@@ -350,6 +351,7 @@ def main():
     p.add_argument("--limits", nargs="+", default=["1GB", "1.5GB", "2GB", "4GB"])
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.add_argument("--section", default="pipeline-memory")
     p.set_defaults(fn=memory)
     args = parser.parse_args()
     args.fn(args)

@@ -13,7 +13,7 @@ JAX_WORKER_ENV = {
     # XLA:CPU allocates a kernel's temporaries on every call; above glibc's mmap
     # threshold (at most 32 MiB) each call maps fresh pages and faults them in,
     # about 10 ms per block on the MLP benchmark. Keep them in the heap instead.
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 26),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
 }
 
@@ -54,7 +54,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
+    return bool(mallopt(m_mmap_threshold, 1 << 26)) and bool(mallopt(m_trim_threshold, 1 << 31))
 
 
 def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_limit="auto",

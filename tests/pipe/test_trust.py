@@ -445,9 +445,10 @@ def test_a_worker_limit_below_the_runtime_floor_is_refused_with_the_numbers():
 
     f, x = _wide_quadratic(200)
     kernels = dc.get_kernels(f, x, "hessian")[0]
-    worker = Limits(int(0.6e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES)
+    worker = Limits(int(0.6e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES,
+                    0.7)
     with pytest.raises(MemoryError, match=r"250.0 MB baseline \+ the 300.0 MB a worker's runtime "
-                                          r"grows to .* over 80% of a worker's memory limit"):
+                                          r"grows to .* over 70% of a worker's memory limit"):
         _default_block(kernels, worker)
-    roomy = Limits(int(1e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES)
+    roomy = Limits(int(1e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES, 0.7)
     assert roomy.peak(1) == int(0.25e9) + WORKER_RUNTIME_BYTES and roomy.fits(1)
