@@ -64,25 +64,22 @@ def _sub_jaxprs(value):
                 yield item
 
 
-def _walk(jaxpr: Jaxpr, nested: list, found: set, rules: list | None = None):
-    """Collect the constants of nested closed jaxprs, the custom-rule primitives'
-    names (``found``) and their equations (``rules``)."""
+def _walk(jaxpr: Jaxpr, nested: list, rules: list):
+    """Collect the constants of nested closed jaxprs and the custom-rule equations."""
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _CUSTOM_RULES:
-            found.add(eqn.primitive.name)
-            if rules is not None:
-                rules.append(eqn)
+            rules.append(eqn)
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
                 if isinstance(sub, ClosedJaxpr):
                     nested.extend(sub.consts)
-                    _walk(sub.jaxpr, nested, found, rules)
+                    _walk(sub.jaxpr, nested, rules)
                 else:
-                    _walk(sub, nested, found, rules)
+                    _walk(sub, nested, rules)
 
 
 def _aval_text(value) -> str:
-    aval = jax.typeof(value) if hasattr(jax, "typeof") else jax.core.get_aval(value)
+    aval = jax.typeof(value)
     return aval.str_short() + ("~weak" if getattr(aval, "weak_type", False) else "")
 
 
@@ -112,30 +109,26 @@ def eval_flat(jaxpr: Jaxpr, consts, z):
 
 
 def const_spec(value) -> jax.ShapeDtypeStruct:
-    """The abstract value of a constant, weak type included."""
-    aval = jax.typeof(value) if hasattr(jax, "typeof") else jax.core.get_aval(value)
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
-
-
-def _single(eqn):
-    """A custom-rule equation alone, as a function of its non-literal inputs."""
-    ins = [v for v in eqn.invars if not isinstance(v, Literal)]
-    jaxpr = Jaxpr([], ins, list(eqn.outvars), [eqn], eqn.effects)
-    return jaxpr_as_fun(ClosedJaxpr(jaxpr, [])), [const_spec_of_aval(v.aval) for v in ins]
-
-
-def const_spec_of_aval(aval) -> jax.ShapeDtypeStruct:
+    """The abstract value of a constant (or of an aval), weak type included."""
+    aval = value if isinstance(value, jax.core.AbstractValue) else jax.typeof(value)
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False))
 
 
-def _rule_trace(eqn):
+def _single(eqn) -> Jaxpr:
+    """A custom-rule equation alone, as a jaxpr of its non-literal inputs."""
+    ins = [v for v in eqn.invars if not isinstance(v, Literal)]
+    return Jaxpr([], ins, list(eqn.outvars), [eqn], eqn.effects)
+
+
+def _rule_trace(eqn, single: Jaxpr):
     """The traced derivative of one custom-rule equation: its JVP (the rule's body,
     which also fixes every higher derivative and, transposed, the VJP), or for a
     `jax.custom_vjp` its VJP (forward and backward bodies)."""
-    fn, avals = _single(eqn)
+    fn = jaxpr_as_fun(ClosedJaxpr(single, []))
+    avals = [const_spec(v.aval) for v in single.invars]
     if eqn.primitive.name == "custom_jvp_call":
         return jax.make_jaxpr(lambda p, t: jax.jvp(lambda *a: fn(*a), p, t))(avals, avals)
-    outs = [const_spec_of_aval(v.aval) for v in eqn.outvars]
+    outs = [const_spec(v.aval) for v in eqn.outvars]
     return jax.make_jaxpr(lambda p, ct: jax.vjp(lambda *a: fn(*a), *p)[1](ct))(avals, outs)
 
 
@@ -145,18 +138,17 @@ def _rule_traces(rules: list):
     texts, values, seen = [], [], set()
     while rules:
         eqn = rules.pop()
-        fn_text = _ADDRESS.sub("", str(Jaxpr([], [v for v in eqn.invars
-                                                 if not isinstance(v, Literal)],
-                                             list(eqn.outvars), [eqn], eqn.effects)))
-        if fn_text in seen:
+        single = _single(eqn)
+        text = _ADDRESS.sub("", str(single))
+        if text in seen:
             continue
-        seen.add(fn_text)
+        seen.add(text)
         try:
-            closed = _rule_trace(eqn)
+            closed = _rule_trace(eqn, single)
         except Exception as err:  # noqa: BLE001 - no identity can be established
             return None, f"{eqn.primitive.name} ({type(err).__name__}: {err})".splitlines()[0]
         nested: list = []
-        _walk(closed.jaxpr, nested, set(), rules)
+        _walk(closed.jaxpr, nested, rules)
         texts.append(_ADDRESS.sub("", str(closed.jaxpr)))
         values.extend(closed.consts)
         values.extend(nested)
@@ -235,7 +227,7 @@ def trace(f, unravel, x_aval) -> TracedFunction:
         treedef[-1], [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals])
     nested: list = []
     rules: list = []
-    _walk(jaxpr, nested, set(), rules)
+    _walk(jaxpr, nested, rules)
     h = hashlib.sha256()
     h.update(_ADDRESS.sub("", str(jaxpr)).encode())
     h.update(repr([_aval_text(c) for c in consts]).encode())

@@ -127,10 +127,13 @@ def test_the_cache_keeps_no_user_function_alive():
         def __call__(self, x):
             return jnp.sum(self.w * x**3)
 
+    def use(model):
+        dc.hessian(model, jnp.ones(3))
+        dc.jacobian(lambda x: model(x) * x, jnp.ones(3))
+
     f = Loss()
     ref = weakref.ref(f)
-    dc.hessian(f, jnp.ones(3))
-    dc.jacobian(lambda x: f(x) * x, jnp.ones(3))
+    use(f)
     del f
     gc.collect()
     assert ref() is None

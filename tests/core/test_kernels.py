@@ -1,6 +1,5 @@
 """The executor-facing kernels: one compile serves every block of the plan."""
 
-import jax
 import numpy as np
 import pytest
 
