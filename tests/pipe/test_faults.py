@@ -208,17 +208,20 @@ def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch):
         store = str(mount / "h.zarr")
         # the disk fills up while the run is under way (another program's file)
         monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps(
-            [{"block": 2, "kind": "sleep", "seconds": 1.0, "at": "start"}]))
-        def fill_when_block_1_is_recorded():
+            [{"block": i, "kind": "sleep", "seconds": 0.4, "at": "start"} for i in range(12)]))
+
+        def fill_when_a_block_is_recorded():
             deadline = time.time() + 120
-            while not os.path.exists(os.path.join(store, "blocks", "c", "1", "0")):
+            records = os.path.join(store, "blocks", "c")
+            while not (os.path.isdir(records) and os.listdir(records)):
                 if time.time() > deadline:
                     return
                 time.sleep(0.01)
-            subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=64k"],
-                           capture_output=True)
+            if os.path.ismount(mount):  # never fill the disk beneath it: 4 MB at most
+                subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=64k",
+                                "count=64"], capture_output=True)
 
-        filler = threading.Thread(target=fill_when_block_1_is_recorded)
+        filler = threading.Thread(target=fill_when_a_block_is_recorded)
         filler.start()
         with pytest.raises(pipeline.BlockError, match=r"No space left on device"):
             pipeline.hessian_to_zarr(f, x, store, block_size=50, threads=1, progress=False)
