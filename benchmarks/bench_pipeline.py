@@ -310,7 +310,8 @@ def memory(args):
             "task (XLA's compiled footprint of the block kernel + two host copies of the slab) "
             "and the runtime floor (`WORKER_RUNTIME_BYTES`, 300 MB: what a worker grows to "
             "whatever the block). The default block is the count default (about 16 blocks, "
-            "slabs <= 256 MiB) shrunk until the prediction fits 80% of the limit.")
+            "slabs <= 256 MiB) shrunk until the prediction fits 70% of the limit "
+            "(distributed pauses a worker at 80% and kills it at 95%).")
     limits_text = " ".join(args.limits)
     write_section(args.section, body, f"python benchmarks/bench_pipeline.py memory --n {n} "
                   f"--limits {limits_text} --block-size {args.block_size}"
