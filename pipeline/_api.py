@@ -249,7 +249,9 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
     if nbatches == 1 and block_size is None and memory_budget is None:
         nbatches = None
     if nbatches is None and block_size is None and memory_budget is None:
-        block_size = _default_block(kernels, limits)
+        # The default depends on the memory there is now; a store begun with a
+        # default block resumes with that block (checked against memory below).
+        block_size = _stored_block(location, spec.extent) or _default_block(kernels, limits)
     sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
                            memory_budget=memory_budget, inner_width=inner_width, auto_width=False)
     plan = plan_blocks(spec.extent, block_size=sizing.block_size)
@@ -332,6 +334,20 @@ def _dispatch(result_store, ctx, todo, plan, spec, client, progress, threads, fi
                 raise
             failure.add_note(f"(the store's run history could not be updated either: {err})")
     return _summarise(blocks, seconds, plan, spec)
+
+
+def _stored_block(location, extent: int) -> int | None:
+    """The block size of a ready store of ours over the same extent, if any."""
+    try:
+        if inspect(location) != "ours":
+            return None
+        meta = read_meta(location)
+        plan = meta.get("plan") or {}
+        if meta.get("ready") and plan.get("total") == extent:
+            return int(plan["block_size"])
+    except (StoreError, OSError, KeyError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _holder(location) -> str | None:

@@ -452,3 +452,28 @@ def test_a_worker_limit_below_the_runtime_floor_is_refused_with_the_numbers():
         _default_block(kernels, worker)
     roomy = Limits(int(1e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES, 0.7)
     assert roomy.peak(1) == int(0.25e9) + WORKER_RUNTIME_BYTES and roomy.fits(1)
+
+
+def test_a_default_blocked_run_resumes_whatever_memory_is_free_now(tmp_path, monkeypatch):
+    # the default block depends on the memory there is; resuming must not see
+    # "another computation" because the machine has more (or less) free than before
+    import psutil
+
+    f, x = _wide_quadratic(2000)
+    kernels = dc.get_kernels(f, x, "hessian")[0]
+    need = task_bytes(kernels, 125)[0]  # 125: the count default, with memory to spare
+
+    class Tight:
+        available = int(need)
+        total = int(need)
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight)
+    store = str(tmp_path / "h.zarr")
+    first = pipeline.hessian_to_zarr(f, x, store, progress=False)
+    block = first.meta["plan"]["block_size"]
+    assert block < 125
+    pipeline._store.ResultStore.open(store, "r+").clear_record(3)
+    monkeypatch.undo()  # memory to spare now: a fresh plan would take 125
+    again = pipeline.hessian_to_zarr(f, x, store, progress=False)
+    assert again.meta["plan"]["block_size"] == block
+    assert again.run_summary["blocks_computed"] == 1 and again.status()["complete"]
