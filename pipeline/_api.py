@@ -228,8 +228,9 @@ def _check_args(store, threads, compressor, flags: dict) -> dict:
     return flags
 
 
-def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget, inner_width,
-             checkpoint, client, overwrite, progress, threads, compressor, break_lock=False,
+def _to_zarr(op_name, f, x, store, *, mode=None, nbatches=None, block_size=None,
+             memory_budget=None, inner_width=None, checkpoint=False, client=None,
+             overwrite=False, progress=True, threads=2, compressor=None, break_lock=False,
              redo=()):
     flags = _check_args(store, threads, compressor,
                         {"checkpoint": checkpoint, "overwrite": overwrite, "progress": progress,
@@ -265,13 +266,13 @@ def _to_zarr(op_name, f, x, store, *, mode, nbatches, block_size, memory_budget,
     fingerprint = sha256_json(parts)
 
     result_store = _existing(location, fingerprint, parts, overwrite)
-    if result_store is not None and not redo and not result_store.todo():
+    todo = result_store.todo() if result_store is not None else range(len(plan))
+    if result_store is not None and not redo and not todo:
         return Result(result_store, {"blocks_computed": 0, "seconds": 0.0})  # touch nothing
 
     # Refuse before anything is written: memory, then disk.
     _check_task_memory(kernels, plan.block_size, fixed_micro, limits)
-    _check_disk(location, spec, plan, result_store.todo() if result_store else range(len(plan)),
-                compressor)
+    _check_disk(location, spec, plan, todo, compressor)
 
     lock = RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location))
     with lock:

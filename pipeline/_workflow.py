@@ -126,15 +126,12 @@ def _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, redo) -
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
-    blocking = spec.blocking()
     with _client_for(spec, scheduler, workers) as client:
-        kwargs = dict(checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
-                      progress=progress, compressor=spec.compression, break_lock=break_lock,
-                      redo=redo, **blocking)
-        op = "hessian" if spec.operation == "hessian" else "jacobian"
-        result = _to_zarr(op, f, x, spec.output, mode=spec.mode if op == "jacobian" else None,
-                          **{"nbatches": None, "block_size": None, "memory_budget": None,
-                             "inner_width": None, "threads": 2, **kwargs})
+        result = _to_zarr(spec.operation, f, x, spec.output,
+                          mode=spec.mode if spec.operation == "jacobian" else None,
+                          checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
+                          progress=progress, compressor=spec.compression,
+                          break_lock=break_lock, redo=redo, **spec.blocking())
         worker_peak = None
         if client is not None:
             worker_peak = max(client.run(peak_rss).values(), default=None)
