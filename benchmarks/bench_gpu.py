@@ -108,6 +108,8 @@ def largest_in_memory(sizes):
     import jax
 
     import diffops_core as dc
+
+    import diffops_core.internal as dci
     from bench_pipeline import make_banded_low_rank
 
     best, tried = None, []
@@ -123,7 +125,7 @@ def largest_in_memory(sizes):
             tried.append((n, type(err).__name__))
             break
         finally:
-            dc.clear_cache()
+            dci.clear_cache()
     return best, tried
 
 

@@ -50,6 +50,8 @@ def overhead(args):
     from distributed import Client
 
     import diffops_core as dc
+
+    import diffops_core.internal as dci
     import pipeline
     from problems import make_mlp
 
@@ -184,6 +186,8 @@ def outofcore(args):
     from distributed import Client
 
     import diffops_core as dc
+
+    import diffops_core.internal as dci
     import pipeline
 
     n = args.n
@@ -192,8 +196,8 @@ def outofcore(args):
     free = shutil.disk_usage(args.dir).free
     need = int(nbytes * 1.05) + (1 << 30)
     if free < need:
-        sys.exit(f"bench_pipeline: need {dc.format_bytes(need)} free in {args.dir} for n={n} "
-                 f"(H is {dc.format_bytes(nbytes)}), only {dc.format_bytes(free)} free; "
+        sys.exit(f"bench_pipeline: need {dci.format_bytes(need)} free in {args.dir} for n={n} "
+                 f"(H is {dci.format_bytes(nbytes)}), only {dci.format_bytes(free)} free; "
                  "use a smaller --n or another --dir")
     import psutil
 
@@ -266,6 +270,8 @@ def memory(args):
     from distributed import Client
 
     import diffops_core as dc
+
+    import diffops_core.internal as dci
     import pipeline
     from pipeline._api import _limits, task_bytes
 
@@ -292,7 +298,7 @@ def memory(args):
                     j = int(np.random.default_rng(2).integers(n))
                     np.testing.assert_allclose(np.asarray(result.array[:, j].compute()), column(j),
                                                rtol=1e-4, atol=1e-4)
-                kernels = dc.get_kernels(f, x, "hessian")[0]
+                kernels = dci.get_kernels(f, x, "hessian")[0]
                 task = task_bytes(kernels, block)[0]
                 predicted = limits.peak(task)
                 under = peak < limits.limit

@@ -39,6 +39,7 @@ def _peak_rss() -> int:
 def make_call(impl, op, f, kwargs):
     if impl == "diffops":
         import diffops_core as dc
+        import diffops_core.internal as dci
         fn = dc.hessian if op == "hessian" else dc.jacobian
         return lambda x: fn(f, x, **kwargs)[0]
     if impl == "zodiax":
@@ -80,25 +81,27 @@ def main(config: dict) -> dict:
     sizing = {}
     if config["impl"] == "diffops":
         import diffops_core as dc
+        import diffops_core.internal as dci
         kw = dict(config.get("kwargs", {}))
         op = "hessian" if config.get("op", "hessian") == "hessian" else None
-        kernels, _, _ = dc.get_kernels(f, x, op or "jacfwd")
+        kernels, _, _ = dci.get_kernels(f, x, op or "jacfwd")
         if op is None:
-            kernels = kernels.for_op(dc.jacobian_op(kw.pop("mode", "auto"), kernels.spec.n,
+            kernels = kernels.for_op(dci.jacobian_op(kw.pop("mode", "auto"), kernels.spec.n,
                                                     kernels.spec.m))
-        chosen = dc.choose_sizing(kernels, **kw)
+        chosen = dci.choose_sizing(kernels, **kw)
         sizing = {"block_size": chosen.block_size, "micro": chosen.micro}
     if config.get("trace"):
         # per-call identity cost: trace f to a jaxpr (+ its structure digest), the
         # part of every call that zodiax-style caching on f's identity skipped;
         # and the pipeline's digest of every constant's bytes
         import diffops_core as dc
+        import diffops_core.internal as dci
         op = config.get("op", "hessian")
         op = op if op in ("hessian", "jacrev", "jacfwd") else "jacfwd"
         tt, it = [], []
         for _ in range(20):
             t = time.perf_counter()
-            kernels = dc.get_kernels(f, x, "hessian" if op == "hessian" else "jacfwd")[0]
+            kernels = dci.get_kernels(f, x, "hessian" if op == "hessian" else "jacfwd")[0]
             tt.append(time.perf_counter() - t)
             t = time.perf_counter()
             kernels.traced.identity()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import numbers
 
 import jax
@@ -18,7 +20,7 @@ _MODES = ("auto", "fwd", "rev")
 def check_flag(name, value) -> bool:
     """``value`` as a bool; `TypeError` naming ``name`` unless it is True/False (or 1/0)."""
     if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise InputTypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
 
@@ -38,13 +40,13 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
               ("block_size", block_size), ("memory_budget", memory_budget))
              if value is not None]
     if len(given) > 1:
-        raise ValueError(
+        raise InputValueError(
             f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"
         )
     if inner_width is not None:
         if isinstance(inner_width, bool) or not isinstance(inner_width, numbers.Integral) \
                 or inner_width < 1:
-            raise TypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
+            raise InputTypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
     if memory_budget is not None:
         return budget_block(kernels, memory_budget, micro=inner_width)
     if nbatches is not None and spec.op == "jacrev":
@@ -111,7 +113,7 @@ def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
 def jacobian_op(mode: str, n: int, m: int) -> str:
     """``"jacfwd"`` or ``"jacrev"`` for a mode: ``"auto"`` takes fewer products."""
     if not isinstance(mode, str) or mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        raise InputValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if mode == "auto":
         mode = "fwd" if n <= m else "rev"
     return "jacfwd" if mode == "fwd" else "jacrev"
@@ -146,7 +148,7 @@ def jacobian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
     if not isinstance(mode, str) or mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        raise InputValueError(f"mode must be one of {_MODES}, got {mode!r}")
     kernels, x_flat, unravel = get_kernels(f, x, "jacfwd", checkpoint=checkpoint, cache=jit)
     op = jacobian_op(mode, kernels.spec.n, kernels.spec.m)
     if op != "jacfwd":

@@ -19,6 +19,8 @@ second call with new data (or a new ``x``) compiles nothing and is never stale.
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import collections
 import dataclasses
 import functools
@@ -290,22 +292,22 @@ class Kernels:
 
 def _check_widths(extent, width, micro):
     if not 1 <= width <= extent:
-        raise ValueError(f"block size must be in [1, {extent}], got {width}")
+        raise InputValueError(f"block size must be in [1, {extent}], got {width}")
     if not 1 <= micro <= width:
-        raise ValueError(f"micro-batch width must be in [1, {width}], got {micro}")
+        raise InputValueError(f"micro-batch width must be in [1, {width}], got {micro}")
 
 
 def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:
     for leaf in out_layout.leaves:
         if not jnp.issubdtype(np.dtype(leaf.dtype), jnp.floating):
-            raise TypeError(
+            raise InputTypeError(
                 f"f(x){leaf.path} has dtype {leaf.dtype}; derivatives need a floating-point "
                 "output. Cast the output to float inside f."
             )
     if op == "hessian":
         if len(out_layout.leaves) != 1 or out_layout.leaves[0].shape != ():
             shapes = ", ".join(f"f(x){s.path}: shape {s.shape}" for s in out_layout.leaves)
-            raise ValueError(
+            raise InputValueError(
                 f"hessian needs a scalar-valued f, but f returned {shapes}. Reduce the "
                 "output to a scalar (e.g. a sum or a loss), or use jacobian for vector outputs."
             )
@@ -341,8 +343,14 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     non-scalar ``f`` in ``hessian`` or an unknown ``op``.
     """
     if op not in OPS:
-        raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
+        raise InputValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
     in_layout = Layout.from_pytree(x)
+    if in_layout.n == 0:
+        raise InputValueError(
+            f"x has no parameters (its leaves have shapes "
+            f"{[leaf.shape for leaf in in_layout.leaves]}): there is nothing to differentiate "
+            "with respect to; pass an x with at least one element"
+        )
     x_flat, unravel = jax.flatten_util.ravel_pytree(x)
     x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
     traced = trace(f, unravel, x_aval)

@@ -8,6 +8,8 @@ that a pytree can be rebuilt from a store without the original ``x``.
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import dataclasses
 import math
 
@@ -51,14 +53,16 @@ def _check_leaf(path: str, leaf, name: str):
         dtype = _leaf_dtype(leaf)
     except Exception:  # noqa: BLE001 - anything unconvertible is a type error for the user
         dtype = None
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return dtype  # bfloat16 and the other ml_dtypes floats included (their kind is "V")
     if dtype is None or dtype.kind in "OSUV":
-        raise TypeError(
+        raise InputTypeError(
             f"{name}{path} is a {type(leaf).__name__}, not an array: every leaf of {name} "
             "must be a float array or a Python float"
         )
     if not jnp.issubdtype(dtype, jnp.floating):
         kind = "bool" if dtype == np.bool_ else dtype.name
-        raise TypeError(
+        raise InputTypeError(
             f"{name}{path} has dtype {kind}; derivatives are taken with respect to "
             f"floating-point leaves only. Cast it to float (e.g. jnp.asarray(v, float)) "
             f"or close over it in f instead of passing it in {name}."
@@ -137,7 +141,7 @@ class Layout:
         """
         with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
         if not with_path:
-            raise ValueError(
+            raise InputValueError(
                 f"{name} has no array leaves (got {tree!r}); pass a float array or a pytree of them"
             )
         specs, dtypes, offset = [], [], 0
@@ -158,7 +162,7 @@ class Layout:
     def unflatten_list(self, values: list):
         """Build a pytree like the original from one value per leaf."""
         if len(values) != len(self.leaves):
-            raise ValueError(f"expected {len(self.leaves)} leaf values, got {len(values)}")
+            raise InputValueError(f"expected {len(self.leaves)} leaf values, got {len(values)}")
         if self.treedef is not None:
             return jax.tree_util.tree_unflatten(self.treedef, values)
         if self.structure is not None:

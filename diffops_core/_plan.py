@@ -10,6 +10,8 @@ compiled once serves every block.
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import dataclasses
 import math
 import numbers
@@ -55,9 +57,9 @@ class BlockPlan:
 
     def __post_init__(self):
         if self.total < 1:
-            raise ValueError(f"total must be >= 1, got {self.total}")
+            raise InputValueError(f"total must be >= 1, got {self.total}")
         if not 1 <= self.block_size <= self.total:
-            raise ValueError(
+            raise InputValueError(
                 f"block_size must be in [1, {self.total}], got {self.block_size}"
             )
 
@@ -85,11 +87,11 @@ class BlockPlan:
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be a positive int, got {value!r} of type {type(value).__name__}"
         )
     if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
 
@@ -112,7 +114,7 @@ def resolve_block_size(n: int, *, nbatches=None, block_size=None) -> int | None:
     if nbatches is not None:
         nbatches = _positive_int("nbatches", nbatches)
         if nbatches > n:
-            raise ValueError(
+            raise InputValueError(
                 f"nbatches={nbatches} is too large for n={n} parameters. "
                 "Choose nbatches <= n, or set nbatches=1 for no batching."
             )
@@ -121,7 +123,7 @@ def resolve_block_size(n: int, *, nbatches=None, block_size=None) -> int | None:
     if block_size is not None:
         block_size = _positive_int("block_size", block_size)
     if nbatches is not None and block_size is not None:
-        raise ValueError(
+        raise InputValueError(
             f"give at most one of nbatches={nbatches} and block_size={block_size}"
         )
     if nbatches is not None:
@@ -153,27 +155,32 @@ def parse_bytes(value, name: str = "memory_budget") -> int:
     non-positive value.
     """
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be bytes (int) or a string like '512MB', got {value!r}")
+        raise InputTypeError(f"{name} must be bytes (int) or a string like '512MB', got {value!r}")
     if isinstance(value, numbers.Integral):
         nbytes = int(value)
     elif isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise InputValueError(f"{name} must be a finite number of bytes, got {value!r}")
         nbytes = int(value)
     elif isinstance(value, str):
         match = _BYTES_RE.match(value)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
-            raise ValueError(
+            raise InputValueError(
                 f"{name}={value!r} is not a size: use bytes or a number with a unit "
                 "such as '512MB', '2GiB' (units: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
             )
-        nbytes = int(float(match.group(1)) * _UNITS[unit])
+        number = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(number):
+            raise InputValueError(f"{name}={value!r} is not a finite number of bytes")
+        nbytes = int(number)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be bytes (int) or a string like '512MB', "
             f"got {value!r} of type {type(value).__name__}"
         )
     if nbytes < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise InputValueError(f"{name} must be positive, got {value!r}")
     return nbytes
 
 

@@ -13,6 +13,8 @@ reading ``compiled.memory_analysis()``:
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import dataclasses
 
 import jax
@@ -119,7 +121,7 @@ def budget_block(kernels: Kernels, memory_budget, micro: int | None = None,
     one = kernel_bytes(kernels, 1, 1)
     if one.total + host > budget:
         extra = f" plus {format_bytes(host)} on the host" if host else ""
-        raise ValueError(
+        raise InputValueError(
             f"one {'row' if spec.axis == 0 else 'column'} needs {format_bytes(one.total + host)} "
             f"(XLA's compiled estimate for a block of 1{extra}); memory_budget={memory_budget!r} "
             "cannot hold a block. Raise memory_budget, or pass checkpoint=True to trade "

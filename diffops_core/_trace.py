@@ -23,6 +23,8 @@ constants; a few milliseconds per distinct rule and shape.
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import dataclasses
 import hashlib
 import re
@@ -193,14 +195,14 @@ class TracedFunction:
         or a custom rule's derivative cannot be traced.
         """
         if self.untraceable:
-            raise TypeError(
+            raise InputTypeError(
                 f"f uses a custom derivative rule whose derivative cannot be traced on its own "
                 f"({self.untraceable}), so what f computes cannot be identified for a stored "
                 "result; use the in-memory API, or a rule that JAX can differentiate"
             )
         data = _digest((*self.consts, *self.baked))
         if data is None:
-            raise TypeError(
+            raise InputTypeError(
                 "f reads values traced by an enclosing jax transformation; a stored result "
                 "needs concrete data: call it outside jit/grad/vmap"
             )

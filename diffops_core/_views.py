@@ -5,6 +5,8 @@ Views slice and reshape; on a dask array nothing is computed.
 
 from __future__ import annotations
 
+from ._errors import InputTypeError, InputValueError
+
 import numpy as np
 
 from ._layout import Layout
@@ -22,7 +24,7 @@ def matrix_to_pytree(M, rows: Layout, cols: Layout):
     """
     shape = tuple(np.shape(M))
     if shape != (rows.n, cols.n):
-        raise ValueError(
+        raise InputValueError(
             f"the matrix has shape {shape}, but the layouts need ({rows.n}, {cols.n}). "
             "Pass the same x (and f) that the matrix was computed for."
         )
@@ -51,7 +53,7 @@ def hessian_to_pytree(H, x):
     layout = Layout.from_pytree(x, check_float=False)
     shape = tuple(np.shape(H))
     if shape != (layout.n, layout.n):
-        raise ValueError(
+        raise InputValueError(
             f"H has shape {shape}, but x flattens to {layout.n} elements, so H must be "
             f"({layout.n}, {layout.n}). Pass the same x that H was computed at."
         )

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import psutil
 
-from diffops_core import (
+from diffops_core.internal import (
     auto_micro,
     budget_block,
     check_flag,

@@ -67,7 +67,7 @@ def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progre
     from distributed import as_completed
     from distributed.client import FutureCancelledError
 
-    from diffops_core import BlockPlan
+    from diffops_core.internal import BlockPlan
 
     plan = BlockPlan(ctx.extent, ctx.block_size)
     # The context is a task (not scattered data), so the scheduler can rebuild it

@@ -8,7 +8,8 @@ import dask.array as da
 import numpy as np
 import psutil
 
-from diffops_core import Layout, format_bytes, matrix_to_pytree
+from diffops_core import matrix_to_pytree
+from diffops_core.internal import Layout, format_bytes
 
 from ._store import CHECKSUM, NONFINITE, ResultStore, checksum
 

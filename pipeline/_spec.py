@@ -217,7 +217,7 @@ def spec_from_dict(data, path: str = "<spec>") -> Spec:
             if value < 1:
                 raise SpecError(f"{path}: blocks.{key}: must be a positive int, got {value}")
     if "memory_budget" in blocks:
-        from diffops_core import parse_bytes
+        from diffops_core.internal import parse_bytes
 
         try:
             parse_bytes(blocks["memory_budget"])

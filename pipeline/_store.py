@@ -40,7 +40,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from diffops_core import BlockPlan, Layout
+from diffops_core.internal import BlockPlan, Layout
 
 __all__ = ["StoreError", "ResultStore", "RunLock", "RECORD_FIELDS", "checksum", "inspect",
            "normalise_location", "local_path", "OUR_NAMES"]

@@ -103,7 +103,7 @@ class _WorkerState:
         import jax.flatten_util
         import zarr
 
-        from diffops_core import auto_micro, get_kernels
+        from diffops_core.internal import auto_micro, get_kernels
 
         # Traced here, from the function as this process sees it; compiled
         # kernels are shared with every earlier run of the same program.
@@ -198,7 +198,7 @@ def run_block(ctx: BlockContext, index: int) -> dict:
 
 def _run_block(ctx: BlockContext, index: int) -> dict:
     t0 = time.perf_counter()
-    from diffops_core import BlockPlan
+    from diffops_core.internal import BlockPlan
 
     block = BlockPlan(ctx.extent, ctx.block_size).block(index)
     try:

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from diffops_core import __version__, format_bytes
+from diffops_core import __version__
 
 EXIT_INCOMPLETE = 3
 EXIT_BAD_BLOCKS = 4

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
+
+import diffops_core.internal as dci
 from helpers import CompileCounter, TraceCounter, flat, mixed_loss, mixed_x, reference_hessian, tol
 
 N = 16  # mixed_x flattens to 16 parameters
@@ -114,14 +116,14 @@ def test_repeated_calls_trace_once_and_compile_nothing(blocking):
 def test_memory_budget_picks_a_fitting_block():
     x = {"w": jnp.linspace(0.0, 1.0, 300)}
     f = lambda p: jnp.sum(jnp.outer(jnp.sin(p["w"]), jnp.cos(p["w"])) ** 2)
-    kernels, _, _ = dc.get_kernels(f, x, "hessian")
-    one = dc.kernel_bytes(kernels, 1, 1).total
+    kernels, _, _ = dci.get_kernels(f, x, "hessian")
+    one = dci.kernel_bytes(kernels, 1, 1).total
     budget = one + 40 * 300 * 4  # room for about 40 more float32 columns of 300
-    sizing = dc.budget_block(kernels, budget)
+    sizing = dci.budget_block(kernels, budget)
     assert 10 <= sizing.block_size < 300
     assert sizing.footprint.total <= budget
     # a bigger budget allows a bigger block
-    assert dc.budget_block(kernels, one + 80 * 300 * 4).block_size > sizing.block_size
+    assert dci.budget_block(kernels, one + 80 * 300 * 4).block_size > sizing.block_size
     H, _ = dc.hessian(f, x, memory_budget=budget)
     np.testing.assert_allclose(H, reference_hessian(f, x), rtol=1e-4, atol=1e-4)
 

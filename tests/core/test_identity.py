@@ -15,6 +15,8 @@ import pytest
 import zodiax
 
 import diffops_core as dc
+
+import diffops_core.internal as dci
 from diffops_core._trace import trace
 from helpers import CompileCounter, mixed_loss, mixed_x, reference_hessian, reference_jacobian
 
@@ -85,8 +87,8 @@ def test_bound_methods_of_two_objects_are_two_computations():
     np.testing.assert_allclose(np.diag(Ha), [-1, -2, -3, -4])
     np.testing.assert_allclose(np.diag(Hb), [-10, -20, -30, -40])
     assert compiles.count == 0  # same program, other data: one compile serves both
-    ka = dc.get_kernels(a.loss, x, "hessian")[0].traced.identity()
-    kb = dc.get_kernels(b.loss, x, "hessian")[0].traced.identity()
+    ka = dci.get_kernels(a.loss, x, "hessian")[0].traced.identity()
+    kb = dci.get_kernels(b.loss, x, "hessian")[0].traced.identity()
     assert ka.program == kb.program and ka.data != kb.data
 
 
@@ -151,8 +153,8 @@ def test_a_jitted_f_with_another_body_is_another_program():
     Hg, _ = dc.hessian(g, x)
     np.testing.assert_allclose(np.diag(Hf), [12.0] * 3)
     np.testing.assert_allclose(np.diag(Hg), [48.0] * 3)
-    idf = dc.get_kernels(f, x, "hessian")[0].traced.identity()
-    idg = dc.get_kernels(g, x, "hessian")[0].traced.identity()
+    idf = dci.get_kernels(f, x, "hessian")[0].traced.identity()
+    idg = dci.get_kernels(g, x, "hessian")[0].traced.identity()
     assert idf.program != idg.program
 
 
@@ -202,7 +204,7 @@ def test_identity_changes_with_data_and_program_only():
 
 _IDENTITY_SCRIPT = """
 import jax, helpers
-from diffops_core import get_kernels
+from diffops_core.internal import get_kernels
 with jax.enable_x64(True):
     k = get_kernels(helpers.mixed_loss, helpers.mixed_x(jax.numpy.float64), "hessian")[0]
     i = k.traced.identity()
@@ -220,14 +222,14 @@ def test_identity_is_stable_across_processes_and_hash_seeds():
                              capture_output=True, text=True).stdout.strip()
         outputs.add(out)
     with jax.enable_x64(True):
-        here = dc.get_kernels(mixed_loss, mixed_x(jnp.float64), "hessian")[0].traced.identity()
+        here = dci.get_kernels(mixed_loss, mixed_x(jnp.float64), "hessian")[0].traced.identity()
     assert outputs == {f"{here.program} {here.data}"}
 
 
 def test_tracers_have_no_identity_but_hessian_still_works_under_jit():
     @jax.jit
     def outer(d):
-        kernels = dc.get_kernels(lambda v: jnp.sum(d * v**2), jnp.ones(3), "hessian")[0]
+        kernels = dci.get_kernels(lambda v: jnp.sum(d * v**2), jnp.ones(3), "hessian")[0]
         with pytest.raises(TypeError, match="enclosing jax transformation"):
             kernels.traced.identity()
         return dc.hessian(lambda v: jnp.sum(d * v**2), jnp.ones(3))[0]

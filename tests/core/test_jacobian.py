@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
+
+import diffops_core.internal as dci
 from helpers import (CompileCounter, TraceCounter, assert_tree_close, mixed_out, mixed_x, reference_jacobian,
                      tol)
 
@@ -40,9 +42,9 @@ def test_scalar_output():
 
 
 def test_auto_picks_fewer_products():
-    kernels, _, _ = dc.get_kernels(lambda v: v[:2] * 3, jnp.ones(50), "jacfwd")
-    assert dc.jacobian_op("auto", kernels.spec.n, kernels.spec.m) == "jacrev"
-    assert dc.jacobian_op("auto", 3, 50) == "jacfwd"
+    kernels, _, _ = dci.get_kernels(lambda v: v[:2] * 3, jnp.ones(50), "jacfwd")
+    assert dci.jacobian_op("auto", kernels.spec.n, kernels.spec.m) == "jacrev"
+    assert dci.jacobian_op("auto", 3, 50) == "jacfwd"
 
 
 def test_wide_jacobian_rev_blocks():
@@ -87,8 +89,8 @@ def test_nbatches_bounds_products_in_flight_in_rev_mode_too():
     # it means at most ceil(n / 16) products in flight, so all 4 rows go at once.
     f = lambda v: jnp.tanh(v[:4] * jnp.sum(v))  # noqa: E731
     x = jnp.linspace(0.1, 1.0, 200)
-    kernels = dc.get_kernels(f, x, "jacrev")[0]
-    assert dc.choose_sizing(kernels, nbatches=16).block_size == 4
-    assert dc.choose_sizing(kernels, nbatches=100).block_size == 2  # ceil(200 / 100)
+    kernels = dci.get_kernels(f, x, "jacrev")[0]
+    assert dci.choose_sizing(kernels, nbatches=16).block_size == 4
+    assert dci.choose_sizing(kernels, nbatches=100).block_size == 2  # ceil(200 / 100)
     J, _ = dc.jacobian(f, x, 16, mode="rev")
     np.testing.assert_allclose(J, reference_jacobian(f, x), rtol=1e-5, atol=1e-6)

@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
+
+import diffops_core.internal as dci
 from helpers import CompileCounter, TraceCounter, mixed_loss, mixed_out, mixed_x, reference_hessian, tol
 
 
 @pytest.mark.parametrize("block_size,micro", [(5, 2), (16, 16), (3, 3), (7, 4)])
 def test_block_kernel_covers_the_plan_with_one_trace(block_size, micro):
     f = TraceCounter(mixed_loss)
-    kernels, x_flat, _ = dc.get_kernels(f, mixed_x(), "hessian")
+    kernels, x_flat, _ = dci.get_kernels(f, mixed_x(), "hessian")
     block = kernels.block(block_size, micro)
-    plan = dc.BlockPlan(kernels.spec.extent, block_size)
+    plan = dci.BlockPlan(kernels.spec.extent, block_size)
     before = f.count
     H = np.zeros((16, 16), np.float32)
     for b in plan:
@@ -25,19 +27,19 @@ def test_block_kernel_covers_the_plan_with_one_trace(block_size, micro):
 
 
 def test_two_stage_kernel_equals_one_stage():
-    kernels, x_flat, _ = dc.get_kernels(mixed_out, mixed_x(), "jacrev")
+    kernels, x_flat, _ = dci.get_kernels(mixed_out, mixed_x(), "jacrev")
     lin = kernels.compiled_prepare()(x_flat)
     compiled = kernels.compiled_block(3, 2)
     one_stage = kernels.block(3, 2)
-    for b in dc.BlockPlan(kernels.spec.extent, 3):
+    for b in dci.BlockPlan(kernels.spec.extent, 3):
         np.testing.assert_allclose(np.asarray(compiled(lin, np.int32(b.window))),
                                    np.asarray(one_stage(x_flat, b.window)), rtol=1e-6, atol=1e-6)
     assert kernels.spec.axis == 0 and kernels.spec.slab_shape(3) == (3, 16)
 
 
 def test_kernel_bytes_reads_xla_memory_analysis():
-    kernels, _, _ = dc.get_kernels(mixed_loss, mixed_x(), "hessian")
-    small, large = dc.kernel_bytes(kernels, 2, 2), dc.kernel_bytes(kernels, 16, 16)
+    kernels, _, _ = dci.get_kernels(mixed_loss, mixed_x(), "hessian")
+    small, large = dci.kernel_bytes(kernels, 2, 2), dci.kernel_bytes(kernels, 16, 16)
     assert small.output == 16 * 2 * 4 and large.output == 16 * 16 * 4  # the slab, float32
     assert large.total > small.total > 0
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from diffops_core import Layout
+from diffops_core.internal import Layout
 from helpers import mixed_x
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from diffops_core import BlockPlan, parse_bytes, plan_blocks, resolve_block_size
+from diffops_core.internal import BlockPlan, parse_bytes, plan_blocks, resolve_block_size
 
 
 @given(total=st.integers(1, 5000), data=st.data())

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
+
+import diffops_core.internal as dci
 import pipeline
 from helpers import chunk_files, file_snapshot, log_fault, mixed_loss, mixed_x, tol
 from pipeline._api import Limits, _default_block, task_bytes
@@ -178,7 +180,7 @@ def test_a_worker_whose_f_reads_other_data_refuses_to_write(tmp_path):
     store = str(tmp_path / "h.zarr")
     good = pipeline.hessian_to_zarr(_Obj(W1).loss, X4, store, block_size=2, progress=False)
     ctx_args = good.meta
-    identity = dc.get_kernels(_Obj(W1).loss, X4, "hessian")[0].traced.identity()
+    identity = dci.get_kernels(_Obj(W1).loss, X4, "hessian")[0].traced.identity()
     ctx = BlockContext(token="t-other", f=_Obj(W2).loss, x=np.asarray(X4), op="hessian",
                        checkpoint=False, program=identity.program, data=identity.data,
                        block_size=2, micro=None, location=store, run=9, x64=False, extent=4,
@@ -391,7 +393,7 @@ def test_default_block_fits_the_memory_there_is(tmp_path, monkeypatch):
     import psutil
 
     f, x = _wide_quadratic(2000)
-    kernels = dc.get_kernels(f, x, "hessian")[0]
+    kernels = dci.get_kernels(f, x, "hessian")[0]
     roomy = _default_block(kernels, Limits(10**12, 0, 2, "test"))
     assert roomy == 125  # about 16 blocks
     need = task_bytes(kernels, roomy)[0]
@@ -444,7 +446,7 @@ def test_a_worker_limit_below_the_runtime_floor_is_refused_with_the_numbers():
     from pipeline._api import WORKER_RUNTIME_BYTES
 
     f, x = _wide_quadratic(200)
-    kernels = dc.get_kernels(f, x, "hessian")[0]
+    kernels = dci.get_kernels(f, x, "hessian")[0]
     worker = Limits(int(0.6e9), int(0.25e9), 1, "a worker's memory limit", WORKER_RUNTIME_BYTES,
                     0.7)
     with pytest.raises(MemoryError, match=r"250.0 MB baseline \+ the 300.0 MB a worker's runtime "
@@ -460,7 +462,7 @@ def test_a_default_blocked_run_resumes_whatever_memory_is_free_now(tmp_path, mon
     import psutil
 
     f, x = _wide_quadratic(2000)
-    kernels = dc.get_kernels(f, x, "hessian")[0]
+    kernels = dci.get_kernels(f, x, "hessian")[0]
     need = task_bytes(kernels, 125)[0]  # 125: the count default, with memory to spare
 
     class Tight:
