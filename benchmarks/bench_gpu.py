@@ -76,9 +76,9 @@ def _union(intervals):
 
 def pipeline_run(problem, block_size, directory):
     import jax
+    from bench_pipeline import disk_write_speed
 
     import pipeline
-    from bench_pipeline import disk_write_speed
     from problems import PROBLEMS
 
     f, x, _ = PROBLEMS[problem]()
@@ -106,11 +106,10 @@ def pipeline_run(problem, block_size, directory):
 def largest_in_memory(sizes):
     """Largest n whose float32 Hessian the in-memory API computes on the device."""
     import jax
+    from bench_pipeline import make_banded_low_rank
 
     import diffops_core as dc
-
     import diffops_core.internal as dci
-    from bench_pipeline import make_banded_low_rank
 
     best, tried = None, []
     for n in sizes:

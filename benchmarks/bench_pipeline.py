@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import mb, write_section  # noqa: E402
+from report import mb, write_section
 
 
 def _peak_rss() -> int:
@@ -50,8 +50,6 @@ def overhead(args):
     from distributed import Client
 
     import diffops_core as dc
-
-    import diffops_core.internal as dci
     import pipeline
     from problems import make_mlp
 
@@ -185,8 +183,6 @@ def _dir_bytes(path: str) -> int:
 def outofcore(args):
     from distributed import Client
 
-    import diffops_core as dc
-
     import diffops_core.internal as dci
     import pipeline
 
@@ -269,11 +265,11 @@ def memory(args):
     """Predicted vs measured worker peak (VmHWM) under worker memory limits."""
     from distributed import Client
 
-    import diffops_core as dc
-
     import diffops_core.internal as dci
     import pipeline
-    from pipeline._api import _limits, task_bytes
+    from pipeline._api import _limits
+    from pipeline._execute import DistributedExecutor
+    from pipeline._plan import task_bytes
 
     n = args.n
     f, x, column = make_banded_low_rank(n)
@@ -289,7 +285,7 @@ def memory(args):
                 with pipeline.local_cluster(1, memory_limit=limit, threads_per_worker=1,
                                             dashboard_address=":0") as cluster, \
                         Client(cluster) as client:
-                    limits = _limits(client, 1)
+                    limits = _limits(DistributedExecutor(client))
                     kw = {} if blocking == "default" else {"block_size": blocking}
                     result = pipeline.hessian_to_zarr(f, x, store, client=client, progress=False,
                                                       **kw)

@@ -24,7 +24,7 @@ import psutil
 from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from problems import PROBLEMS  # noqa: E402
+from problems import PROBLEMS
 
 
 def _peak_rss() -> int:
@@ -39,7 +39,6 @@ def _peak_rss() -> int:
 def make_call(impl, op, f, kwargs):
     if impl == "diffops":
         import diffops_core as dc
-        import diffops_core.internal as dci
         fn = dc.hessian if op == "hessian" else dc.jacobian
         return lambda x: fn(f, x, **kwargs)[0]
     if impl == "zodiax":
@@ -80,7 +79,6 @@ def main(config: dict) -> dict:
     peak = _peak_rss()
     sizing = {}
     if config["impl"] == "diffops":
-        import diffops_core as dc
         import diffops_core.internal as dci
         kw = dict(config.get("kwargs", {}))
         op = "hessian" if config.get("op", "hessian") == "hessian" else None
@@ -94,7 +92,6 @@ def main(config: dict) -> dict:
         # per-call identity cost: trace f to a jaxpr (+ its structure digest), the
         # part of every call that zodiax-style caching on f's identity skipped;
         # and the pipeline's digest of every constant's bytes
-        import diffops_core as dc
         import diffops_core.internal as dci
         op = config.get("op", "hessian")
         op = op if op in ("hessian", "jacrev", "jacfwd") else "jacfwd"

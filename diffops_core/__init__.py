@@ -11,8 +11,8 @@ from ._views import hessian_to_pytree, matrix_to_pytree
 
 __all__ = [
     "__version__",
-    "jacobian",
     "hessian",
     "hessian_to_pytree",
+    "jacobian",
     "matrix_to_pytree",
 ]

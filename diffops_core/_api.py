@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import numbers
 
 import jax
 
+from ._errors import InputTypeError, InputValueError
 from ._kernels import Kernels, get_kernels
 from ._plan import resolve_block_size
 from ._sizing import Sizing, auto_micro, budget_block
 
-__all__ = ["jacobian", "hessian", "choose_sizing"]
+__all__ = ["choose_sizing", "hessian", "jacobian"]
 
 _MODES = ("auto", "fwd", "rev")
 

@@ -9,7 +9,7 @@ line, while any other exception (a bug) keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "InputValueError", "InputTypeError"]
+__all__ = ["InputError", "InputTypeError", "InputValueError"]
 
 
 class InputError(Exception):

@@ -19,8 +19,6 @@ second call with new data (or a new ``x``) compiles nothing and is never stale.
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import collections
 import dataclasses
 import functools
@@ -32,10 +30,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from ._errors import InputTypeError, InputValueError
 from ._layout import Layout
 from ._trace import TracedFunction, const_spec, eval_flat, trace
 
-__all__ = ["KernelSpec", "Kernels", "get_kernels", "OPS"]
+__all__ = ["OPS", "KernelSpec", "Kernels", "get_kernels"]
 
 #: op -> (axis along which the slab is cut, what the kernel applies)
 OPS = {"hessian": 1, "jacfwd": 1, "jacrev": 0}
@@ -131,7 +130,7 @@ def _fill(lin, start, width, micro, extent, in_dtype, axis, slab):
     return jax.lax.fori_loop(0, count, body, slab)
 
 
-_CACHE: "collections.OrderedDict[tuple, _Program]" = collections.OrderedDict()
+_CACHE: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
 _CACHE_SIZE = 32
 _CACHE_LOCK = threading.Lock()
 
@@ -179,7 +178,7 @@ class Kernels:
         self.spec = _make_spec(op, in_layout, out_layout)
         self.memo = program.memos.setdefault(op, {})
 
-    def for_op(self, op: str) -> "Kernels":
+    def for_op(self, op: str) -> Kernels:
         """The kernels of another op for the same traced function."""
         return Kernels(self._program, op, self.traced, self.spec.in_layout, self.spec.out_layout)
 
@@ -192,7 +191,7 @@ class Kernels:
         if self._program.checkpoint:
             f_flat = jax.checkpoint(f_flat)
         if self.spec.op == "hessian":
-            scalar = lambda z: f_flat(z).reshape(())  # noqa: E731
+            scalar = lambda z: f_flat(z).reshape(())
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
@@ -200,7 +199,7 @@ class Kernels:
         spec = self.spec
         in_dtype = jnp.dtype(spec.in_layout.dtype) if spec.op != "jacrev" else \
             jnp.dtype(spec.out_layout.dtype)
-        apply = lambda v: _apply(spec.op, lin, v)  # noqa: E731
+        apply = lambda v: _apply(spec.op, lin, v)
         return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out)
 
     def slab_fn(self, block_size: int, micro: int):
@@ -357,7 +356,7 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     out_layout = Layout.from_pytree(traced.out_tree, name="f(x)", check_float=False)
     compile_key = traced.compile_key if cache else None
     key = None if compile_key is None else (
-        compile_key, bool(checkpoint), in_layout.dtype, bool(jax.config.jax_enable_x64))
+        compile_key, bool(checkpoint), in_layout.dtype, bool(jax.config.read("jax_enable_x64")))
     program = None
     if key is not None:
         with _CACHE_LOCK:

@@ -8,8 +8,6 @@ that a pytree can be rebuilt from a store without the original ``x``.
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import dataclasses
 import math
 
@@ -17,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LeafSpec", "Layout"]
+from ._errors import InputTypeError, InputValueError
+
+__all__ = ["Layout", "LeafSpec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ class Layout:
         return sum(leaf.size for leaf in self.leaves)
 
     @classmethod
-    def from_pytree(cls, tree, name: str = "x", check_float: bool = True) -> "Layout":
+    def from_pytree(cls, tree, name: str = "x", check_float: bool = True) -> Layout:
         """Layout of ``tree``.
 
         **Raises:** `TypeError` naming the leaf when ``check_float`` and a leaf is
@@ -167,7 +167,7 @@ class Layout:
             return jax.tree_util.tree_unflatten(self.treedef, values)
         if self.structure is not None:
             return _rebuild(self.structure, values)
-        return {leaf.path: value for leaf, value in zip(self.leaves, values)}
+        return {leaf.path: value for leaf, value in zip(self.leaves, values, strict=True)}
 
     def to_json(self) -> dict:
         return {
@@ -181,7 +181,7 @@ class Layout:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Layout":
+    def from_json(cls, data: dict) -> Layout:
         leaves = tuple(
             LeafSpec(d["path"], tuple(d["shape"]), d["dtype"], int(d["offset"]))
             for d in data["leaves"]

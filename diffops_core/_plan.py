@@ -10,14 +10,14 @@ compiled once serves every block.
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import dataclasses
 import math
 import numbers
 import re
 
-__all__ = ["Block", "BlockPlan", "plan_blocks", "resolve_block_size", "parse_bytes", "format_bytes"]
+from ._errors import InputTypeError, InputValueError
+
+__all__ = ["Block", "BlockPlan", "format_bytes", "parse_bytes", "plan_blocks", "resolve_block_size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,29 +50,29 @@ class Block:
 
 @dataclasses.dataclass(frozen=True)
 class BlockPlan:
-    """A partition of ``range(total)`` into ``n_blocks`` blocks of ``block_size``."""
+    """A partition of ``range(extent)`` into ``n_blocks`` blocks of ``block_size``."""
 
-    total: int
+    extent: int
     block_size: int
 
     def __post_init__(self):
-        if self.total < 1:
-            raise InputValueError(f"total must be >= 1, got {self.total}")
-        if not 1 <= self.block_size <= self.total:
+        if self.extent < 1:
+            raise InputValueError(f"extent must be >= 1, got {self.extent}")
+        if not 1 <= self.block_size <= self.extent:
             raise InputValueError(
-                f"block_size must be in [1, {self.total}], got {self.block_size}"
+                f"block_size must be in [1, {self.extent}], got {self.block_size}"
             )
 
     @property
     def n_blocks(self) -> int:
-        return math.ceil(self.total / self.block_size)
+        return math.ceil(self.extent / self.block_size)
 
     def block(self, index: int) -> Block:
         if not 0 <= index < self.n_blocks:
             raise IndexError(f"block index {index} out of range [0, {self.n_blocks})")
         start = index * self.block_size
-        stop = min(start + self.block_size, self.total)
-        window = min(start, self.total - self.block_size)
+        stop = min(start + self.block_size, self.extent)
+        window = min(start, self.extent - self.block_size)
         return Block(index, start, stop, window)
 
     def __iter__(self):
@@ -82,7 +82,13 @@ class BlockPlan:
         return self.n_blocks
 
     def to_json(self) -> dict:
-        return {"total": self.total, "block_size": self.block_size, "n_blocks": self.n_blocks}
+        return {"extent": self.extent, "block_size": self.block_size, "n_blocks": self.n_blocks}
+
+    @classmethod
+    def from_json(cls, data: dict) -> BlockPlan:
+        """The plan `to_json` wrote (also the older form, whose extent was ``total``)."""
+        return cls(int(data["extent"] if "extent" in data else data["total"]),
+                   int(data["block_size"]))
 
 
 def _positive_int(name: str, value) -> int:
@@ -161,7 +167,7 @@ def parse_bytes(value, name: str = "memory_budget") -> int:
     elif isinstance(value, numbers.Real):
         if not math.isfinite(value):
             raise InputValueError(f"{name} must be a finite number of bytes, got {value!r}")
-        nbytes = int(value)
+        nbytes = int(float(value))
     elif isinstance(value, str):
         match = _BYTES_RE.match(value)
         unit = match.group(2).lower() if match else None

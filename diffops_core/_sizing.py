@@ -13,16 +13,15 @@ reading ``compiled.memory_analysis()``:
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import dataclasses
 
 import jax
 
+from ._errors import InputValueError
 from ._kernels import Kernels
 from ._plan import format_bytes, parse_bytes
 
-__all__ = ["kernel_bytes", "auto_micro", "budget_block", "Sizing"]
+__all__ = ["Sizing", "auto_micro", "budget_block", "kernel_bytes"]
 
 #: Temporaries one micro-batch may hold, per platform. Measured on a 2-core CPU
 #: (benchmarks/RESULTS.md, inner-width sweep): the best width put 20-40 MB of

@@ -23,8 +23,6 @@ constants; a few milliseconds per distinct rule and shape.
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import dataclasses
 import hashlib
 import re
@@ -33,7 +31,9 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 
-__all__ = ["TracedFunction", "Identity", "trace", "eval_flat", "const_spec"]
+from ._errors import InputTypeError
+
+__all__ = ["Identity", "TracedFunction", "const_spec", "eval_flat", "trace"]
 
 # custom_lin is what linearising a custom_vjp leaves: its rule is the custom_vjp_call's
 _CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
@@ -113,7 +113,8 @@ def eval_flat(jaxpr: Jaxpr, consts, z):
 def const_spec(value) -> jax.ShapeDtypeStruct:
     """The abstract value of a constant (or of an aval), weak type included."""
     aval = value if isinstance(value, jax.core.AbstractValue) else jax.typeof(value)
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False))
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype,  # type: ignore[union-attr]
+                                weak_type=getattr(aval, "weak_type", False))
 
 
 def _single(eqn) -> Jaxpr:

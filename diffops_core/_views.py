@@ -5,13 +5,12 @@ Views slice and reshape; on a dask array nothing is computed.
 
 from __future__ import annotations
 
-from ._errors import InputTypeError, InputValueError
-
 import numpy as np
 
+from ._errors import InputValueError
 from ._layout import Layout
 
-__all__ = ["matrix_to_pytree", "hessian_to_pytree"]
+__all__ = ["hessian_to_pytree", "matrix_to_pytree"]
 
 
 def matrix_to_pytree(M, rows: Layout, cols: Layout):

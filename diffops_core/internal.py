@@ -18,7 +18,14 @@ from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
 from ._errors import InputError, InputTypeError, InputValueError
 from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
 from ._layout import Layout, LeafSpec
-from ._plan import Block, BlockPlan, format_bytes, parse_bytes, plan_blocks, resolve_block_size
+from ._plan import (
+    Block,
+    BlockPlan,
+    format_bytes,
+    parse_bytes,
+    plan_blocks,
+    resolve_block_size,
+)
 from ._sizing import Footprint, Sizing, auto_micro, budget_block, kernel_bytes
 from ._trace import Identity, TracedFunction
 
@@ -26,12 +33,31 @@ from ._trace import Identity, TracedFunction
 auto_inner_width = auto_micro
 
 __all__ = [
-    "Layout", "LeafSpec",
-    "Block", "BlockPlan", "plan_blocks", "resolve_block_size",
-    "Kernels", "KernelSpec", "get_kernels", "clear_cache", "jacobian_op", "split_jacobian",
-    "Sizing", "Footprint", "choose_sizing", "auto_inner_width", "auto_micro", "budget_block",
+    "Block",
+    "BlockPlan",
+    "Footprint",
+    "Identity",
+    "InputError",
+    "InputTypeError",
+    "InputValueError",
+    "KernelSpec",
+    "Kernels",
+    "Layout",
+    "LeafSpec",
+    "Sizing",
+    "TracedFunction",
+    "auto_inner_width",
+    "auto_micro",
+    "budget_block",
+    "check_flag",
+    "choose_sizing",
+    "clear_cache",
+    "format_bytes",
+    "get_kernels",
+    "jacobian_op",
     "kernel_bytes",
-    "check_flag", "parse_bytes", "format_bytes",
-    "InputError", "InputValueError", "InputTypeError",
-    "Identity", "TracedFunction",
+    "parse_bytes",
+    "plan_blocks",
+    "resolve_block_size",
+    "split_jacobian",
 ]

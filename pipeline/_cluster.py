@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dask
 
-__all__ = ["local_cluster", "JAX_WORKER_ENV", "tune_malloc", "vm_bytes", "peak_rss"]
+__all__ = ["JAX_WORKER_ENV", "local_cluster", "peak_rss", "tune_malloc", "vm_bytes"]
 
 #: Set in each worker process before it starts (so before it imports JAX).
 JAX_WORKER_ENV = {

@@ -1,26 +1,54 @@
-"""Executors: run the block tasks on the embedded default or a dask cluster.
+"""Executors: run a plan's block tasks and report each finished block.
 
-- Embedded default (no client): dask's threaded scheduler in this process. The
-  block kernel runs in XLA, which already uses every core and releases the GIL,
-  so a second thread only overlaps one block's host copy and Zarr write with the
-  next block's kernel (benchmarks/RESULTS.md, pipeline overhead).
-- A `distributed.Client`: the context is one task that each worker fetches once
-  as a dependency, then one future per block; progress via ``as_completed``.
+One small interface, `Executor.run(plan, todo, callbacks)`:
+
+- `ThreadsExecutor` (the embedded default): dask's threaded scheduler in this
+  process. The block kernel runs in XLA, which already uses every core and
+  releases the GIL, so a second thread overlaps one block's host copy and Zarr
+  write with the next block's kernel (benchmarks/RESULTS.md, pipeline overhead).
+- `DistributedExecutor`: a `distributed.Client`'s cluster. The block task
+  travels once, as a task each worker fetches as a dependency; then one future
+  per block.
 
 Either way a failing block stops the run with a `BlockError` naming it; blocks
-that finished stay complete.
+that finished stay complete. `Executor.task` builds the block task from the
+plan; tests override it to wrap the task with injected faults.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
 import dask
-from dask.callbacks import Callback
+from dask.callbacks import Callback as DaskCallback
 
+from ._callbacks import BlockEvent, Callback
 from ._cluster import tune_malloc
-from ._progress import Progress
-from ._tasks import BlockContext, BlockError, hold, run_block
+from ._plan import RunPlan
+from ._tasks import BlockError, BlockTask
 
-__all__ = ["run_local", "run_distributed", "active_client"]
+__all__ = [
+    "DistributedExecutor",
+    "Executor",
+    "ThreadsExecutor",
+    "active_client",
+    "default_executor",
+]
+
+
+class Executor(Protocol):
+    """Runs the blocks ``todo`` of a plan, calling ``callbacks.on_block_end``
+    (in the calling thread) as each finishes. **Raises:** `BlockError`."""
+
+    name: str
+
+    def where(self) -> str | None:
+        """Where the blocks run, for the progress display (None: here)."""
+        ...
+
+    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
+        ...
 
 
 def active_client():
@@ -35,83 +63,140 @@ def active_client():
         return None
 
 
-class _Tick(Callback):
-    def __init__(self, progress: Progress, prefix: str):
+def _hold(task: BlockTask) -> BlockTask:
+    """The block task as a task result (rebuildable by the scheduler if lost)."""
+    return task
+
+
+class _OnBlockEnd(DaskCallback):
+    def __init__(self, callbacks: Callback, prefix: str):
         super().__init__()
-        self.progress, self.prefix = progress, prefix
+        self.callbacks, self.prefix = callbacks, prefix
 
     def _posttask(self, key, result, dsk, state, worker_id):
         if isinstance(key, str) and key.startswith(self.prefix):
-            self.progress.update()
+            self.callbacks.on_block_end(result)
 
 
-def run_local(ctx: BlockContext, todo: list[int], progress: Progress, threads: int) -> list[dict]:
-    """Run the blocks ``todo`` with dask's threaded scheduler in this process."""
-    tune_malloc()
-    prefix = f"diffops-block-{ctx.token}-"
-    context = dask.delayed(ctx, traverse=False, name=f"diffops-context-{ctx.token}")
-    tasks = [dask.delayed(run_block, pure=False)(context, i, dask_key_name=f"{prefix}{i}")
-             for i in todo]
-    with _Tick(progress, prefix):
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=threads))
+class ThreadsExecutor:
+    """The embedded default: ``threads`` block tasks at once in this process."""
+
+    name = "threads"
+
+    def __init__(self, threads: int = 2):
+        self.threads = threads
+
+    def task(self, plan: RunPlan) -> BlockTask:
+        return BlockTask.from_plan(plan)
+
+    def where(self) -> str | None:
+        return None
+
+    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
+        tune_malloc()
+        task = self.task(plan)
+        prefix = f"diffops-block-{plan.token}-"
+        held = dask.delayed(task, traverse=False, name=f"diffops-task-{plan.token}")
+        tasks = [dask.delayed(_call, pure=False)(held, i, dask_key_name=f"{prefix}{i}")
+                 for i in todo]
+        with _OnBlockEnd(callbacks, prefix):
+            dask.compute(*tasks, scheduler="threads", num_workers=self.threads)
 
 
-def run_distributed(ctx: BlockContext, todo: list[int], client, progress: Progress,
-                    is_done=None, max_resubmits: int = 3) -> list[dict]:
-    """Run the blocks ``todo`` as futures on ``client``'s cluster.
+def _call(task: BlockTask, index: int) -> BlockEvent:
+    return task(index)
+
+
+class DistributedExecutor:
+    """Block tasks as futures on ``client``'s cluster.
 
     The store is the truth: a block whose future is lost (its worker died after
     the block finished) counts as done when its completion record says so, and is
     submitted again otherwise (at most ``max_resubmits`` times).
     """
-    from distributed import as_completed
-    from distributed.client import FutureCancelledError
 
-    from diffops_core.internal import BlockPlan
+    name = "distributed"
 
-    plan = BlockPlan(ctx.extent, ctx.block_size)
-    # The context is a task (not scattered data), so the scheduler can rebuild it
-    # if every worker holding it dies; each worker fetches it once, as a dependency.
-    context = client.submit(hold, ctx, key=f"diffops-context-{ctx.token}", pure=False)
-    pending, index_of, tries = {}, {}, {}
+    def __init__(self, client: Any, max_resubmits: int = 3):
+        self.client, self.max_resubmits = client, max_resubmits
 
-    def submit(i):
-        tries[i] = tries.get(i, -1) + 1
-        key = f"diffops-block-{ctx.token}-{i}" + (f"-again{tries[i]}" if tries[i] else "")
-        future = client.submit(run_block, context, i, key=key, pure=False)
-        pending[key], index_of[key] = future, i
+    def task(self, plan: RunPlan) -> BlockTask:
+        return BlockTask.from_plan(plan)
+
+    def where(self) -> str | None:
+        return str(self.client.dashboard_link or self.client)
+
+    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
+        from distributed import as_completed
+
+        # the task is a task (not scattered data), so the scheduler can rebuild it
+        # if every worker holding it dies; each worker fetches it once
+        held = self.client.submit(_hold, self.task(plan), key=f"diffops-task-{plan.token}",
+                                  pure=False)
+        run = _DistributedRun(self, plan, held)
+        try:
+            queue = as_completed([run.submit(i) for i in todo])
+            for future in queue:
+                event = run.outcome(future, queue)
+                if event is not None:
+                    # forget the result at once, so a worker that dies later does
+                    # not make the scheduler recompute a block already written
+                    run.pending.pop(future.key).release()
+                    callbacks.on_block_end(event)
+        finally:
+            self.client.cancel(list(run.pending.values()))
+            held.release()
+
+
+class _DistributedRun:
+    """The futures of one distributed run and what each block has cost."""
+
+    def __init__(self, executor: DistributedExecutor, plan: RunPlan, held):
+        self.executor, self.plan, self.held = executor, plan, held
+        self.pending: dict[str, Any] = {}
+        self.index_of: dict[str, int] = {}
+        self.tries: dict[int, int] = {}
+
+    def submit(self, i: int):
+        self.tries[i] = self.tries.get(i, -1) + 1
+        key = f"diffops-block-{self.plan.token}-{i}" + (
+            f"-again{self.tries[i]}" if self.tries[i] else "")
+        future = self.executor.client.submit(_call, self.held, i, key=key, pure=False)
+        self.pending[key], self.index_of[key] = future, i
         return future
 
-    queue = as_completed([submit(i) for i in todo])
-    results = []
-    try:
-        for future in queue:
-            i = index_of[future.key]
-            try:
-                value = future.result()
-            except BlockError:
-                raise
-            except (FutureCancelledError, KeyError) as err:
-                if is_done is not None and is_done(i):
-                    value = {"index": i, "lost_result": True}
-                elif tries[i] < max_resubmits:
-                    pending.pop(future.key)
-                    queue.add(submit(i))
-                    continue
-                else:
-                    block = plan.block(i)
-                    raise BlockError(i, block.start, block.stop, ctx.axis,
-                                     f"lost {tries[i] + 1} times: {err}") from err
-            except Exception as err:  # e.g. KilledWorker: the block kept killing workers
-                block = plan.block(i)
-                raise BlockError(i, block.start, block.stop, ctx.axis,
-                                 f"{type(err).__name__}: {err}") from err
-            results.append(value)
-            # Forget the result at once, so a worker that dies later does not make
-            # the scheduler recompute a block that is already written.
-            pending.pop(future.key).release()
-            progress.update()
-    finally:
-        client.cancel(list(pending.values()))
-        context.release()
-    return results
+    def outcome(self, future, queue) -> BlockEvent | None:
+        """The block's event; None when it was resubmitted. **Raises:** `BlockError`."""
+        from distributed.client import FutureCancelledError
+
+        i = self.index_of[future.key]
+        block = self.plan.blocks.block(i)
+        try:
+            return future.result()
+        except BlockError:
+            raise
+        except (FutureCancelledError, KeyError) as err:
+            if self._recorded(i):
+                return BlockEvent(index=i, start=block.start, stop=block.stop, lost=True)
+            if self.tries[i] < self.executor.max_resubmits:
+                self.pending.pop(future.key)
+                queue.add(self.submit(i))
+                return None
+            raise BlockError(i, block.start, block.stop, self.plan.spec.axis,
+                             f"lost {self.tries[i] + 1} times: {err}") from err
+        except Exception as err:  # e.g. KilledWorker: the block kept killing workers
+            raise BlockError(i, block.start, block.stop, self.plan.spec.axis,
+                             f"{type(err).__name__}: {err}") from err
+
+    def _recorded(self, i: int) -> bool:
+        from ._store import ResultStore
+
+        return bool(ResultStore.open(self.plan.location).done_mask()[i])
+
+
+def default_executor(client: Any = None, threads: int = 2) -> ThreadsExecutor | DistributedExecutor:
+    """The executor for ``client`` (default: the active one), else the embedded default."""
+    client = client if client is not None else active_client()
+    if client is not None:
+        return DistributedExecutor(client)
+    return ThreadsExecutor(threads)

@@ -11,10 +11,17 @@ the library versions.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 
-__all__ = ["fingerprint_parts", "digest", "describe_difference"]
+__all__ = [
+    "describe_difference",
+    "digest",
+    "fingerprint_parts",
+    "same_computation",
+    "sha256_json",
+]
 
 #: What each fingerprint part means, for a refusal a user can act on.
 _MEANING = {
@@ -29,7 +36,24 @@ _MEANING = {
 
 
 def digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).reshape(-1)).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data).hexdigest()
+
+
+def sha256_json(value) -> str:
+    """The fingerprint of a JSON-able value (keys sorted)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def same_computation(stored: str | None, parts: dict) -> bool:
+    """Whether a stored fingerprint is the one of ``parts``, including the form
+    written before the inner width had one name (``micro`` in the options)."""
+    if stored == sha256_json(parts):
+        return True
+    options = dict(parts.get("options") or {})
+    if "inner_width" not in options:
+        return False
+    options["micro"] = options.pop("inner_width")
+    return stored == sha256_json({**parts, "options": options})
 
 
 def fingerprint_parts(identity, x_flat: np.ndarray, layout_json: dict, options: dict) -> dict:

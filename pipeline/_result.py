@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import psutil
+from dask.utils import format_bytes
 
 from diffops_core import matrix_to_pytree
-from diffops_core.internal import Layout, format_bytes
+from diffops_core.internal import InputValueError, Layout
 
+from ._callbacks import RunSummary
+from ._plan import NotEnoughMemoryError
 from ._store import CHECKSUM, NONFINITE, ResultStore, checksum
 
 __all__ = ["Result", "open_result"]
@@ -28,11 +33,12 @@ class Result:
     refuses an incomplete result.
     """
 
-    def __init__(self, store: ResultStore, run_summary: dict | None = None):
+    def __init__(self, store: ResultStore, run_summary: RunSummary | None = None):
         self._store = store
         self.location = store.location
         self.meta = store.meta
-        self.run_summary = run_summary or {}
+        #: What the call that returned this result computed (`RunSummary`).
+        self.run_summary = run_summary or RunSummary()
 
     def __repr__(self):
         st = self.status()
@@ -41,7 +47,8 @@ class Result:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self._store.matrix.shape)
+        m, n = self._store.matrix.shape
+        return int(m), int(n)
 
     @property
     def dtype(self) -> np.dtype:
@@ -67,8 +74,9 @@ class Result:
             "blocks_total": int(done.size),
             "blocks_done": int(done.sum()),
             "complete": bool(done.all()),
-            "runs": len(self.meta.get("runs", [])),
-            "nonfinite_blocks": [int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))],
+            "runs": self._store.runs_total,
+            "nonfinite_blocks": [int(i) for i in
+                                 np.flatnonzero(done & (records[:, NONFINITE] > 0))],
             "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
         }
 
@@ -84,13 +92,13 @@ class Result:
         """
         status = self.status()
         if not status["complete"]:
-            raise ValueError(
+            raise InputValueError(
                 f"the result at {self.location!r} is incomplete ({status['blocks_done']}/"
                 f"{status['blocks_total']} blocks); run it again to finish it first"
             )
         available = psutil.virtual_memory().available
         if self.nbytes > 0.8 * available:
-            raise MemoryError(
+            raise NotEnoughMemoryError(
                 f"assembling needs {format_bytes(self.nbytes)} but only {format_bytes(available)} "
                 "is available; use .array (lazy, dask) or .to_pytree() to work block by block"
             )
@@ -108,7 +116,7 @@ class Result:
             ours = [(s.path, s.shape) for s in cols.leaves]
             theirs = [(s.path, s.shape) for s in given.leaves]
             if theirs != ours:
-                raise ValueError(
+                raise InputValueError(
                     f"x has leaves {_describe(theirs)}, but the stored result was computed for "
                     f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
                 )
@@ -150,6 +158,94 @@ class Result:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
         return sorted(bad)
+
+
+    def summary(self) -> StoreSummary:
+        """What the store holds: metadata, progress, and for a complete result the
+        per-leaf figures (row-block norm; for a Hessian the diagonal's range and
+        the largest asymmetry), read lazily, block by block."""
+        from ._report import summarise
+
+        return summarise(self)
+
+    def plot(self, output: str, *, pixels: int = 800) -> dict:
+        """Write a heat map of log10|M| to ``output`` (PNG); see `diffops plot`.
+
+        **Returns:** what was drawn (``cells``, ``factor``, ``missing_blocks``).
+        **Raises:** `InputError` (an `ImportError`) without matplotlib.
+        """
+        from ._report import plot
+
+        return plot(self, output, pixels=pixels)
+
+    def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
+        """Recompute the bad and missing blocks of this store, in place (see
+        `pipeline.repair`); ``spec`` defaults to the one stored with the result."""
+        from ._workflow import repair
+
+        return repair(self.location, spec, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSummary:
+    """Figures of one leaf's rows: `norm` (Frobenius norm of its row block); for
+    a Hessian `diagonal_min`, `diagonal_max` and `asymmetry` (max|H - H^T|)."""
+
+    path: str
+    shape: tuple[int, ...]
+    norm: float
+    diagonal_min: float | None = None
+    diagonal_max: float | None = None
+    asymmetry: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSummary:
+    """What `Result.summary` reports."""
+
+    location: str
+    operation: str
+    op: str
+    shape: tuple[int, int]
+    dtype: str
+    nbytes: int
+    block_size: int
+    n_blocks: int
+    axis: int
+    blocks_done: int
+    complete: bool
+    function: str
+    fingerprint: str
+    versions: dict
+    runs: int
+    checks: dict
+    leaves: tuple[LeafSummary, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The summary as text lines (what ``diffops show`` prints)."""
+        what = "rows" if self.axis == 0 else "columns"
+        op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
+        out = [self.location,
+               f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_bytes(self.nbytes)}",
+               f"  blocks      {self.n_blocks} of {self.block_size} ({what}); "
+               f"{self.blocks_done} done",
+               f"  function    {self.function}",
+               f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
+               f"  runs        {self.runs}; checks {self.checks}"]
+        if not self.complete:
+            return [*out, "  (incomplete: no per-leaf summary)"]
+        hessian = self.operation == "hessian"
+        header = f"  {'leaf':<28} {'shape':<14} {'row-block norm':>15}"
+        if hessian:
+            header += f" {'diagonal min':>13} {'diagonal max':>13} {'max|H-H^T|':>11}"
+        out.append(header)
+        for leaf in self.leaves:
+            line = f"  {leaf.path or '(root)':<28} {leaf.shape!s:<14} {leaf.norm:>15.4g}"
+            if hessian:
+                line += (f" {leaf.diagonal_min:>13.4g} {leaf.diagonal_max:>13.4g}"
+                         f" {leaf.asymmetry:>11.3g}")
+            out.append(line)
+        return out
 
 
 def _describe(leaves) -> str:

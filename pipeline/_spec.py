@@ -10,7 +10,7 @@ cluster: {workers: 2}           # or {scheduler: tcp://host:8786}; omitted: embe
 ```
 
 Optional keys, with their defaults: ``mode: auto``, ``dtype: float32`` (``float64``
-turns on JAX's x64 and casts x), ``checkpoint: false``, ``compression: none``
+turns on JAX's x64 and casts x), ``checkpoint: false``, ``compressor: none``
 (or ``zstd``), ``finalize: {npy: null}`` (a path: also write the assembled matrix
 as ``.npy`` when it fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
@@ -20,66 +20,262 @@ workers), and ``cluster.threads_per_worker: 1``, ``cluster.memory_limit: auto``.
 Relative paths (output, point, python_path, finalize.npy) are relative to the
 spec file's directory, so a spec runs the same from any working directory
 (cron, systemd).
+
+The file is read with a safe YAML loader that also refuses duplicate keys and
+aliases (``&a``/``*a``: a few hundred bytes of aliases can expand to gigabytes);
+the fields are validated by pydantic models. Every error names the file and
+the field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import sys
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
 
-__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict"]
+from diffops_core.internal import InputError, parse_bytes
+
+__all__ = ["Spec", "SpecError", "load_spec", "spec_from_dict"]
 
 
-class SpecError(ValueError):
+class SpecError(InputError, ValueError):
     """A workflow spec is invalid; the message names the file and the field."""
 
 
-_TOP = {"operation", "function", "point", "output", "blocks", "cluster", "mode", "dtype",
-        "checkpoint", "compression", "finalize", "python_path", "env"}
-_BLOCKS = {"block_size", "nbatches", "memory_budget", "inner_width"}
-_CLUSTER = {"workers", "scheduler", "threads_per_worker", "memory_limit"}
-_FINALIZE = {"npy"}
+# -- field checks, each with the message a user sees ----------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """A validated workflow spec (see the module docstring for the fields)."""
+def _type_name(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _positive_int(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a positive int, got {_type_name(value)}")
+    if value < 1:
+        raise ValueError(f"must be a positive int, got {value}")
+    return value
+
+
+def _text(what: str):
+    def check(value):
+        if not isinstance(value, str):
+            raise ValueError(f"must be {what}, got {_type_name(value)}")
+        return value
+    return check
+
+
+def _flag(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(*allowed: str, words: str):
+    def check(value):
+        if value not in allowed:
+            raise ValueError(f"must be {words}, got {value!r}")
+        return value
+    return check
+
+
+def _target(value):
+    _text("a 'module:attribute' string")(value)
+    module, sep, attr = value.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"must look like 'module:attribute', got {value!r}")
+    return value
+
+
+def _point(value):
+    _text("a 'module:attribute' string or a path to a .npz file")(value)
+    return value if value.endswith(".npz") else _target(value)
+
+
+def _memory_budget(value):
+    try:
+        parse_bytes(value, name="memory_budget")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"@{err}") from None  # '@': the message names the field itself
+    return value
+
+
+def _compressor(value):
+    if value in (None, "none"):
+        return None
+    if value != "zstd":
+        raise ValueError(f"must be none or zstd, got {value!r}")
+    return value
+
+
+def _dirs(value):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of directories, got {value!r}")
+    return tuple(value)
+
+
+def _env(value):
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of names to strings, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _opt(check):
+    """``check``, letting None (the default) through."""
+    def optional(value):
+        return None if value is None else check(value)
+    return optional
+
+
+def _size(value):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be bytes (int), a size like '4GB', or auto, got {value!r}")
+    return value
+
+
+PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
+OptionalPositiveInt = Annotated[int | None, BeforeValidator(_opt(_positive_int))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Blocks(_Model):
+    """``blocks``: at most one of `block_size`, `nbatches`, `memory_budget`; and
+    `inner_width`."""
+
+    block_size: OptionalPositiveInt = None
+    nbatches: OptionalPositiveInt = None
+    memory_budget: Annotated[int | str | None, BeforeValidator(_opt(_memory_budget))] = None
+    inner_width: OptionalPositiveInt = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("block_size", "nbatches", "memory_budget")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of block_size, nbatches, memory_budget; got "
+                             f"{' and '.join(given)}")
+        return self
+
+
+class Cluster(_Model):
+    """``cluster``: `workers` (a local cluster) or `scheduler` (an address)."""
+
+    workers: OptionalPositiveInt = None
+    scheduler: Annotated[str | None, BeforeValidator(
+        _opt(_text("an address like tcp://host:8786")))] = None
+    threads_per_worker: PositiveInt = 1
+    memory_limit: Annotated[int | str, BeforeValidator(_size)] = "auto"
+
+    @model_validator(mode="after")
+    def _either(self):
+        if self.workers is not None and self.scheduler is not None:
+            raise ValueError("give workers or scheduler, not both")
+        return self
+
+
+class Finalize(_Model):
+    """``finalize``: `npy`, a path for the assembled matrix."""
+
+    npy: Annotated[str | None, BeforeValidator(_opt(_text("a path")))] = None
+
+
+class Spec(_Model):
+    """A validated workflow spec (see the module docstring for the fields);
+    `path` is the spec file, and every relative path is resolved against it."""
 
     path: str
-    operation: str
-    function: str
-    point: str
-    output: str
-    blocks: dict
-    cluster: dict
-    mode: str = "auto"
-    dtype: str = "float32"
-    checkpoint: bool = False
-    compression: str | None = None
-    finalize_npy: str | None = None
-    python_path: tuple[str, ...] = ()
-    env: dict = dataclasses.field(default_factory=dict)
+    operation: Annotated[str, BeforeValidator(
+        _choice("hessian", "jacobian", words="'hessian' or 'jacobian'"))]
+    function: Annotated[str, BeforeValidator(_target)]
+    point: Annotated[str, BeforeValidator(_point)]
+    output: Annotated[str, BeforeValidator(_text("a path or URL"))]
+    blocks: Blocks = Blocks()
+    cluster: Cluster = Cluster()
+    mode: Annotated[str, BeforeValidator(_choice("auto", "fwd", "rev", words="auto, fwd or rev"))] \
+        = "auto"
+    dtype: Annotated[str, BeforeValidator(
+        _choice("float32", "float64", words="float32 or float64"))] = "float32"
+    checkpoint: Annotated[bool, BeforeValidator(_flag)] = False
+    compressor: Annotated[str | None, BeforeValidator(_compressor)] = None
+    finalize: Finalize = Finalize()
+    python_path: Annotated[tuple[str, ...], BeforeValidator(_dirs)] = ()
+    env: Annotated[dict[str, str], BeforeValidator(_env)] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # an explicit null means the default
+            data = {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.operation == "hessian" and "mode" in self.model_fields_set:
+            raise ValueError("@mode: only for operation: jacobian")
+        return self
 
     @property
     def base(self) -> str:
         return os.path.dirname(os.path.abspath(self.path))
 
+    def resolved(self) -> Spec:
+        """The spec with relative paths made relative to the spec file's directory."""
+        def rel(value):
+            if value is None or os.path.isabs(value) or "://" in value:
+                return value
+            return os.path.normpath(os.path.join(self.base, value))
+
+        return self.model_copy(update={
+            "output": rel(self.output),
+            "point": rel(self.point) if self.point.endswith(".npz") else self.point,
+            "python_path": tuple(rel(p) for p in self.python_path),
+            "finalize": Finalize(npy=rel(self.finalize.npy)),
+        })
+
     def to_json(self) -> dict:
         """The spec as stored with a result: every path absolute, so that a repair
         finds the model from any working directory."""
-        data = dataclasses.asdict(self)
+        data = self.model_dump(mode="json", exclude_defaults=True)
         data["path"] = os.path.abspath(self.path)
-        data["python_path"] = list(self.python_path)
         return data
+
+    @classmethod
+    def from_stored(cls, data: dict) -> Spec:
+        """The spec `to_json` stored (also the older, flat form)."""
+        data = dict(data)
+        if "finalize_npy" in data:  # written before the spec had pydantic models
+            data["finalize"] = {"npy": data.pop("finalize_npy")}
+        if "compression" in data:
+            data["compressor"] = data.pop("compression")
+        if data.get("operation") == "hessian":
+            data.pop("mode", None)  # the older form stored the default
+        path = str(data.get("path", "<stored spec>"))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise SpecError(_message(f"{path} (as stored with the result)",
+                                     err.errors()[0])) from None
+
+    def blocking(self) -> dict:
+        return self.blocks.model_dump(exclude_none=True)
 
     def import_dirs(self) -> list[str]:
         return [self.base, *self.python_path]
 
-    def activate(self):
+    def activate(self) -> None:
         """Set ``env`` and put the import directories on ``sys.path``."""
         os.environ.update(self.env)
         for directory in reversed(self.import_dirs()):
@@ -94,15 +290,7 @@ class Spec:
         """x: the zero-argument callable's result, or the .npz's arrays as a dict."""
         self.activate()
         if self.point.endswith(".npz"):
-            import numpy as np
-
-            if not os.path.exists(self.point):
-                raise SpecError(f"{self.path}: point: no such file {self.point!r}")
-            try:
-                with np.load(self.point) as data:
-                    x = {key: data[key] for key in data.files}
-            except Exception as err:  # noqa: BLE001 - any unreadable file is a spec error
-                raise SpecError(f"{self.path}: point: cannot read {self.point!r}: {err}") from None
+            x = _load_npz(self)
         else:
             x = _import_attr(self, "point", self.point, call=True)
         if self.dtype == "float64":
@@ -112,8 +300,17 @@ class Spec:
             x = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), x)
         return x
 
-    def blocking(self) -> dict:
-        return dict(self.blocks)
+
+def _load_npz(spec: Spec) -> dict:
+    import numpy as np
+
+    if not os.path.exists(spec.point):
+        raise SpecError(f"{spec.path}: point: no such file {spec.point!r}")
+    try:
+        with np.load(spec.point) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a spec error
+        raise SpecError(f"{spec.path}: point: cannot read {spec.point!r}: {err}") from None
 
 
 def _import_attr(spec: Spec, field: str, target: str, call: bool):
@@ -128,7 +325,8 @@ def _import_attr(spec: Spec, field: str, target: str, call: bool):
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"{spec.path}: {field}: module {module_name!r} has no attribute {attr!r}")
+            raise SpecError(
+                f"{spec.path}: {field}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(f"{spec.path}: {field}: {target!r} is not callable")
@@ -141,144 +339,90 @@ def _import_attr(spec: Spec, field: str, target: str, call: bool):
             from None
 
 
-def _where(path, key):
-    return f"{path}: {key}"
+# -- errors ---------------------------------------------------------------------------
 
 
-def _require_type(path, key, value, kinds, what):
-    if isinstance(value, bool) and bool not in kinds:
-        raise SpecError(f"{_where(path, key)}: must be {what}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise SpecError(f"{_where(path, key)}: must be {what}, got {value!r} ({type(value).__name__})")
-    return value
+def _allowed(loc: tuple) -> str:
+    model: type[BaseModel] = Spec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return ", ".join(sorted(k for k in model.model_fields if k != "path"))
 
 
-def _check_keys(path, where, data, allowed):
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: {where}: must be a mapping, got {data!r}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise SpecError(
-            f"{path}: {where + ': ' if where else ''}unknown key {unknown[0]!r} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
+def _message(path: str, error: Any) -> str:
+    """One pydantic error as ``file: field: what``."""
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc)
+    kind, text = error["type"], str(error["msg"])
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1])
+        return (f"{path}: {parent + ': ' if parent else ''}unknown key {loc[-1]!r} "
+                f"(allowed: {_allowed(loc)})")
+    if kind == "missing":
+        return f"{path}: {where}: missing (required)"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{path}: {where}: must be a mapping, got {error.get('input')!r}"
+    text = text.removeprefix("Value error, ")
+    if text.startswith("@"):  # the message names its field itself: say only its parent
+        parent = ".".join(str(p) for p in loc[:-1])
+        return f"{path}: {parent + '.' if parent else ''}{text[1:]}"
+    return f"{path}: {where + ': ' if where else ''}{text}"
 
 
-def _target(path, key, value):
-    _require_type(path, key, value, (str,), "a 'module:attribute' string")
-    module, sep, attr = value.partition(":")
-    if not sep or not module or not attr:
-        raise SpecError(f"{_where(path, key)}: must look like 'module:attribute', got {value!r}")
-    return value
-
-
-def _relative(base, value):
-    return value if os.path.isabs(value) or "://" in value else os.path.normpath(
-        os.path.join(base, value))
-
-
-def spec_from_dict(data, path: str = "<spec>") -> Spec:
+def spec_from_dict(data: Any, path: str = "<spec>") -> Spec:
     """Validate a spec's mapping. **Raises:** `SpecError` naming the field."""
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(data).__name__}")
-    _check_keys(path, "", data, _TOP)
-    for key in ("operation", "function", "point", "output"):
-        if key not in data:
-            raise SpecError(f"{path}: {key}: missing (required)")
-    base = os.path.dirname(os.path.abspath(path))
+    if "path" in data:
+        raise SpecError(f"{path}: unknown key 'path' (allowed: {_allowed(('path',))})")
+    if "compression" in data:
+        raise SpecError(f"{path}: compression: renamed to compressor (none or zstd), the name "
+                        "the Python API uses; rename the key")
+    try:
+        spec = Spec.model_validate({**data, "path": path})
+    except ValidationError as err:
+        raise SpecError(_message(path, err.errors()[0])) from None
+    return spec.resolved()
 
-    operation = _require_type(path, "operation", data["operation"], (str,), "'hessian' or 'jacobian'")
-    if operation not in ("hessian", "jacobian"):
-        raise SpecError(f"{path}: operation: must be 'hessian' or 'jacobian', got {operation!r}")
-    mode = data.get("mode", "auto")
-    if mode not in ("auto", "fwd", "rev"):
-        raise SpecError(f"{path}: mode: must be auto, fwd or rev, got {mode!r}")
-    if operation == "hessian" and "mode" in data:
-        raise SpecError(f"{path}: mode: only for operation: jacobian")
 
-    function = _target(path, "function", data["function"])
-    point = _require_type(path, "point", data["point"], (str,),
-                          "a 'module:attribute' string or a path to a .npz file")
-    if point.endswith(".npz"):
-        point = _relative(base, point)
-    else:
-        _target(path, "point", point)
-    output = _relative(base, _require_type(path, "output", data["output"], (str,), "a path or URL"))
+# -- YAML -----------------------------------------------------------------------------
 
-    blocks = data.get("blocks") or {}
-    _check_keys(path, "blocks", blocks, _BLOCKS)
-    given = [k for k in ("block_size", "nbatches", "memory_budget") if k in blocks]
-    if len(given) > 1:
-        raise SpecError(f"{path}: blocks: give one of block_size, nbatches, memory_budget; "
-                        f"got {' and '.join(given)}")
-    for key in ("block_size", "nbatches", "inner_width"):
-        if key in blocks:
-            value = _require_type(path, f"blocks.{key}", blocks[key], (int,), "a positive int")
-            if value < 1:
-                raise SpecError(f"{path}: blocks.{key}: must be a positive int, got {value}")
-    if "memory_budget" in blocks:
-        from diffops_core.internal import parse_bytes
 
-        try:
-            parse_bytes(blocks["memory_budget"])
-        except (TypeError, ValueError) as err:
-            raise SpecError(f"{path}: blocks.{err}") from None
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing aliases and duplicate keys."""
 
-    cluster = data.get("cluster") or {}
-    _check_keys(path, "cluster", cluster, _CLUSTER)
-    if "workers" in cluster and "scheduler" in cluster:
-        raise SpecError(f"{path}: cluster: give workers or scheduler, not both")
-    if "workers" in cluster:
-        workers = _require_type(path, "cluster.workers", cluster["workers"], (int,), "a positive int")
-        if workers < 1:
-            raise SpecError(f"{path}: cluster.workers: must be a positive int, got {workers}")
-    if "scheduler" in cluster:
-        _require_type(path, "cluster.scheduler", cluster["scheduler"], (str,),
-                      "an address like tcp://host:8786")
-    if "threads_per_worker" in cluster:
-        value = _require_type(path, "cluster.threads_per_worker", cluster["threads_per_worker"],
-                              (int,), "a positive int")
-        if value < 1:
-            raise SpecError(f"{path}: cluster.threads_per_worker: must be a positive int, got {value}")
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases (*{event.anchor}) are not allowed in a spec; write the value "
+                        "out", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
 
-    dtype = data.get("dtype", "float32")
-    if dtype not in ("float32", "float64"):
-        raise SpecError(f"{path}: dtype: must be float32 or float64, got {dtype!r}")
-    checkpoint = _require_type(path, "checkpoint", data.get("checkpoint", False), (bool,),
-                               "true or false")
-    compression = data.get("compression", "none")
-    if compression not in ("none", "zstd", None):
-        raise SpecError(f"{path}: compression: must be none or zstd, got {compression!r}")
-
-    finalize = data.get("finalize") or {}
-    _check_keys(path, "finalize", finalize, _FINALIZE)
-    npy = finalize.get("npy")
-    if npy is not None:
-        npy = _relative(base, _require_type(path, "finalize.npy", npy, (str,), "a path"))
-
-    python_path = data.get("python_path") or []
-    _require_type(path, "python_path", python_path, (list,), "a list of directories")
-    for entry in python_path:
-        _require_type(path, "python_path", entry, (str,), "a list of directories")
-    env = data.get("env") or {}
-    _require_type(path, "env", env, (dict,), "a mapping of names to strings")
-    env = {str(k): str(v) for k, v in env.items()}
-
-    return Spec(path=path, operation=operation, function=function, point=point, output=output,
-                blocks=dict(blocks), cluster=dict(cluster), mode=mode, dtype=dtype,
-                checkpoint=checkpoint, compression=None if compression in ("none", None) else compression,
-                finalize_npy=npy, python_path=tuple(_relative(base, p) for p in python_path),
-                env=env)
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r}; give each key once",
+                    problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_spec(path: str) -> Spec:
-    """Read and validate a spec file (YAML, safe loader).
+    """Read and validate a spec file (safe YAML; no aliases, no duplicate keys).
 
     **Raises:** `SpecError` naming the file and field.
     """
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_StrictLoader)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
     except yaml.YAMLError as err:

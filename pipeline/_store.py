@@ -28,28 +28,39 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import zlib
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from diffops_core.internal import BlockPlan, Layout
+from diffops_core.internal import BlockPlan, InputError, Layout
 
-__all__ = ["StoreError", "ResultStore", "RunLock", "RECORD_FIELDS", "checksum", "inspect",
-           "normalise_location", "local_path", "OUR_NAMES"]
+__all__ = [
+    "OUR_NAMES",
+    "RECORD_FIELDS",
+    "ResultStore",
+    "RunLock",
+    "StoreError",
+    "checksum",
+    "inspect",
+    "local_path",
+    "normalise_location",
+]
 
 FORMAT = 2
 RECORD_FIELDS = ("state", "checksum", "millis", "run", "nonfinite")
 STATE, CHECKSUM, MILLIS, RUN, NONFINITE = range(5)
 _CHUNK_TARGET_BYTES = 64 * 2**20
 LOCK_NAME = "diffops.lock"
+#: Runs the history keeps (with a count of all): bounded metadata, fast appends.
+RUNS_KEPT = 20
 #: Everything a store's directory may hold that we made (and so may remove).
 OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME})
 _OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it"
@@ -57,17 +68,18 @@ _OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
-class StoreError(ValueError):
+class StoreError(InputError, ValueError):
     """The store cannot be used as asked (wrong contents, locked, unreadable)."""
 
 
 def checksum(values: np.ndarray) -> int:
     """CRC-32 of an array's C-order bytes."""
-    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+    data = np.ascontiguousarray(values).view(np.uint8).reshape(-1).data
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def normalise_location(store):
@@ -89,7 +101,8 @@ def local_path(store) -> str | None:
     return None
 
 
-def chunk_shape(shape: tuple[int, int], axis: int, block_size: int, itemsize: int) -> tuple[int, int]:
+def chunk_shape(shape: tuple[int, int], axis: int, block_size: int,
+                itemsize: int) -> tuple[int, int]:
     """Chunks with edges on block edges along ``axis``, at most about 64 MiB each.
 
     Across the block axis the extent is split evenly: zarr stores edge chunks at
@@ -209,7 +222,7 @@ class ResultStore:
     def __init__(self, group: zarr.Group, location):
         self.group = group
         self.location = location
-        self.meta = dict(group.attrs.get("diffops", {}))
+        self.meta: dict[str, Any] = dict(group.attrs.get("diffops", {}))  # type: ignore[arg-type]
         where = local_path(location) or location
         if not self.meta:
             raise StoreError(f"{location!r} is a Zarr group but holds no diffops result")
@@ -221,7 +234,7 @@ class ResultStore:
         if not self.meta.get("ready", False):
             raise StoreError(f"{location!r} is a diffops store whose creation was interrupted; "
                              "run the computation again to recreate it")
-        self.plan = BlockPlan(**{k: self.meta["plan"][k] for k in ("total", "block_size")})
+        self.plan = BlockPlan.from_json(self.meta["plan"])
         arrays = {}
         for name in ("matrix", "blocks"):
             try:
@@ -231,12 +244,13 @@ class ResultStore:
                     f"cannot read {where}/{name}/zarr.json ({type(err).__name__}: {err}); the "
                     f"store's metadata is damaged: {_OVERWRITE_HINT}"
                 ) from None
-        self.matrix, self.records = arrays["matrix"], arrays["blocks"]
+        self.matrix: zarr.Array = arrays["matrix"]  # type: ignore[assignment]
+        self.records: zarr.Array = arrays["blocks"]  # type: ignore[assignment]
 
     # -- construction -------------------------------------------------------------
 
     @classmethod
-    def open(cls, location, mode: str = "r") -> "ResultStore":
+    def open(cls, location, mode: str = "r") -> ResultStore:
         """Open an existing result.
 
         **Raises:** `StoreError` when there is none, or it cannot be read (the
@@ -249,14 +263,14 @@ class ResultStore:
                 raise StoreError(f"no diffops result at {location!r} (no zarr.json there)")
             _read_group_json(path)  # one line naming the file when it is damaged
         try:
-            group = zarr.open_group(location, mode=mode)
+            group = zarr.open_group(location, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise StoreError(f"no diffops result at {location!r}: {err}") from None
         return cls(group, location)
 
     @classmethod
     def create(cls, location, *, meta: dict, shape, dtype, axis: int, block_size: int,
-               compressor: str | None = None) -> "ResultStore":
+               compressor: str | None = None) -> ResultStore:
         """Create a new result group where `inspect` found nothing, or ours.
 
         The caller holds the lock and has decided that what is there may go.
@@ -265,18 +279,19 @@ class ResultStore:
         """
         location = normalise_location(location)
         path = local_path(location)
-        attrs = {"diffops": {**meta, "format": FORMAT, "record_fields": list(RECORD_FIELDS),
-                             "runs": [], "ready": False}}
+        attrs: dict[str, Any] = {"diffops": {
+            **meta, "format": FORMAT, "record_fields": list(RECORD_FIELDS), "runs": [],
+            "ready": False}}
         if path is None:
             mode = "w" if inspect(location) == "ours" else "w-"
-            group = zarr.open_group(location, mode=mode, attributes=attrs)
+            group = zarr.open_group(location, mode=mode, attributes=attrs)  # type: ignore[arg-type]
         else:
             _remove_ours(path)
             os.makedirs(path, exist_ok=True)
             group = zarr.open_group(path, mode="a", attributes=attrs)
         n_blocks = meta["plan"]["n_blocks"]
         chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
-        compressors = None
+        compressors: Any = None
         if compressor:
             compressors = [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}] \
                 if compressor == "zstd" else compressor
@@ -315,21 +330,35 @@ class ResultStore:
         self.group.attrs["diffops"] = self.meta
 
     def start_run(self, blocks_todo: int) -> int:
-        """Append a run to the history (status ``running``); its 1-based number."""
+        """Append a run to the history (status ``running``); its 1-based number.
+
+        The history keeps the last `RUNS_KEPT` runs; ``runs_total`` counts them all.
+        """
         import socket
 
         runs = self.meta.setdefault("runs", [])
         for run in runs:  # a run still 'running' was killed before it could say so
             if run.get("status") == "running":
                 run["status"] = "interrupted"
-        runs.append({"run": len(runs) + 1, "start": now(), "host": socket.gethostname(),
+        number = self.runs_total + 1
+        runs.append({"run": number, "start": now(), "host": socket.gethostname(),
                      "pid": os.getpid(), "blocks_todo": blocks_todo, "status": "running"})
+        del runs[:-RUNS_KEPT]
+        self.meta["runs_total"] = number
         self.save_meta()
-        return len(runs)
+        return number
+
+    @property
+    def runs_total(self) -> int:
+        """How many runs this store has seen (the history keeps the last few)."""
+        runs = self.meta.get("runs") or []
+        last = max((int(r.get("run", 0)) for r in runs if isinstance(r, dict)), default=0)
+        return max(int(self.meta.get("runs_total", 0)), last)
 
     def end_run(self, run: int, **fields):
-        entry = self.meta["runs"][run - 1]
-        entry.update(fields, end=now())
+        for entry in self.meta.get("runs") or []:
+            if entry.get("run") == run:
+                entry.update(fields, end=now())
         self.save_meta()
 
     # -- records and data ---------------------------------------------------------
@@ -390,10 +419,6 @@ class ResultStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return len(found)
-
-
-def sha256_json(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def free_disk(location) -> int | None:

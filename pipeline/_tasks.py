@@ -1,33 +1,37 @@
 """What runs on a worker: one block = kernel, device-to-host, write, record.
 
-The `BlockContext` (function, x, options, store location, the driver's identity
-of ``f``) travels to each worker once; the worker traces ``f``, checks that it
-is the driver's computation, and reuses the compiled block kernel (cached by
-`diffops_core` on what JAX traced) for every block it runs.
+A `BlockTask` (function, x, options, store location, the driver's identity of
+``f``) travels to each worker once; the worker traces ``f``, checks that it is
+the driver's computation, and reuses the compiled block kernel (cached by
+`diffops_core` on what JAX traced) for every block it runs. Calling the task
+on a block index computes the block, writes its slab, then its completion
+record, and returns a `BlockEvent`.
 
-Fault injection for tests: ``DIFFOPS_FAULTS`` (or the file named by
-``DIFFOPS_FAULTS_FILE``, read at each block) holds a JSON list of faults, each
-``{"block": i, "kind": "raise"|"exit"|"nan"|"sleep"|"enospc", "at": "start"|"kernel"|"data"|"write",
-"seconds": s, "once": "/dir"}``. ``at="start"`` fires before the kernel, ``"kernel"``
-after it (where ``nan`` poisons the slab), ``"data"`` just before the data is
-written, ``"write"`` after the data is written but before the record. With ``once`` the
-fault fires only the first time (a marker file in that directory).
+The steps (`compute`, `write_data`, `write_record`) are methods, so a test can
+wrap them (fault injection lives in the tests, never here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._callbacks import BlockEvent
 from ._store import CHECKSUM, MILLIS, NONFINITE, RUN, STATE, checksum
 
-__all__ = ["BlockContext", "BlockError", "run_block"]
+if TYPE_CHECKING:  # pragma: no cover
+    from diffops_core.internal import Block
+
+    from ._plan import RunPlan
+
+__all__ = ["BlockError", "BlockTask", "IdentityMismatch"]
 
 
 class BlockError(RuntimeError):
@@ -49,200 +53,166 @@ def _rebuild_block_error(index, start, stop, message):
     return err
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockContext:
-    """Everything a worker needs to run any block of one result.
-
-    `program` and `data` are the driver's `diffops_core.Identity` of ``f``: a
-    worker traces ``f`` itself and refuses to write when its trace differs (a
-    worker that imports another version of the model, or reads other data).
-    """
-
-    token: str
-    f: object
-    x: object
-    op: str
-    checkpoint: bool
-    program: str
-    data: str
-    block_size: int
-    micro: int | None
-    location: object
-    run: int
-    x64: bool
-    extent: int
-    axis: int
-
-
 class IdentityMismatch(RuntimeError):
     """``f`` traces to another computation on a worker than on the driver."""
 
 
-def hold(ctx: BlockContext) -> BlockContext:
-    """The context as a task result (rebuildable by the scheduler if lost)."""
-    return ctx
-
-
-def _check_identity(ctx: BlockContext, identity):
-    if (identity.program, identity.data) == (ctx.program, ctx.data):
-        return
-    import socket
-
-    what = ("f's traced program" if identity.program != ctx.program
-            else "the data f reads (arrays it closes over, globals, files a module loaded)")
-    raise IdentityMismatch(
-        f"on worker {socket.gethostname()}:{os.getpid()}, {what} differs from the driver's, so "
-        "its blocks would belong to another computation; give the workers the same model code, "
-        "data files and environment as the driver"
-    )
-
-
+@dataclasses.dataclass
 class _WorkerState:
-    def __init__(self, ctx: BlockContext):
-        import jax
-        import jax.flatten_util
-        import zarr
+    """What a process keeps for one run: the compiled kernel, the linearisation
+    (computed once), the open arrays, and the lock that lets one kernel run at a
+    time (XLA already uses every core, or the GPU, for one)."""
 
-        from diffops_core.internal import auto_micro, get_kernels
-
-        # Traced here, from the function as this process sees it; compiled
-        # kernels are shared with every earlier run of the same program.
-        kernels = get_kernels(ctx.f, ctx.x, ctx.op, checkpoint=ctx.checkpoint)[0]
-        _check_identity(ctx, kernels.traced.identity())
-        x_flat = jax.flatten_util.ravel_pytree(ctx.x)[0]
-        micro = ctx.micro or auto_micro(kernels, ctx.block_size)
-        self.spec = kernels.spec
-        self.kernel = kernels.compiled_block(ctx.block_size, micro)
-        # linearise once per run: every block reuses the residuals
-        self.lin = kernels.compiled_prepare()(jax.device_put(x_flat))
-        group = zarr.open_group(ctx.location, mode="r+")
-        self.matrix = group["matrix"]
-        self.records = group["blocks"]
-        self.micro = micro
-        # One kernel at a time per process: XLA already uses every core (or the
-        # GPU) for one, so a second thread only overlaps its copy and write.
-        self.kernel_lock = threading.Lock()
+    kernel: Callable
+    lin: Any
+    matrix: Any
+    records: Any
+    inner_width: int
+    kernel_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 _STATES: dict[str, _WorkerState] = {}
 _STATES_LOCK = threading.RLock()
 
 
-def _state(ctx: BlockContext) -> _WorkerState:
-    with _STATES_LOCK:
-        state = _STATES.get(ctx.token)
-        if state is None:
-            _STATES.clear()  # one result at a time per process: free the last one
-            state = _WorkerState(ctx)
-            _STATES[ctx.token] = state
-        return state
+@dataclasses.dataclass(frozen=True)
+class BlockTask:
+    """Everything a worker needs to run any block of one run.
 
-
-def _faults(index: int, at: str):
-    spec = os.environ.get("DIFFOPS_FAULTS")
-    path = os.environ.get("DIFFOPS_FAULTS_FILE")
-    if not spec and path and os.path.exists(path):
-        with open(path) as fh:
-            spec = fh.read()
-    if not spec:
-        return []
-    fired = []
-    for fault in json.loads(spec):
-        if fault.get("block") != index or fault.get("at", "start") != at:
-            continue
-        once = fault.get("once")
-        if once:
-            marker = os.path.join(once, f"fault-{index}-{fault['kind']}-{at}")
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue
-        fired.append(fault)
-    return fired
-
-
-def _inject(index: int, at: str, slab=None):
-    """Fire the faults planned for (block, stage); returns the (maybe poisoned) slab."""
-    for fault in _faults(index, at):
-        kind = fault["kind"]
-        if kind == "raise":
-            raise RuntimeError(f"injected fault in block {index}")
-        if kind == "exit":
-            os._exit(17)
-        if kind == "sleep":
-            time.sleep(float(fault.get("seconds", 1.0)))
-        if kind == "enospc":  # a full disk: the write fails part-way
-            import errno
-
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        if kind == "nan" and slab is not None:
-            slab = np.array(slab)  # device-backed host arrays are read-only
-            slab.reshape(-1)[0] = np.nan
-    return slab
-
-
-def run_block(ctx: BlockContext, index: int) -> dict:
-    """Compute block ``index`` and write it and its record into the store.
-
-    **Returns:** per-block figures (seconds of kernel, device-to-host, write;
-    non-finite count; host and pid).
-
-    **Raises:** `BlockError` naming the block, whatever went wrong.
+    `program` and `data` are the driver's identity of ``f``: a worker traces
+    ``f`` itself and refuses to write when its trace differs (a worker that
+    imports another version of the model, or reads other data).
     """
-    import jax
 
-    # x64 is thread-local configuration here: never flip it for the whole process
-    with jax.enable_x64(ctx.x64):
-        return _run_block(ctx, index)
+    token: str
+    f: Callable
+    x: Any
+    op: str
+    checkpoint: bool
+    program: str
+    data: str
+    block_size: int
+    inner_width: int | None
+    location: Any
+    run: int
+    x64: bool
+    extent: int
+    axis: int
 
+    @classmethod
+    def from_plan(cls, plan: RunPlan) -> BlockTask:
+        identity = plan.kernels.traced.identity()
+        return cls(token=plan.token, f=plan.f, x=plan.x, op=plan.spec.op,
+                   checkpoint=plan.checkpoint, program=identity.program, data=identity.data,
+                   block_size=plan.blocks.block_size, inner_width=plan.inner_width,
+                   location=plan.location, run=plan.run, x64=plan.x64,
+                   extent=plan.spec.extent, axis=plan.spec.axis)
 
-def _run_block(ctx: BlockContext, index: int) -> dict:
-    t0 = time.perf_counter()
-    from diffops_core.internal import BlockPlan
+    def __call__(self, index: int) -> BlockEvent:
+        """Compute block ``index`` and write it and its record into the store.
 
-    block = BlockPlan(ctx.extent, ctx.block_size).block(index)
-    try:
-        state = _state(ctx)
-        _inject(index, "start")
+        **Raises:** `BlockError` naming the block, whatever went wrong.
+        """
+        import jax
+
+        from diffops_core.internal import BlockPlan
+
+        block = BlockPlan(self.extent, self.block_size).block(index)
+        # x64 is thread-local configuration here: never flip it for the whole process
+        with jax.enable_x64(self.x64):
+            try:
+                return self.run_block(block)
+            except Exception as err:
+                raise BlockError(index, block.start, block.stop, self.axis,
+                                 f"{type(err).__name__}: {err}") from err
+
+    def run_block(self, block: Block) -> BlockEvent:
+        t0 = time.perf_counter()
+        state = self.state()
         with state.kernel_lock:
             t_start, wall_start = time.perf_counter(), time.time()
-            device_slab = state.kernel(state.lin, np.int32(block.window))
-            device_slab.block_until_ready()
+            slab = self.compute(state, block)
             t_kernel, wall_kernel = time.perf_counter(), time.time()
-        slab = np.asarray(device_slab)
-        del device_slab
+        data = self.to_host(slab, block)
         t_host = time.perf_counter()
-        keep = slab[:, block.keep] if ctx.axis == 1 else slab[block.keep, :]
-        if not keep.flags.c_contiguous:
-            keep = np.ascontiguousarray(keep)
-        keep = _inject(index, "kernel", keep)
-        region = (slice(None), slice(block.start, block.stop)) if ctx.axis == 1 \
-            else (slice(block.start, block.stop), slice(None))
-        _inject(index, "data")
-        state.matrix[region] = keep
+        self.write_data(state, block, data)
         t_write = time.perf_counter()
-        nonfinite = int(keep.size - np.count_nonzero(np.isfinite(keep)))
-        crc = checksum(keep)
-        _inject(index, "write")
+        nonfinite = int(data.size - np.count_nonzero(np.isfinite(data)))
         record = np.zeros(5, dtype=np.int64)
         record[[STATE, CHECKSUM, MILLIS, RUN, NONFINITE]] = [
-            1, crc, int((time.perf_counter() - t0) * 1000), ctx.run, nonfinite]
-        state.records[index, :] = record
-    except Exception as err:  # noqa: BLE001 - every failure is reported as this block's
-        raise BlockError(index, block.start, block.stop, ctx.axis,
-                         f"{type(err).__name__}: {err}") from err
-    return {
-        "index": index,
-        "compile_s": t_start - t0,
-        "kernel_s": t_kernel - t_start,
-        "d2h_s": t_host - t_kernel,
-        "write_s": t_write - t_host,
-        "total_s": time.perf_counter() - t0,
-        "nonfinite": nonfinite,
-        # wall-clock interval of the kernel, for device busy fractions across threads
-        "kernel_interval": (wall_start, wall_kernel),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "micro": state.micro,
-    }
+            1, checksum(data), int((time.perf_counter() - t0) * 1000), self.run, nonfinite]
+        self.write_record(state, block, record)
+        return BlockEvent(
+            index=block.index, start=block.start, stop=block.stop, compile_s=t_start - t0,
+            kernel_s=t_kernel - t_start, d2h_s=t_host - t_kernel, write_s=t_write - t_host,
+            total_s=time.perf_counter() - t0, nonfinite=nonfinite,
+            kernel_interval=(wall_start, wall_kernel), host=socket.gethostname(),
+            pid=os.getpid(), inner_width=state.inner_width)
 
+    # -- the steps ------------------------------------------------------------------
+
+    def state(self) -> _WorkerState:
+        """This process's state for the run (built on its first block)."""
+        with _STATES_LOCK:
+            state = _STATES.get(self.token)
+            if state is None:
+                _STATES.clear()  # one run at a time per process: free the last one
+                state = self._build_state()
+                _STATES[self.token] = state
+            return state
+
+    def _build_state(self) -> _WorkerState:
+        import jax
+        import jax.flatten_util
+        import zarr
+
+        from diffops_core.internal import auto_inner_width, get_kernels
+
+        # traced here, from the function as this process sees it; compiled
+        # kernels are shared with every earlier run of the same program
+        kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
+        self._check_identity(kernels.traced.identity())
+        x_flat = jax.flatten_util.ravel_pytree(self.x)[0]
+        width = self.inner_width or auto_inner_width(kernels, self.block_size)
+        group = zarr.open_group(self.location, mode="r+")
+        return _WorkerState(
+            kernel=kernels.compiled_block(self.block_size, width),
+            # linearise once per run: every block reuses the residuals
+            lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
+            matrix=group["matrix"], records=group["blocks"], inner_width=width)
+
+    def _check_identity(self, identity) -> None:
+        if (identity.program, identity.data) == (self.program, self.data):
+            return
+        what = ("f's traced program" if identity.program != self.program
+                else "the data f reads (arrays it closes over, globals, files a module loaded)")
+        raise IdentityMismatch(
+            f"on worker {socket.gethostname()}:{os.getpid()}, {what} differs from the driver's, "
+            "so its blocks would belong to another computation; give the workers the same model "
+            "code, data files and environment as the driver"
+        )
+
+    def compute(self, state: _WorkerState, block: Block):
+        """Run the block kernel; the slab on the device, finished."""
+        slab = state.kernel(state.lin, np.int32(block.window))
+        slab.block_until_ready()
+        return slab
+
+    def to_host(self, slab, block: Block) -> np.ndarray:
+        """The block's own columns (rows) of the slab, C-contiguous on the host."""
+        host = np.asarray(slab)
+        keep = host[:, block.keep] if self.axis == 1 else host[block.keep, :]
+        return keep if keep.flags.c_contiguous else np.ascontiguousarray(keep)
+
+    def region(self, block: Block) -> tuple[slice, slice]:
+        if self.axis == 1:
+            return (slice(None), slice(block.start, block.stop))
+        return (slice(block.start, block.stop), slice(None))
+
+    def write_data(self, state: _WorkerState, block: Block, data: np.ndarray) -> None:
+        """Write the slab: whole chunks no other task touches."""
+        state.matrix[self.region(block)] = data
+
+    def write_record(self, state: _WorkerState, block: Block, record: np.ndarray) -> None:
+        """Write the completion record, after the data."""
+        state.records[block.index, :] = record

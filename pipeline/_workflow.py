@@ -6,23 +6,54 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ._api import _to_zarr
 from ._cluster import local_cluster, peak_rss
+from ._report import checks
 from ._result import Result, open_result
 from ._spec import Spec, SpecError
-from ._store import NONFINITE, ResultStore, normalise_location
+from ._store import ResultStore, normalise_location
 
-__all__ = ["run_spec", "repair", "stored_spec", "checks", "peak_rss"]
+__all__ = ["WorkflowSummary", "checks", "peak_rss", "repair", "run_spec", "stored_spec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowSummary:
+    """What `run_spec` did: the store, its progress, timings and checks."""
+
+    output: str
+    operation: str
+    shape: tuple[int, int]
+    dtype: str
+    blocks_total: int
+    blocks_done: int
+    blocks_computed: int
+    complete: bool
+    wall_s: float
+    """Seconds for the whole spec (import, plan, blocks, checks, finalize)."""
+    pipeline_s: float
+    """Seconds the blocks took."""
+    columns_per_s: float
+    peak_rss_driver: int
+    peak_rss_worker: int | None
+    nonfinite: int | None
+    symmetry_error: float | None
+    nonfinite_blocks: tuple[int, ...]
+    finalize_npy: str | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @contextlib.contextmanager
-def _client_for(spec: Spec, scheduler: str | None, workers: int | None):
+def _client_for(spec: Spec, scheduler: str | None, workers: int | None) -> Iterator[Any]:
     """A distributed client as the spec/flags ask, or None (embedded default)."""
-    scheduler = scheduler or spec.cluster.get("scheduler")
-    workers = workers or (None if scheduler else spec.cluster.get("workers"))
+    scheduler = scheduler or spec.cluster.scheduler
+    workers = workers or (None if scheduler else spec.cluster.workers)
     if scheduler:
         from distributed import Client
 
@@ -36,36 +67,18 @@ def _client_for(spec: Spec, scheduler: str | None, workers: int | None):
         env = {"PYTHONPATH": pythonpath, **spec.env}
         if spec.dtype == "float64":
             env["JAX_ENABLE_X64"] = "1"
-        with local_cluster(workers, threads_per_worker=spec.cluster.get("threads_per_worker", 1),
-                           memory_limit=spec.cluster.get("memory_limit", "auto"), env=env,
+        with local_cluster(workers, threads_per_worker=spec.cluster.threads_per_worker,
+                           memory_limit=spec.cluster.memory_limit, env=env,
                            dashboard_address=":0") as cluster, Client(cluster) as client:
             yield client
         return
     yield None
 
 
-def checks(result: Result) -> dict:
-    """Non-finite entries (from the records) and, for a Hessian, the relative
-    symmetry error max|H - H^T| / max|H| (read lazily, block by block)."""
-    import dask
-    import dask.array as da
-
-    records = result._store.read_records()
-    out = {"nonfinite": int(records[:, NONFINITE].sum())}
-    if result.meta["operation"] == "hessian":
-        side = result._store.plan.block_size  # square chunks: a and a.T line up
-        a = result.array.rechunk((side, side))
-        finite = da.where(da.isfinite(a), a, 0)
-        diff, scale = dask.compute(da.max(da.abs(finite - finite.T)), da.max(da.abs(finite)),
-                                   scheduler="threads")
-        out["symmetry_error"] = float(diff / scale) if scale > 0 else 0.0
-    return out
-
-
 def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = None,
              overwrite: bool = False, progress: bool = True, break_lock: bool = False,
-             output=None, redo=()) -> dict:
-    """Run a spec through the pipeline; the summary as a dict.
+             output: Any = None, redo: Sequence[int] = ()) -> WorkflowSummary:
+    """Run a spec through the pipeline; what it did as a `WorkflowSummary`.
 
     Idempotent: a complete store is left as it is and only summarised. With
     ``output``, the result goes there instead of the spec's output (a store that
@@ -76,7 +89,7 @@ def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = 
     import jax
 
     if output is not None:
-        spec = dataclasses.replace(spec, output=normalise_location(output))
+        spec = spec.model_copy(update={"output": normalise_location(output)})
     x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
     with x64:
         return _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, tuple(redo))
@@ -91,12 +104,10 @@ def stored_spec(result: Result) -> Spec:
     if not stored:
         raise SpecError(f"no spec is stored with {result.location!r} (it was computed from "
                         "Python, not by diffops run): pass the spec (--spec SPEC)")
-    stored = dict(stored)
-    stored["python_path"] = tuple(stored.get("python_path", ()))
-    return Spec(**stored)
+    return Spec.from_stored(stored)
 
 
-def repair(location, spec: Spec | None = None, *, progress: bool = True) -> dict:
+def repair(location: Any, spec: Spec | None = None, *, progress: bool = True) -> dict:
     """Recompute the bad and missing blocks of the store at ``location``, in place.
 
     Verifies every recorded block first; recomputes the bad ones and those never
@@ -122,7 +133,8 @@ def repair(location, spec: Spec | None = None, *, progress: bool = True) -> dict
             "still_bad": result.verify(), "still_missing": result.missing_blocks()}
 
 
-def _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, redo) -> dict:
+def _run_spec(spec: Spec, scheduler, workers, overwrite, progress, break_lock,
+              redo) -> WorkflowSummary:
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
@@ -130,40 +142,31 @@ def _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, redo) -
         result = _to_zarr(spec.operation, f, x, spec.output,
                           mode=spec.mode if spec.operation == "jacobian" else None,
                           checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
-                          progress=progress, compressor=spec.compression,
+                          progress=progress, compressor=spec.compressor,
                           break_lock=break_lock, redo=redo, **spec.blocking())
-        worker_peak = None
-        if client is not None:
-            worker_peak = max(client.run(peak_rss).values(), default=None)
-    run_summary = result.run_summary
-    computed = run_summary.get("blocks_computed", 0)
-    store = ResultStore.open(spec.output, mode="r+") if computed or "checks" not in result.meta \
-        else None
-    if store is not None:  # something new was computed: check it and remember how to redo it
+        worker_peak = max(client.run(peak_rss).values(), default=None) if client else None
+    computed = result.run_summary.blocks_computed
+    if computed or "checks" not in result.meta:
+        # something new was computed: check it and remember how to redo it
+        store = ResultStore.open(spec.output, mode="r+")
         store.meta["checks"] = checks(result)
         store.meta["spec"] = spec.to_json()
         store.save_meta()
-        result = open_result(spec.output)
-    if spec.finalize_npy and (computed or not os.path.exists(spec.finalize_npy)):
-        np.save(spec.finalize_npy, result.assemble())
-    seconds = time.perf_counter() - t0
+        result = Result(ResultStore.open(spec.output), result.run_summary)
+    if spec.finalize.npy and (computed or not os.path.exists(spec.finalize.npy)):
+        np.save(spec.finalize.npy, result.assemble())
+    return _summary(spec, result, time.perf_counter() - t0, worker_peak)
+
+
+def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> WorkflowSummary:
     status = result.status()
-    summary = {
-        "output": spec.output,
-        "operation": spec.operation,
-        "shape": list(result.shape),
-        "dtype": str(result.dtype),
-        "blocks_total": status["blocks_total"],
-        "blocks_done": status["blocks_done"],
-        "blocks_computed": computed,
-        "complete": status["complete"],
-        "wall_s": seconds,
-        "pipeline_s": run_summary.get("seconds", 0.0),
-        "columns_per_s": run_summary.get("columns_per_s", 0.0),
-        "peak_rss_driver": peak_rss(),
-        "peak_rss_worker": worker_peak,
-        **result.meta.get("checks", {}),
-        "nonfinite_blocks": status["nonfinite_blocks"],
-        "finalize_npy": spec.finalize_npy,
-    }
-    return summary
+    found = result.meta.get("checks", {})
+    return WorkflowSummary(
+        output=str(spec.output), operation=spec.operation, shape=result.shape,
+        dtype=str(result.dtype), blocks_total=status["blocks_total"],
+        blocks_done=status["blocks_done"], blocks_computed=result.run_summary.blocks_computed,
+        complete=status["complete"], wall_s=seconds, pipeline_s=result.run_summary.seconds,
+        columns_per_s=result.run_summary.columns_per_s, peak_rss_driver=peak_rss(),
+        peak_rss_worker=worker_peak, nonfinite=found.get("nonfinite"),
+        symmetry_error=found.get("symmetry_error"),
+        nonfinite_blocks=tuple(status["nonfinite_blocks"]), finalize_npy=spec.finalize.npy)

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import diffops_core as dc
+import faults
 from helpers import wait_for_lock_held
 from pipeline._store import ResultStore
 from pipeline.cli import main
@@ -103,15 +104,15 @@ def test_rerun_of_complete_run_does_no_work(spec, tmp_path):
     assert file_snapshot(str(tmp_path / "out.zarr")) == before
 
 
-def test_status_of_incomplete_store_exits_3(spec, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+def test_status_of_incomplete_store_exits_3(spec, tmp_path, monkeypatch, inject):
+    inject([{"block": 1, "kind": "raise"}])
     res = invoke("run", spec, "--no-progress")
     assert res.exit_code == 1
     assert res.output.strip().splitlines()[-1].startswith(
         "diffops: error: block 1 (columns 4:8) failed: RuntimeError: injected fault")
     res = invoke("status", str(tmp_path / "out.zarr"))
     assert res.exit_code == 3 and "incomplete" in res.output
-    monkeypatch.delenv("DIFFOPS_FAULTS")
+    inject.clear()
     assert invoke("run", spec, "--no-progress").exit_code == 0
     assert invoke("status", str(tmp_path / "out.zarr")).exit_code == 0
 
@@ -198,10 +199,16 @@ def test_missing_spec_file_and_store(tmp_path):
     assert res.exit_code == 1 and "no diffops result" in res.output
 
 
-def _cli(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _cli(args, planned=(), env_extra=None):
+    """``diffops ARGS`` in a subprocess; with ``planned`` faults installed first by
+    the test-side module (tests/faults.py)."""
+    if planned:
+        command, env = faults.command(planned, args), faults.env(env_extra)
+    else:
+        command = [sys.executable, "-m", "pipeline.cli", *args]
+        env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _wait_done(store, count, proc, timeout=120):
@@ -217,8 +224,8 @@ def _wait_done(store, count, proc, timeout=120):
 
 def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
-    slow = json.dumps([{"block": i, "kind": "sleep", "seconds": 1.0} for i in range(4)])
-    proc = _cli(["run", spec, "--no-progress"], {"DIFFOPS_FAULTS": slow})
+    slow = [{"block": i, "kind": "sleep", "seconds": 1.0} for i in range(4)]
+    proc = _cli(["run", spec, "--no-progress"], slow)
     try:
         _wait_done(store, 1, proc)
     finally:
@@ -237,8 +244,8 @@ def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
 
 def test_concurrent_second_run_is_refused(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
-    slow = json.dumps([{"block": i, "kind": "sleep", "seconds": 1.5} for i in range(4)])
-    first = _cli(["run", spec, "--no-progress"], {"DIFFOPS_FAULTS": slow})
+    slow = [{"block": i, "kind": "sleep", "seconds": 1.5} for i in range(4)]
+    first = _cli(["run", spec, "--no-progress"], slow)
     try:
         _wait_done(store, 0, first)
         wait_for_lock_held(store, first)
@@ -304,7 +311,7 @@ def test_changed_data_file_is_refused_and_overwrite_is_a_nightly_recipe(tmp_path
     env = {"PYTHONPATH": str(tmp_path)}
 
     def run(*flags):
-        proc = _cli(["run", spec_path, "--no-progress", "--json", *flags], env)
+        proc = _cli(["run", spec_path, "--no-progress", "--json", *flags], env_extra=env)
         out, err = proc.communicate(timeout=300)
         return proc.returncode, out, err
 
@@ -407,8 +414,8 @@ def test_status_of_damaged_metadata_is_one_line(spec, tmp_path):
     assert len(lines) == 1 and "blocks/zarr.json" in lines[0] and "--overwrite" in lines[0]
 
 
-def test_plot_of_an_incomplete_store_says_so(spec, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+def test_plot_of_an_incomplete_store_says_so(spec, tmp_path, monkeypatch, inject):
+    inject([{"block": 1, "kind": "raise"}])
     assert invoke("run", spec, "--no-progress").exit_code == 1
     png = str(tmp_path / "partial.png")
     res = invoke("plot", str(tmp_path / "out.zarr"), "-o", png)

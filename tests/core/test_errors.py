@@ -6,7 +6,7 @@ import pytest
 import diffops_core as dc
 
 X = {"a": jnp.ones(4), "b": jnp.asarray(2.0)}
-F = lambda p: jnp.sum(p["a"] ** 2) * p["b"]  # noqa: E731
+F = lambda p: jnp.sum(p["a"] ** 2) * p["b"]
 
 
 @pytest.mark.parametrize("kwargs,exc,pattern", [

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-
 import diffops_core.internal as dci
 from helpers import CompileCounter, TraceCounter, flat, mixed_loss, mixed_x, reference_hessian, tol
 

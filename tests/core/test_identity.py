@@ -15,7 +15,6 @@ import pytest
 import zodiax
 
 import diffops_core as dc
-
 import diffops_core.internal as dci
 from diffops_core._trace import trace
 from helpers import CompileCounter, mixed_loss, mixed_x, reference_hessian, reference_jacobian
@@ -62,7 +61,7 @@ def test_rebinding_a_global_gives_the_new_jacobian():
 
 def test_a_closed_over_numpy_array_changed_in_place_is_read_fresh():
     weights = np.array([1.0, 2.0, 3.0], np.float32)
-    f = lambda x: jnp.sum(weights * x**2)  # noqa: E731
+    f = lambda x: jnp.sum(weights * x**2)
     x = jnp.ones(3)
     dc.hessian(f, x)
     weights *= 10

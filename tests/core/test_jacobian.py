@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-
 import diffops_core.internal as dci
-from helpers import (CompileCounter, TraceCounter, assert_tree_close, mixed_out, mixed_x, reference_jacobian,
-                     tol)
+from helpers import (
+    CompileCounter,
+    TraceCounter,
+    assert_tree_close,
+    mixed_out,
+    mixed_x,
+    reference_jacobian,
+    tol,
+)
 
 N = 16
 
@@ -87,7 +93,7 @@ def test_repeated_calls_trace_once_and_compile_nothing():
 def test_nbatches_bounds_products_in_flight_in_rev_mode_too():
     # issue 8 (12): nbatches=16 on a wide Jacobian meant 16 row blocks of 4 rows;
     # it means at most ceil(n / 16) products in flight, so all 4 rows go at once.
-    f = lambda v: jnp.tanh(v[:4] * jnp.sum(v))  # noqa: E731
+    f = lambda v: jnp.tanh(v[:4] * jnp.sum(v))
     x = jnp.linspace(0.1, 1.0, 200)
     kernels = dci.get_kernels(f, x, "jacrev")[0]
     assert dci.choose_sizing(kernels, nbatches=16).block_size == 4

@@ -4,9 +4,16 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-
 import diffops_core.internal as dci
-from helpers import CompileCounter, TraceCounter, mixed_loss, mixed_out, mixed_x, reference_hessian, tol
+from helpers import (
+    CompileCounter,
+    TraceCounter,
+    mixed_loss,
+    mixed_out,
+    mixed_x,
+    reference_hessian,
+    tol,
+)
 
 
 @pytest.mark.parametrize("block_size,micro", [(5, 2), (16, 16), (3, 3), (7, 4)])

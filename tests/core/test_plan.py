@@ -1,7 +1,8 @@
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from diffops_core.internal import BlockPlan, parse_bytes, plan_blocks, resolve_block_size
 

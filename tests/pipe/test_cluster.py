@@ -23,14 +23,18 @@ def client(faults_file):
     from distributed import Client
 
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-           "DIFFOPS_FAULTS_FILE": faults_file, "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu"}
     with pipeline.local_cluster(2, env=env, memory_limit="4GiB", dashboard_address=":0") as cluster:
         with Client(cluster) as c:
             yield c
 
 
 @pytest.fixture
-def faults(faults_file):
+def faults(faults_file, inject):
+    """Plan faults for the cluster's workers: the faulty task (installed here by
+    the test-side module) carries the file's path; workers read it at each block."""
+    inject(faults_file=faults_file)
+
     def plan(spec):
         with open(faults_file, "w") as fh:
             json.dump(spec, fh)
@@ -45,7 +49,7 @@ def test_cluster_hessian_equals_in_memory(tmp_path, client):
                                       client=client, progress=False)
     H, _ = dc.hessian(mixed_loss, x, block_size=2)
     np.testing.assert_allclose(result.assemble(), H, **tol(np.float32))
-    assert os.getpid() not in {int(h.rsplit(":", 1)[1]) for h in result.run_summary["hosts"]}
+    assert os.getpid() not in {int(h.rsplit(":", 1)[1]) for h in result.run_summary.hosts}
     assert result.meta["runs"][-1]["executor"] == "distributed"
 
 

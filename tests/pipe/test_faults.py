@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -17,9 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import faults
 import pipeline
-from helpers import (chunk_files, lock_is_free, log_fault, mixed_loss, mixed_x,
-                     wait_for_lock_held)
+from helpers import chunk_files, lock_is_free, log_fault, mixed_loss, mixed_x, wait_for_lock_held
 from pipeline._store import RUN, ResultStore
 from pipeline.cli import main
 
@@ -46,10 +45,10 @@ pipeline.hessian_to_zarr(helpers.mixed_loss, helpers.mixed_x(), {store!r}, block
 """
 
 
-def _driver(store, faults):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-           "DIFFOPS_FAULTS": json.dumps(faults)}
-    return subprocess.Popen([sys.executable, "-c", DRIVER.format(store=store)], env=env)
+def _driver(store, planned):
+    """A driver process with ``planned`` faults installed by the test-side module."""
+    return subprocess.Popen(faults.command(planned, code=DRIVER.format(store=store)),
+                            env=faults.env())
 
 
 def _done(store):
@@ -104,7 +103,7 @@ def test_driver_sigkill_once(tmp_path, clean):
     done = np.flatnonzero(before[:, 0] == 1)
     result = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK,
                                       progress=False)
-    assert result.run_summary["blocks_computed"] == 8 - done.size
+    assert result.run_summary.blocks_computed == 8 - done.size
     after = ResultStore.open(store).read_records()
     np.testing.assert_array_equal(after[done], before[done])  # not recomputed
     assert set(after[:, RUN]) == {1, 2}
@@ -144,9 +143,9 @@ def test_truncated_garbage_and_lost_record_then_repair(tmp_path, clean, monkeypa
     log_fault("chunk truncated + chunk overwritten + record lost, verify --repair", 3, True, lost)
 
 
-def test_f_raising_on_one_block(tmp_path, clean, monkeypatch):
+def test_f_raising_on_one_block(tmp_path, clean, monkeypatch, inject):
     store = str(tmp_path / "h.zarr")
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 5, "kind": "raise"}]))
+    inject([{"block": 5, "kind": "raise"}])
     with pytest.raises(pipeline.BlockError, match=r"^block 5 \(columns 10:12\) failed"):
         pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK, threads=1,
                                  progress=False)
@@ -157,20 +156,20 @@ def test_f_raising_on_one_block(tmp_path, clean, monkeypatch):
     for i in done:  # earlier blocks intact
         np.testing.assert_array_equal(m[:, i * BLOCK:(i + 1) * BLOCK],
                                       clean[:, i * BLOCK:(i + 1) * BLOCK])
-    monkeypatch.delenv("DIFFOPS_FAULTS")
+    inject.clear()
     pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK, progress=False)
     lost = lost_entries(store, clean)
     assert lost == 0
     log_fault("f raises on one block, then resume", 1, True, lost)
 
 
-def test_f_returning_nan_on_one_block_is_reported(tmp_path, monkeypatch):
+def test_f_returning_nan_on_one_block_is_reported(tmp_path, monkeypatch, inject):
     store = str(tmp_path / "h.zarr")
     spec = tmp_path / "s.yaml"
     spec.write_text(f"operation: hessian\nfunction: helpers:mixed_loss\npoint: helpers:mixed_x\n"
                     f"output: {store}\nblocks: {{block_size: {BLOCK}}}\n")
     monkeypatch.syspath_prepend(TESTS)
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 3, "kind": "nan", "at": "kernel"}]))
+    inject([{"block": 3, "kind": "nan", "at": "kernel"}])
     res = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
     assert res.exit_code == 0
     assert "non-finite  1 entries in blocks [3]" in res.output
@@ -178,14 +177,14 @@ def test_f_returning_nan_on_one_block_is_reported(tmp_path, monkeypatch):
     log_fault("f returns NaN on one block (reported, not hidden)", 1, True, 0)
 
 
-def test_disk_full_on_one_block(tmp_path, clean, monkeypatch):
+def test_disk_full_on_one_block(tmp_path, clean, monkeypatch, inject):
     store = str(tmp_path / "h.zarr")
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 4, "kind": "enospc", "at": "data"}]))
+    inject([{"block": 4, "kind": "enospc", "at": "data"}])
     with pytest.raises(pipeline.BlockError, match=r"block 4 .* No space left on device"):
         pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK, threads=1,
                                  progress=False)
     assert ResultStore.open(store).read_records()[4, 0] == 0
-    monkeypatch.delenv("DIFFOPS_FAULTS")
+    inject.clear()
     pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=BLOCK, progress=False)
     lost = lost_entries(store, clean)
     assert lost == 0
@@ -193,7 +192,7 @@ def test_disk_full_on_one_block(tmp_path, clean, monkeypatch):
 
 
 @pytest.mark.slow
-def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch):
+def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch, inject):
     mount = tmp_path / "small"
     mount.mkdir()
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
@@ -204,11 +203,11 @@ def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch):
         import jax.numpy as jnp
 
         x = {"w": jnp.linspace(0.0, 1.0, 600)}  # H is 1.4 MB: fits in 2 MB when we start
-        f = lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) * jnp.sum(p["w"])  # noqa: E731
+        f = lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) * jnp.sum(p["w"])
         store = str(mount / "h.zarr")
         # the disk fills up while the run is under way (another program's file)
-        monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps(
-            [{"block": i, "kind": "sleep", "seconds": 0.4, "at": "start"} for i in range(12)]))
+        inject(
+            [{"block": i, "kind": "sleep", "seconds": 0.4, "at": "start"} for i in range(12)])
 
         def fill_when_a_block_is_recorded():
             deadline = time.time() + 120
@@ -231,7 +230,7 @@ def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch):
         assert result.verify() == []  # what was recorded is intact
         log_fault("disk really full mid-run (2 MB tmpfs)", 1, True, 0)
         # issue 8 (11): with the disk full, a run is refused before it writes a byte
-        monkeypatch.delenv("DIFFOPS_FAULTS")
+        inject.clear()
         with pytest.raises(pipeline.StoreError, match=r"needs [0-9.]+ [kM]B more on disk .* "
                                                       r"but only [0-9.]+ k?B is free"):
             pipeline.hessian_to_zarr(f, x, str(mount / "other.zarr"), block_size=50,
@@ -274,14 +273,15 @@ def test_store_of_other_function_or_x(tmp_path, clean):
 
 
 @pytest.mark.slow
-def test_nanny_kills_a_worker_mid_task(tmp_path, clean, tmp_path_factory):
+def test_nanny_kills_a_worker_mid_task(tmp_path, clean, tmp_path_factory, inject):
     from distributed import Client
 
     faults_file = str(tmp_path / "faults.json")
     with open(faults_file, "w") as fh:
         json.dump([{"block": i, "kind": "sleep", "seconds": 1.0} for i in range(8)], fh)
+    inject(faults_file=faults_file)  # the faulty task travels to the workers
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-           "DIFFOPS_FAULTS_FILE": faults_file, "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu"}
     store = str(tmp_path / "h.zarr")
     with pipeline.local_cluster(2, env=env, memory_limit="4GiB", dashboard_address=":0") as cluster, \
             Client(cluster) as client:

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-
 import diffops_core.internal as dci
 import pipeline
 from helpers import chunk_files, file_snapshot, log_fault, mixed_loss, mixed_x, tol
-from pipeline._api import Limits, _default_block, task_bytes
+from pipeline._plan import Limits, _default_block, task_bytes
 from pipeline._store import ResultStore, RunLock
-from pipeline._tasks import BlockContext, run_block
+from pipeline._tasks import BlockTask
 
 X4 = jnp.linspace(0.1, 0.4, 4)
 
@@ -41,7 +40,7 @@ FAKE_MODULE = types.ModuleType("fake_model")
 
 def _global_pair():
     global GLOBAL_W
-    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x))  # noqa: E731
+    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x))
 
     def change():
         global GLOBAL_W
@@ -52,7 +51,7 @@ def _global_pair():
 
 def _module_attribute_pair():
     FAKE_MODULE.w = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
-    f = lambda x: jnp.sum(FAKE_MODULE.w * jnp.sin(x))  # noqa: E731
+    f = lambda x: jnp.sum(FAKE_MODULE.w * jnp.sin(x))
     return f, f, lambda: setattr(FAKE_MODULE, "w", FAKE_MODULE.w * 10)
 
 
@@ -79,7 +78,7 @@ class _ClassAttr:
 
 
 def _deep(w, depth=8):
-    f = lambda x: jnp.sum(w * jnp.sin(x))  # noqa: E731
+    f = lambda x: jnp.sum(w * jnp.sin(x))
     for _ in range(depth):
         f = (lambda g: (lambda x: g(x) * 1.0))(f)
     return f
@@ -133,7 +132,7 @@ def test_another_computation_is_refused_then_recomputed(tmp_path, case):
             pipeline.hessian_to_zarr(fb, X4, store, block_size=2, progress=False)
         again = pipeline.hessian_to_zarr(fb, X4, store, block_size=2, overwrite=True,
                                          progress=False)
-        assert again.run_summary["blocks_computed"] == 2  # everything, not a mix
+        assert again.run_summary.blocks_computed == 2  # everything, not a mix
         expected = _hessian(fb)
         assert not np.allclose(expected, first)
         np.testing.assert_allclose(again.assemble(), expected, rtol=1e-6)
@@ -142,15 +141,15 @@ def test_another_computation_is_refused_then_recomputed(tmp_path, case):
     log_fault(f"f's {case} changed between runs (refused, then recomputed)", 1, True, 0)
 
 
-def test_changed_data_after_an_interrupted_run_is_refused_not_mixed(tmp_path, monkeypatch):
+def test_changed_data_after_an_interrupted_run_is_refused_not_mixed(tmp_path, monkeypatch, inject):
     global GLOBAL_W
     saved = GLOBAL_W
-    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x) ** 2)  # noqa: E731
+    f = lambda x: jnp.sum(GLOBAL_W * jnp.sin(x) ** 2)
     store = str(tmp_path / "h.zarr")
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 2, "kind": "raise"}]))
+    inject([{"block": 2, "kind": "raise"}])
     with pytest.raises(pipeline.BlockError):
         pipeline.hessian_to_zarr(f, X4, store, block_size=1, threads=1, progress=False)
-    monkeypatch.delenv("DIFFOPS_FAULTS")
+    inject.clear()
     try:
         GLOBAL_W = GLOBAL_W * 3
         with pytest.raises(pipeline.StoreError, match=r"differs in: data\): the data f reads "
@@ -158,7 +157,7 @@ def test_changed_data_after_an_interrupted_run_is_refused_not_mixed(tmp_path, mo
             pipeline.hessian_to_zarr(f, X4, store, block_size=1, progress=False)
         done = pipeline.hessian_to_zarr(f, X4, store, block_size=1, overwrite=True,
                                         progress=False)
-        assert done.run_summary["blocks_computed"] == 4
+        assert done.run_summary.blocks_computed == 4
         np.testing.assert_allclose(done.assemble(), _hessian(f), rtol=1e-6)
     finally:
         GLOBAL_W = saved
@@ -181,21 +180,21 @@ def test_a_worker_whose_f_reads_other_data_refuses_to_write(tmp_path):
     good = pipeline.hessian_to_zarr(_Obj(W1).loss, X4, store, block_size=2, progress=False)
     ctx_args = good.meta
     identity = dci.get_kernels(_Obj(W1).loss, X4, "hessian")[0].traced.identity()
-    ctx = BlockContext(token="t-other", f=_Obj(W2).loss, x=np.asarray(X4), op="hessian",
-                       checkpoint=False, program=identity.program, data=identity.data,
-                       block_size=2, micro=None, location=store, run=9, x64=False, extent=4,
-                       axis=ctx_args["axis"])
+    task = BlockTask(token="t-other", f=_Obj(W2).loss, x=np.asarray(X4), op="hessian",
+                     checkpoint=False, program=identity.program, data=identity.data,
+                     block_size=2, inner_width=None, location=store, run=9, x64=False, extent=4,
+                     axis=ctx_args["axis"])
     with pytest.raises(pipeline.BlockError, match=r"the data f reads .* differs from the driver"):
-        run_block(ctx, 0)
+        task(0)
     assert ResultStore.open(store).read_records()[0, 3] == 1  # untouched: still run 1's
 
 
 # -- views never read a missing block as zeros (item 4) --------------------------------
 
 
-def test_missing_blocks_read_as_nan_in_every_view(tmp_path, monkeypatch):
+def test_missing_blocks_read_as_nan_in_every_view(tmp_path, monkeypatch, inject):
     store = str(tmp_path / "h.zarr")
-    monkeypatch.setenv("DIFFOPS_FAULTS", json.dumps([{"block": 1, "kind": "raise"}]))
+    inject([{"block": 1, "kind": "raise"}])
     with pytest.raises(pipeline.BlockError):
         pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, threads=1,
                                  progress=False)
@@ -225,7 +224,7 @@ def test_a_deleted_chunk_makes_the_store_incomplete_and_is_recomputed(tmp_path):
     with pytest.raises(ValueError, match="incomplete"):
         result.assemble()
     again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
-    assert again.run_summary["blocks_computed"] == 1
+    assert again.run_summary.blocks_computed == 1
     np.testing.assert_allclose(again.assemble(), dc.hessian(mixed_loss, mixed_x())[0],
                                **tol(np.float32))
     log_fault("a data chunk deleted from a complete store (seen, recomputed)", 1, True, 0)
@@ -419,7 +418,7 @@ def test_default_block_fits_the_memory_there_is(tmp_path, monkeypatch):
 
 def test_a_matrix_larger_than_the_disk_is_refused_before_a_store_exists(tmp_path):
     n = 10**6  # 4 TB of float32
-    f = lambda v: jnp.sum(v**2)  # noqa: E731
+    f = lambda v: jnp.sum(v**2)
     store = tmp_path / "huge.zarr"
     with pytest.raises(pipeline.StoreError, match=r"needs 4\.0 TB more on disk .* but only "):
         pipeline.hessian_to_zarr(f, jnp.zeros(n), str(store), block_size=64, progress=False)
@@ -438,7 +437,7 @@ def test_a_moved_store_resumes_in_place(tmp_path):
     ResultStore.open(moved, "r+").clear_record(3)
     before = file_snapshot(store)
     again = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), moved, block_size=4, progress=False)
-    assert again.run_summary["blocks_computed"] == 1 and again.status()["complete"]
+    assert again.run_summary.blocks_computed == 1 and again.status()["complete"]
     assert file_snapshot(store) == before
 
 
@@ -478,4 +477,4 @@ def test_a_default_blocked_run_resumes_whatever_memory_is_free_now(tmp_path, mon
     monkeypatch.undo()  # memory to spare now: a fresh plan would take 125
     again = pipeline.hessian_to_zarr(f, x, store, progress=False)
     assert again.meta["plan"]["block_size"] == block
-    assert again.run_summary["blocks_computed"] == 1 and again.status()["complete"]
+    assert again.run_summary.blocks_computed == 1 and again.status()["complete"]

@@ -92,7 +92,8 @@ def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed:
         }
 
     truth = jax.tree_util.tree_map(jnp.asarray, best_fit())
-    data_np = np.random.default_rng(seed + 1).poisson(np.asarray(psf_model(truth))).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    data_np = rng.poisson(np.asarray(psf_model(truth))).astype(np.float32)
 
     def loss(params):
         """Poisson negative log-likelihood of the simulated image (up to a constant)."""

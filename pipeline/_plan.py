@@ -1,0 +1,261 @@
+"""The plan of a run: pure, with no dask and no zarr.
+
+`plan` traces ``f`` at ``x``, picks the block size and inner width, and
+fingerprints the computation; the frozen `RunPlan` it returns holds everything
+a run needs: the kernels, the block plan, the fingerprint, the store metadata
+to write, and the template of the block task. Memory that a block task cannot
+fit is refused here, with the numbers, before any store is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from diffops_core.internal import (
+    BlockPlan,
+    InputError,
+    Kernels,
+    KernelSpec,
+    auto_inner_width,
+    budget_block,
+    choose_sizing,
+    format_bytes,
+    get_kernels,
+    jacobian_op,
+    kernel_bytes,
+)
+
+from ._fingerprint import fingerprint_parts, sha256_json
+
+__all__ = [
+    "SLAB_TARGET_BYTES",
+    "Limits",
+    "NotEnoughMemoryError",
+    "RunPlan",
+    "default_block_size",
+    "plan",
+    "task_bytes",
+]
+
+#: Default block: the matrix in about 16 blocks, each slab at most this large
+#: (then shrunk to fit the workers' memory).
+SLAB_TARGET_BYTES = 256 * 2**20
+_DEFAULT_BLOCKS = 16
+
+
+class NotEnoughMemoryError(InputError, MemoryError):
+    """A block task cannot fit where it would run; the message has the numbers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Where block tasks run, as memory.
+
+    **Attributes:** `limit` (the smallest memory limit in bytes, 0 for none),
+    `baseline` (what a process holds before its first block), `threads` (tasks at
+    once), `where` (a name for messages), `floor` (what a worker grows to
+    whatever the block), `fraction` (of the limit a plan may fill).
+    """
+
+    limit: int
+    baseline: int
+    threads: int
+    where: str
+    floor: int = 0
+    fraction: float = 0.8
+
+    @property
+    def per_task(self) -> float:
+        """Bytes one task may use: the usable fraction of the limit, less the
+        baseline, per task."""
+        return (self.fraction * self.limit - self.baseline) / self.threads
+
+    def peak(self, task: int) -> int:
+        """A worker's predicted peak with tasks of ``task`` bytes: its baseline plus
+        the tasks at once, or the runtime floor where that is larger."""
+        return self.baseline + max(self.threads * task, self.floor)
+
+    def fits(self, task: int) -> bool:
+        return not self.limit or self.peak(task) <= self.fraction * self.limit
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything one run needs, decided before anything is written.
+
+    **Attributes:**
+
+    - `operation`: ``"hessian"`` or ``"jacobian"``; `mode`: the Jacobian's mode
+      as asked (``None`` for a Hessian).
+    - `kernels`: the traced function's block kernels (`diffops_core.internal.Kernels`).
+    - `f`, `x`: the function and the point (array leaves on the host), as tasks
+      receive them.
+    - `blocks`: the `BlockPlan` over the columns (rows, in rev mode).
+    - `inner_width`: products vmapped at once inside a block; ``None`` lets each
+      worker choose for its own device.
+    - `checkpoint`, `x64`: how ``f`` is differentiated and in which precision.
+    - `location`: the store; `compressor`: ``None`` or ``"zstd"``.
+    - `fingerprint`, `fingerprint_parts`, `options`: the identity of the result.
+    - `run`, `token`: set by `for_run` once the store has recorded the run.
+    """
+
+    operation: str
+    mode: str | None
+    kernels: Kernels
+    f: Callable
+    x: Any
+    blocks: BlockPlan
+    inner_width: int | None
+    checkpoint: bool
+    x64: bool
+    location: Any
+    compressor: str | None
+    fingerprint: str
+    fingerprint_parts: dict
+    options: dict
+    run: int = 0
+    token: str = ""
+
+    @property
+    def spec(self) -> KernelSpec:
+        return self.kernels.spec
+
+    def store_meta(self) -> dict:
+        """The metadata a new store of this result starts with."""
+        spec = self.spec
+        return {
+            "operation": self.operation, "op": spec.op, "mode": self.mode,
+            "shape": [spec.m, spec.n], "dtype": spec.dtype, "axis": spec.axis,
+            "output_shape": [list(s.shape) for s in spec.out_layout.leaves],
+            "plan": self.blocks.to_json(), "in_layout": spec.in_layout.to_json(),
+            "out_layout": spec.out_layout.to_json(), "fingerprint": self.fingerprint,
+            "fingerprint_parts": self.fingerprint_parts, "options": self.options,
+            "compressor": self.compressor,
+        }
+
+    def slab_bytes(self, size: int | None = None) -> int:
+        """Bytes of one block's slab (``size`` columns or rows; default a full block)."""
+        spec = self.spec
+        other = spec.m if spec.axis == 1 else spec.n
+        return (size or self.blocks.block_size) * other * np.dtype(spec.dtype).itemsize
+
+    def disk_bytes(self, todo) -> int:
+        """Bytes the blocks ``todo`` write, uncompressed, with their records."""
+        return sum(self.slab_bytes(self.blocks.block(i).size) for i in todo) \
+            + self.blocks.n_blocks * 64
+
+    def for_run(self, run: int, token: str) -> RunPlan:
+        return dataclasses.replace(self, run=run, token=token)
+
+
+def default_block_size(extent: int, other: int, itemsize: int) -> int:
+    """Blocks for resumability and parallelism (about 16), slabs of at most 256 MiB."""
+    by_count = math.ceil(extent / _DEFAULT_BLOCKS)
+    by_bytes = max(1, SLAB_TARGET_BYTES // max(1, other * itemsize))
+    return max(1, min(extent, by_count, by_bytes))
+
+
+def task_bytes(kernels: Kernels, block_size: int, inner_width: int | None = None
+               ) -> tuple[int, str]:
+    """(bytes one block task needs, how that was counted): XLA's compiled
+    footprint of the block kernel plus two host copies of the slab."""
+    width = inner_width or auto_inner_width(kernels, block_size)
+    footprint = kernel_bytes(kernels, block_size, width)
+    spec = kernels.spec
+    other = spec.m if spec.axis == 1 else spec.n
+    slab = block_size * other * np.dtype(spec.dtype).itemsize
+    detail = (f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
+              f"2 x {format_bytes(slab)} slab on the host")
+    return footprint.total + 2 * slab, detail
+
+
+def _memory_error(per_task: int, detail: str, limits: Limits) -> NotEnoughMemoryError:
+    tasks = per_task * limits.threads
+    if tasks < limits.floor:
+        tasks_text = (f"the {format_bytes(limits.floor)} a worker's runtime grows to "
+                      f"whatever the block (more than {limits.threads} task(s) need)")
+    else:
+        tasks_text = f"{format_bytes(tasks)} for {limits.threads} task(s) at once"
+    base = f"{format_bytes(limits.baseline)} baseline + " if limits.baseline else ""
+    return NotEnoughMemoryError(
+        f"one block task needs about {format_bytes(per_task)} ({detail}); {base}{tasks_text} = "
+        f"{format_bytes(limits.peak(per_task))}, over {limits.fraction:.0%} of {limits.where} "
+        f"({format_bytes(limits.limit)}). Use a smaller block_size or memory_budget, or give "
+        "the workers more memory."
+    )
+
+
+def _default_block(kernels: Kernels, limits: Limits) -> int:
+    """About 16 blocks with slabs of at most 256 MiB, shrunk until one task fits
+    the smallest worker (or this machine); refused only when one column (row)
+    cannot fit."""
+    spec = kernels.spec
+    itemsize = np.dtype(spec.dtype).itemsize
+    other = spec.m if spec.axis == 1 else spec.n
+    block = default_block_size(spec.extent, other, itemsize)
+    if limits.fits(task_bytes(kernels, block)[0]):
+        return block
+    if not limits.fits(0):
+        raise _memory_error(*task_bytes(kernels, 1), limits)
+    try:
+        sizing = budget_block(kernels, int(limits.per_task),
+                              host_bytes_per_item=2 * other * itemsize)
+    except ValueError:
+        raise _memory_error(*task_bytes(kernels, 1), limits) from None
+    return max(1, min(block, sizing.block_size))
+
+
+def _host_tree(x):
+    """x with array leaves copied to host numpy (what travels to workers)."""
+    return jax.tree_util.tree_map(lambda v: np.asarray(v) if hasattr(v, "dtype") else v, x)
+
+
+def plan(operation: str, f: Callable, x: Any, location: Any, *, limits: Limits,
+         mode: str | None = None, nbatches: int | None = None, block_size: int | None = None,
+         memory_budget: int | str | None = None, inner_width: int | None = None,
+         checkpoint: bool = False, compressor: str | None = None,
+         stored: BlockPlan | None = None) -> RunPlan:
+    """Plan a run: trace, size, fingerprint, and check memory.
+
+    **Arguments:** as `pipeline.hessian_to_zarr`; `limits` says where the tasks
+    run; `stored` is the block plan of a store already at ``location`` (one begun
+    with a default block resumes with that block).
+
+    **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
+    one block task cannot fit `limits`.
+    """
+    x_host = _host_tree(x)
+    kernels, x_flat, _ = get_kernels(f, x_host, "hessian" if operation == "hessian" else "jacfwd",
+                                     checkpoint=checkpoint)
+    if operation == "jacobian":
+        kernels = kernels.for_op(jacobian_op(mode or "auto", kernels.spec.n, kernels.spec.m))
+    if nbatches == 1 and block_size is None and memory_budget is None:
+        nbatches = None
+    if nbatches is None and block_size is None and memory_budget is None:
+        # the default depends on the memory there is now; a store begun with a
+        # default block resumes with that block (checked against memory below)
+        if stored is not None and stored.extent == kernels.spec.extent:
+            block_size = stored.block_size
+        else:
+            block_size = _default_block(kernels, limits)
+    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
+                           memory_budget=memory_budget, inner_width=inner_width, auto_width=False)
+    blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
+    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.micro)
+    if not limits.fits(per_task):
+        raise _memory_error(per_task, detail, limits)
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    options = {"op": kernels.spec.op, "block_size": blocks.block_size, "checkpoint": checkpoint,
+               "dtype": kernels.spec.dtype, "x64": x64, "inner_width": sizing.micro}
+    parts = fingerprint_parts(kernels.traced.identity(), np.asarray(x_flat),
+                              kernels.spec.in_layout.to_json(), options)
+    return RunPlan(operation=operation, mode=mode if operation == "jacobian" else None,
+                   kernels=kernels, f=f, x=x_host, blocks=blocks, inner_width=sizing.micro,
+                   checkpoint=checkpoint, x64=x64, location=location, compressor=compressor,
+                   fingerprint=sha256_json(parts), fingerprint_parts=parts, options=options)
