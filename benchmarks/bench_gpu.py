@@ -36,8 +36,12 @@ sys.path.insert(0, HERE)
 
 
 def _fresh(config: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "run_one.py"), json.dumps(config)],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "run_one.py"), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()
         message = tail[-1] if tail else "failed"
@@ -50,28 +54,23 @@ def _fresh(config: dict, timeout: float) -> dict:
 def in_memory(problems, timeout):
     rows = []
     for problem, nbatches in problems:
-        for impl, kwargs in (("diffops", {"nbatches": nbatches}), ("jax", {}),
-                             ("zodiax", {"nbatches": nbatches})):
+        for impl, kwargs in (
+            ("diffops", {"nbatches": nbatches}),
+            ("jax", {}),
+            ("zodiax", {"nbatches": nbatches}),
+        ):
             if impl == "zodiax":
                 try:
                     import zodiax  # noqa: F401
                 except ImportError:
                     rows.append({"problem": problem, "impl": impl, "error": "zodiax not installed"})
                     continue
-            res = _fresh({"problem": problem, "impl": impl, "kwargs": kwargs, "repeats": 3}, timeout)
+            res = _fresh(
+                {"problem": problem, "impl": impl, "kwargs": kwargs, "repeats": 3}, timeout
+            )
             rows.append(res)
             print(json.dumps({k: v for k, v in res.items() if k != "times_s"}), file=sys.stderr)
     return rows
-
-
-def _union(intervals):
-    total, end = 0.0, -math.inf
-    for lo, hi in sorted(intervals):
-        if hi <= end:
-            continue
-        total += hi - max(lo, end)
-        end = hi
-    return total
 
 
 def pipeline_run(problem, block_size, directory):
@@ -87,18 +86,28 @@ def pipeline_run(problem, block_size, directory):
     disk = disk_write_speed(directory, 1 << 30)
     try:
         t = time.perf_counter()
-        result = pipeline.hessian_to_zarr(f, x, store, block_size=block_size, progress=False,
-                                          threads=2)
+        timings = pipeline.Timings()
+        pipeline.hessian_to_zarr(
+            f, x, store, block_size=block_size, progress=False, threads=2, callbacks=[timings]
+        )
         wall = time.perf_counter() - t
-        s = result.run_summary
-        busy = _union(s["kernel_intervals"])
-        return {"problem": problem, "n": n, "block_size": block_size, "blocks": s["blocks_computed"], "wall_s": wall,
-                "pipeline_s": s["seconds"], "kernel_s_per_block": s["kernel_s"] / s["blocks_computed"],
-                "d2h_s_per_block": s["d2h_s"] / s["blocks_computed"],
-                "write_s_per_block": s["write_s"] / s["blocks_computed"],
-                "device_busy_fraction": busy / s["seconds"], "columns_per_s": n / s["seconds"],
-                "gb_written": n * n * 4 / 1e9, "raw_disk_mb_s": disk / 1e6,
-                "device": jax.devices()[0].device_kind}
+        blocks = len(timings.events)
+        return {
+            "problem": problem,
+            "n": n,
+            "block_size": block_size,
+            "blocks": blocks,
+            "wall_s": wall,
+            "pipeline_s": timings.seconds,
+            "kernel_s_per_block": timings.total("kernel_s") / blocks,
+            "d2h_s_per_block": timings.total("d2h_s") / blocks,
+            "write_s_per_block": timings.total("write_s") / blocks,
+            "device_busy_fraction": timings.busy_fraction(),
+            "columns_per_s": n / timings.seconds,
+            "gb_written": n * n * 4 / 1e9,
+            "raw_disk_mb_s": disk / 1e6,
+            "device": jax.devices()[0].device_kind,
+        }
     finally:
         shutil.rmtree(os.path.dirname(store), ignore_errors=True)
 
@@ -129,8 +138,9 @@ def largest_in_memory(sizes):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "_out", "gpu"))
     parser.add_argument("--quick", action="store_true", help="small sizes (a dry run)")
     parser.add_argument("--disk", default=None, help="directory for the pipeline's store")
@@ -148,29 +158,40 @@ def main():
     sizes = [2000, 4000] if args.quick else [32768, 65536, 98304, 131072]
     best, tried = largest_in_memory(sizes)
     free = shutil.disk_usage(disk_dir).free
-    results["largest_n"] = {"in_memory": best, "tried": tried,
-                            "pipeline_disk_bound": int(math.sqrt(free / 4)),
-                            "free_disk_gb": free / 1e9}
+    results["largest_n"] = {
+        "in_memory": best,
+        "tried": tried,
+        "pipeline_disk_bound": int(math.sqrt(free / 4)),
+        "free_disk_gb": free / 1e9,
+    }
     results["seconds"] = time.perf_counter() - t0
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
-    lines = [f"GPU benchmark on {device} ({results['seconds']:.0f} s)", "",
-             "| problem | implementation | first call s | steady median s | peak RSS MB | note |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"GPU benchmark on {device} ({results['seconds']:.0f} s)",
+        "",
+        "| problem | implementation | first call s | steady median s | peak RSS MB | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results["in_memory"]:
         if "error" in r:
             lines.append(f"| {r['problem']} | {r['impl']} | | | | {r['error']} |")
         else:
-            lines.append(f"| {r['problem']} | {r['impl']} | {r['first_s']:.2f} | {r['median_s']:.3f} | "
-                         f"{r['peak_rss'] / 1e6:.0f} | |")
+            lines.append(
+                f"| {r['problem']} | {r['impl']} | {r['first_s']:.2f} | {r['median_s']:.3f} | "
+                f"{r['peak_rss'] / 1e6:.0f} | |"
+            )
     p = results["pipeline"]
-    lines += ["", f"Pipeline, {p['problem']} n={p['n']} ({p['gb_written']:.1f} GB), block {p['block_size']}: "
-              f"{p['columns_per_s']:.0f} columns/s; per block kernel {p['kernel_s_per_block'] * 1e3:.1f} ms, "
-              f"device-to-host {p['d2h_s_per_block'] * 1e3:.1f} ms, write {p['write_s_per_block'] * 1e3:.1f} ms; "
-              f"device busy {100 * p['device_busy_fraction']:.0f}% (target >= 80%); raw disk "
-              f"{p['raw_disk_mb_s']:.0f} MB/s.",
-              f"Largest n in memory: {best} (tried {tried}); through the pipeline, bounded by "
-              f"{free / 1e9:.0f} GB free disk: n = {results['largest_n']['pipeline_disk_bound']}."]
+    lines += [
+        "",
+        f"Pipeline, {p['problem']} n={p['n']} ({p['gb_written']:.1f} GB), block {p['block_size']}: "
+        f"{p['columns_per_s']:.0f} columns/s; per block kernel {p['kernel_s_per_block'] * 1e3:.1f} ms, "
+        f"device-to-host {p['d2h_s_per_block'] * 1e3:.1f} ms, write {p['write_s_per_block'] * 1e3:.1f} ms; "
+        f"device busy {100 * p['device_busy_fraction']:.0f}% (target >= 80%); raw disk "
+        f"{p['raw_disk_mb_s']:.0f} MB/s.",
+        f"Largest n in memory: {best} (tried {tried}); through the pipeline, bounded by "
+        f"{free / 1e9:.0f} GB free disk: n = {results['largest_n']['pipeline_disk_bound']}.",
+    ]
     text = "\n".join(lines)
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(text + "\n")

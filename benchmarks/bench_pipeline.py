@@ -77,33 +77,57 @@ def overhead(args):
     rows.append(("in-memory diffops_core.hessian", base))
     print(f"in-memory {base:.3f}s", file=sys.stderr)
     for threads in (1, 2):
-        t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block, threads=threads,
-                                                   progress=False), args.repeats)
+        t = timed(
+            lambda: pipeline.hessian_to_zarr(
+                f, x, fresh(), block_size=block, threads=threads, progress=False
+            ),
+            args.repeats,
+        )
         rows.append((f"pipeline, embedded default (threads={threads})", t))
         print(f"embedded threads={threads} {t:.3f}s", file=sys.stderr)
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
-        t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block, client=client,
-                                                   progress=False), args.repeats)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        t = timed(
+            lambda: pipeline.hessian_to_zarr(
+                f, x, fresh(), block_size=block, client=client, progress=False
+            ),
+            args.repeats,
+        )
     rows.append(("pipeline, warm in-process LocalCluster(processes=False, 2 threads)", t))
     print(f"in-process cluster {t:.3f}s", file=sys.stderr)
     for workers in (1, 2):
-        with pipeline.local_cluster(workers, memory_limit="6GiB", dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
-            t = timed(lambda: pipeline.hessian_to_zarr(f, x, fresh(), block_size=block,
-                                                       client=client, progress=False), args.repeats)
-        rows.append((f"pipeline, warm LocalCluster({workers} worker{'s' * (workers > 1)}, 1 thread)",
-                     t))
+        with (
+            pipeline.local_cluster(workers, memory_limit="6GiB", dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            t = timed(
+                lambda: pipeline.hessian_to_zarr(
+                    f, x, fresh(), block_size=block, client=client, progress=False
+                ),
+                args.repeats,
+            )
+        rows.append(
+            (f"pipeline, warm LocalCluster({workers} worker{'s' * (workers > 1)}, 1 thread)", t)
+        )
         print(f"cluster {workers} {t:.3f}s", file=sys.stderr)
     shutil.rmtree(tmp, ignore_errors=True)
     lines = [_row("executor", "median s", "vs in-memory"), _row("---", "---", "---")]
     lines += [_row(name, f"{t:.3f}", f"{t / base:.2f}x") for name, t in rows]
-    body = (f"### Pipeline overhead: MLP Hessian n=2632, block_size={block} "
-            f"(median of {args.repeats} warm runs, each into a new store)\n\n" + "\n".join(lines))
-    write_section("pipeline-overhead", body,
-                  f"python benchmarks/bench_pipeline.py overhead --block-size {block}")
+    body = (
+        f"### Pipeline overhead: MLP Hessian n=2632, block_size={block} "
+        f"(median of {args.repeats} warm runs, each into a new store)\n\n" + "\n".join(lines)
+    )
+    write_section(
+        "pipeline-overhead",
+        body,
+        f"python benchmarks/bench_pipeline.py overhead --block-size {block}",
+    )
     print(body)
 
 
@@ -122,12 +146,19 @@ def threads(args):
         times[count].append(time.perf_counter() - t)
     shutil.rmtree(store, ignore_errors=True)
     lines = [_row("threads", "median s", "runs s"), _row("---", "---", "---")]
-    lines += [_row(k, f"{statistics.median(v):.2f}", ", ".join(f"{t:.2f}" for t in v))
-              for k, v in times.items()]
-    body = (f"### Embedded default, threads: banded-plus-low-rank Hessian n={args.n:,} "
-            f"({args.n * args.n * 4 / 1e9:.1f} GB, block 256), writes dominate\n\n" + "\n".join(lines))
-    write_section("pipeline-threads", body,
-                  f"python benchmarks/bench_pipeline.py threads --n {args.n} --repeats {args.repeats}")
+    lines += [
+        _row(k, f"{statistics.median(v):.2f}", ", ".join(f"{t:.2f}" for t in v))
+        for k, v in times.items()
+    ]
+    body = (
+        f"### Embedded default, threads: banded-plus-low-rank Hessian n={args.n:,} "
+        f"({args.n * args.n * 4 / 1e9:.1f} GB, block 256), writes dominate\n\n" + "\n".join(lines)
+    )
+    write_section(
+        "pipeline-threads",
+        body,
+        f"python benchmarks/bench_pipeline.py threads --n {args.n} --repeats {args.repeats}",
+    )
     print(body)
 
 
@@ -145,8 +176,11 @@ def make_banded_low_rank(n: int, rank: int = 8):
 
     def f(x):
         Ux = jnp.asarray(U).T @ x
-        return (0.5 * jnp.sum(jnp.asarray(d) * x**2) + jnp.sum(jnp.asarray(c) * x[:-1] * x[1:])
-                + 0.5 * jnp.sum(Ux**2))
+        return (
+            0.5 * jnp.sum(jnp.asarray(d) * x**2)
+            + jnp.sum(jnp.asarray(c) * x[:-1] * x[1:])
+            + 0.5 * jnp.sum(Ux**2)
+        )
 
     def column(j):
         col = U @ U[j]
@@ -176,8 +210,11 @@ def disk_write_speed(directory: str, nbytes: int = 1 << 30) -> float:
 
 
 def _dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _dirs, files in os.walk(path) for name in files)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _dirs, files in os.walk(path)
+        for name in files
+    )
 
 
 def outofcore(args):
@@ -192,24 +229,43 @@ def outofcore(args):
     free = shutil.disk_usage(args.dir).free
     need = int(nbytes * 1.05) + (1 << 30)
     if free < need:
-        sys.exit(f"bench_pipeline: need {dci.format_bytes(need)} free in {args.dir} for n={n} "
-                 f"(H is {dci.format_bytes(nbytes)}), only {dci.format_bytes(free)} free; "
-                 "use a smaller --n or another --dir")
+        sys.exit(
+            f"bench_pipeline: need {dci.format_bytes(need)} free in {args.dir} for n={n} "
+            f"(H is {dci.format_bytes(nbytes)}), only {dci.format_bytes(free)} free; "
+            "use a smaller --n or another --dir"
+        )
     import psutil
 
     total_ram = psutil.virtual_memory().total
     store = tempfile.mkdtemp(prefix="diffops-ooc-", dir=args.dir) + "/h.zarr"
     f, x, column = make_banded_low_rank(n)
     disk = disk_write_speed(args.dir)
-    print(f"raw disk write {disk / 1e6:.0f} MB/s; H {nbytes / 1e9:.1f} GB; "
-          f"RAM {total_ram / 1e9:.1f} GB", file=sys.stderr)
+    print(
+        f"raw disk write {disk / 1e6:.0f} MB/s; H {nbytes / 1e9:.1f} GB; "
+        f"RAM {total_ram / 1e9:.1f} GB",
+        file=sys.stderr,
+    )
     try:
-        with pipeline.local_cluster(args.workers, memory_limit=args.worker_memory,
-                                    threads_per_worker=args.threads,
-                                    dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            pipeline.local_cluster(
+                args.workers,
+                memory_limit=args.worker_memory,
+                threads_per_worker=args.threads,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             t = time.perf_counter()
-            result = pipeline.hessian_to_zarr(f, x, store, block_size=args.block_size,
-                                              client=client, progress=True)
+            timings = pipeline.Timings()
+            result = pipeline.hessian_to_zarr(
+                f,
+                x,
+                store,
+                block_size=args.block_size,
+                client=client,
+                progress=True,
+                callbacks=[timings],
+            )
             wall = time.perf_counter() - t
             worker_peaks = client.run(_peak_rss)
             limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
@@ -224,39 +280,53 @@ def outofcore(args):
     finally:
         if not args.keep:
             shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    summary = result.run_summary
     lines = [
-        _row("figure", "value"), _row("---", "---"),
+        _row("figure", "value"),
+        _row("---", "---"),
         _row("n, H size (float32)", f"{n:,}, {nbytes / 1e9:.1f} GB"),
         _row("machine RAM", f"{total_ram / 1e9:.1f} GB"),
-        _row("workers x threads, memory limit each", f"{args.workers} x {args.threads}, "
-             f"{mb(min(limits))} MB"),
-        _row("block size, blocks", f"{args.block_size}, {status['blocks_total']} "
-             f"({status['blocks_done']} complete)"),
+        _row(
+            "workers x threads, memory limit each",
+            f"{args.workers} x {args.threads}, {mb(min(limits))} MB",
+        ),
+        _row(
+            "block size, blocks",
+            f"{args.block_size}, {status['blocks_total']} ({status['blocks_done']} complete)",
+        ),
         _row("wall time", f"{wall:.1f} s"),
         _row("columns/s", f"{n / wall:,.0f}"),
-        _row("kernel / device-to-host / write time (sum over tasks)",
-             f"{summary.get('kernel_s', 0):.1f} / {summary.get('d2h_s', 0):.1f} / "
-             f"{summary.get('write_s', 0):.1f} s"),
-        _row("bytes on disk (matrix), write throughput", f"{written / 1e9:.1f} GB, "
-             f"{written / wall / 1e6:.0f} MB/s"),
+        _row(
+            "kernel / device-to-host / write time (sum over tasks)",
+            f"{timings.total('kernel_s'):.1f} / {timings.total('d2h_s'):.1f} / "
+            f"{timings.total('write_s'):.1f} s",
+        ),
+        _row(
+            "bytes on disk (matrix), write throughput",
+            f"{written / 1e9:.1f} GB, {written / wall / 1e6:.0f} MB/s",
+        ),
         _row("raw disk write speed (1 GiB, fsync, same run)", f"{disk / 1e6:.0f} MB/s"),
         _row("peak RSS, driver", f"{mb(_peak_rss())} MB"),
         _row("peak RSS, each worker", ", ".join(f"{mb(v)} MB" for v in worker_peaks.values())),
-        _row("worker peak under its limit", "yes" if max(worker_peaks.values()) < min(limits)
-             else "NO"),
+        _row(
+            "worker peak under its limit",
+            "yes" if max(worker_peaks.values()) < min(limits) else "NO",
+        ),
         _row("sampled columns vs closed form", f"{len(checked)} columns equal (rtol 1e-4)"),
     ]
     if bad is not None:
         lines.append(_row("verify (all checksums)", "all good" if not bad else f"bad: {bad}"))
-    title = args.title or f"Out of core: Hessian n={n:,} ({nbytes / 1e9:.1f} GB) with " \
-                          f"{args.worker_memory} workers"
+    title = (
+        args.title
+        or f"Out of core: Hessian n={n:,} ({nbytes / 1e9:.1f} GB) with {args.worker_memory} workers"
+    )
     body = f"### {title}\n\n" + "\n".join(lines)
-    command = (f"python benchmarks/bench_pipeline.py outofcore --n {n} --worker-memory "
-               f"{args.worker_memory} --workers {args.workers} --block-size {args.block_size}"
-               + (" --verify" if args.verify else "")
-               + (f" --section {args.section}" if args.section != "pipeline-outofcore" else "")
-               + (f" --title '{args.title}'" if args.title else ""))
+    command = (
+        f"python benchmarks/bench_pipeline.py outofcore --n {n} --worker-memory "
+        f"{args.worker_memory} --workers {args.workers} --block-size {args.block_size}"
+        + (" --verify" if args.verify else "")
+        + (f" --section {args.section}" if args.section != "pipeline-outofcore" else "")
+        + (f" --title '{args.title}'" if args.title else "")
+    )
     write_section(args.section, body, command)
     print(body)
 
@@ -274,58 +344,93 @@ def memory(args):
     n = args.n
     f, x, column = make_banded_low_rank(n)
     os.makedirs(args.dir, exist_ok=True)
-    lines = [_row("worker limit", "blocking", "block", "baseline MB (measured)",
-                  "task MB (XLA + 2 slabs)", "predicted peak MB", "measured peak MB (VmHWM)",
-                  "measured / predicted", "under the limit"), _row(*["---"] * 9)]
+    lines = [
+        _row(
+            "worker limit",
+            "blocking",
+            "block",
+            "baseline MB (measured)",
+            "task MB (XLA + 2 slabs)",
+            "predicted peak MB",
+            "measured peak MB (VmHWM)",
+            "measured / predicted",
+            "under the limit",
+        ),
+        _row(*["---"] * 9),
+    ]
     ok = True
     for limit in args.limits:
         for blocking in ("default", args.block_size):
             store = tempfile.mkdtemp(prefix="diffops-mem-", dir=args.dir) + "/h.zarr"
             try:
-                with pipeline.local_cluster(1, memory_limit=limit, threads_per_worker=1,
-                                            dashboard_address=":0") as cluster, \
-                        Client(cluster) as client:
+                with (
+                    pipeline.local_cluster(
+                        1, memory_limit=limit, threads_per_worker=1, dashboard_address=":0"
+                    ) as cluster,
+                    Client(cluster) as client,
+                ):
                     limits = _limits(DistributedExecutor(client))
                     kw = {} if blocking == "default" else {"block_size": blocking}
-                    result = pipeline.hessian_to_zarr(f, x, store, client=client, progress=False,
-                                                      **kw)
+                    result = pipeline.hessian_to_zarr(
+                        f, x, store, client=client, progress=False, **kw
+                    )
                     peak = max(client.run(_peak_rss).values())
                     block = result.meta["plan"]["block_size"]
                     j = int(np.random.default_rng(2).integers(n))
-                    np.testing.assert_allclose(np.asarray(result.array[:, j].compute()), column(j),
-                                               rtol=1e-4, atol=1e-4)
+                    np.testing.assert_allclose(
+                        np.asarray(result.array[:, j].compute()), column(j), rtol=1e-4, atol=1e-4
+                    )
                 kernels = dci.get_kernels(f, x, "hessian")[0]
                 task = task_bytes(kernels, block)[0]
                 predicted = limits.peak(task)
                 under = peak < limits.limit
                 ok = ok and under
-                lines.append(_row(limit, blocking, block, mb(limits.baseline), mb(task),
-                                  mb(predicted), mb(peak), f"{peak / predicted:.2f}",
-                                  "yes" if under else "NO"))
+                lines.append(
+                    _row(
+                        limit,
+                        blocking,
+                        block,
+                        mb(limits.baseline),
+                        mb(task),
+                        mb(predicted),
+                        mb(peak),
+                        f"{peak / predicted:.2f}",
+                        "yes" if under else "NO",
+                    )
+                )
                 print(lines[-1], file=sys.stderr)
             finally:
                 shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    title = (f"Worker memory: predicted vs measured peak, Hessian n={n:,} "
-             f"({n * n * 4 / 1e9:.1f} GB float32), 1 worker x 1 thread")
-    body = (f"### {title}\n\n" + "\n".join(lines) + "\n\nPredicted = the worker's measured "
-            "baseline (jax and the pipeline imported, backend started) + the larger of one "
-            "task (XLA's compiled footprint of the block kernel + two host copies of the slab) "
-            "and the runtime floor (`WORKER_RUNTIME_BYTES`, 300 MB: what a worker grows to "
-            "whatever the block). The default block is the count default (about 16 blocks, "
-            "slabs <= 256 MiB) shrunk until the prediction fits 70% of the limit "
-            "(distributed pauses a worker at 80% and kills it at 95%).")
+    title = (
+        f"Worker memory: predicted vs measured peak, Hessian n={n:,} "
+        f"({n * n * 4 / 1e9:.1f} GB float32), 1 worker x 1 thread"
+    )
+    body = (
+        f"### {title}\n\n" + "\n".join(lines) + "\n\nPredicted = the worker's measured "
+        "baseline (jax and the pipeline imported, backend started) + the larger of one "
+        "task (XLA's compiled footprint of the block kernel + two host copies of the slab) "
+        "and the runtime floor (`WORKER_RUNTIME_BYTES`, 300 MB: what a worker grows to "
+        "whatever the block). The default block is the count default (about 16 blocks, "
+        "slabs <= 256 MiB) shrunk until the prediction fits 70% of the limit "
+        "(distributed pauses a worker at 80% and kills it at 95%)."
+    )
     limits_text = " ".join(args.limits)
-    write_section(args.section, body, f"python benchmarks/bench_pipeline.py memory --n {n} "
-                  f"--limits {limits_text} --block-size {args.block_size}"
-                  + (f" --section {args.section}" if args.section != "pipeline-memory" else ""))
+    write_section(
+        args.section,
+        body,
+        f"python benchmarks/bench_pipeline.py memory --n {n} "
+        f"--limits {limits_text} --block-size {args.block_size}"
+        + (f" --section {args.section}" if args.section != "pipeline-memory" else ""),
+    )
     print(body)
     if not ok:
         sys.exit(1)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("overhead")
     p.add_argument("--block-size", type=int, default=128)
@@ -335,7 +440,9 @@ def main():
     p = sub.add_parser("threads")
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.add_argument(
+        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out")
+    )
     p.set_defaults(fn=threads)
     p = sub.add_parser("outofcore")
     p.add_argument("--n", type=int, default=40000)
@@ -343,7 +450,9 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.add_argument(
+        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out")
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument("--verify", action="store_true", help="also checksum every block")
     p.add_argument("--section", default="pipeline-outofcore")
@@ -353,7 +462,9 @@ def main():
     p.add_argument("--n", type=int, default=30000)
     p.add_argument("--limits", nargs="+", default=["1GB", "1.5GB", "2GB", "4GB"])
     p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out"))
+    p.add_argument(
+        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out")
+    )
     p.add_argument("--section", default="pipeline-memory")
     p.set_defaults(fn=memory)
     args = parser.parse_args()

@@ -38,9 +38,13 @@ BAD_INPUT_TESTS = [
 
 
 def pytest(args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider",
-                           *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     match = re.search(r"(\d+) passed", proc.stdout)
     failed = re.search(r"(\d+) failed", proc.stdout)
     return int(match.group(1)) if match else 0, int(failed.group(1)) if failed else 0, proc
@@ -48,21 +52,31 @@ def pytest(args, env=None):
 
 def main():
     report = tempfile.mktemp(suffix=".jsonl")
-    passed, failed, proc = pytest(["tests/pipe/test_faults.py", "tests/pipe/test_trust.py",
-                                   "tests/pipe/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise"],
-                                  {"DIFFOPS_FAULT_REPORT": report})
+    passed, failed, proc = pytest(
+        [
+            "tests/pipe/test_faults.py",
+            "tests/pipe/test_trust.py",
+            "tests/pipe/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise",
+        ],
+        {"DIFFOPS_FAULT_REPORT": report},
+    )
     rows = [json.loads(line) for line in open(report)] if os.path.exists(report) else []
     bad_passed, bad_failed, _ = pytest(BAD_INPUT_TESTS)
     injected = sum(r["injected"] for r in rows)
     survived = sum(r["injected"] for r in rows if r["survived"])
     lost = sum(r["data_lost"] for r in rows)
     lines = ["| fault | injected | survived | entries lost |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['fault']} | {r['injected']} | {'yes' if r['survived'] else 'NO'} | "
-              f"{r['data_lost']} |" for r in rows]
+    lines += [
+        f"| {r['fault']} | {r['injected']} | {'yes' if r['survived'] else 'NO'} | "
+        f"{r['data_lost']} |"
+        for r in rows
+    ]
     lines.append(f"| **total** | **{injected}** | **{survived}** | **{lost}** |")
-    body = ("### Fault injection\n\n" + "\n".join(lines) + "\n\n"
-            f"Fault tests: {passed} passed, {failed} failed. Bad inputs (API, spec, CLI), each "
-            f"with its message checked: {bad_passed} cases passed, {bad_failed} failed.")
+    body = (
+        "### Fault injection\n\n" + "\n".join(lines) + "\n\n"
+        f"Fault tests: {passed} passed, {failed} failed. Bad inputs (API, spec, CLI), each "
+        f"with its message checked: {bad_passed} cases passed, {bad_failed} failed."
+    )
     write_section("faults", body, "python benchmarks/fault_report.py")
     print(body)
     if failed or bad_failed:

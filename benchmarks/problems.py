@@ -21,8 +21,12 @@ def make_mlp():
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     X = jax.random.normal(k[0], (4096, 32))
     Y = jax.random.normal(k[1], (4096, 8))
-    params = {"W1": jax.random.normal(k[2], (32, 64)) * 0.2, "b1": jnp.zeros(64),
-              "W2": jax.random.normal(k[3], (64, 8)) * 0.2, "b2": jnp.zeros(8)}
+    params = {
+        "W1": jax.random.normal(k[2], (32, 64)) * 0.2,
+        "b1": jnp.zeros(64),
+        "W2": jax.random.normal(k[3], (64, 8)) * 0.2,
+        "b2": jnp.zeros(8),
+    }
 
     def loss(p):
         h = jnp.tanh(X @ p["W1"] + p["b1"])
@@ -34,6 +38,7 @@ def make_mlp():
 def make_psf():
     """The demo optical PSF fit (FFT-heavy): n = 4120."""
     from models import psf
+
     x = jax.tree_util.tree_map(jnp.asarray, psf.best_fit())
     return psf.loss, x, "PSF fit: Zernike + flat field + position + flux, FFT 128^2 (n=4120)"
 
@@ -59,10 +64,16 @@ def make_wide(m: int = 64, n: int = 20000):
 def make_psf128():
     """The PSF fit at 128x128 pixels (n = 16408): a larger problem for a GPU."""
     from models.psf import make_model
+
     loss, best_fit, _ = make_model(npix=128)
     x = jax.tree_util.tree_map(jnp.asarray, best_fit())
     return loss, x, "PSF fit at 128x128 pixels (n=16408)"
 
 
-PROBLEMS = {"mlp": make_mlp, "psf": make_psf, "psf128": make_psf128, "dense": make_dense,
-            "wide": make_wide}
+PROBLEMS = {
+    "mlp": make_mlp,
+    "psf": make_psf,
+    "psf128": make_psf128,
+    "dense": make_dense,
+    "wide": make_wide,
+}

@@ -39,10 +39,12 @@ def _peak_rss() -> int:
 def make_call(impl, op, f, kwargs):
     if impl == "diffops":
         import diffops_core as dc
+
         fn = dc.hessian if op == "hessian" else dc.jacobian
         return lambda x: fn(f, x, **kwargs)[0]
     if impl == "zodiax":
         import zodiax
+
         fn = zodiax.diffops.hessian if op == "hessian" else zodiax.diffops.jacobian
         return lambda x: fn(f, x, **kwargs)[0]
     if impl == "jax":
@@ -63,8 +65,10 @@ def main(config: dict) -> dict:
     f, x, _ = PROBLEMS[config["problem"]]()
     x = jax.tree_util.tree_map(jnp.asarray, x)
     call = make_call(config["impl"], config.get("op", "hessian"), f, config.get("kwargs", {}))
-    xs = [jax.tree_util.tree_map(lambda v, k=k: v * (1 + 1e-3 * k), x)
-          for k in range(config.get("repeats", 3) + 1)]
+    xs = [
+        jax.tree_util.tree_map(lambda v, k=k: v * (1 + 1e-3 * k), x)
+        for k in range(config.get("repeats", 3) + 1)
+    ]
     jax.block_until_ready(xs)
     rss0 = psutil.Process().memory_info().rss
     t = time.perf_counter()
@@ -80,12 +84,14 @@ def main(config: dict) -> dict:
     sizing = {}
     if config["impl"] == "diffops":
         import diffops_core.internal as dci
+
         kw = dict(config.get("kwargs", {}))
         op = "hessian" if config.get("op", "hessian") == "hessian" else None
         kernels, _, _ = dci.get_kernels(f, x, op or "jacfwd")
         if op is None:
-            kernels = kernels.for_op(dci.jacobian_op(kw.pop("mode", "auto"), kernels.spec.n,
-                                                    kernels.spec.m))
+            kernels = kernels.for_op(
+                dci.jacobian_op(kw.pop("mode", "auto"), kernels.spec.n, kernels.spec.m)
+            )
         chosen = dci.choose_sizing(kernels, **kw)
         sizing = {"block_size": chosen.block_size, "micro": chosen.micro}
     if config.get("trace"):
@@ -93,6 +99,7 @@ def main(config: dict) -> dict:
         # part of every call that zodiax-style caching on f's identity skipped;
         # and the pipeline's digest of every constant's bytes
         import diffops_core.internal as dci
+
         op = config.get("op", "hessian")
         op = op if op in ("hessian", "jacrev", "jacfwd") else "jacfwd"
         tt, it = [], []
@@ -104,9 +111,17 @@ def main(config: dict) -> dict:
             kernels.traced.identity()
             it.append(time.perf_counter() - t)
         sizing.update(trace_s=statistics.median(tt), identity_s=statistics.median(it))
-    return {**config, **sizing, "first_s": first, "median_s": statistics.median(times), "times_s": times,
-            "rss_before": rss0, "peak_rss": peak, "peak_increase": peak - rss0,
-            "device": str(jax.devices()[0].device_kind)}
+    return {
+        **config,
+        **sizing,
+        "first_s": first,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "rss_before": rss0,
+        "peak_rss": peak,
+        "peak_increase": peak - rss0,
+        "device": str(jax.devices()[0].device_kind),
+    }
 
 
 if __name__ == "__main__":

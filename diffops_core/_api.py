@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -23,8 +25,15 @@ def check_flag(name, value) -> bool:
     return bool(value)
 
 
-def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_budget=None,
-                  inner_width=None, auto_width=True) -> Sizing:
+def choose_sizing(
+    kernels: Kernels,
+    *,
+    nbatches=None,
+    block_size=None,
+    memory_budget=None,
+    inner_width=None,
+    auto_width=True,
+) -> Sizing:
     """Resolve the blocking knobs into a block size and micro-batch width.
 
     At most one of ``nbatches`` (zodiax's meaning; 1 counts as not given),
@@ -34,17 +43,25 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
     **Raises:** `TypeError`/`ValueError` naming the offending argument.
     """
     spec = kernels.spec
-    given = [name for name, value in
-             (("nbatches", None if nbatches == 1 and not isinstance(nbatches, bool) else nbatches),
-              ("block_size", block_size), ("memory_budget", memory_budget))
-             if value is not None]
+    given = [
+        name
+        for name, value in (
+            ("nbatches", None if nbatches == 1 and not isinstance(nbatches, bool) else nbatches),
+            ("block_size", block_size),
+            ("memory_budget", memory_budget),
+        )
+        if value is not None
+    ]
     if len(given) > 1:
         raise InputValueError(
             f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"
         )
     if inner_width is not None:
-        if isinstance(inner_width, bool) or not isinstance(inner_width, numbers.Integral) \
-                or inner_width < 1:
+        if (
+            isinstance(inner_width, bool)
+            or not isinstance(inner_width, numbers.Integral)
+            or inner_width < 1
+        ):
             raise InputTypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
     if memory_budget is not None:
         return budget_block(kernels, memory_budget, micro=inner_width)
@@ -61,15 +78,25 @@ def choose_sizing(kernels: Kernels, *, nbatches=None, block_size=None, memory_bu
     return Sizing(size, auto_micro(kernels, size) if auto_width else None)
 
 
-def _run_matrix(kernels: Kernels, x_flat, micro: int, jit: bool):
+def _run_matrix(kernels: Kernels, x_flat, micro: int | None, jit: bool):
+    micro = micro or auto_micro(kernels, kernels.spec.extent)  # in memory: always sized
     if jit:
         return kernels.matrix(micro)(x_flat)
     with jax.disable_jit():
         return kernels.matrix_fn(micro)(kernels.consts, x_flat)
 
 
-def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
-            memory_budget=None, inner_width=None):
+def hessian(
+    f: Callable,
+    x: Any,
+    nbatches: int = 1,
+    jit: bool = True,
+    checkpoint: bool = False,
+    *,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+) -> tuple[jax.Array, Callable]:
     """The Hessian of a scalar function of a pytree, in column blocks of HVPs.
 
     Drop-in for `zodiax.diffops.hessian`: the positional signature and return
@@ -104,8 +131,13 @@ def hessian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
     kernels, x_flat, unravel = get_kernels(f, x, "hessian", checkpoint=checkpoint, cache=jit)
-    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
-                           memory_budget=memory_budget, inner_width=inner_width)
+    sizing = choose_sizing(
+        kernels,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+    )
     return _run_matrix(kernels, x_flat, sizing.micro, jit), unravel
 
 
@@ -129,8 +161,18 @@ def split_jacobian(J, out_layout, n: int):
     )
 
 
-def jacobian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
-             memory_budget=None, mode="auto", inner_width=None):
+def jacobian(
+    f: Callable,
+    x: Any,
+    nbatches: int = 1,
+    jit: bool = True,
+    checkpoint: bool = False,
+    *,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    mode: str = "auto",
+    inner_width: int | None = None,
+) -> tuple[Any, Callable]:
     """The Jacobian of ``f`` with respect to a pytree, in blocks of JVPs or VJPs.
 
     Drop-in for `zodiax.diffops.jacobian`. ``mode="fwd"`` computes column blocks
@@ -152,7 +194,12 @@ def jacobian(f, x, nbatches=1, jit=True, checkpoint=False, *, block_size=None,
     op = jacobian_op(mode, kernels.spec.n, kernels.spec.m)
     if op != "jacfwd":
         kernels = kernels.for_op(op)
-    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
-                           memory_budget=memory_budget, inner_width=inner_width)
+    sizing = choose_sizing(
+        kernels,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+    )
     J = _run_matrix(kernels, x_flat, sizing.micro, jit)
     return split_jacobian(J, kernels.spec.out_layout, kernels.spec.n), unravel

@@ -170,8 +170,14 @@ class Kernels:
     ``micro`` is the micro-batch width: products vmapped at once (``<= block_size``).
     """
 
-    def __init__(self, program: _Program, op: str, traced: TracedFunction,
-                 in_layout: Layout, out_layout: Layout):
+    def __init__(
+        self,
+        program: _Program,
+        op: str,
+        traced: TracedFunction,
+        in_layout: Layout,
+        out_layout: Layout,
+    ):
         self._program = program
         self.traced = traced
         self.consts = traced.consts
@@ -197,8 +203,11 @@ class Kernels:
 
     def _fill(self, lin, start, width, micro, out):
         spec = self.spec
-        in_dtype = jnp.dtype(spec.in_layout.dtype) if spec.op != "jacrev" else \
-            jnp.dtype(spec.out_layout.dtype)
+        in_dtype = (
+            jnp.dtype(spec.in_layout.dtype)
+            if spec.op != "jacrev"
+            else jnp.dtype(spec.out_layout.dtype)
+        )
         apply = lambda v: _apply(spec.op, lin, v)
         return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out)
 
@@ -242,8 +251,9 @@ class Kernels:
         return functools.partial(jitted, self.consts)
 
     def matrix(self, micro: int):
-        return functools.partial(self._jit(("matrix", micro), lambda: self.matrix_fn(micro)),
-                                 self.consts)
+        return functools.partial(
+            self._jit(("matrix", micro), lambda: self.matrix_fn(micro)), self.consts
+        )
 
     def _prepare_jitted(self):
         return self._jit(("prepare",), lambda: self._lin)
@@ -270,8 +280,10 @@ class Kernels:
 
     def compiled_prepare(self):
         """`prepare` compiled ahead of time: ``compiled(x_flat) -> lin``."""
-        compiled = self._compiled(("prepare",), lambda: self._prepare_jitted().lower(
-            self._const_avals(), self._program.x_aval))
+        compiled = self._compiled(
+            ("prepare",),
+            lambda: self._prepare_jitted().lower(self._const_avals(), self._program.x_aval),
+        )
         return functools.partial(compiled, self.consts)
 
     def compiled_block(self, block_size: int, micro: int):
@@ -280,9 +292,11 @@ class Kernels:
         Cached: executors and `kernel_bytes` share one compile. Its arguments
         (hence its memory analysis) include the linearisation's residuals.
         """
+
         def lower():
-            lin_aval = jax.eval_shape(self._prepare_jitted(), self._const_avals(),
-                                      self._program.x_aval)
+            lin_aval = jax.eval_shape(
+                self._prepare_jitted(), self._const_avals(), self._program.x_aval
+            )
             start_aval = jax.ShapeDtypeStruct((), "int32")
             return self.slab(block_size, micro).lower(lin_aval, start_aval)
 
@@ -355,8 +369,16 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     traced = trace(f, unravel, x_aval)
     out_layout = Layout.from_pytree(traced.out_tree, name="f(x)", check_float=False)
     compile_key = traced.compile_key if cache else None
-    key = None if compile_key is None else (
-        compile_key, bool(checkpoint), in_layout.dtype, bool(jax.config.read("jax_enable_x64")))
+    key = (
+        None
+        if compile_key is None
+        else (
+            compile_key,
+            bool(checkpoint),
+            in_layout.dtype,
+            bool(jax.config.read("jax_enable_x64")),
+        )
+    )
     program = None
     if key is not None:
         with _CACHE_LOCK:

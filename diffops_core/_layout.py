@@ -99,7 +99,7 @@ def _describe(node, counter: list[int]):
 
 
 def _rebuild(desc, values):
-    (kind, body), = desc.items()
+    ((kind, body),) = desc.items()
     if kind == "leaf":
         return values[body]
     if kind == "none":

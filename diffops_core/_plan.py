@@ -87,8 +87,9 @@ class BlockPlan:
     @classmethod
     def from_json(cls, data: dict) -> BlockPlan:
         """The plan `to_json` wrote (also the older form, whose extent was ``total``)."""
-        return cls(int(data["extent"] if "extent" in data else data["total"]),
-                   int(data["block_size"]))
+        return cls(
+            int(data["extent"] if "extent" in data else data["total"]), int(data["block_size"])
+        )
 
 
 def _positive_int(name: str, value) -> int:
@@ -146,10 +147,20 @@ def plan_blocks(n: int, *, nbatches=None, block_size=None) -> BlockPlan:
 
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
 }
 _BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 

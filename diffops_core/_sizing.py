@@ -96,8 +96,9 @@ class Sizing:
     footprint: Footprint | None = None
 
 
-def budget_block(kernels: Kernels, memory_budget, micro: int | None = None,
-                 host_bytes_per_item: int = 0) -> Sizing:
+def budget_block(
+    kernels: Kernels, memory_budget, micro: int | None = None, host_bytes_per_item: int = 0
+) -> Sizing:
     """The largest block whose compiled kernel fits ``memory_budget``.
 
     **Arguments:**

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from typing import Any
 
 import jax
 import numpy as np
@@ -112,9 +113,8 @@ def eval_flat(jaxpr: Jaxpr, consts, z):
 
 def const_spec(value) -> jax.ShapeDtypeStruct:
     """The abstract value of a constant (or of an aval), weak type included."""
-    aval = value if isinstance(value, jax.core.AbstractValue) else jax.typeof(value)
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype,  # type: ignore[union-attr]
-                                weak_type=getattr(aval, "weak_type", False))
+    aval: Any = value if isinstance(value, jax.core.AbstractValue) else jax.typeof(value)
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False))
 
 
 def _single(eqn) -> Jaxpr:
@@ -227,7 +227,8 @@ def trace(f, unravel, x_aval) -> TracedFunction:
     closed = jax.make_jaxpr(flat)(x_aval)  # return_shape=True costs a fifth more
     jaxpr, consts = closed.jaxpr, tuple(closed.consts)
     out_tree = jax.tree_util.tree_unflatten(
-        treedef[-1], [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals])
+        treedef[-1], [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals]
+    )
     nested: list = []
     rules: list = []
     _walk(jaxpr, nested, rules)

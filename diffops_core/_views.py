@@ -5,6 +5,8 @@ Views slice and reshape; on a dask array nothing is computed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ._errors import InputValueError
@@ -13,7 +15,7 @@ from ._layout import Layout
 __all__ = ["hessian_to_pytree", "matrix_to_pytree"]
 
 
-def matrix_to_pytree(M, rows: Layout, cols: Layout):
+def matrix_to_pytree(M: Any, rows: Layout, cols: Layout) -> Any:
     """Cut an ``(m, n)`` matrix into a pytree-of-pytrees of blocks.
 
     Block ``[i][j]`` (outer structure from ``rows``, inner from ``cols``) is
@@ -27,15 +29,17 @@ def matrix_to_pytree(M, rows: Layout, cols: Layout):
             f"the matrix has shape {shape}, but the layouts need ({rows.n}, {cols.n}). "
             "Pass the same x (and f) that the matrix was computed for."
         )
-    return rows.unflatten_list([
-        cols.unflatten_list([
-            M[ri.slice, cj.slice].reshape(ri.shape + cj.shape) for cj in cols.leaves
-        ])
-        for ri in rows.leaves
-    ])
+    return rows.unflatten_list(
+        [
+            cols.unflatten_list(
+                [M[ri.slice, cj.slice].reshape(ri.shape + cj.shape) for cj in cols.leaves]
+            )
+            for ri in rows.leaves
+        ]
+    )
 
 
-def hessian_to_pytree(H, x):
+def hessian_to_pytree(H: Any, x: Any) -> Any:
     """A flat ``(n, n)`` Hessian as zodiax's pytree-of-pytrees.
 
     Block ``[i][j]`` has shape ``leaf_i.shape + leaf_j.shape``, with ``x``'s

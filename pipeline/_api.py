@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
+from dask.utils import format_bytes
 
 from diffops_core.internal import (
     BlockPlan,
     InputTypeError,
     InputValueError,
     check_flag,
-    format_bytes,
 )
 
 from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, Summary
@@ -77,8 +77,12 @@ def _limits(executor: Executor) -> Limits:
     worker's baseline (measured now), or this machine's available memory."""
     if not isinstance(executor, DistributedExecutor):
         # available memory already excludes what this process holds
-        return Limits(int(psutil.virtual_memory().available), 0,
-                      int(getattr(executor, "threads", 1)), "this machine's available memory")
+        return Limits(
+            int(psutil.virtual_memory().available),
+            0,
+            int(getattr(executor, "threads", 1)),
+            "this machine's available memory",
+        )
     client = executor.client
     workers = client.scheduler_info().get("workers", {}).values()
     if not workers:
@@ -89,9 +93,14 @@ def _limits(executor: Executor) -> Limits:
         baseline = max(client.run(_baseline_rss).values(), default=0)
     except Exception:  # noqa: BLE001 - a worker that cannot say: assume the measured typical
         baseline = WORKER_BASELINE_BYTES
-    return Limits(min(positive) if positive else 0, int(baseline),
-                  max(int(w.get("nthreads") or 1) for w in workers), "a worker's memory limit",
-                  WORKER_RUNTIME_BYTES, WORKER_FRACTION)
+    return Limits(
+        min(positive) if positive else 0,
+        int(baseline),
+        max(int(w.get("nthreads") or 1) for w in workers),
+        "a worker's memory limit",
+        WORKER_RUNTIME_BYTES,
+        WORKER_FRACTION,
+    )
 
 
 def _check_disk(run_plan: RunPlan, todo: Sequence[int]) -> None:
@@ -110,11 +119,12 @@ def _check_disk(run_plan: RunPlan, todo: Sequence[int]) -> None:
         )
 
 
-def _check_args(store, threads, compressor, flags: dict) -> dict:
+def _check_args(store: Any, threads: Any, compressor: Any, flags: dict) -> dict:
     flags = {name: check_flag(name, value) for name, value in flags.items()}
     if not isinstance(store, (str, os.PathLike)) and not hasattr(store, "get"):
         raise InputTypeError(
-            f"store must be a path, a URL or a zarr store, got {type(store).__name__}")
+            f"store must be a path, a URL or a zarr store, got {type(store).__name__}"
+        )
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise InputTypeError(f"threads must be a positive int, got {threads!r}")
     if compressor not in (None, "zstd"):
@@ -122,22 +132,39 @@ def _check_args(store, threads, compressor, flags: dict) -> dict:
     return flags
 
 
-def _to_zarr(operation: str, f: Callable, x: Any, store: Any, *, mode: str | None = None,
-             nbatches: int | None = None, block_size: int | None = None,
-             memory_budget: int | str | None = None, inner_width: int | None = None,
-             checkpoint: bool = False, client: Any = None, overwrite: bool = False,
-             progress: bool = True, threads: int = 2, compressor: str | None = None,
-             break_lock: bool = False, redo: Sequence[int] = (),
-             executor: Executor | None = None, callbacks: Sequence[Callback] = ()) -> Result:
-    flags = _check_args(store, threads, compressor,
-                        {"checkpoint": checkpoint, "overwrite": overwrite, "progress": progress,
-                         "break_lock": break_lock})
+def _to_zarr(
+    operation: str,
+    f: Callable,
+    x: Any,
+    store: Any,
+    *,
+    client: Any = None,
+    threads: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+    break_lock: bool = False,
+    redo: Sequence[int] = (),
+    executor: Executor | None = None,
+    callbacks: Sequence[Callback] = (),
+    **options: Any,
+) -> Result:
+    """Check the arguments -> `plan` -> open or create the store under its lock ->
+    `Executor.run`. ``options`` are `plan`'s (mode, the blocking, checkpoint,
+    compressor)."""
+    flags = {"overwrite": overwrite, "progress": progress, "break_lock": break_lock}
+    flags = _check_args(store, threads, options.get("compressor"), flags)
+    options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
     location = normalise_location(store)
     executor = executor or default_executor(client, threads)
-    run_plan = plan(operation, f, x, location, limits=_limits(executor), mode=mode,
-                    nbatches=nbatches, block_size=block_size, memory_budget=memory_budget,
-                    inner_width=inner_width, checkpoint=flags["checkpoint"],
-                    compressor=compressor, stored=_stored_plan(location))
+    run_plan = plan(
+        operation,
+        f,
+        x,
+        location,
+        limits=_limits(executor),
+        stored=_stored_plan(location),
+        **options,
+    )
     existing = _existing(run_plan, flags["overwrite"])
     todo = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
     if existing is not None and not redo and not todo:
@@ -145,20 +172,34 @@ def _to_zarr(operation: str, f: Callable, x: Any, store: Any, *, mode: str | Non
     _check_disk(run_plan, todo)
     callbacks = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location)):
-        # look again under the lock: another run may have finished in between
-        result_store = _existing(run_plan, flags["overwrite"]) or ResultStore.create(
-            location, meta=run_plan.store_meta(), shape=run_plan.spec.shape,
-            dtype=run_plan.spec.dtype, axis=run_plan.spec.axis,
-            block_size=run_plan.blocks.block_size, compressor=compressor)
-        result_store.remove_partial_files()
-        for index in redo:  # a repair: only now, with everything ready to recompute them
-            result_store.clear_record(int(index))
+        result_store = _open_or_create(run_plan, flags["overwrite"], redo)
         summary = _dispatch(result_store, run_plan, executor, callbacks)
     return Result(result_store, summary.summary())
 
 
-def _dispatch(result_store: ResultStore, run_plan: RunPlan, executor: Executor,
-              callbacks: Sequence[Callback]) -> Summary:
+def _open_or_create(run_plan: RunPlan, overwrite: bool, redo: Sequence[int]) -> ResultStore:
+    """The store, under the lock: what is there if it is this computation (another
+    run may have finished it since we looked), else a new one; with the records
+    of the blocks ``redo`` cleared (a repair: only now, everything ready to
+    recompute them)."""
+    result_store = _existing(run_plan, overwrite) or ResultStore.create(
+        run_plan.location,
+        meta=run_plan.store_meta(),
+        shape=run_plan.spec.shape,
+        dtype=run_plan.spec.dtype,
+        axis=run_plan.spec.axis,
+        block_size=run_plan.blocks.block_size,
+        compressor=run_plan.compressor,
+    )
+    result_store.remove_partial_files()
+    for index in redo:
+        result_store.clear_record(int(index))
+    return result_store
+
+
+def _dispatch(
+    result_store: ResultStore, run_plan: RunPlan, executor: Executor, callbacks: Sequence[Callback]
+) -> Summary:
     """Run the blocks not yet done on ``executor``, recording the run."""
     import time
 
@@ -167,8 +208,9 @@ def _dispatch(result_store: ResultStore, run_plan: RunPlan, executor: Executor,
     run_plan = run_plan.for_run(run, f"{run_plan.fingerprint[:16]}-{run}-{uuid.uuid4().hex}")
     summary = Summary()
     listeners = Callbacks([summary, *callbacks])
-    listeners.on_run_start(RunStart(run_plan, todo, run_plan.blocks.n_blocks - len(todo),
-                                    executor.where()))
+    listeners.on_run_start(
+        RunStart(run_plan, todo, run_plan.blocks.n_blocks - len(todo), executor.where())
+    )
     t0 = time.perf_counter()
     status, error, failure = "failed", None, None
     try:
@@ -181,8 +223,15 @@ def _dispatch(result_store: ResultStore, run_plan: RunPlan, executor: Executor,
     finally:
         seconds = time.perf_counter() - t0
         listeners.on_run_end(RunEnd(status, seconds, error))
-        _end_run(result_store, run, failure, status=status, error=error,
-                 seconds=round(seconds, 3), executor=executor.name)
+        _end_run(
+            result_store,
+            run,
+            failure,
+            status=status,
+            error=error,
+            seconds=round(seconds, 3),
+            executor=executor.name,
+        )
     return summary
 
 
@@ -230,8 +279,10 @@ def _refuse_damaged(location, overwrite: bool) -> None:
         reason = "its metadata cannot be read"
     except StoreError as err:
         reason = str(err)
-    raise StoreError(f"{location!r} looks like a diffops store, but {reason}; pass "
-                     "overwrite=True (diffops run --overwrite) to recompute it")
+    raise StoreError(
+        f"{location!r} looks like a diffops store, but {reason}; pass "
+        "overwrite=True (diffops run --overwrite) to recompute it"
+    )
 
 
 def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
@@ -254,15 +305,17 @@ def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
     meta = read_meta(location)
     if not meta.get("ready", False):
         return None  # its creation was interrupted: no block can have been recorded
-    same = meta.get("format") == FORMAT and same_computation(meta.get("fingerprint"),
-                                                              run_plan.fingerprint_parts)
+    same = meta.get("format") == FORMAT and same_computation(
+        meta.get("fingerprint"), run_plan.fingerprint_parts
+    )
     if not same:
         if overwrite:
             return None
         if meta.get("format") != FORMAT:
             ResultStore.open(location)  # raises, naming the format and the way out
-        keys, words = describe_difference(meta.get("fingerprint_parts") or {},
-                                          run_plan.fingerprint_parts)
+        keys, words = describe_difference(
+            meta.get("fingerprint_parts") or {}, run_plan.fingerprint_parts
+        )
         raise StoreError(
             f"the store {location!r} holds a result of a different computation (differs in: "
             f"{', '.join(keys)}): {words}. Pass overwrite=True (diffops run --overwrite) to "
@@ -276,13 +329,25 @@ def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
         raise
 
 
-def hessian_to_zarr(f: Callable, x: Any, store: Any, *, nbatches: int | None = None,
-                    block_size: int | None = None, memory_budget: int | str | None = None,
-                    inner_width: int | None = None, checkpoint: bool = False,
-                    client: Any = None, overwrite: bool = False, progress: bool = True,
-                    threads: int = 2, compressor: str | None = None, break_lock: bool = False,
-                    executor: Executor | None = None,
-                    callbacks: Sequence[Callback] = ()) -> Result:
+def hessian_to_zarr(
+    f: Callable,
+    x: Any,
+    store: Any,
+    *,
+    nbatches: int | None = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+    checkpoint: bool = False,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int = 2,
+    compressor: str | None = None,
+    break_lock: bool = False,
+    executor: Executor | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Result:
     """Compute the Hessian of scalar ``f`` at ``x`` into a Zarr store, block by block.
 
     One dask task per block of columns; each writes its own column slab (whole
@@ -322,28 +387,71 @@ def hessian_to_zarr(f: Callable, x: Any, store: Any, *, nbatches: int | None = N
     task cannot fit a worker; `BlockError` naming the block when a block fails; the in-memory API's
     errors for bad input.
     """
-    return _to_zarr("hessian", f, x, store, mode=None, nbatches=nbatches, block_size=block_size,
-                    memory_budget=memory_budget, inner_width=inner_width, checkpoint=checkpoint,
-                    client=client, overwrite=overwrite, progress=progress, threads=threads,
-                    compressor=compressor, break_lock=break_lock, executor=executor,
-                    callbacks=callbacks)
+    return _to_zarr(
+        "hessian",
+        f,
+        x,
+        store,
+        mode=None,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+        checkpoint=checkpoint,
+        client=client,
+        overwrite=overwrite,
+        progress=progress,
+        threads=threads,
+        compressor=compressor,
+        break_lock=break_lock,
+        executor=executor,
+        callbacks=callbacks,
+    )
 
 
-def jacobian_to_zarr(f: Callable, x: Any, store: Any, *, mode: str = "auto",
-                     nbatches: int | None = None, block_size: int | None = None,
-                     memory_budget: int | str | None = None, inner_width: int | None = None,
-                     checkpoint: bool = False, client: Any = None, overwrite: bool = False,
-                     progress: bool = True, threads: int = 2, compressor: str | None = None,
-                     break_lock: bool = False, executor: Executor | None = None,
-                     callbacks: Sequence[Callback] = ()) -> Result:
+def jacobian_to_zarr(
+    f: Callable,
+    x: Any,
+    store: Any,
+    *,
+    mode: str = "auto",
+    nbatches: int | None = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+    checkpoint: bool = False,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int = 2,
+    compressor: str | None = None,
+    break_lock: bool = False,
+    executor: Executor | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Result:
     """Compute the Jacobian of ``f`` at ``x`` into a Zarr store, block by block.
 
     As `hessian_to_zarr`; ``mode`` is ``"fwd"`` (column slabs of JVPs), ``"rev"``
     (row slabs of VJPs) or ``"auto"`` (fewer products). The stored matrix is the
     flat ``(m, n)`` Jacobian; `Result.to_pytree` gives the pytree view.
     """
-    return _to_zarr("jacobian", f, x, store, mode=mode, nbatches=nbatches, block_size=block_size,
-                    memory_budget=memory_budget, inner_width=inner_width, checkpoint=checkpoint,
-                    client=client, overwrite=overwrite, progress=progress, threads=threads,
-                    compressor=compressor, break_lock=break_lock, executor=executor,
-                    callbacks=callbacks)
+    return _to_zarr(
+        "jacobian",
+        f,
+        x,
+        store,
+        mode=mode,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+        checkpoint=checkpoint,
+        client=client,
+        overwrite=overwrite,
+        progress=progress,
+        threads=threads,
+        compressor=compressor,
+        break_lock=break_lock,
+        executor=executor,
+        callbacks=callbacks,
+    )

@@ -150,9 +150,15 @@ class ProgressBar(Callback):
         if event.where:
             print(f"diffops: {len(event.todo)} blocks on {event.where}", file=self.stream)
         total = event.plan.blocks.n_blocks
-        self.bar = tqdm(total=total, initial=event.done, unit="block", file=self.stream,
-                        desc=f"diffops {event.plan.operation}", dynamic_ncols=True,
-                        mininterval=0.2)
+        self.bar = tqdm(
+            total=total,
+            initial=event.done,
+            unit="block",
+            file=self.stream,
+            desc=f"diffops {event.plan.operation}",
+            dynamic_ncols=True,
+            mininterval=0.2,
+        )
 
     def on_block_end(self, event: BlockEvent) -> None:
         if self.bar is not None:
@@ -181,7 +187,8 @@ class Summary(Callback):
         measured = [e for e in self.events if not e.lost]
         columns = sum(e.stop - e.start for e in measured)
         return RunSummary(
-            blocks_computed=len(self.events), seconds=self.seconds,
+            blocks_computed=len(self.events),
+            seconds=self.seconds,
             columns_per_s=columns / self.seconds if self.seconds > 0 else 0.0,
             nonfinite_blocks=tuple(sorted(e.index for e in measured if e.nonfinite)),
             hosts=tuple(sorted({f"{e.host}:{e.pid}" for e in measured})),

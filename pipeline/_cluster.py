@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask
 
 __all__ = ["JAX_WORKER_ENV", "local_cluster", "peak_rss", "tune_malloc", "vm_bytes"]
@@ -62,12 +64,21 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    return (bool(mallopt(m_mmap_threshold, 1 << 26)) and bool(mallopt(m_trim_threshold, 1 << 31))
-            and bool(mallopt(m_arena_max, 2)))
+    return (
+        bool(mallopt(m_mmap_threshold, 1 << 26))
+        and bool(mallopt(m_trim_threshold, 1 << 31))
+        and bool(mallopt(m_arena_max, 2))
+    )
 
 
-def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_limit="auto",
-                  env: dict | None = None, **kwargs):
+def local_cluster(
+    n_workers: int = 2,
+    *,
+    threads_per_worker: int = 1,
+    memory_limit: int | str = "auto",
+    env: dict | None = None,
+    **kwargs: Any,
+) -> Any:
     """A `distributed.LocalCluster` of worker processes ready for JAX.
 
     Worker processes are spawned (never forked from a process with JAX loaded)
@@ -89,7 +100,17 @@ def local_cluster(n_workers: int = 2, *, threads_per_worker: int = 1, memory_lim
     # driver's environment already holds (the nanny's lowest-ranked source is
     # its configuration, and it writes pre-spawn values into the driver's
     # environment, so a second cluster would otherwise inherit the first's).
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.worker.multiprocessing-method": "spawn"}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                            processes=True, memory_limit=memory_limit, env=environ, **kwargs)
+    with dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ": environ,
+            "distributed.worker.multiprocessing-method": "spawn",
+        }
+    ):
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            memory_limit=memory_limit,
+            env=environ,
+            **kwargs,
+        )

@@ -47,8 +47,7 @@ class Executor(Protocol):
         """Where the blocks run, for the progress display (None: here)."""
         ...
 
-    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
-        ...
+    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None: ...
 
 
 def active_client():
@@ -97,8 +96,9 @@ class ThreadsExecutor:
         task = self.task(plan)
         prefix = f"diffops-block-{plan.token}-"
         held = dask.delayed(task, traverse=False, name=f"diffops-task-{plan.token}")
-        tasks = [dask.delayed(_call, pure=False)(held, i, dask_key_name=f"{prefix}{i}")
-                 for i in todo]
+        tasks = [
+            dask.delayed(_call, pure=False)(held, i, dask_key_name=f"{prefix}{i}") for i in todo
+        ]
         with _OnBlockEnd(callbacks, prefix):
             dask.compute(*tasks, scheduler="threads", num_workers=self.threads)
 
@@ -131,8 +131,9 @@ class DistributedExecutor:
 
         # the task is a task (not scattered data), so the scheduler can rebuild it
         # if every worker holding it dies; each worker fetches it once
-        held = self.client.submit(_hold, self.task(plan), key=f"diffops-task-{plan.token}",
-                                  pure=False)
+        held = self.client.submit(
+            _hold, self.task(plan), key=f"diffops-task-{plan.token}", pure=False
+        )
         run = _DistributedRun(self, plan, held)
         try:
             queue = as_completed([run.submit(i) for i in todo])
@@ -160,7 +161,8 @@ class _DistributedRun:
     def submit(self, i: int):
         self.tries[i] = self.tries.get(i, -1) + 1
         key = f"diffops-block-{self.plan.token}-{i}" + (
-            f"-again{self.tries[i]}" if self.tries[i] else "")
+            f"-again{self.tries[i]}" if self.tries[i] else ""
+        )
         future = self.executor.client.submit(_call, self.held, i, key=key, pure=False)
         self.pending[key], self.index_of[key] = future, i
         return future
@@ -182,11 +184,17 @@ class _DistributedRun:
                 self.pending.pop(future.key)
                 queue.add(self.submit(i))
                 return None
-            raise BlockError(i, block.start, block.stop, self.plan.spec.axis,
-                             f"lost {self.tries[i] + 1} times: {err}") from err
+            raise BlockError(
+                i,
+                block.start,
+                block.stop,
+                self.plan.spec.axis,
+                f"lost {self.tries[i] + 1} times: {err}",
+            ) from err
         except Exception as err:  # e.g. KilledWorker: the block kept killing workers
-            raise BlockError(i, block.start, block.stop, self.plan.spec.axis,
-                             f"{type(err).__name__}: {err}") from err
+            raise BlockError(
+                i, block.start, block.stop, self.plan.spec.axis, f"{type(err).__name__}: {err}"
+            ) from err
 
     def _recorded(self, i: int) -> bool:
         from ._store import ResultStore

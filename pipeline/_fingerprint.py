@@ -27,7 +27,7 @@ __all__ = [
 _MEANING = {
     "function": "f computes something else (its traced program differs)",
     "data": "the data f reads changed (arrays it closes over, globals, object attributes "
-            "or files a module loaded)",
+    "or files a module loaded)",
     "x": "x has other values",
     "x_layout": "x has another structure",
     "options": "the options differ",

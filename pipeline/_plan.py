@@ -16,16 +16,17 @@ from typing import Any
 
 import jax
 import numpy as np
+from dask.utils import format_bytes
 
 from diffops_core.internal import (
     BlockPlan,
     InputError,
     Kernels,
     KernelSpec,
+    Sizing,
     auto_inner_width,
     budget_block,
     choose_sizing,
-    format_bytes,
     get_kernels,
     jacobian_op,
     kernel_bytes,
@@ -130,12 +131,19 @@ class RunPlan:
         """The metadata a new store of this result starts with."""
         spec = self.spec
         return {
-            "operation": self.operation, "op": spec.op, "mode": self.mode,
-            "shape": [spec.m, spec.n], "dtype": spec.dtype, "axis": spec.axis,
+            "operation": self.operation,
+            "op": spec.op,
+            "mode": self.mode,
+            "shape": [spec.m, spec.n],
+            "dtype": spec.dtype,
+            "axis": spec.axis,
             "output_shape": [list(s.shape) for s in spec.out_layout.leaves],
-            "plan": self.blocks.to_json(), "in_layout": spec.in_layout.to_json(),
-            "out_layout": spec.out_layout.to_json(), "fingerprint": self.fingerprint,
-            "fingerprint_parts": self.fingerprint_parts, "options": self.options,
+            "plan": self.blocks.to_json(),
+            "in_layout": spec.in_layout.to_json(),
+            "out_layout": spec.out_layout.to_json(),
+            "fingerprint": self.fingerprint,
+            "fingerprint_parts": self.fingerprint_parts,
+            "options": self.options,
             "compressor": self.compressor,
         }
 
@@ -147,8 +155,10 @@ class RunPlan:
 
     def disk_bytes(self, todo) -> int:
         """Bytes the blocks ``todo`` write, uncompressed, with their records."""
-        return sum(self.slab_bytes(self.blocks.block(i).size) for i in todo) \
+        return (
+            sum(self.slab_bytes(self.blocks.block(i).size) for i in todo)
             + self.blocks.n_blocks * 64
+        )
 
     def for_run(self, run: int, token: str) -> RunPlan:
         return dataclasses.replace(self, run=run, token=token)
@@ -161,8 +171,9 @@ def default_block_size(extent: int, other: int, itemsize: int) -> int:
     return max(1, min(extent, by_count, by_bytes))
 
 
-def task_bytes(kernels: Kernels, block_size: int, inner_width: int | None = None
-               ) -> tuple[int, str]:
+def task_bytes(
+    kernels: Kernels, block_size: int, inner_width: int | None = None
+) -> tuple[int, str]:
     """(bytes one block task needs, how that was counted): XLA's compiled
     footprint of the block kernel plus two host copies of the slab."""
     width = inner_width or auto_inner_width(kernels, block_size)
@@ -170,16 +181,20 @@ def task_bytes(kernels: Kernels, block_size: int, inner_width: int | None = None
     spec = kernels.spec
     other = spec.m if spec.axis == 1 else spec.n
     slab = block_size * other * np.dtype(spec.dtype).itemsize
-    detail = (f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
-              f"2 x {format_bytes(slab)} slab on the host")
+    detail = (
+        f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
+        f"2 x {format_bytes(slab)} slab on the host"
+    )
     return footprint.total + 2 * slab, detail
 
 
 def _memory_error(per_task: int, detail: str, limits: Limits) -> NotEnoughMemoryError:
     tasks = per_task * limits.threads
     if tasks < limits.floor:
-        tasks_text = (f"the {format_bytes(limits.floor)} a worker's runtime grows to "
-                      f"whatever the block (more than {limits.threads} task(s) need)")
+        tasks_text = (
+            f"the {format_bytes(limits.floor)} a worker's runtime grows to "
+            f"whatever the block (more than {limits.threads} task(s) need)"
+        )
     else:
         tasks_text = f"{format_bytes(tasks)} for {limits.threads} task(s) at once"
     base = f"{format_bytes(limits.baseline)} baseline + " if limits.baseline else ""
@@ -204,8 +219,9 @@ def _default_block(kernels: Kernels, limits: Limits) -> int:
     if not limits.fits(0):
         raise _memory_error(*task_bytes(kernels, 1), limits)
     try:
-        sizing = budget_block(kernels, int(limits.per_task),
-                              host_bytes_per_item=2 * other * itemsize)
+        sizing = budget_block(
+            kernels, int(limits.per_task), host_bytes_per_item=2 * other * itemsize
+        )
     except ValueError:
         raise _memory_error(*task_bytes(kernels, 1), limits) from None
     return max(1, min(block, sizing.block_size))
@@ -216,11 +232,51 @@ def _host_tree(x):
     return jax.tree_util.tree_map(lambda v: np.asarray(v) if hasattr(v, "dtype") else v, x)
 
 
-def plan(operation: str, f: Callable, x: Any, location: Any, *, limits: Limits,
-         mode: str | None = None, nbatches: int | None = None, block_size: int | None = None,
-         memory_budget: int | str | None = None, inner_width: int | None = None,
-         checkpoint: bool = False, compressor: str | None = None,
-         stored: BlockPlan | None = None) -> RunPlan:
+def _sizing(
+    kernels: Kernels,
+    limits: Limits,
+    stored: BlockPlan | None,
+    nbatches: int | None,
+    block_size: int | None,
+    memory_budget: int | str | None,
+    inner_width: int | None,
+) -> Sizing:
+    """The blocking asked for; by default about 16 blocks that fit ``limits`` (a
+    store begun with a default block resumes with that block: the default
+    depends on the memory there is now)."""
+    if nbatches == 1 and block_size is None and memory_budget is None:
+        nbatches = None
+    if nbatches is None and block_size is None and memory_budget is None:
+        if stored is not None and stored.extent == kernels.spec.extent:
+            block_size = stored.block_size
+        else:
+            block_size = _default_block(kernels, limits)
+    return choose_sizing(
+        kernels,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+        auto_width=False,
+    )
+
+
+def plan(
+    operation: str,
+    f: Callable,
+    x: Any,
+    location: Any,
+    *,
+    limits: Limits,
+    mode: str | None = None,
+    nbatches: int | None = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+    checkpoint: bool = False,
+    compressor: str | None = None,
+    stored: BlockPlan | None = None,
+) -> RunPlan:
     """Plan a run: trace, size, fingerprint, and check memory.
 
     **Arguments:** as `pipeline.hessian_to_zarr`; `limits` says where the tasks
@@ -231,31 +287,41 @@ def plan(operation: str, f: Callable, x: Any, location: Any, *, limits: Limits,
     one block task cannot fit `limits`.
     """
     x_host = _host_tree(x)
-    kernels, x_flat, _ = get_kernels(f, x_host, "hessian" if operation == "hessian" else "jacfwd",
-                                     checkpoint=checkpoint)
+    kernels, x_flat, _ = get_kernels(
+        f, x_host, "hessian" if operation == "hessian" else "jacfwd", checkpoint=checkpoint
+    )
     if operation == "jacobian":
         kernels = kernels.for_op(jacobian_op(mode or "auto", kernels.spec.n, kernels.spec.m))
-    if nbatches == 1 and block_size is None and memory_budget is None:
-        nbatches = None
-    if nbatches is None and block_size is None and memory_budget is None:
-        # the default depends on the memory there is now; a store begun with a
-        # default block resumes with that block (checked against memory below)
-        if stored is not None and stored.extent == kernels.spec.extent:
-            block_size = stored.block_size
-        else:
-            block_size = _default_block(kernels, limits)
-    sizing = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
-                           memory_budget=memory_budget, inner_width=inner_width, auto_width=False)
+    sizing = _sizing(kernels, limits, stored, nbatches, block_size, memory_budget, inner_width)
     blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
     per_task, detail = task_bytes(kernels, blocks.block_size, sizing.micro)
     if not limits.fits(per_task):
         raise _memory_error(per_task, detail, limits)
     x64 = bool(jax.config.read("jax_enable_x64"))
-    options = {"op": kernels.spec.op, "block_size": blocks.block_size, "checkpoint": checkpoint,
-               "dtype": kernels.spec.dtype, "x64": x64, "inner_width": sizing.micro}
-    parts = fingerprint_parts(kernels.traced.identity(), np.asarray(x_flat),
-                              kernels.spec.in_layout.to_json(), options)
-    return RunPlan(operation=operation, mode=mode if operation == "jacobian" else None,
-                   kernels=kernels, f=f, x=x_host, blocks=blocks, inner_width=sizing.micro,
-                   checkpoint=checkpoint, x64=x64, location=location, compressor=compressor,
-                   fingerprint=sha256_json(parts), fingerprint_parts=parts, options=options)
+    options = {
+        "op": kernels.spec.op,
+        "block_size": blocks.block_size,
+        "checkpoint": checkpoint,
+        "dtype": kernels.spec.dtype,
+        "x64": x64,
+        "inner_width": sizing.micro,
+    }
+    parts = fingerprint_parts(
+        kernels.traced.identity(), np.asarray(x_flat), kernels.spec.in_layout.to_json(), options
+    )
+    return RunPlan(
+        operation=operation,
+        mode=mode if operation == "jacobian" else None,
+        kernels=kernels,
+        f=f,
+        x=x_host,
+        blocks=blocks,
+        inner_width=sizing.micro,
+        checkpoint=checkpoint,
+        x64=x64,
+        location=location,
+        compressor=compressor,
+        fingerprint=sha256_json(parts),
+        fingerprint_parts=parts,
+        options=options,
+    )

@@ -42,8 +42,9 @@ def checks(result: Result) -> dict:
     if result.meta["operation"] == "hessian":
         a = _square(result)
         finite = da.where(da.isfinite(a), a, 0)
-        diff, scale = dask.compute(da.max(da.abs(finite - finite.T)), da.max(da.abs(finite)),
-                                   scheduler="threads")
+        diff, scale = dask.compute(
+            da.max(da.abs(finite - finite.T)), da.max(da.abs(finite)), scheduler="threads"
+        )
         out["symmetry_error"] = float(diff / scale) if scale > 0 else 0.0
     return out
 
@@ -63,13 +64,19 @@ def _leaf_figures(result: Result) -> list:
         entry = {"norm": da.linalg.norm(row)}
         if hessian:
             diag = da.diagonal(a[leaf.slice, leaf.slice])
-            entry.update(diagonal_min=diag.min(), diagonal_max=diag.max(),
-                         asymmetry=da.max(da.abs(row - a[:, leaf.slice].T)))
+            entry.update(
+                diagonal_min=diag.min(),
+                diagonal_max=diag.max(),
+                asymmetry=da.max(da.abs(row - a[:, leaf.slice].T)),
+            )
         stats.append(entry)
     (stats,) = dask.compute(stats, scheduler="threads")
-    return [LeafSummary(path=leaf.path, shape=tuple(leaf.shape),
-                        **{k: float(v) for k, v in entry.items()})
-            for leaf, entry in zip(rows_layout.leaves, stats, strict=True)]
+    return [
+        LeafSummary(
+            path=leaf.path, shape=tuple(leaf.shape), **{k: float(v) for k, v in entry.items()}
+        )
+        for leaf, entry in zip(rows_layout.leaves, stats, strict=True)
+    ]
 
 
 def summarise(result: Result) -> StoreSummary:
@@ -79,14 +86,24 @@ def summarise(result: Result) -> StoreSummary:
     status = result.status()
     parts = meta.get("fingerprint_parts", {})
     return StoreSummary(
-        location=str(result.location), operation=meta["operation"], op=meta["op"],
-        shape=tuple(meta["shape"]), dtype=meta["dtype"], nbytes=result.nbytes,
-        block_size=result._store.plan.block_size, n_blocks=result._store.plan.n_blocks,
-        axis=int(meta["axis"]), blocks_done=status["blocks_done"], complete=status["complete"],
-        function=str(parts.get("function")), fingerprint=meta["fingerprint"],
-        versions=parts.get("versions") or {}, runs=status["runs"],
+        location=str(result.location),
+        operation=meta["operation"],
+        op=meta["op"],
+        shape=tuple(meta["shape"]),
+        dtype=meta["dtype"],
+        nbytes=result.nbytes,
+        block_size=result._store.plan.block_size,
+        n_blocks=result._store.plan.n_blocks,
+        axis=int(meta["axis"]),
+        blocks_done=status["blocks_done"],
+        complete=status["complete"],
+        function=str(parts.get("function")),
+        fingerprint=meta["fingerprint"],
+        versions=parts.get("versions") or {},
+        runs=status["runs"],
         checks=meta.get("checks", {}),
-        leaves=tuple(_leaf_figures(result)) if status["complete"] else ())
+        leaves=tuple(_leaf_figures(result)) if status["complete"] else (),
+    )
 
 
 def _image(result: Result, pixels: int):
@@ -114,8 +131,9 @@ def _label_leaves(ax, layout, factor: int, axis: str) -> None:
     edges = [leaf.offset / factor for leaf in layout.leaves] + [layout.n / factor]
     for edge in edges[1:-1]:
         (ax.axhline if axis == "row" else ax.axvline)(edge - 0.5, color="cyan", lw=0.6)
-    spans = sorted(zip(edges[:-1], edges[1:], layout.leaves, strict=True),
-                   key=lambda t: t[0] - t[1])
+    spans = sorted(
+        zip(edges[:-1], edges[1:], layout.leaves, strict=True), key=lambda t: t[0] - t[1]
+    )
     kept: list[tuple[float, str]] = []
     gap = 0.03 * edges[-1]
     for lo, hi, leaf in spans:
@@ -138,7 +156,8 @@ def plot(result: Result, output: str, *, pixels: int = 800) -> dict:
         import matplotlib
     except ImportError:
         raise MissingDependencyError(
-            "plotting needs matplotlib: pip install 'diffops[plot]'") from None
+            "plotting needs matplotlib: pip install 'diffops[plot]'"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -147,21 +166,27 @@ def plot(result: Result, output: str, *, pixels: int = 800) -> dict:
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
     im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
-    fig.colorbar(im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})"
-                                                      if factor > 1 else ""))
+    fig.colorbar(
+        im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})" if factor > 1 else "")
+    )
     _label_leaves(ax, rows_layout, factor, "row")
     _label_leaves(ax, cols_layout, factor, "col")
     status = result.status()
     m, n = result.shape
     title = f"{result.meta['operation']} {m}x{n}: log10|M|"
     if not status["complete"]:
-        title += (f"\nINCOMPLETE: {status['blocks_done']}/{status['blocks_total']} blocks; "
-                  "blue = missing or NaN")
+        title += (
+            f"\nINCOMPLETE: {status['blocks_done']}/{status['blocks_total']} blocks; "
+            "blue = missing or NaN"
+        )
     elif np.ma.getmaskarray(logged).any():
         title += "\nblue = NaN entries"
     ax.set_title(title, fontsize=9 if "\n" in title else None)
     fig.tight_layout()
     fig.savefig(output, format="png")
     plt.close(fig)
-    return {"cells": tuple(logged.shape), "factor": factor,
-            "missing_blocks": status["blocks_total"] - status["blocks_done"]}
+    return {
+        "cells": tuple(logged.shape),
+        "factor": factor,
+        "missing_blocks": status["blocks_total"] - status["blocks_done"],
+    }

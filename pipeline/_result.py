@@ -42,8 +42,10 @@ class Result:
 
     def __repr__(self):
         st = self.status()
-        return (f"Result({self.meta['operation']} {self.shape} {self.dtype} at {self.location!r}: "
-                f"{st['blocks_done']}/{st['blocks_total']} blocks)")
+        return (
+            f"Result({self.meta['operation']} {self.shape} {self.dtype} at {self.location!r}: "
+            f"{st['blocks_done']}/{st['blocks_total']} blocks)"
+        )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -75,8 +77,9 @@ class Result:
             "blocks_done": int(done.sum()),
             "complete": bool(done.all()),
             "runs": self._store.runs_total,
-            "nonfinite_blocks": [int(i) for i in
-                                 np.flatnonzero(done & (records[:, NONFINITE] > 0))],
+            "nonfinite_blocks": [
+                int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))
+            ],
             "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
         }
 
@@ -159,7 +162,6 @@ class Result:
             bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
         return sorted(bad)
 
-
     def summary(self) -> StoreSummary:
         """What the store holds: metadata, progress, and for a complete result the
         per-leaf figures (row-block norm; for a Hessian the diagonal's range and
@@ -225,13 +227,14 @@ class StoreSummary:
         """The summary as text lines (what ``diffops show`` prints)."""
         what = "rows" if self.axis == 0 else "columns"
         op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
-        out = [self.location,
-               f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_bytes(self.nbytes)}",
-               f"  blocks      {self.n_blocks} of {self.block_size} ({what}); "
-               f"{self.blocks_done} done",
-               f"  function    {self.function}",
-               f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
-               f"  runs        {self.runs}; checks {self.checks}"]
+        out = [
+            self.location,
+            f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_bytes(self.nbytes)}",
+            f"  blocks      {self.n_blocks} of {self.block_size} ({what}); {self.blocks_done} done",
+            f"  function    {self.function}",
+            f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
+            f"  runs        {self.runs}; checks {self.checks}",
+        ]
         if not self.complete:
             return [*out, "  (incomplete: no per-leaf summary)"]
         hessian = self.operation == "hessian"
@@ -242,8 +245,10 @@ class StoreSummary:
         for leaf in self.leaves:
             line = f"  {leaf.path or '(root)':<28} {leaf.shape!s:<14} {leaf.norm:>15.4g}"
             if hessian:
-                line += (f" {leaf.diagonal_min:>13.4g} {leaf.diagonal_max:>13.4g}"
-                         f" {leaf.asymmetry:>11.3g}")
+                line += (
+                    f" {leaf.diagonal_min:>13.4g} {leaf.diagonal_max:>13.4g}"
+                    f" {leaf.asymmetry:>11.3g}"
+                )
             out.append(line)
         return out
 
@@ -253,7 +258,7 @@ def _describe(leaves) -> str:
     return f"[{text}{', ...' if len(leaves) > 6 else ''}]"
 
 
-def open_result(store) -> Result:
+def open_result(store: Any) -> Result:
     """Open a stored result (a local path or any store/URL zarr v3 accepts).
 
     **Raises:** `pipeline.StoreError` when there is no result there.

@@ -72,6 +72,7 @@ def _text(what: str):
         if not isinstance(value, str):
             raise ValueError(f"must be {what}, got {_type_name(value)}")
         return value
+
     return check
 
 
@@ -86,6 +87,7 @@ def _choice(*allowed: str, words: str):
         if value not in allowed:
             raise ValueError(f"must be {words}, got {value!r}")
         return value
+
     return check
 
 
@@ -132,8 +134,10 @@ def _env(value):
 
 def _opt(check):
     """``check``, letting None (the default) through."""
+
     def optional(value):
         return None if value is None else check(value)
+
     return optional
 
 
@@ -162,11 +166,13 @@ class Blocks(_Model):
 
     @model_validator(mode="after")
     def _one(self):
-        given = [k for k in ("block_size", "nbatches", "memory_budget")
-                 if getattr(self, k) is not None]
+        given = [
+            k for k in ("block_size", "nbatches", "memory_budget") if getattr(self, k) is not None
+        ]
         if len(given) > 1:
-            raise ValueError(f"give one of block_size, nbatches, memory_budget; got "
-                             f"{' and '.join(given)}")
+            raise ValueError(
+                f"give one of block_size, nbatches, memory_budget; got {' and '.join(given)}"
+            )
         return self
 
 
@@ -174,8 +180,9 @@ class Cluster(_Model):
     """``cluster``: `workers` (a local cluster) or `scheduler` (an address)."""
 
     workers: OptionalPositiveInt = None
-    scheduler: Annotated[str | None, BeforeValidator(
-        _opt(_text("an address like tcp://host:8786")))] = None
+    scheduler: Annotated[
+        str | None, BeforeValidator(_opt(_text("an address like tcp://host:8786")))
+    ] = None
     threads_per_worker: PositiveInt = 1
     memory_limit: Annotated[int | str, BeforeValidator(_size)] = "auto"
 
@@ -197,17 +204,20 @@ class Spec(_Model):
     `path` is the spec file, and every relative path is resolved against it."""
 
     path: str
-    operation: Annotated[str, BeforeValidator(
-        _choice("hessian", "jacobian", words="'hessian' or 'jacobian'"))]
+    operation: Annotated[
+        str, BeforeValidator(_choice("hessian", "jacobian", words="'hessian' or 'jacobian'"))
+    ]
     function: Annotated[str, BeforeValidator(_target)]
     point: Annotated[str, BeforeValidator(_point)]
     output: Annotated[str, BeforeValidator(_text("a path or URL"))]
     blocks: Blocks = Blocks()
     cluster: Cluster = Cluster()
-    mode: Annotated[str, BeforeValidator(_choice("auto", "fwd", "rev", words="auto, fwd or rev"))] \
-        = "auto"
-    dtype: Annotated[str, BeforeValidator(
-        _choice("float32", "float64", words="float32 or float64"))] = "float32"
+    mode: Annotated[
+        str, BeforeValidator(_choice("auto", "fwd", "rev", words="auto, fwd or rev"))
+    ] = "auto"
+    dtype: Annotated[
+        str, BeforeValidator(_choice("float32", "float64", words="float32 or float64"))
+    ] = "float32"
     checkpoint: Annotated[bool, BeforeValidator(_flag)] = False
     compressor: Annotated[str | None, BeforeValidator(_compressor)] = None
     finalize: Finalize = Finalize()
@@ -233,17 +243,20 @@ class Spec(_Model):
 
     def resolved(self) -> Spec:
         """The spec with relative paths made relative to the spec file's directory."""
+
         def rel(value):
             if value is None or os.path.isabs(value) or "://" in value:
                 return value
             return os.path.normpath(os.path.join(self.base, value))
 
-        return self.model_copy(update={
-            "output": rel(self.output),
-            "point": rel(self.point) if self.point.endswith(".npz") else self.point,
-            "python_path": tuple(rel(p) for p in self.python_path),
-            "finalize": Finalize(npy=rel(self.finalize.npy)),
-        })
+        return self.model_copy(
+            update={
+                "output": rel(self.output),
+                "point": rel(self.point) if self.point.endswith(".npz") else self.point,
+                "python_path": tuple(rel(p) for p in self.python_path),
+                "finalize": Finalize(npy=rel(self.finalize.npy)),
+            }
+        )
 
     def to_json(self) -> dict:
         """The spec as stored with a result: every path absolute, so that a repair
@@ -266,8 +279,9 @@ class Spec(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise SpecError(_message(f"{path} (as stored with the result)",
-                                     err.errors()[0])) from None
+            raise SpecError(
+                _message(f"{path} (as stored with the result)", err.errors()[0])
+            ) from None
 
     def blocking(self) -> dict:
         return self.blocks.model_dump(exclude_none=True)
@@ -326,7 +340,8 @@ def _import_attr(spec: Spec, field: str, target: str, call: bool):
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise SpecError(
-                f"{spec.path}: {field}: module {module_name!r} has no attribute {attr!r}")
+                f"{spec.path}: {field}: module {module_name!r} has no attribute {attr!r}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(f"{spec.path}: {field}: {target!r} is not callable")
@@ -335,8 +350,9 @@ def _import_attr(spec: Spec, field: str, target: str, call: bool):
     try:
         return obj()
     except Exception as err:  # noqa: BLE001 - a failing point function is a spec error
-        raise SpecError(f"{spec.path}: {field}: {target}() raised {type(err).__name__}: {err}") \
-            from None
+        raise SpecError(
+            f"{spec.path}: {field}: {target}() raised {type(err).__name__}: {err}"
+        ) from None
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -360,8 +376,10 @@ def _message(path: str, error: Any) -> str:
     kind, text = error["type"], str(error["msg"])
     if kind == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1])
-        return (f"{path}: {parent + ': ' if parent else ''}unknown key {loc[-1]!r} "
-                f"(allowed: {_allowed(loc)})")
+        return (
+            f"{path}: {parent + ': ' if parent else ''}unknown key {loc[-1]!r} "
+            f"(allowed: {_allowed(loc)})"
+        )
     if kind == "missing":
         return f"{path}: {where}: missing (required)"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
@@ -380,8 +398,10 @@ def spec_from_dict(data: Any, path: str = "<spec>") -> Spec:
     if "path" in data:
         raise SpecError(f"{path}: unknown key 'path' (allowed: {_allowed(('path',))})")
     if "compression" in data:
-        raise SpecError(f"{path}: compression: renamed to compressor (none or zstd), the name "
-                        "the Python API uses; rename the key")
+        raise SpecError(
+            f"{path}: compression: renamed to compressor (none or zstd), the name "
+            "the Python API uses; rename the key"
+        )
     try:
         spec = Spec.model_validate({**data, "path": path})
     except ValidationError as err:
@@ -399,8 +419,9 @@ class _StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.MarkedYAMLError(
-                problem=f"aliases (*{event.anchor}) are not allowed in a spec; write the value "
-                        "out", problem_mark=event.start_mark)
+                problem=f"aliases (*{event.anchor}) are not allowed in a spec; write the value out",
+                problem_mark=event.start_mark,
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -410,7 +431,8 @@ class _StrictLoader(yaml.SafeLoader):
             if key in seen:
                 raise yaml.MarkedYAMLError(
                     problem=f"duplicate key {key!r}; give each key once",
-                    problem_mark=key_node.start_mark)
+                    problem_mark=key_node.start_mark,
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

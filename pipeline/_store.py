@@ -87,7 +87,7 @@ def normalise_location(store):
     if isinstance(store, os.PathLike):
         return os.fspath(store)
     if isinstance(store, str) and store.startswith("file://"):
-        return store[len("file://"):] or "/"
+        return store[len("file://") :] or "/"
     return store
 
 
@@ -101,8 +101,9 @@ def local_path(store) -> str | None:
     return None
 
 
-def chunk_shape(shape: tuple[int, int], axis: int, block_size: int,
-                itemsize: int) -> tuple[int, int]:
+def chunk_shape(
+    shape: tuple[int, int], axis: int, block_size: int, itemsize: int
+) -> tuple[int, int]:
     """Chunks with edges on block edges along ``axis``, at most about 64 MiB each.
 
     Across the block axis the extent is split evenly: zarr stores edge chunks at
@@ -164,8 +165,11 @@ def inspect(location) -> str:
         return "absent"
     if not os.path.isdir(path) or os.path.islink(path):
         return "foreign"
-    names = {name for name in os.listdir(path) if not _PARTIAL.search(name)
-             or not name.startswith("zarr.")}
+    names = {
+        name
+        for name in os.listdir(path)
+        if not _PARTIAL.search(name) or not name.startswith("zarr.")
+    }
     if not names - {LOCK_NAME}:
         return "absent"
     if "zarr.json" in names:
@@ -201,9 +205,11 @@ def describe_foreign(location) -> str:
         what = f" (it holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
     elif path is not None:
         what = " (it is a file)"
-    return (f"{location!r} is not empty and is not a diffops store{what}; diffops never writes "
-            "into or deletes what it did not create, even with overwrite. Choose a new or "
-            "empty directory for the output")
+    return (
+        f"{location!r} is not empty and is not a diffops store{what}; diffops never writes "
+        "into or deletes what it did not create, even with overwrite. Choose a new or "
+        "empty directory for the output"
+    )
 
 
 def _remove_ours(path: str):
@@ -232,8 +238,10 @@ class ResultStore:
                 f"this version reads format {FORMAT}: {_OVERWRITE_HINT}"
             )
         if not self.meta.get("ready", False):
-            raise StoreError(f"{location!r} is a diffops store whose creation was interrupted; "
-                             "run the computation again to recreate it")
+            raise StoreError(
+                f"{location!r} is a diffops store whose creation was interrupted; "
+                "run the computation again to recreate it"
+            )
         self.plan = BlockPlan.from_json(self.meta["plan"])
         arrays = {}
         for name in ("matrix", "blocks"):
@@ -269,8 +277,17 @@ class ResultStore:
         return cls(group, location)
 
     @classmethod
-    def create(cls, location, *, meta: dict, shape, dtype, axis: int, block_size: int,
-               compressor: str | None = None) -> ResultStore:
+    def create(
+        cls,
+        location,
+        *,
+        meta: dict,
+        shape,
+        dtype,
+        axis: int,
+        block_size: int,
+        compressor: str | None = None,
+    ) -> ResultStore:
         """Create a new result group where `inspect` found nothing, or ours.
 
         The caller holds the lock and has decided that what is there may go.
@@ -279,9 +296,15 @@ class ResultStore:
         """
         location = normalise_location(location)
         path = local_path(location)
-        attrs: dict[str, Any] = {"diffops": {
-            **meta, "format": FORMAT, "record_fields": list(RECORD_FIELDS), "runs": [],
-            "ready": False}}
+        attrs: dict[str, Any] = {
+            "diffops": {
+                **meta,
+                "format": FORMAT,
+                "record_fields": list(RECORD_FIELDS),
+                "runs": [],
+                "ready": False,
+            }
+        }
         if path is None:
             mode = "w" if inspect(location) == "ours" else "w-"
             group = zarr.open_group(location, mode=mode, attributes=attrs)  # type: ignore[arg-type]
@@ -293,16 +316,29 @@ class ResultStore:
         chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
         compressors: Any = None
         if compressor:
-            compressors = [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}] \
-                if compressor == "zstd" else compressor
+            compressors = (
+                [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}]
+                if compressor == "zstd"
+                else compressor
+            )
         group.create_array(
-            "matrix", shape=tuple(shape), chunks=chunks, dtype=dtype, fill_value=float("nan"),
-            compressors=compressors, config={"write_empty_chunks": True},
+            "matrix",
+            shape=tuple(shape),
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=float("nan"),
+            compressors=compressors,
+            config={"write_empty_chunks": True},
             dimension_names=("row", "column"),
         )
         group.create_array(
-            "blocks", shape=(n_blocks, len(RECORD_FIELDS)), chunks=(1, len(RECORD_FIELDS)),
-            dtype="int64", fill_value=0, compressors=None, dimension_names=("block", "field"),
+            "blocks",
+            shape=(n_blocks, len(RECORD_FIELDS)),
+            chunks=(1, len(RECORD_FIELDS)),
+            dtype="int64",
+            fill_value=0,
+            compressors=None,
+            dimension_names=("block", "field"),
             config={"write_empty_chunks": True},
         )
         group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
@@ -341,8 +377,16 @@ class ResultStore:
             if run.get("status") == "running":
                 run["status"] = "interrupted"
         number = self.runs_total + 1
-        runs.append({"run": number, "start": now(), "host": socket.gethostname(),
-                     "pid": os.getpid(), "blocks_todo": blocks_todo, "status": "running"})
+        runs.append(
+            {
+                "run": number,
+                "start": now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "blocks_todo": blocks_todo,
+                "status": "running",
+            }
+        )
         del runs[:-RUNS_KEPT]
         self.meta["runs_total"] = number
         self.save_meta()
@@ -380,8 +424,13 @@ class ResultStore:
             return {key async for key in store.list_prefix(prefix)}
 
         present = sync(listing())
-        return np.array([all(k in present for k in self._block_chunk_keys(i))
-                         for i in range(self.plan.n_blocks)], dtype=bool)
+        return np.array(
+            [
+                all(k in present for k in self._block_chunk_keys(i))
+                for i in range(self.plan.n_blocks)
+            ],
+            dtype=bool,
+        )
 
     def recorded_mask(self, records: np.ndarray | None = None) -> np.ndarray:
         """Per block: whether its completion record says complete."""
@@ -410,8 +459,11 @@ class ResultStore:
         path = local_path(self.location)
         if path is None:
             return 0
-        found = [os.path.join(path, name) for name in os.listdir(path)
-                 if name.startswith("zarr.") and _PARTIAL.search(name)]
+        found = [
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.startswith("zarr.") and _PARTIAL.search(name)
+        ]
         for array in ("matrix", "blocks"):
             for root, _dirs, files in os.walk(os.path.join(path, array)):
                 found += [os.path.join(root, name) for name in files if _PARTIAL.search(name)]

@@ -102,11 +102,22 @@ class BlockTask:
     @classmethod
     def from_plan(cls, plan: RunPlan) -> BlockTask:
         identity = plan.kernels.traced.identity()
-        return cls(token=plan.token, f=plan.f, x=plan.x, op=plan.spec.op,
-                   checkpoint=plan.checkpoint, program=identity.program, data=identity.data,
-                   block_size=plan.blocks.block_size, inner_width=plan.inner_width,
-                   location=plan.location, run=plan.run, x64=plan.x64,
-                   extent=plan.spec.extent, axis=plan.spec.axis)
+        return cls(
+            token=plan.token,
+            f=plan.f,
+            x=plan.x,
+            op=plan.spec.op,
+            checkpoint=plan.checkpoint,
+            program=identity.program,
+            data=identity.data,
+            block_size=plan.blocks.block_size,
+            inner_width=plan.inner_width,
+            location=plan.location,
+            run=plan.run,
+            x64=plan.x64,
+            extent=plan.spec.extent,
+            axis=plan.spec.axis,
+        )
 
     def __call__(self, index: int) -> BlockEvent:
         """Compute block ``index`` and write it and its record into the store.
@@ -123,8 +134,9 @@ class BlockTask:
             try:
                 return self.run_block(block)
             except Exception as err:
-                raise BlockError(index, block.start, block.stop, self.axis,
-                                 f"{type(err).__name__}: {err}") from err
+                raise BlockError(
+                    index, block.start, block.stop, self.axis, f"{type(err).__name__}: {err}"
+                ) from err
 
     def run_block(self, block: Block) -> BlockEvent:
         t0 = time.perf_counter()
@@ -140,14 +152,28 @@ class BlockTask:
         nonfinite = int(data.size - np.count_nonzero(np.isfinite(data)))
         record = np.zeros(5, dtype=np.int64)
         record[[STATE, CHECKSUM, MILLIS, RUN, NONFINITE]] = [
-            1, checksum(data), int((time.perf_counter() - t0) * 1000), self.run, nonfinite]
+            1,
+            checksum(data),
+            int((time.perf_counter() - t0) * 1000),
+            self.run,
+            nonfinite,
+        ]
         self.write_record(state, block, record)
         return BlockEvent(
-            index=block.index, start=block.start, stop=block.stop, compile_s=t_start - t0,
-            kernel_s=t_kernel - t_start, d2h_s=t_host - t_kernel, write_s=t_write - t_host,
-            total_s=time.perf_counter() - t0, nonfinite=nonfinite,
-            kernel_interval=(wall_start, wall_kernel), host=socket.gethostname(),
-            pid=os.getpid(), inner_width=state.inner_width)
+            index=block.index,
+            start=block.start,
+            stop=block.stop,
+            compile_s=t_start - t0,
+            kernel_s=t_kernel - t_start,
+            d2h_s=t_host - t_kernel,
+            write_s=t_write - t_host,
+            total_s=time.perf_counter() - t0,
+            nonfinite=nonfinite,
+            kernel_interval=(wall_start, wall_kernel),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            inner_width=state.inner_width,
+        )
 
     # -- the steps ------------------------------------------------------------------
 
@@ -179,13 +205,19 @@ class BlockTask:
             kernel=kernels.compiled_block(self.block_size, width),
             # linearise once per run: every block reuses the residuals
             lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
-            matrix=group["matrix"], records=group["blocks"], inner_width=width)
+            matrix=group["matrix"],
+            records=group["blocks"],
+            inner_width=width,
+        )
 
     def _check_identity(self, identity) -> None:
         if (identity.program, identity.data) == (self.program, self.data):
             return
-        what = ("f's traced program" if identity.program != self.program
-                else "the data f reads (arrays it closes over, globals, files a module loaded)")
+        what = (
+            "f's traced program"
+            if identity.program != self.program
+            else "the data f reads (arrays it closes over, globals, files a module loaded)"
+        )
         raise IdentityMismatch(
             f"on worker {socket.gethostname()}:{os.getpid()}, {what} differs from the driver's, "
             "so its blocks would belong to another computation; give the workers the same model "

@@ -67,17 +67,32 @@ def _client_for(spec: Spec, scheduler: str | None, workers: int | None) -> Itera
         env = {"PYTHONPATH": pythonpath, **spec.env}
         if spec.dtype == "float64":
             env["JAX_ENABLE_X64"] = "1"
-        with local_cluster(workers, threads_per_worker=spec.cluster.threads_per_worker,
-                           memory_limit=spec.cluster.memory_limit, env=env,
-                           dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            local_cluster(
+                workers,
+                threads_per_worker=spec.cluster.threads_per_worker,
+                memory_limit=spec.cluster.memory_limit,
+                env=env,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
         return
     yield None
 
 
-def run_spec(spec: Spec, *, scheduler: str | None = None, workers: int | None = None,
-             overwrite: bool = False, progress: bool = True, break_lock: bool = False,
-             output: Any = None, redo: Sequence[int] = ()) -> WorkflowSummary:
+def run_spec(
+    spec: Spec,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    break_lock: bool = False,
+    output: Any = None,
+    redo: Sequence[int] = (),
+) -> WorkflowSummary:
     """Run a spec through the pipeline; what it did as a `WorkflowSummary`.
 
     Idempotent: a complete store is left as it is and only summarised. With
@@ -102,8 +117,10 @@ def stored_spec(result: Result) -> Spec:
     """
     stored = result.meta.get("spec")
     if not stored:
-        raise SpecError(f"no spec is stored with {result.location!r} (it was computed from "
-                        "Python, not by diffops run): pass the spec (--spec SPEC)")
+        raise SpecError(
+            f"no spec is stored with {result.location!r} (it was computed from "
+            "Python, not by diffops run): pass the spec (--spec SPEC)"
+        )
     return Spec.from_stored(stored)
 
 
@@ -129,21 +146,36 @@ def repair(location: Any, spec: Spec | None = None, *, progress: bool = True) ->
     if bad or missing:
         run_spec(spec or stored_spec(result), progress=progress, output=location, redo=bad)
         result = open_result(location)
-    return {"bad": bad, "missing": [i for i in missing if i not in bad],
-            "still_bad": result.verify(), "still_missing": result.missing_blocks()}
+    return {
+        "bad": bad,
+        "missing": [i for i in missing if i not in bad],
+        "still_bad": result.verify(),
+        "still_missing": result.missing_blocks(),
+    }
 
 
-def _run_spec(spec: Spec, scheduler, workers, overwrite, progress, break_lock,
-              redo) -> WorkflowSummary:
+def _run_spec(
+    spec: Spec, scheduler, workers, overwrite, progress, break_lock, redo
+) -> WorkflowSummary:
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
     with _client_for(spec, scheduler, workers) as client:
-        result = _to_zarr(spec.operation, f, x, spec.output,
-                          mode=spec.mode if spec.operation == "jacobian" else None,
-                          checkpoint=spec.checkpoint, client=client, overwrite=overwrite,
-                          progress=progress, compressor=spec.compressor,
-                          break_lock=break_lock, redo=redo, **spec.blocking())
+        result = _to_zarr(
+            spec.operation,
+            f,
+            x,
+            spec.output,
+            mode=spec.mode if spec.operation == "jacobian" else None,
+            checkpoint=spec.checkpoint,
+            client=client,
+            overwrite=overwrite,
+            progress=progress,
+            compressor=spec.compressor,
+            break_lock=break_lock,
+            redo=redo,
+            **spec.blocking(),
+        )
         worker_peak = max(client.run(peak_rss).values(), default=None) if client else None
     computed = result.run_summary.blocks_computed
     if computed or "checks" not in result.meta:
@@ -162,11 +194,21 @@ def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> Workflo
     status = result.status()
     found = result.meta.get("checks", {})
     return WorkflowSummary(
-        output=str(spec.output), operation=spec.operation, shape=result.shape,
-        dtype=str(result.dtype), blocks_total=status["blocks_total"],
-        blocks_done=status["blocks_done"], blocks_computed=result.run_summary.blocks_computed,
-        complete=status["complete"], wall_s=seconds, pipeline_s=result.run_summary.seconds,
-        columns_per_s=result.run_summary.columns_per_s, peak_rss_driver=peak_rss(),
-        peak_rss_worker=worker_peak, nonfinite=found.get("nonfinite"),
+        output=str(spec.output),
+        operation=spec.operation,
+        shape=result.shape,
+        dtype=str(result.dtype),
+        blocks_total=status["blocks_total"],
+        blocks_done=status["blocks_done"],
+        blocks_computed=result.run_summary.blocks_computed,
+        complete=status["complete"],
+        wall_s=seconds,
+        pipeline_s=result.run_summary.seconds,
+        columns_per_s=result.run_summary.columns_per_s,
+        peak_rss_driver=peak_rss(),
+        peak_rss_worker=worker_peak,
+        nonfinite=found.get("nonfinite"),
         symmetry_error=found.get("symmetry_error"),
-        nonfinite_blocks=tuple(status["nonfinite_blocks"]), finalize_npy=spec.finalize.npy)
+        nonfinite_blocks=tuple(status["nonfinite_blocks"]),
+        finalize_npy=spec.finalize.npy,
+    )

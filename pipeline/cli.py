@@ -75,11 +75,15 @@ def _print_summary(summary) -> None:
     shape = "x".join(str(s) for s in summary.shape)
     lines = [f"{summary.operation} {shape} {summary.dtype} -> {summary.output}"]
     state = "complete" if summary.complete else "INCOMPLETE"
-    lines.append(f"  blocks      {summary.blocks_done}/{summary.blocks_total} {state} "
-                 f"({summary.blocks_computed} computed by this run)")
+    lines.append(
+        f"  blocks      {summary.blocks_done}/{summary.blocks_total} {state} "
+        f"({summary.blocks_computed} computed by this run)"
+    )
     if summary.blocks_computed:
-        lines.append(f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "
-                     f"{summary.columns_per_s:.0f} columns/s")
+        lines.append(
+            f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "
+            f"{summary.columns_per_s:.0f} columns/s"
+        )
     else:
         lines.append(f"  wall time   {summary.wall_s:.1f} s (nothing to do: already complete)")
     memory = f"{format_bytes(summary.peak_rss_driver)} (driver)"
@@ -98,12 +102,20 @@ def _print_summary(summary) -> None:
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--scheduler", metavar="ADDRESS", help="Run on this dask scheduler (tcp://host:8786).")
+@click.option(
+    "--scheduler", metavar="ADDRESS", help="Run on this dask scheduler (tcp://host:8786)."
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Start a local cluster of N workers.")
-@click.option("--overwrite", is_flag=True,
-              help="Recompute a store that holds another computation (the same one resumes).")
-@click.option("--break-lock", is_flag=True,
-              help="Take over the lock of a run that is gone but whose host still holds it.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Recompute a store that holds another computation (the same one resumes).",
+)
+@click.option(
+    "--break-lock",
+    is_flag=True,
+    help="Take over the lock of a run that is gone but whose host still holds it.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_friendly
@@ -121,8 +133,14 @@ def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json)
     # a local cluster's start/stop chatter is not for the user; warnings still show
     logging.getLogger("distributed").setLevel(logging.WARNING)
     spec = load_spec(spec_path)
-    summary = run_spec(spec, scheduler=scheduler, workers=workers, overwrite=overwrite,
-                       break_lock=break_lock, progress=progress)
+    summary = run_spec(
+        spec,
+        scheduler=scheduler,
+        workers=workers,
+        overwrite=overwrite,
+        break_lock=break_lock,
+        progress=progress,
+    )
     if as_json:
         click.echo(json.dumps(summary.to_json()))
     else:
@@ -142,27 +160,37 @@ def status(store, as_json):
         click.echo(json.dumps({**st, "last_run": runs[-1] if runs else None}))
     else:
         state = "complete" if st["complete"] else "incomplete"
-        click.echo(f"{store}: {st['blocks_done']}/{st['blocks_total']} blocks, {state}; "
-                   f"{st['runs']} run(s)" + (f" (the last {len(runs)} listed)"
-                                             if st["runs"] > len(runs) else ""))
+        click.echo(
+            f"{store}: {st['blocks_done']}/{st['blocks_total']} blocks, {state}; "
+            f"{st['runs']} run(s)"
+            + (f" (the last {len(runs)} listed)" if st["runs"] > len(runs) else "")
+        )
         for run in runs:
-            click.echo(f"  run {run['run']}: {run.get('status')} {run.get('start')} .. "
-                       f"{run.get('end', '')} on {run.get('host')}, "
-                       f"{run.get('blocks_todo')} block(s) to do"
-                       + (f", error: {run['error']}" if run.get("error") else ""))
+            click.echo(
+                f"  run {run['run']}: {run.get('status')} {run.get('start')} .. "
+                f"{run.get('end', '')} on {run.get('host')}, "
+                f"{run.get('blocks_todo')} block(s) to do"
+                + (f", error: {run['error']}" if run.get("error") else "")
+            )
         if st["nonfinite_blocks"]:
             click.echo(f"  non-finite values in blocks {st['nonfinite_blocks']}")
         if st["missing_data"]:
-            click.echo(f"  data chunks missing in blocks {st['missing_data']} (recorded "
-                       "complete; the next run recomputes them)")
+            click.echo(
+                f"  data chunks missing in blocks {st['missing_data']} (recorded "
+                "complete; the next run recomputes them)"
+            )
     sys.exit(0 if st["complete"] else EXIT_INCOMPLETE)
 
 
 @main.command()
 @click.argument("store")
 @click.option("--repair", is_flag=True, help="Recompute the bad and missing blocks, in STORE.")
-@click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
-              help="The spec to recompute with (default: the one stored with the run).")
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False),
+    help="The spec to recompute with (default: the one stored with the run).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @_friendly
 def verify(store, repair, spec_path, progress):
@@ -174,8 +202,10 @@ def verify(store, repair, spec_path, progress):
     result = _open(store)
     bad, missing = result.verify(), result.missing_blocks()
     missing = [i for i in missing if i not in bad]
-    click.echo(f"{store}: {len(bad)} bad block(s){': ' + str(bad) if bad else ''}; "
-               f"{len(missing)} incomplete{': ' + str(missing) if missing else ''}")
+    click.echo(
+        f"{store}: {len(bad)} bad block(s){': ' + str(bad) if bad else ''}; "
+        f"{len(missing)} incomplete{': ' + str(missing) if missing else ''}"
+    )
     if repair and (bad or missing):
         spec = load_spec(spec_path) if spec_path else None
         report = result.repair(spec, progress=progress)
@@ -184,8 +214,11 @@ def verify(store, repair, spec_path, progress):
             fixed = len(report["bad"]) + len(report["missing"])
             click.echo(f"{store}: repaired {fixed} block(s); all blocks verify")
         else:
-            click.echo(f"{store}: after the repair, {len(bad)} bad and {len(missing)} "
-                       "incomplete block(s) remain", err=True)
+            click.echo(
+                f"{store}: after the repair, {len(bad)} bad and {len(missing)} "
+                "incomplete block(s) remain",
+                err=True,
+            )
     sys.exit(EXIT_BAD_BLOCKS if bad else EXIT_INCOMPLETE if missing else 0)
 
 
@@ -200,18 +233,27 @@ def show(store):
 
 @main.command()
 @click.argument("store")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The PNG file to write.")
-@click.option("--pixels", type=click.IntRange(min=16), default=800, show_default=True,
-              help="Largest side of the image, in matrix cells after downsampling.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG file to write."
+)
+@click.option(
+    "--pixels",
+    type=click.IntRange(min=16),
+    default=800,
+    show_default=True,
+    help="Largest side of the image, in matrix cells after downsampling.",
+)
 @_friendly
 def plot(store, output, pixels):
     """A heat map of log10|M| of STORE, downsampled (block maximum) for large
     matrices and read lazily, with the leaf boundaries drawn and labelled."""
     drawn = _open(store).plot(output, pixels=pixels)
     rows, cols = drawn["cells"]
-    note = "" if not drawn["missing_blocks"] else (
-        f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue")
+    note = (
+        ""
+        if not drawn["missing_blocks"]
+        else (f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue")
+    )
     click.echo(f"wrote {output} ({rows}x{cols} cells, downsampled {drawn['factor']}x{note})")
 
 

@@ -101,8 +101,9 @@ class FaultyTask(BlockTask):
 
 def faulty(task: BlockTask, faults=(), faults_file=None) -> FaultyTask:
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(BlockTask)}
-    return FaultyTask(**fields, faults=tuple(json.dumps(f) for f in faults),
-                      faults_file=faults_file)
+    return FaultyTask(
+        **fields, faults=tuple(json.dumps(f) for f in faults), faults_file=faults_file
+    )
 
 
 def install(faults=(), faults_file=None):
@@ -122,15 +123,20 @@ def install(faults=(), faults_file=None):
     return undo
 
 
-_BOOT = ("import json, sys, faults; faults.install(json.loads(sys.argv[1])); "
-         "sys.argv = sys.argv[:1] + sys.argv[2:]; ")
+_BOOT = (
+    "import json, sys, faults; faults.install(json.loads(sys.argv[1])); "
+    "sys.argv = sys.argv[:1] + sys.argv[2:]; "
+)
 
 
 def command(faults, args=(), code=None) -> list[str]:
     """A subprocess command line that installs ``faults``, then runs ``diffops
     ARGS`` (or the Python ``code``)."""
-    run = code if code is not None else (
-        "from pipeline.cli import main; main(sys.argv[1:], prog_name='diffops')")
+    run = (
+        code
+        if code is not None
+        else ("from pipeline.cli import main; main(sys.argv[1:], prog_name='diffops')")
+    )
     return [sys.executable, "-c", _BOOT + run, json.dumps(list(faults)), *args]
 
 

@@ -56,7 +56,11 @@ def reference_jacobian(f, x):
 
 
 def tol(dtype):
-    return dict(rtol=2e-5, atol=2e-5) if np.dtype(dtype) == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    return (
+        dict(rtol=2e-5, atol=2e-5)
+        if np.dtype(dtype) == np.float32
+        else dict(rtol=1e-12, atol=1e-12)
+    )
 
 
 def assert_tree_close(actual, expected, **kw):
@@ -116,8 +120,11 @@ def chunk_files(store, array="matrix"):
     import glob
     import os
 
-    return sorted(p for p in glob.glob(os.path.join(store, array, "c", "**", "*"), recursive=True)
-                  if os.path.isfile(p))
+    return sorted(
+        p
+        for p in glob.glob(os.path.join(store, array, "c", "**", "*"), recursive=True)
+        if os.path.isfile(p)
+    )
 
 
 def log_fault(name, injected, survived, data_lost):
@@ -128,8 +135,17 @@ def log_fault(name, injected, survived, data_lost):
     path = os.environ.get("DIFFOPS_FAULT_REPORT")
     if path:
         with open(path, "a") as fh:
-            fh.write(json.dumps({"fault": name, "injected": injected, "survived": survived,
-                                 "data_lost": data_lost}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "fault": name,
+                        "injected": injected,
+                        "survived": survived,
+                        "data_lost": data_lost,
+                    }
+                )
+                + "\n"
+            )
 
 
 def lock_is_free(store) -> bool:

@@ -18,7 +18,7 @@ from helpers import wait_for_lock_held
 from pipeline._store import ResultStore
 from pipeline.cli import main
 
-TINY_MODEL = '''
+TINY_MODEL = """
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,13 +34,18 @@ def vector(p):
 
 def broken():
     raise RuntimeError("no data today")
-'''
+"""
 
 
 def write_spec(tmp_path, body=None, name="spec.yaml", **overrides):
     (tmp_path / "tinymodel.py").write_text(TINY_MODEL)
-    data = {"operation": "hessian", "function": "tinymodel:loss", "point": "tinymodel:best_fit",
-            "output": "out.zarr", "blocks": {"block_size": 4}}
+    data = {
+        "operation": "hessian",
+        "function": "tinymodel:loss",
+        "point": "tinymodel:best_fit",
+        "output": "out.zarr",
+        "blocks": {"block_size": 4},
+    }
     data.update(overrides)
     text = body if body is not None else "\n".join(f"{k}: {json.dumps(v)}" for k, v in data.items())
     path = tmp_path / name
@@ -50,6 +55,7 @@ def write_spec(tmp_path, body=None, name="spec.yaml", **overrides):
 
 def expected_hessian():
     import importlib
+
     tiny = importlib.import_module("tinymodel")
     return np.asarray(dc.hessian(tiny.loss, tiny.best_fit())[0])
 
@@ -70,8 +76,9 @@ def test_run_status_verify_show_plot(spec, tmp_path):
     assert "hessian 15x15 float32" in res.output and "4/4 complete (4 computed" in res.output
     assert "symmetry" in res.output and "non-finite  0 entries" in res.output
     store = str(tmp_path / "out.zarr")
-    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
-                               expected_hessian(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ResultStore.open(store).matrix[...]), expected_hessian(), rtol=1e-5, atol=1e-5
+    )
 
     res = invoke("status", store)
     assert res.exit_code == 0 and "4/4 blocks, complete; 1 run(s)" in res.output
@@ -91,12 +98,14 @@ def test_run_status_verify_show_plot(spec, tmp_path):
     with open(png, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
+
     assert matplotlib.image.imread(png).ndim == 3
 
 
 def test_rerun_of_complete_run_does_no_work(spec, tmp_path):
     assert invoke("run", spec, "--no-progress").exit_code == 0
     from helpers import file_snapshot
+
     before = file_snapshot(str(tmp_path / "out.zarr"))
     res = invoke("run", spec, "--no-progress")
     assert res.exit_code == 0 and "(0 computed by this run)" in res.output
@@ -108,8 +117,11 @@ def test_status_of_incomplete_store_exits_3(spec, tmp_path, monkeypatch, inject)
     inject([{"block": 1, "kind": "raise"}])
     res = invoke("run", spec, "--no-progress")
     assert res.exit_code == 1
-    assert res.output.strip().splitlines()[-1].startswith(
-        "diffops: error: block 1 (columns 4:8) failed: RuntimeError: injected fault")
+    assert (
+        res.output.strip()
+        .splitlines()[-1]
+        .startswith("diffops: error: block 1 (columns 4:8) failed: RuntimeError: injected fault")
+    )
     res = invoke("status", str(tmp_path / "out.zarr"))
     assert res.exit_code == 3 and "incomplete" in res.output
     inject.clear()
@@ -119,8 +131,9 @@ def test_status_of_incomplete_store_exits_3(spec, tmp_path, monkeypatch, inject)
 
 def test_changed_input_refused_without_overwrite(spec, tmp_path):
     assert invoke("run", spec, "--no-progress").exit_code == 0
-    other = write_spec(tmp_path, name="other.yaml", function="tinymodel:vector",
-                       operation="jacobian")
+    other = write_spec(
+        tmp_path, name="other.yaml", function="tinymodel:vector", operation="jacobian"
+    )
     res = invoke("run", other, "--no-progress")
     assert res.exit_code == 1
     assert "holds a result of a different computation" in res.output
@@ -133,6 +146,7 @@ def test_verify_repair_restores_the_exact_matrix(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
     good = np.asarray(ResultStore.open(store).matrix[...])
     from helpers import chunk_files
+
     chunks = chunk_files(store)
     with open(chunks[1], "r+b") as fh:
         fh.write(b"garbage!" * 4)
@@ -146,40 +160,79 @@ def test_verify_repair_restores_the_exact_matrix(spec, tmp_path):
     np.testing.assert_array_equal(np.asarray(ResultStore.open(store).matrix[...]), good)
 
 
-@pytest.mark.parametrize("body,message", [
-    ("function: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "operation: missing (required)"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "colour: blue\n", "unknown key 'colour'"),
-    ("operation: hessian\nfunction: nosuchmodule:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "function: cannot import module 'nosuchmodule'"),
-    ("operation: hessian\nfunction: tinymodel:nothing\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "function: module 'tinymodel' has no attribute 'nothing'"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:broken\noutput: o.zarr\n",
-     "point: tinymodel:broken() raised RuntimeError: no data today"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "blocks: {block_size: many}\n", "blocks.block_size: must be a positive int, got 'many'"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "blocks: {block_size: 4, nbatches: 2}\n", "blocks: give one of"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: 7\n",
-     "output: must be a path or URL, got 7"),
-    ("operation: hessian\nfunction: loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "function: must look like 'module:attribute', got 'loss'"),
-    ("operation: laplacian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "operation: must be 'hessian' or 'jacobian', got 'laplacian'"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "checkpoint: maybe\n", "checkpoint: must be true or false, got 'maybe'"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "cluster: {workers: 0}\n", "cluster.workers: must be a positive int, got 0"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
-     "blocks: {memory_budget: lots}\n", "blocks.memory_budget='lots' is not a size"),
-    ("operation: hessian\nfunction: tinymodel:vector\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-     "hessian needs a scalar-valued f"),
-    ("operation: hessian\nfunction: tinymodel:loss\npoint: missing.npz\noutput: o.zarr\n",
-     "point: no such file"),
-    ("- just\n- a list\n", "a spec must be a YAML mapping"),
-    ("operation: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (
+            "function: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "operation: missing (required)",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "colour: blue\n",
+            "unknown key 'colour'",
+        ),
+        (
+            "operation: hessian\nfunction: nosuchmodule:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "function: cannot import module 'nosuchmodule'",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:nothing\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "function: module 'tinymodel' has no attribute 'nothing'",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:broken\noutput: o.zarr\n",
+            "point: tinymodel:broken() raised RuntimeError: no data today",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "blocks: {block_size: many}\n",
+            "blocks.block_size: must be a positive int, got 'many'",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "blocks: {block_size: 4, nbatches: 2}\n",
+            "blocks: give one of",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: 7\n",
+            "output: must be a path or URL, got 7",
+        ),
+        (
+            "operation: hessian\nfunction: loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "function: must look like 'module:attribute', got 'loss'",
+        ),
+        (
+            "operation: laplacian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "operation: must be 'hessian' or 'jacobian', got 'laplacian'",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "checkpoint: maybe\n",
+            "checkpoint: must be true or false, got 'maybe'",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "cluster: {workers: 0}\n",
+            "cluster.workers: must be a positive int, got 0",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"
+            "blocks: {memory_budget: lots}\n",
+            "blocks.memory_budget='lots' is not a size",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:vector\npoint: tinymodel:best_fit\noutput: o.zarr\n",
+            "hessian needs a scalar-valued f",
+        ),
+        (
+            "operation: hessian\nfunction: tinymodel:loss\npoint: missing.npz\noutput: o.zarr\n",
+            "point: no such file",
+        ),
+        ("- just\n- a list\n", "a spec must be a YAML mapping"),
+        ("operation: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_spec_errors_are_one_line_naming_the_field(tmp_path, monkeypatch, body, message):
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write_spec(tmp_path, body=body)
@@ -207,8 +260,9 @@ def _cli(args, planned=(), env_extra=None):
     else:
         command = [sys.executable, "-m", "pipeline.cli", *args]
         env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_done(store, count, proc, timeout=120):
@@ -238,8 +292,9 @@ def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["blocks_computed"] == 4 - done_before and summary["complete"]
-    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
-                               expected_hessian(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ResultStore.open(store).matrix[...]), expected_hessian(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_concurrent_second_run_is_refused(spec, tmp_path):
@@ -256,8 +311,9 @@ def test_concurrent_second_run_is_refused(spec, tmp_path):
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]),
-                               expected_hessian(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ResultStore.open(store).matrix[...]), expected_hessian(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_help_on_every_subcommand():
@@ -268,8 +324,13 @@ def test_help_on_every_subcommand():
 
 def test_jacobian_spec_run_show_plot(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
-    spec = write_spec(tmp_path, operation="jacobian", function="tinymodel:vector", mode="rev",
-                      blocks={"block_size": 3})
+    spec = write_spec(
+        tmp_path,
+        operation="jacobian",
+        function="tinymodel:vector",
+        mode="rev",
+        blocks={"block_size": 3},
+    )
     res = invoke("run", spec, "--no-progress")
     assert res.exit_code == 0, res.output
     assert "jacobian 9x15 float32" in res.output and "symmetry" not in res.output
@@ -278,8 +339,9 @@ def test_jacobian_spec_run_show_plot(tmp_path, monkeypatch):
 
     tiny = importlib.import_module("tinymodel")
     J, _ = dc.jacobian(tiny.vector, tiny.best_fit(), mode="rev")
-    np.testing.assert_allclose(np.asarray(ResultStore.open(store).matrix[...]), np.asarray(J),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ResultStore.open(store).matrix[...]), np.asarray(J), rtol=1e-5, atol=1e-6
+    )
     res = invoke("show", store)
     assert res.exit_code == 0 and "jacobian (jacrev)" in res.output and "(rows)" in res.output
     png = str(tmp_path / "j.png")
@@ -287,7 +349,7 @@ def test_jacobian_spec_run_show_plot(tmp_path, monkeypatch):
     assert open(png, "rb").read(4) == b"\x89PNG"
 
 
-DATA_MODEL = '''
+DATA_MODEL = """
 import jax.numpy as jnp
 import numpy as np
 import os
@@ -299,15 +361,16 @@ def loss(p):
 
 def best_fit():
     return {"a": np.linspace(0.1, 1.0, 8).astype(np.float32)}
-'''
+"""
 
 
 def test_changed_data_file_is_refused_and_overwrite_is_a_nightly_recipe(tmp_path):
     # issue 8 (2): the data file changed and `diffops run` served the old matrix
     (tmp_path / "datamodel.py").write_text(DATA_MODEL)
     np.save(tmp_path / "data.npy", np.arange(1.0, 9.0, dtype=np.float32))
-    spec_path = write_spec(tmp_path, function="datamodel:loss", point="datamodel:best_fit",
-                           blocks={"block_size": 2})
+    spec_path = write_spec(
+        tmp_path, function="datamodel:loss", point="datamodel:best_fit", blocks={"block_size": 2}
+    )
     env = {"PYTHONPATH": str(tmp_path)}
 
     def run(*flags):
@@ -325,8 +388,12 @@ def test_changed_data_file_is_refused_and_overwrite_is_a_nightly_recipe(tmp_path
     assert code == 0 and json.loads(out)["blocks_computed"] == 4
     a = np.linspace(0.1, 1.0, 8).astype(np.float32)
     expected = np.diag(3 * np.arange(1.0, 9.0) * 2 * np.cos(2 * a))
-    np.testing.assert_allclose(np.asarray(ResultStore.open(str(tmp_path / "out.zarr")).matrix[...]),
-                               expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ResultStore.open(str(tmp_path / "out.zarr")).matrix[...]),
+        expected,
+        rtol=1e-4,
+        atol=1e-5,
+    )
     code, out, _ = run("--overwrite")  # nothing changed: nothing done
     assert code == 0 and json.loads(out)["blocks_computed"] == 0
 
@@ -339,6 +406,7 @@ def test_output_dot_is_refused_and_nothing_is_deleted(tmp_path, monkeypatch):
     (tmp_path / "models" / "__init__.py").write_text("")
     (tmp_path / "notes.txt").write_text("mine")
     from helpers import file_snapshot
+
     before = file_snapshot(str(tmp_path))
     for flags in ([], ["--overwrite"]):
         res = invoke("run", spec_path, "--no-progress", *flags)
@@ -356,8 +424,10 @@ def test_verify_repairs_the_store_it_is_given(spec, tmp_path):
     good = np.asarray(ResultStore.open(store).matrix[...])
     copy = str(tmp_path / "copy" / "out.zarr")
     import shutil
+
     shutil.copytree(store, copy)
     from helpers import chunk_files, file_snapshot
+
     with open(chunk_files(copy)[2], "r+b") as fh:
         fh.write(b"garbage!" * 4)
     before = file_snapshot(store)
@@ -372,6 +442,7 @@ def test_verify_repair_whose_import_fails_clears_no_record(spec, tmp_path, monke
     assert invoke("run", spec, "--no-progress").exit_code == 0
     store = str(tmp_path / "out.zarr")
     from helpers import chunk_files
+
     with open(chunk_files(store)[1], "r+b") as fh:
         fh.write(b"garbage!" * 4)
     os.rename(tmp_path / "tinymodel.py", tmp_path / "gone.py")
@@ -421,6 +492,7 @@ def test_plot_of_an_incomplete_store_says_so(spec, tmp_path, monkeypatch, inject
     res = invoke("plot", str(tmp_path / "out.zarr"), "-o", png)
     assert res.exit_code == 0 and "INCOMPLETE" in res.output and "drawn blue" in res.output
     import matplotlib.image
+
     image = matplotlib.image.imread(png)[..., :3]
     blue = np.all(np.abs(image - np.array([0x9F, 0xC5, 0xE8]) / 255) < 0.02, axis=-1)
     assert blue.sum() > 100  # the missing block is drawn, not shown as small values

@@ -9,23 +9,34 @@ X = {"a": jnp.ones(4), "b": jnp.asarray(2.0)}
 F = lambda p: jnp.sum(p["a"] ** 2) * p["b"]
 
 
-@pytest.mark.parametrize("kwargs,exc,pattern", [
-    ({"nbatches": 0}, ValueError, r"nbatches must be a positive int, got 0"),
-    ({"nbatches": -2}, ValueError, r"nbatches must be a positive int, got -2"),
-    ({"nbatches": True}, TypeError, r"nbatches must be a positive int, got True"),
-    ({"nbatches": 2.5}, TypeError, r"nbatches must be a positive int, got 2.5 of type float"),
-    ({"nbatches": 6}, ValueError, r"nbatches=6 is too large for n=5 parameters"),
-    ({"block_size": 0}, ValueError, r"block_size must be a positive int, got 0"),
-    ({"block_size": "3"}, TypeError, r"block_size must be a positive int, got '3'"),
-    ({"nbatches": 2, "block_size": 2}, ValueError, r"at most one of nbatches, block_size and "
-                                                   r"memory_budget; got nbatches and block_size"),
-    ({"block_size": 2, "memory_budget": "1GB"}, ValueError, r"got block_size and memory_budget"),
-    ({"memory_budget": "a lot"}, ValueError, r"memory_budget='a lot' is not a size"),
-    ({"memory_budget": [1]}, TypeError, r"memory_budget must be bytes"),
-    ({"jit": "yes"}, TypeError, r"jit must be True or False"),
-    ({"checkpoint": 2}, TypeError, r"checkpoint must be True or False"),
-    ({"inner_width": 0}, TypeError, r"inner_width must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        ({"nbatches": 0}, ValueError, r"nbatches must be a positive int, got 0"),
+        ({"nbatches": -2}, ValueError, r"nbatches must be a positive int, got -2"),
+        ({"nbatches": True}, TypeError, r"nbatches must be a positive int, got True"),
+        ({"nbatches": 2.5}, TypeError, r"nbatches must be a positive int, got 2.5 of type float"),
+        ({"nbatches": 6}, ValueError, r"nbatches=6 is too large for n=5 parameters"),
+        ({"block_size": 0}, ValueError, r"block_size must be a positive int, got 0"),
+        ({"block_size": "3"}, TypeError, r"block_size must be a positive int, got '3'"),
+        (
+            {"nbatches": 2, "block_size": 2},
+            ValueError,
+            r"at most one of nbatches, block_size and "
+            r"memory_budget; got nbatches and block_size",
+        ),
+        (
+            {"block_size": 2, "memory_budget": "1GB"},
+            ValueError,
+            r"got block_size and memory_budget",
+        ),
+        ({"memory_budget": "a lot"}, ValueError, r"memory_budget='a lot' is not a size"),
+        ({"memory_budget": [1]}, TypeError, r"memory_budget must be bytes"),
+        ({"jit": "yes"}, TypeError, r"jit must be True or False"),
+        ({"checkpoint": 2}, TypeError, r"checkpoint must be True or False"),
+        ({"inner_width": 0}, TypeError, r"inner_width must be a positive int"),
+    ],
+)
 def test_bad_blocking_arguments(kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
         dc.hessian(F, X, **kwargs)
@@ -38,8 +49,11 @@ def test_nbatches_one_is_not_counted_as_given():
 
 @pytest.mark.parametrize("nbatches", [1, 3])
 def test_non_scalar_hessian_names_the_shape(nbatches):
-    with pytest.raises(ValueError, match=r"hessian needs a scalar-valued f, but f returned "
-                                         r"f\(x\): shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"hessian needs a scalar-valued f, but f returned "
+        r"f\(x\): shape \(4,\)",
+    ):
         dc.hessian(lambda p: p["a"] * p["b"], X, nbatches)
 
 

@@ -43,8 +43,9 @@ def test_checkpoint(checkpoint, nbatches):
     np.testing.assert_allclose(H, reference_hessian(mixed_loss, x), **tol(np.float32))
 
 
-@pytest.mark.parametrize("blocking", [{}, {"nbatches": 5}, {"block_size": 3, "inner_width": 2}],
-                         ids=str)
+@pytest.mark.parametrize(
+    "blocking", [{}, {"nbatches": 5}, {"block_size": 3, "inner_width": 2}], ids=str
+)
 def test_float64(blocking):
     with jax.enable_x64(True):
         x = mixed_x(jnp.float64)
@@ -130,6 +131,9 @@ def test_memory_budget_picks_a_fitting_block():
 def test_memory_budget_too_small_says_what_one_column_needs():
     x = {"w": jnp.ones(1000)}
     f = lambda p: jnp.sum(jnp.outer(p["w"], p["w"]) ** 2)
-    with pytest.raises(ValueError, match=r"one column needs [0-9.]+ [kMG]?B .*memory_budget='10kB' "
-                                         r"cannot hold a block"):
+    with pytest.raises(
+        ValueError,
+        match=r"one column needs [0-9.]+ [kMG]?B .*memory_budget='10kB' "
+        r"cannot hold a block",
+    ):
         dc.hessian(f, x, memory_budget="10kB")

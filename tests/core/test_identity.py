@@ -185,8 +185,7 @@ def test_custom_rules_with_the_same_name_are_told_apart():
     np.testing.assert_allclose(np.diag(H2), [2.0] * 3)
     np.testing.assert_allclose(np.diag(H5), [5.0] * 3)
     J5, _ = dc.jacobian(lambda v: _custom(5.0)(v) * v, x, mode="rev")
-    np.testing.assert_allclose(J5, reference_jacobian(lambda v: _custom(5.0)(v) * v, x),
-                               rtol=1e-6)
+    np.testing.assert_allclose(J5, reference_jacobian(lambda v: _custom(5.0)(v) * v, x), rtol=1e-6)
 
 
 def test_identity_changes_with_data_and_program_only():
@@ -215,10 +214,18 @@ def test_identity_is_stable_across_processes_and_hash_seeds():
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     outputs = set()
     for seed in ("1", "4242"):
-        env = {**os.environ, "PYTHONHASHSEED": seed,
-               "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
-        out = subprocess.run([sys.executable, "-c", _IDENTITY_SCRIPT], env=env, check=True,
-                             capture_output=True, text=True).stdout.strip()
+        env = {
+            **os.environ,
+            "PYTHONHASHSEED": seed,
+            "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", _IDENTITY_SCRIPT],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         outputs.add(out)
     with jax.enable_x64(True):
         here = dci.get_kernels(mixed_loss, mixed_x(jnp.float64), "hessian")[0].traced.identity()

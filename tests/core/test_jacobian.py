@@ -19,9 +19,18 @@ N = 16
 
 
 @pytest.mark.parametrize("mode", ["fwd", "rev", "auto"])
-@pytest.mark.parametrize("blocking", [{}, {"nbatches": 2}, {"nbatches": 3}, {"block_size": 1},
-                                      {"memory_budget": "1GB"}, {"block_size": 4, "inner_width": 3}],
-                         ids=str)
+@pytest.mark.parametrize(
+    "blocking",
+    [
+        {},
+        {"nbatches": 2},
+        {"nbatches": 3},
+        {"block_size": 1},
+        {"memory_budget": "1GB"},
+        {"block_size": 4, "inner_width": 3},
+    ],
+    ids=str,
+)
 def test_pytree_output_matches_jax(mode, blocking):
     x = mixed_x()
     J, _ = dc.jacobian(mixed_out, x, mode=mode, **blocking)
@@ -42,6 +51,7 @@ def test_array_output_shape(mode, jit, checkpoint):
 def test_scalar_output():
     x = mixed_x()
     from helpers import mixed_loss
+
     J, _ = dc.jacobian(mixed_loss, x, 4)
     assert J.shape == (N,)
     np.testing.assert_allclose(J, reference_jacobian(mixed_loss, x), **tol(np.float32))

@@ -27,7 +27,7 @@ def test_block_kernel_covers_the_plan_with_one_trace(block_size, micro):
     for b in plan:
         slab = np.asarray(block(x_flat, b.window))
         assert slab.shape == kernels.spec.slab_shape(block_size)
-        H[:, b.start:b.stop] = slab[:, b.keep]
+        H[:, b.start : b.stop] = slab[:, b.keep]
     # f traced once for the jitted kernel (grad + linearise), not once per block
     assert f.count - before <= 2
     np.testing.assert_allclose(H, reference_hessian(mixed_loss, mixed_x()), **tol(np.float32))
@@ -39,8 +39,12 @@ def test_two_stage_kernel_equals_one_stage():
     compiled = kernels.compiled_block(3, 2)
     one_stage = kernels.block(3, 2)
     for b in dci.BlockPlan(kernels.spec.extent, 3):
-        np.testing.assert_allclose(np.asarray(compiled(lin, np.int32(b.window))),
-                                   np.asarray(one_stage(x_flat, b.window)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(compiled(lin, np.int32(b.window))),
+            np.asarray(one_stage(x_flat, b.window)),
+            rtol=1e-6,
+            atol=1e-6,
+        )
     assert kernels.spec.axis == 0 and kernels.spec.slab_shape(3) == (3, 16)
 
 

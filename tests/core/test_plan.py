@@ -62,10 +62,17 @@ def test_block_size_is_capped_at_n():
     assert resolve_block_size(10, nbatches=1) is None
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("512MB", 512 * 10**6), ("2GiB", 2 * 2**30), ("1.5 kB", 1500), (4096, 4096),
-    ("100", 100), ("3e6B", 3 * 10**6),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("512MB", 512 * 10**6),
+        ("2GiB", 2 * 2**30),
+        ("1.5 kB", 1500),
+        (4096, 4096),
+        ("100", 100),
+        ("3e6B", 3 * 10**6),
+    ],
+)
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 

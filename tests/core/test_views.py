@@ -12,9 +12,15 @@ def _expected_blocks(H, x):
     leaves = jax.tree_util.tree_leaves(x)
     shapes = [np.shape(leaf) for leaf in leaves]
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-    return [[np.asarray(H)[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
-             .reshape(shapes[i] + shapes[j]) for j in range(len(shapes))]
-            for i in range(len(shapes))]
+    return [
+        [
+            np.asarray(H)[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]].reshape(
+                shapes[i] + shapes[j]
+            )
+            for j in range(len(shapes))
+        ]
+        for i in range(len(shapes))
+    ]
 
 
 @pytest.mark.parametrize("kind", ["jax", "numpy", "dask"])

@@ -22,8 +22,10 @@ def faults_file(tmp_path_factory):
 def client(faults_file):
     from distributed import Client
 
-    env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-           "JAX_PLATFORMS": "cpu"}
+    env = {
+        "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
+        "JAX_PLATFORMS": "cpu",
+    }
     with pipeline.local_cluster(2, env=env, memory_limit="4GiB", dashboard_address=":0") as cluster:
         with Client(cluster) as c:
             yield c
@@ -38,6 +40,7 @@ def faults(faults_file, inject):
     def plan(spec):
         with open(faults_file, "w") as fh:
             json.dump(spec, fh)
+
     yield plan
     if os.path.exists(faults_file):
         os.unlink(faults_file)
@@ -45,8 +48,9 @@ def faults(faults_file, inject):
 
 def test_cluster_hessian_equals_in_memory(tmp_path, client):
     x = mixed_x()
-    result = pipeline.hessian_to_zarr(mixed_loss, x, str(tmp_path / "h.zarr"), block_size=2,
-                                      client=client, progress=False)
+    result = pipeline.hessian_to_zarr(
+        mixed_loss, x, str(tmp_path / "h.zarr"), block_size=2, client=client, progress=False
+    )
     H, _ = dc.hessian(mixed_loss, x, block_size=2)
     np.testing.assert_allclose(result.assemble(), H, **tol(np.float32))
     assert os.getpid() not in {int(h.rsplit(":", 1)[1]) for h in result.run_summary.hosts}
@@ -55,44 +59,78 @@ def test_cluster_hessian_equals_in_memory(tmp_path, client):
 
 def test_cluster_jacobian_rev(tmp_path, client):
     x = mixed_x()
-    result = pipeline.jacobian_to_zarr(mixed_out, x, str(tmp_path / "j.zarr"), mode="rev",
-                                       block_size=4, client=client, progress=False)
+    result = pipeline.jacobian_to_zarr(
+        mixed_out,
+        x,
+        str(tmp_path / "j.zarr"),
+        mode="rev",
+        block_size=4,
+        client=client,
+        progress=False,
+    )
     J, _ = dc.jacobian(mixed_out, x, mode="rev")
     import jax
+
     flat = np.concatenate([np.asarray(v).reshape(-1, 16) for v in jax.tree_util.tree_leaves(J)])
     np.testing.assert_allclose(result.assemble(), flat, **tol(np.float32))
 
 
 def test_worker_killed_mid_task_run_completes_bitwise(tmp_path, client, faults):
     x = mixed_x()
-    clean = pipeline.hessian_to_zarr(mixed_loss, x, str(tmp_path / "clean.zarr"), block_size=2,
-                                     client=client, progress=False).assemble()
+    clean = pipeline.hessian_to_zarr(
+        mixed_loss, x, str(tmp_path / "clean.zarr"), block_size=2, client=client, progress=False
+    ).assemble()
     once = tmp_path / "once"
     once.mkdir()
-    faults([{"block": 3, "kind": "exit", "at": "start", "once": str(once)},
-            {"block": 5, "kind": "exit", "at": "write", "once": str(once)}])
-    result = pipeline.hessian_to_zarr(mixed_loss, x, str(tmp_path / "h.zarr"), block_size=2,
-                                      client=client, progress=False)
+    faults(
+        [
+            {"block": 3, "kind": "exit", "at": "start", "once": str(once)},
+            {"block": 5, "kind": "exit", "at": "write", "once": str(once)},
+        ]
+    )
+    result = pipeline.hessian_to_zarr(
+        mixed_loss, x, str(tmp_path / "h.zarr"), block_size=2, client=client, progress=False
+    )
     assert sorted(os.listdir(once)) == ["fault-3-exit-start", "fault-5-exit-write"]
     assert result.status()["complete"]
     np.testing.assert_array_equal(result.assemble(), clean)
     assert result.verify() == []
-    log_fault("worker process exits mid-task (os._exit, before the kernel and after the write)",
-              2, True, int(np.count_nonzero(result.assemble() != clean)))
+    log_fault(
+        "worker process exits mid-task (os._exit, before the kernel and after the write)",
+        2,
+        True,
+        int(np.count_nonzero(result.assemble() != clean)),
+    )
 
 
 def test_block_error_on_cluster_names_the_block(tmp_path, client, faults):
     faults([{"block": 1, "kind": "raise"}])
     with pytest.raises(pipeline.BlockError, match=r"block 1 \(columns 2:4\) failed"):
-        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(tmp_path / "h.zarr"), block_size=2,
-                                 client=client, progress=False)
+        pipeline.hessian_to_zarr(
+            mixed_loss,
+            mixed_x(),
+            str(tmp_path / "h.zarr"),
+            block_size=2,
+            client=client,
+            progress=False,
+        )
 
 
 def test_worker_memory_limit_is_a_contract(tmp_path):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, processes=False, memory_limit="1kB",
-                      dashboard_address=":0") as cluster, Client(cluster) as c:
-        with pytest.raises(MemoryError, match=r"over 70% of a worker's memory limit \(1.0 kB\)"):
-            pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(tmp_path / "h.zarr"),
-                                     block_size=2, client=c, progress=False)
+    with (
+        LocalCluster(
+            n_workers=1, processes=False, memory_limit="1kB", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        with pytest.raises(MemoryError, match=r"over 70% of a worker's memory limit \(0.98 kiB\)"):
+            pipeline.hessian_to_zarr(
+                mixed_loss,
+                mixed_x(),
+                str(tmp_path / "h.zarr"),
+                block_size=2,
+                client=c,
+                progress=False,
+            )

@@ -45,10 +45,14 @@ def zernike_basis(nterms: int, npupil: int):
         n, m = _noll_to_nm(j)
         radial = np.zeros_like(rho)
         for k in range((n - abs(m)) // 2 + 1):
-            coef = (-1) ** k * math.factorial(n - k) / (
-                math.factorial(k)
-                * math.factorial((n + abs(m)) // 2 - k)
-                * math.factorial((n - abs(m)) // 2 - k)
+            coef = (
+                (-1) ** k
+                * math.factorial(n - k)
+                / (
+                    math.factorial(k)
+                    * math.factorial((n + abs(m)) // 2 - k)
+                    * math.factorial((n - abs(m)) // 2 - k)
+                )
             )
             radial += coef * rho ** (n - 2 * k)
         angular = np.cos(m * theta) if m >= 0 else np.sin(-m * theta)
@@ -78,7 +82,7 @@ def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed:
         field = jnp.pad(field, ((pad, size - npupil - pad), (pad, size - npupil - pad)))
         intensity = jnp.abs(jnp.fft.fftshift(jnp.fft.fft2(field))) ** 2
         lo = (size - npix) // 2
-        psf = intensity[lo:lo + npix, lo:lo + npix] / jnp.sum(intensity)
+        psf = intensity[lo : lo + npix, lo : lo + npix] / jnp.sum(intensity)
         return params["flux"] * psf * params["flat"] + 10.0
 
     def best_fit():
