@@ -45,7 +45,114 @@ def _row(*cells):
 # -- overhead -----------------------------------------------------------------------
 
 
+def _overhead_case(problem, block, repeats, directory):
+    """In-memory vs the embedded default on one problem, interleaved run by run
+    (the machine is noisy: side by side, then medians)."""
+    import jax
+
+    import diffops_core as dc
+    import pipeline
+    from problems import PROBLEMS
+
+    f, x, _ = PROBLEMS[problem]()
+    x = jax.tree_util.tree_map(np.asarray, x)
+    tmp = tempfile.mkdtemp(prefix="diffops-bench-", dir=directory)
+    memory, piped, timings = [], [], []
+    try:
+        for i in range(repeats + 1):  # the first of each is warm-up (compiles)
+            t = time.perf_counter()
+            jax.block_until_ready(dc.hessian(f, x, block_size=block)[0])
+            t_mem = time.perf_counter() - t
+            timing = pipeline.Timings()
+            t = time.perf_counter()
+            pipeline.hessian_to_zarr(
+                f,
+                x,
+                os.path.join(tmp, f"s{i}.zarr"),
+                block_size=block,
+                progress=False,
+                callbacks=[timing],
+            )
+            t_pipe = time.perf_counter() - t
+            shutil.rmtree(os.path.join(tmp, f"s{i}.zarr"), ignore_errors=True)
+            if i:
+                memory.append(t_mem)
+                piped.append(t_pipe)
+                timings.append(timing)
+            print(
+                f"{problem}:{block} run {i}: memory {t_mem:.3f}s pipeline {t_pipe:.3f}s",
+                file=sys.stderr,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return memory, piped, timings
+
+
 def overhead(args):
+    """The embedded default against the in-memory API: ratio, per-block fixed
+    cost, and the share of copy+write time hidden behind kernels."""
+    import jax
+
+    lines = [
+        _row(
+            "problem",
+            "block",
+            "blocks",
+            "in-memory s",
+            "pipeline s",
+            "ratio",
+            "fixed cost ms/block",
+            "copy+write s",
+            "hidden behind kernels",
+        ),
+        _row(*["---"] * 9),
+    ]
+    os.makedirs(args.dir, exist_ok=True)
+    for case in args.cases:
+        problem, block = case.split(":")
+        block = int(block)
+        x64 = problem.startswith("psf")  # the demo runs in float64
+        with jax.enable_x64(x64):
+            memory, piped, timings = _overhead_case(problem, block, args.repeats, args.dir)
+        mem, pipe = statistics.median(memory), statistics.median(piped)
+        ratios = [p / m for p, m in zip(piped, memory)]
+        blocks = len(timings[0].events)
+        fixed = 1000 * (pipe - mem) / blocks
+        copy_write = statistics.median(t.total("d2h_s") + t.total("write_s") for t in timings)
+        exposed = statistics.median(max(0.0, t.seconds - t.busy_seconds()) for t in timings)
+        hidden = 1 - min(1.0, exposed / copy_write) if copy_write > 0 else 1.0
+        lines.append(
+            _row(
+                problem + (" (float64)" if x64 else ""),
+                block,
+                blocks,
+                f"{mem:.3f}",
+                f"{pipe:.3f}",
+                f"{statistics.median(ratios):.2f}x",
+                f"{fixed:.1f}",
+                f"{copy_write:.3f}",
+                f"{hidden:.0%}",
+            )
+        )
+    body = (
+        "### Pipeline overhead: the embedded default vs in-memory `diffops_core.hessian`\n\n"
+        f"Median of {args.repeats} warm runs each, in-memory and pipeline interleaved run by run "
+        "(ratio: median of the per-run ratios), each pipeline run into a new store. Fixed cost "
+        "= (pipeline - in-memory) / blocks. Hidden = 1 - (run time with no kernel running) / "
+        "(device-to-host + write time): the share of copying and writing overlapped with "
+        "kernels.\n\n" + "\n".join(lines)
+    )
+    write_section(
+        "pipeline-overhead",
+        body,
+        "python benchmarks/bench_pipeline.py overhead --cases "
+        + " ".join(args.cases)
+        + f" --repeats {args.repeats}",
+    )
+    print(body)
+
+
+def executors(args):
     import jax
     from distributed import Client
 
@@ -124,9 +231,9 @@ def overhead(args):
         f"(median of {args.repeats} warm runs, each into a new store)\n\n" + "\n".join(lines)
     )
     write_section(
-        "pipeline-overhead",
+        "pipeline-executors",
         body,
-        f"python benchmarks/bench_pipeline.py overhead --block-size {block}",
+        f"python benchmarks/bench_pipeline.py executors --block-size {block}",
     )
     print(body)
 
@@ -433,10 +540,17 @@ def main():
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("overhead")
+    p.add_argument("--cases", nargs="+", default=["mlp:128", "psf:64", "psf:1024"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_out")
+    )
+    p.set_defaults(fn=overhead)
+    p = sub.add_parser("executors")
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None)
-    p.set_defaults(fn=overhead)
+    p.set_defaults(fn=executors)
     p = sub.add_parser("threads")
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=3)

@@ -105,29 +105,35 @@ def _apply(op, lin, v):
     return lin(v)[0] if op == "jacrev" else lin(v)
 
 
-def _fill(lin, start, width, micro, extent, in_dtype, axis, slab):
+def _fill(lin, start, width, micro, extent, in_dtype, axis, slab, first=0):
     """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
 
     ``lin`` is a callable of one basis vector (``e_i`` of length ``extent``).
 
     The window is covered by ``ceil(width / micro)`` micro-batches; the last one is
     shifted left to end at ``width`` (an overlap, never a pad), and
-    ``dynamic_update_slice`` writes each where it was computed.
+    ``dynamic_update_slice`` writes each where it was computed. Micro-batches
+    before ``first`` (a traced int) are skipped: the last block of a plan starts
+    its window early, and the columns before its own are another block's.
     """
     count = math.ceil(width / micro)
     lanes = jnp.arange(micro)
 
     def body(j, slab):
-        offset = jnp.minimum(j * micro, width - micro)
+        offset = jnp.minimum(j * micro, width - micro).astype(jnp.int32)
         basis = jax.nn.one_hot(start + offset + lanes, extent, dtype=in_dtype)
         products = jax.vmap(lin)(basis)  # (micro, len of lin's output)
         if axis == 1:
-            return jax.lax.dynamic_update_slice(slab, products.T.astype(slab.dtype), (0, offset))
-        return jax.lax.dynamic_update_slice(slab, products.astype(slab.dtype), (offset, 0))
+            return jax.lax.dynamic_update_slice(
+                slab, products.T.astype(slab.dtype), (jnp.int32(0), offset)
+            )
+        return jax.lax.dynamic_update_slice(
+            slab, products.astype(slab.dtype), (offset, jnp.int32(0))
+        )
 
     if count == 1:
         return body(0, slab)
-    return jax.lax.fori_loop(0, count, body, slab)
+    return jax.lax.fori_loop(first, count, body, slab)
 
 
 _CACHE: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
@@ -201,7 +207,7 @@ class Kernels:
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
-    def _fill(self, lin, start, width, micro, out):
+    def _fill(self, lin, start, width, micro, out, first=0):
         spec = self.spec
         in_dtype = (
             jnp.dtype(spec.in_layout.dtype)
@@ -209,16 +215,16 @@ class Kernels:
             else jnp.dtype(spec.out_layout.dtype)
         )
         apply = lambda v: _apply(spec.op, lin, v)
-        return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out)
+        return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out, first)
 
     def slab_fn(self, block_size: int, micro: int):
         """The un-jitted second stage: ``(lin, start) -> slab``."""
         spec = self.spec
         _check_widths(spec.extent, block_size, micro)
 
-        def slab(lin, start):
+        def slab(lin, start, first=0):
             out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
-            return self._fill(lin, start, block_size, micro, out)
+            return self._fill(lin, start, block_size, micro, out, first)
 
         return slab
 
@@ -287,10 +293,14 @@ class Kernels:
         return functools.partial(compiled, self.consts)
 
     def compiled_block(self, block_size: int, micro: int):
-        """`slab` compiled ahead of time: ``compiled(lin, np.int32(start)) -> slab``.
+        """`slab` compiled ahead of time:
+        ``compiled(lin, np.int32(block.window), np.int32(block.first_batch(micro))) -> slab``.
 
-        Cached: executors and `kernel_bytes` share one compile. Its arguments
-        (hence its memory analysis) include the linearisation's residuals.
+        The third argument skips the micro-batches before the block's own columns
+        (0 but for a plan's last block, whose window starts early): a ragged last
+        block costs at most one micro-batch more, not a whole block. Cached:
+        executors and `kernel_bytes` share one compile. Its arguments (hence its
+        memory analysis) include the linearisation's residuals.
         """
 
         def lower():
@@ -298,7 +308,7 @@ class Kernels:
                 self._prepare_jitted(), self._const_avals(), self._program.x_aval
             )
             start_aval = jax.ShapeDtypeStruct((), "int32")
-            return self.slab(block_size, micro).lower(lin_aval, start_aval)
+            return self.slab(block_size, micro).lower(lin_aval, start_aval, start_aval)
 
         return self._compiled(("slab", block_size, micro), lower)
 

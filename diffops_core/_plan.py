@@ -42,6 +42,11 @@ class Block:
     def size(self) -> int:
         return self.stop - self.start
 
+    def first_batch(self, micro: int) -> int:
+        """The first micro-batch of ``micro`` columns (counted from `window`) that
+        holds a column of this block's own: the ones before it need not run."""
+        return (self.start - self.window) // micro
+
     @property
     def keep(self) -> slice:
         """Slice of the kernel's slab (along the block axis) that this block owns."""

@@ -166,23 +166,31 @@ def _to_zarr(
         **options,
     )
     existing = _existing(run_plan, flags["overwrite"])
-    todo = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
-    if existing is not None and not redo and not todo:
+    left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
+    if existing is not None and not redo and not left:
         return Result(existing)  # complete: touch nothing
-    _check_disk(run_plan, todo)
+    _check_disk(run_plan, left)
     callbacks = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location)):
-        result_store = _open_or_create(run_plan, flags["overwrite"], redo)
-        summary = _dispatch(result_store, run_plan, executor, callbacks)
+        result_store, todo = _open_or_create(run_plan, flags["overwrite"], redo)
+        summary = _dispatch(result_store, todo, run_plan, executor, callbacks)
     return Result(result_store, summary.summary())
 
 
-def _open_or_create(run_plan: RunPlan, overwrite: bool, redo: Sequence[int]) -> ResultStore:
-    """The store, under the lock: what is there if it is this computation (another
-    run may have finished it since we looked), else a new one; with the records
-    of the blocks ``redo`` cleared (a repair: only now, everything ready to
-    recompute them)."""
-    result_store = _existing(run_plan, overwrite) or ResultStore.create(
+def _open_or_create(
+    run_plan: RunPlan, overwrite: bool, redo: Sequence[int]
+) -> tuple[ResultStore, tuple[int, ...]]:
+    """The store and the blocks to compute, under the lock: what is there if it is
+    this computation (another run may have finished it since we looked), with
+    the records of the blocks ``redo`` cleared (a repair: only now, everything
+    ready to recompute them); else a new store, all of it to do."""
+    result_store = _existing(run_plan, overwrite)
+    if result_store is not None:
+        result_store.remove_partial_files()
+        for index in redo:
+            result_store.clear_record(int(index))
+        return result_store, tuple(result_store.todo())
+    result_store = ResultStore.create(
         run_plan.location,
         meta=run_plan.store_meta(),
         shape=run_plan.spec.shape,
@@ -191,19 +199,19 @@ def _open_or_create(run_plan: RunPlan, overwrite: bool, redo: Sequence[int]) -> 
         block_size=run_plan.blocks.block_size,
         compressor=run_plan.compressor,
     )
-    result_store.remove_partial_files()
-    for index in redo:
-        result_store.clear_record(int(index))
-    return result_store
+    return result_store, tuple(range(run_plan.blocks.n_blocks))
 
 
 def _dispatch(
-    result_store: ResultStore, run_plan: RunPlan, executor: Executor, callbacks: Sequence[Callback]
+    result_store: ResultStore,
+    todo: tuple[int, ...],
+    run_plan: RunPlan,
+    executor: Executor,
+    callbacks: Sequence[Callback],
 ) -> Summary:
-    """Run the blocks not yet done on ``executor``, recording the run."""
+    """Run the blocks ``todo`` on ``executor``, recording the run."""
     import time
 
-    todo = tuple(result_store.todo())
     run = result_store.start_run(len(todo))
     run_plan = run_plan.for_run(run, f"{run_plan.fingerprint[:16]}-{run}-{uuid.uuid4().hex}")
     summary = Summary()
@@ -223,10 +231,12 @@ def _dispatch(
     finally:
         seconds = time.perf_counter() - t0
         listeners.on_run_end(RunEnd(status, seconds, error))
+        done = run_plan.blocks.n_blocks - len(todo) + len(summary.events)
         _end_run(
             result_store,
             run,
             failure,
+            blocks_done=done,
             status=status,
             error=error,
             seconds=round(seconds, 3),
@@ -237,7 +247,7 @@ def _dispatch(
 
 def _end_run(result_store: ResultStore, run: int, failure, **fields) -> None:
     try:
-        result_store.end_run(run, blocks_done=int(result_store.done_mask().sum()), **fields)
+        result_store.end_run(run, **fields)
     except OSError as err:  # e.g. the full disk that failed the run: keep its error
         if failure is None:
             raise

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import zlib
 from typing import Any
 
@@ -471,6 +472,67 @@ class ResultStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return len(found)
+
+
+def _plain_bytes(matrix: zarr.Array) -> bool:
+    """Whether a chunk of ``matrix`` is stored as its values' C-order bytes: the
+    only codec is the bytes codec, little-endian, on a little-endian machine."""
+    from zarr.codecs import BytesCodec
+    from zarr.codecs.bytes import Endian
+
+    codecs = tuple(matrix.metadata.codecs)  # type: ignore[union-attr]
+    return (
+        sys.byteorder == "little"
+        and len(codecs) == 1
+        and isinstance(codecs[0], BytesCodec)
+        and codecs[0].endian in (None, Endian.little)
+    )
+
+
+class SlabWriter:
+    """Writes a block's slab into the matrix, chunk by chunk.
+
+    A whole chunk of an uncompressed array is written as its encoded bytes (the
+    bytes codec's encoding is the values' C-order bytes) through the store, in
+    one atomic write as zarr's own; zarr's array machinery (selection, merging
+    with the fill value, encoding) cost about as much again as the file write
+    (benchmarks/RESULTS.md, pipeline overhead). Edge chunks, which zarr pads to
+    the full chunk shape, and compressed arrays go through zarr.
+    """
+
+    def __init__(self, matrix: zarr.Array):
+        self.matrix = matrix
+        self.raw = _plain_bytes(matrix)
+
+    def write(self, rows: slice, cols: slice, data: np.ndarray) -> None:
+        matrix = self.matrix
+        if not self.raw or data.dtype != matrix.dtype or not data.dtype.isnative:
+            matrix[rows, cols] = data
+            return
+        (m, n), (cr, cc) = matrix.shape, matrix.chunks
+        r0, r1 = rows.indices(m)[:2]
+        c0, c1 = cols.indices(n)[:2]
+        for i in range(r0 // cr, math.ceil(r1 / cr)):
+            for j in range(c0 // cc, math.ceil(c1 / cc)):
+                rs, cs = slice(i * cr, (i + 1) * cr), slice(j * cc, (j + 1) * cc)
+                part = data[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
+                whole = (
+                    rs.stop <= min(m, r1)
+                    and cs.stop <= min(n, c1)
+                    and rs.start >= r0
+                    and cs.start >= c0
+                )
+                if whole:
+                    self._put((i, j), np.ascontiguousarray(part))
+                else:
+                    matrix[rs.start : min(rs.stop, r1), cs.start : min(cs.stop, c1)] = part
+
+    def _put(self, coords: tuple[int, int], chunk: np.ndarray) -> None:
+        from zarr.core.buffer import default_buffer_prototype
+
+        key = f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(coords)}"
+        buf = default_buffer_prototype().buffer.from_array_like(chunk.reshape(-1).view(np.uint8))
+        sync(self.matrix.store.set(key, buf))
 
 
 def free_disk(location) -> int | None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._callbacks import BlockEvent
-from ._store import CHECKSUM, MILLIS, NONFINITE, RUN, STATE, checksum
+from ._store import CHECKSUM, MILLIS, NONFINITE, RUN, STATE, SlabWriter, checksum
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffops_core.internal import Block
@@ -65,14 +65,22 @@ class _WorkerState:
 
     kernel: Callable
     lin: Any
-    matrix: Any
-    records: Any
+    writer: SlabWriter
+    records: SlabWriter
     inner_width: int
     kernel_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 _STATES: dict[str, _WorkerState] = {}
 _STATES_LOCK = threading.RLock()
+
+
+def _nonfinite(data: np.ndarray) -> int:
+    """How many entries are NaN or infinite. A finite sum means none are (a NaN
+    or an infinity anywhere makes the sum non-finite), and costs no temporary."""
+    if np.isfinite(np.sum(data)):
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +157,7 @@ class BlockTask:
         t_host = time.perf_counter()
         self.write_data(state, block, data)
         t_write = time.perf_counter()
-        nonfinite = int(data.size - np.count_nonzero(np.isfinite(data)))
+        nonfinite = _nonfinite(data)
         record = np.zeros(5, dtype=np.int64)
         record[[STATE, CHECKSUM, MILLIS, RUN, NONFINITE]] = [
             1,
@@ -205,8 +213,8 @@ class BlockTask:
             kernel=kernels.compiled_block(self.block_size, width),
             # linearise once per run: every block reuses the residuals
             lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
-            matrix=group["matrix"],
-            records=group["blocks"],
+            writer=SlabWriter(group["matrix"]),  # type: ignore[arg-type]
+            records=SlabWriter(group["blocks"]),  # type: ignore[arg-type]
             inner_width=width,
         )
 
@@ -226,7 +234,8 @@ class BlockTask:
 
     def compute(self, state: _WorkerState, block: Block):
         """Run the block kernel; the slab on the device, finished."""
-        slab = state.kernel(state.lin, np.int32(block.window))
+        first = block.first_batch(state.inner_width)
+        slab = state.kernel(state.lin, np.int32(block.window), np.int32(first))
         slab.block_until_ready()
         return slab
 
@@ -243,8 +252,8 @@ class BlockTask:
 
     def write_data(self, state: _WorkerState, block: Block, data: np.ndarray) -> None:
         """Write the slab: whole chunks no other task touches."""
-        state.matrix[self.region(block)] = data
+        state.writer.write(*self.region(block), data)
 
     def write_record(self, state: _WorkerState, block: Block, record: np.ndarray) -> None:
         """Write the completion record, after the data."""
-        state.records[block.index, :] = record
+        state.records.write(slice(block.index, block.index + 1), slice(None), record[None, :])

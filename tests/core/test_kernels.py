@@ -40,7 +40,7 @@ def test_two_stage_kernel_equals_one_stage():
     one_stage = kernels.block(3, 2)
     for b in dci.BlockPlan(kernels.spec.extent, 3):
         np.testing.assert_allclose(
-            np.asarray(compiled(lin, np.int32(b.window))),
+            np.asarray(compiled(lin, np.int32(b.window), np.int32(0))),
             np.asarray(one_stage(x_flat, b.window)),
             rtol=1e-6,
             atol=1e-6,
@@ -65,3 +65,24 @@ def test_kernels_cache_is_keyed_on_the_traced_program():
     with CompileCounter() as compiles:
         H, _ = dc.hessian(f, bigger)
     assert compiles.count > 0 and H.shape == (18, 18)  # new shapes: compiled apart
+
+
+@pytest.mark.parametrize("extent_block_micro", [(16, 7, 2), (16, 10, 3), (16, 12, 4), (16, 5, 5)])
+def test_a_ragged_last_block_skips_the_columns_it_does_not_own(extent_block_micro):
+    # issue 9: the last block's window starts early; computing it whole cost up to a
+    # whole block of columns (PSF, block 1024: 5 blocks computed 5120 columns for 4120)
+    _, block_size, micro = extent_block_micro
+    kernels, x_flat, _ = dci.get_kernels(mixed_loss, mixed_x(), "hessian")
+    lin = kernels.compiled_prepare()(x_flat)
+    compiled = kernels.compiled_block(block_size, micro)
+    H = np.full((16, 16), np.nan, np.float32)
+    plan = dci.BlockPlan(kernels.spec.extent, block_size)
+    for b in plan:
+        first = b.first_batch(micro)
+        slab = np.asarray(compiled(lin, np.int32(b.window), np.int32(first)))
+        H[:, b.start : b.stop] = slab[:, b.keep]
+        skipped = slab[:, : first * micro]
+        assert not skipped.any()  # never computed: those columns are another block's
+    last = plan.block(plan.n_blocks - 1)
+    assert last.first_batch(micro) == (last.start - last.window) // micro
+    np.testing.assert_allclose(H, reference_hessian(mixed_loss, mixed_x()), **tol(np.float32))
