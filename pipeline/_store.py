@@ -501,8 +501,13 @@ class SlabWriter:
     """
 
     def __init__(self, matrix: zarr.Array):
+        from zarr.storage import LocalStore
+
         self.matrix = matrix
         self.raw = _plain_bytes(matrix)
+        store = matrix.store
+        self.root = str(store.root) if isinstance(store, LocalStore) else None
+        self._dirs: set[str] = set()
 
     def write(self, rows: slice, cols: slice, data: np.ndarray) -> None:
         matrix = self.matrix
@@ -531,8 +536,32 @@ class SlabWriter:
         from zarr.core.buffer import default_buffer_prototype
 
         key = f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(coords)}"
-        buf = default_buffer_prototype().buffer.from_array_like(chunk.reshape(-1).view(np.uint8))
+        data = chunk.reshape(-1).view(np.uint8)
+        if self.root is not None:
+            self._put_file(os.path.join(self.root, *key.split("/")), data)
+            return
+        buf = default_buffer_prototype().buffer.from_array_like(data)
         sync(self.matrix.store.set(key, buf))
+
+    def _put_file(self, path: str, data: np.ndarray) -> None:
+        """Write a local chunk as zarr's local store does: a ``.partial`` file
+        beside it (removed by `ResultStore.remove_partial_files` if a crash leaves
+        it), renamed into place, so a reader sees the old chunk or the new one."""
+        import uuid
+
+        directory = os.path.dirname(path)
+        if directory not in self._dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._dirs.add(directory)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(partial, "wb") as fh:
+                fh.write(data.data)
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            raise
 
 
 def free_disk(location) -> int | None:
