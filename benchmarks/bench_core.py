@@ -137,7 +137,7 @@ def suite_sweep(repeats):
                 default["block_size"],
                 cells,
                 best,
-                f"{default['micro']} ({default['median_s']:.3f} s)",
+                f"{default['inner_width']} ({default['median_s']:.3f} s)",
                 f"{ratio:.2f}",
             )
         )
@@ -219,7 +219,7 @@ def suite_budget(repeats):
             _row(
                 budget,
                 res["block_size"],
-                res["micro"],
+                res["inner_width"],
                 f"{res['median_s']:.3f}",
                 mb(res["peak_increase"]),
                 mb(limit),

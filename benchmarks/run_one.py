@@ -93,7 +93,7 @@ def main(config: dict) -> dict:
                 dci.jacobian_op(kw.pop("mode", "auto"), kernels.spec.n, kernels.spec.m)
             )
         chosen = dci.choose_sizing(kernels, **kw)
-        sizing = {"block_size": chosen.block_size, "micro": chosen.micro}
+        sizing = {"block_size": chosen.block_size, "inner_width": chosen.inner_width}
     if config.get("trace"):
         # per-call identity cost: trace f to a jaxpr (+ its structure digest), the
         # part of every call that zodiax-style caching on f's identity skipped;

@@ -11,7 +11,7 @@ import jax
 from ._errors import InputTypeError, InputValueError
 from ._kernels import Kernels, get_kernels
 from ._plan import resolve_block_size
-from ._sizing import Sizing, auto_micro, budget_block
+from ._sizing import Sizing, auto_inner_width, budget_block
 
 __all__ = ["choose_sizing", "hessian", "jacobian"]
 
@@ -38,7 +38,7 @@ def choose_sizing(
 
     At most one of ``nbatches`` (zodiax's meaning; 1 counts as not given),
     ``block_size`` and ``memory_budget`` may be given; it bounds the products in
-    flight at once. ``inner_width`` (default: `auto_micro`) may only narrow that.
+    flight at once. ``inner_width`` (default: `auto_inner_width`) may only narrow that.
 
     **Raises:** `TypeError`/`ValueError` naming the offending argument.
     """
@@ -64,7 +64,7 @@ def choose_sizing(
         ):
             raise InputTypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
     if memory_budget is not None:
-        return budget_block(kernels, memory_budget, micro=inner_width)
+        return budget_block(kernels, memory_budget, inner_width=inner_width)
     if nbatches is not None and spec.op == "jacrev":
         # nbatches keeps zodiax's meaning in either mode: at most ceil(n / nbatches)
         # products in flight (checked against the n parameters); in rev mode those
@@ -75,15 +75,17 @@ def choose_sizing(
     size = size or spec.extent
     if inner_width is not None:
         return Sizing(size, min(inner_width, size))
-    return Sizing(size, auto_micro(kernels, size) if auto_width else None)
+    return Sizing(size, auto_inner_width(kernels, size) if auto_width else None)
 
 
-def _run_matrix(kernels: Kernels, x_flat, micro: int | None, jit: bool):
-    micro = micro or auto_micro(kernels, kernels.spec.extent)  # in memory: always sized
+def _run_matrix(kernels: Kernels, x_flat, inner_width: int | None, jit: bool):
+    inner_width = inner_width or auto_inner_width(
+        kernels, kernels.spec.extent
+    )  # in memory: always sized
     if jit:
-        return kernels.matrix(micro)(x_flat)
+        return kernels.matrix(inner_width)(x_flat)
     with jax.disable_jit():
-        return kernels.matrix_fn(micro)(kernels.consts, x_flat)
+        return kernels.matrix_fn(inner_width)(kernels.consts, x_flat)
 
 
 def hessian(
@@ -138,7 +140,7 @@ def hessian(
         memory_budget=memory_budget,
         inner_width=inner_width,
     )
-    return _run_matrix(kernels, x_flat, sizing.micro, jit), unravel
+    return _run_matrix(kernels, x_flat, sizing.inner_width, jit), unravel
 
 
 def jacobian_op(mode: str, n: int, m: int) -> str:
@@ -201,5 +203,5 @@ def jacobian(
         memory_budget=memory_budget,
         inner_width=inner_width,
     )
-    J = _run_matrix(kernels, x_flat, sizing.micro, jit)
+    J = _run_matrix(kernels, x_flat, sizing.inner_width, jit)
     return split_jacobian(J, kernels.spec.out_layout, kernels.spec.n), unravel

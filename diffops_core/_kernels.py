@@ -2,7 +2,7 @@
 
 The one primitive is `_fill`: given a linear map ``lin`` (a linearised HVP or JVP,
 or a VJP) it applies ``lin`` to the one-hot vectors of a window of ``width``
-consecutive indices and writes the products into a slab, ``micro`` indices at a
+consecutive indices and writes the products into a slab, ``inner_width`` indices at a
 time (micro-batches bound the columns in flight, and a narrower vmap is often
 faster on CPUs). Two executors use it:
 
@@ -105,24 +105,24 @@ def _apply(op, lin, v):
     return lin(v)[0] if op == "jacrev" else lin(v)
 
 
-def _fill(lin, start, width, micro, extent, in_dtype, axis, slab, first=0):
+def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0):
     """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
 
     ``lin`` is a callable of one basis vector (``e_i`` of length ``extent``).
 
-    The window is covered by ``ceil(width / micro)`` micro-batches; the last one is
+    The window is covered by ``ceil(width / inner_width)`` micro-batches; the last one is
     shifted left to end at ``width`` (an overlap, never a pad), and
     ``dynamic_update_slice`` writes each where it was computed. Micro-batches
     before ``first`` (a traced int) are skipped: the last block of a plan starts
     its window early, and the columns before its own are another block's.
     """
-    count = math.ceil(width / micro)
-    lanes = jnp.arange(micro)
+    count = math.ceil(width / inner_width)
+    lanes = jnp.arange(inner_width)
 
     def body(j, slab):
-        offset = jnp.minimum(j * micro, width - micro).astype(jnp.int32)
+        offset = jnp.minimum(j * inner_width, width - inner_width).astype(jnp.int32)
         basis = jax.nn.one_hot(start + offset + lanes, extent, dtype=in_dtype)
-        products = jax.vmap(lin)(basis)  # (micro, len of lin's output)
+        products = jax.vmap(lin)(basis)  # (inner_width, len of lin's output)
         if axis == 1:
             return jax.lax.dynamic_update_slice(
                 slab, products.T.astype(slab.dtype), (jnp.int32(0), offset)
@@ -162,18 +162,18 @@ class Kernels:
     bound to those constants whose compiled code is shared by every trace with
     the same compile key:
 
-    - `block(block_size, micro)`: ``(x_flat, start) -> slab`` of shape
+    - `block(block_size, inner_width)`: ``(x_flat, start) -> slab`` of shape
       ``spec.slab_shape(block_size)`` holding columns (rows for ``jacrev``)
       ``start .. start + block_size``; ``start`` is traced (one compile for all
       blocks) and must satisfy ``0 <= start <= extent - block_size``.
-    - `matrix(micro)`: ``x_flat -> (m, n)`` matrix, the whole loop in one jit.
-    - `prepare()` and `slab(block_size, micro)`: the block kernel in two stages,
+    - `matrix(inner_width)`: ``x_flat -> (m, n)`` matrix, the whole loop in one jit.
+    - `prepare()` and `slab(block_size, inner_width)`: the block kernel in two stages,
       ``x_flat -> lin`` (linearise once) and ``(lin, start) -> slab``; executors
       that run many blocks at one ``x`` linearise once and reuse ``lin``.
-      `compiled_prepare()` / `compiled_block(block_size, micro)` are the same,
+      `compiled_prepare()` / `compiled_block(block_size, inner_width)` are the same,
       compiled ahead of time (shared with the memory analysis).
 
-    ``micro`` is the micro-batch width: products vmapped at once (``<= block_size``).
+    ``inner_width`` is the micro-batch width: products vmapped at once (``<= block_size``).
     """
 
     def __init__(
@@ -207,7 +207,7 @@ class Kernels:
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
-    def _fill(self, lin, start, width, micro, out, first=0):
+    def _fill(self, lin, start, width, inner_width, out, first=0):
         spec = self.spec
         in_dtype = (
             jnp.dtype(spec.in_layout.dtype)
@@ -215,32 +215,32 @@ class Kernels:
             else jnp.dtype(spec.out_layout.dtype)
         )
         apply = lambda v: _apply(spec.op, lin, v)
-        return _fill(apply, start, width, micro, spec.extent, in_dtype, spec.axis, out, first)
+        return _fill(apply, start, width, inner_width, spec.extent, in_dtype, spec.axis, out, first)
 
-    def slab_fn(self, block_size: int, micro: int):
+    def slab_fn(self, block_size: int, inner_width: int):
         """The un-jitted second stage: ``(lin, start) -> slab``."""
         spec = self.spec
-        _check_widths(spec.extent, block_size, micro)
+        _check_widths(spec.extent, block_size, inner_width)
 
         def slab(lin, start, first=0):
             out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
-            return self._fill(lin, start, block_size, micro, out, first)
+            return self._fill(lin, start, block_size, inner_width, out, first)
 
         return slab
 
-    def block_fn(self, block_size: int, micro: int):
+    def block_fn(self, block_size: int, inner_width: int):
         """The un-jitted block kernel ``(consts, x_flat, start) -> slab``."""
-        slab = self.slab_fn(block_size, micro)
+        slab = self.slab_fn(block_size, inner_width)
         return lambda consts, x_flat, start: slab(self._lin(consts, x_flat), start)
 
-    def matrix_fn(self, micro: int):
+    def matrix_fn(self, inner_width: int):
         """The un-jitted whole-matrix loop ``(consts, x_flat) -> (m, n)``."""
         spec = self.spec
-        _check_widths(spec.extent, spec.extent, micro)
+        _check_widths(spec.extent, spec.extent, inner_width)
 
         def matrix(consts, x_flat):
             out = jnp.zeros(spec.shape, spec.dtype)
-            return self._fill(self._lin(consts, x_flat), 0, spec.extent, micro, out)
+            return self._fill(self._lin(consts, x_flat), 0, spec.extent, inner_width, out)
 
         return matrix
 
@@ -252,13 +252,15 @@ class Kernels:
                 program.jitted[key] = jax.jit(build())
             return program.jitted[key]
 
-    def block(self, block_size: int, micro: int):
-        jitted = self._jit(("block", block_size, micro), lambda: self.block_fn(block_size, micro))
+    def block(self, block_size: int, inner_width: int):
+        jitted = self._jit(
+            ("block", block_size, inner_width), lambda: self.block_fn(block_size, inner_width)
+        )
         return functools.partial(jitted, self.consts)
 
-    def matrix(self, micro: int):
+    def matrix(self, inner_width: int):
         return functools.partial(
-            self._jit(("matrix", micro), lambda: self.matrix_fn(micro)), self.consts
+            self._jit(("matrix", inner_width), lambda: self.matrix_fn(inner_width)), self.consts
         )
 
     def _prepare_jitted(self):
@@ -267,8 +269,10 @@ class Kernels:
     def prepare(self):
         return functools.partial(self._prepare_jitted(), self.consts)
 
-    def slab(self, block_size: int, micro: int):
-        return self._jit(("slab", block_size, micro), lambda: self.slab_fn(block_size, micro))
+    def slab(self, block_size: int, inner_width: int):
+        return self._jit(
+            ("slab", block_size, inner_width), lambda: self.slab_fn(block_size, inner_width)
+        )
 
     def _compiled(self, key, lower):
         key = (self.spec.op, "compiled") + key
@@ -292,9 +296,9 @@ class Kernels:
         )
         return functools.partial(compiled, self.consts)
 
-    def compiled_block(self, block_size: int, micro: int):
+    def compiled_block(self, block_size: int, inner_width: int):
         """`slab` compiled ahead of time:
-        ``compiled(lin, np.int32(block.window), np.int32(block.first_batch(micro))) -> slab``.
+        ``compiled(lin, np.int32(block.window), np.int32(block.first_batch(inner_width))) -> slab``.
 
         The third argument skips the micro-batches before the block's own columns
         (0 but for a plan's last block, whose window starts early): a ragged last
@@ -308,16 +312,16 @@ class Kernels:
                 self._prepare_jitted(), self._const_avals(), self._program.x_aval
             )
             start_aval = jax.ShapeDtypeStruct((), "int32")
-            return self.slab(block_size, micro).lower(lin_aval, start_aval, start_aval)
+            return self.slab(block_size, inner_width).lower(lin_aval, start_aval, start_aval)
 
-        return self._compiled(("slab", block_size, micro), lower)
+        return self._compiled(("slab", block_size, inner_width), lower)
 
 
-def _check_widths(extent, width, micro):
+def _check_widths(extent, width, inner_width):
     if not 1 <= width <= extent:
         raise InputValueError(f"block size must be in [1, {extent}], got {width}")
-    if not 1 <= micro <= width:
-        raise InputValueError(f"micro-batch width must be in [1, {width}], got {micro}")
+    if not 1 <= inner_width <= width:
+        raise InputValueError(f"micro-batch width must be in [1, {width}], got {inner_width}")
 
 
 def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:

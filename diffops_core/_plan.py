@@ -42,10 +42,10 @@ class Block:
     def size(self) -> int:
         return self.stop - self.start
 
-    def first_batch(self, micro: int) -> int:
-        """The first micro-batch of ``micro`` columns (counted from `window`) that
+    def first_batch(self, inner_width: int) -> int:
+        """The first micro-batch of ``inner_width`` columns (counted from `window`) that
         holds a column of this block's own: the ones before it need not run."""
-        return (self.start - self.window) // micro
+        return (self.start - self.window) // inner_width
 
     @property
     def keep(self) -> slice:

@@ -21,7 +21,7 @@ from ._errors import InputValueError
 from ._kernels import Kernels
 from ._plan import format_bytes, parse_bytes
 
-__all__ = ["Sizing", "auto_micro", "budget_block", "kernel_bytes"]
+__all__ = ["Sizing", "auto_inner_width", "budget_block", "kernel_bytes"]
 
 #: Temporaries one micro-batch may hold, per platform. Measured on a 2-core CPU
 #: (benchmarks/RESULTS.md, inner-width sweep): the best width put 20-40 MB of
@@ -45,11 +45,11 @@ class Footprint:
         return self.argument + self.output + self.temp - self.alias
 
 
-def kernel_bytes(kernels: Kernels, block_size: int, micro: int) -> Footprint:
-    """XLA's memory figures for ``kernels.compiled_block(block_size, micro)``: the
+def kernel_bytes(kernels: Kernels, block_size: int, inner_width: int) -> Footprint:
+    """XLA's memory figures for ``kernels.compiled_block(block_size, inner_width)``: the
     slab kernel compiled (never run) for abstract inputs, whose arguments include
     the linearisation's residuals. The compile is cached and reused by executors."""
-    stats = kernels.compiled_block(block_size, micro).memory_analysis()
+    stats = kernels.compiled_block(block_size, inner_width).memory_analysis()
     if stats is None:  # some backends give no analysis: treat as free
         return Footprint(0, 0, 0, 0)
     return Footprint(
@@ -72,7 +72,7 @@ def _per_product_temp(kernels: Kernels) -> float:
     return kernels.memo[key]
 
 
-def auto_micro(kernels: Kernels, limit: int) -> int:
+def auto_inner_width(kernels: Kernels, limit: int) -> int:
     """The micro-batch width the kernels use by default, at most ``limit``.
 
     On CPU, the largest power of two whose temporaries (XLA's estimate) stay
@@ -92,12 +92,12 @@ class Sizing:
     """A block size and micro-batch width, and the kernel's estimated footprint."""
 
     block_size: int
-    micro: int | None
+    inner_width: int | None
     footprint: Footprint | None = None
 
 
 def budget_block(
-    kernels: Kernels, memory_budget, micro: int | None = None, host_bytes_per_item: int = 0
+    kernels: Kernels, memory_budget, inner_width: int | None = None, host_bytes_per_item: int = 0
 ) -> Sizing:
     """The largest block whose compiled kernel fits ``memory_budget``.
 
@@ -105,7 +105,7 @@ def budget_block(
 
     - `kernels`: the kernels to size.
     - `memory_budget`: bytes, or a string such as ``"512MB"``.
-    - `micro`: a micro-batch width to use (default: `auto_micro`, capped by the block).
+    - `inner_width`: a micro-batch width to use (default: `auto_inner_width`, capped by the block).
     - `host_bytes_per_item`: bytes a block needs outside the kernel per column
       (row) it holds, counted against the same budget (an executor's host
       copies of the slab).
@@ -127,7 +127,7 @@ def budget_block(
             "cannot hold a block. Raise memory_budget, or pass checkpoint=True to trade "
             "compute for memory."
         )
-    width = micro or auto_micro(kernels, spec.extent)
+    width = inner_width or auto_inner_width(kernels, spec.extent)
     itemsize = jax.numpy.dtype(spec.dtype).itemsize
     per_slab_col = (spec.m if spec.axis == 1 else spec.n) * itemsize
     per_temp = max(_per_product_temp(kernels), 0.0)

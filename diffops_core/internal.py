@@ -12,6 +12,12 @@ is the top level of `diffops_core`.
   `InputError`, `InputValueError`, `InputTypeError`.
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
   constants, never the Python object).
+
+Names, one per concept: `n` is the size of the flat ``x`` (the matrix's
+columns), `m` the size of the flat ``f(x)`` (its rows; ``m == n`` for a
+Hessian), `extent` the axis the blocks split (``n``, or ``m`` for VJP rows),
+`block_size` the columns (rows) of one block, and `inner_width` the products
+vmapped at once inside a block.
 """
 
 from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
@@ -26,11 +32,8 @@ from ._plan import (
     plan_blocks,
     resolve_block_size,
 )
-from ._sizing import Footprint, Sizing, auto_micro, budget_block, kernel_bytes
+from ._sizing import Footprint, Sizing, auto_inner_width, budget_block, kernel_bytes
 from ._trace import Identity, TracedFunction
-
-#: The block's inner width chosen for a device (``auto_micro`` is the old name).
-auto_inner_width = auto_micro
 
 __all__ = [
     "Block",
@@ -47,7 +50,6 @@ __all__ = [
     "Sizing",
     "TracedFunction",
     "auto_inner_width",
-    "auto_micro",
     "budget_block",
     "check_flag",
     "choose_sizing",

@@ -294,7 +294,7 @@ def plan(
         kernels = kernels.for_op(jacobian_op(mode or "auto", kernels.spec.n, kernels.spec.m))
     sizing = _sizing(kernels, limits, stored, nbatches, block_size, memory_budget, inner_width)
     blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
-    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.micro)
+    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width)
     if not limits.fits(per_task):
         raise _memory_error(per_task, detail, limits)
     x64 = bool(jax.config.read("jax_enable_x64"))
@@ -304,7 +304,7 @@ def plan(
         "checkpoint": checkpoint,
         "dtype": kernels.spec.dtype,
         "x64": x64,
-        "inner_width": sizing.micro,
+        "inner_width": sizing.inner_width,
     }
     parts = fingerprint_parts(
         kernels.traced.identity(), np.asarray(x_flat), kernels.spec.in_layout.to_json(), options
@@ -316,7 +316,7 @@ def plan(
         f=f,
         x=x_host,
         blocks=blocks,
-        inner_width=sizing.micro,
+        inner_width=sizing.inner_width,
         checkpoint=checkpoint,
         x64=x64,
         location=location,

@@ -16,11 +16,11 @@ from helpers import (
 )
 
 
-@pytest.mark.parametrize("block_size,micro", [(5, 2), (16, 16), (3, 3), (7, 4)])
-def test_block_kernel_covers_the_plan_with_one_trace(block_size, micro):
+@pytest.mark.parametrize("block_size,inner_width", [(5, 2), (16, 16), (3, 3), (7, 4)])
+def test_block_kernel_covers_the_plan_with_one_trace(block_size, inner_width):
     f = TraceCounter(mixed_loss)
     kernels, x_flat, _ = dci.get_kernels(f, mixed_x(), "hessian")
-    block = kernels.block(block_size, micro)
+    block = kernels.block(block_size, inner_width)
     plan = dci.BlockPlan(kernels.spec.extent, block_size)
     before = f.count
     H = np.zeros((16, 16), np.float32)
@@ -71,18 +71,18 @@ def test_kernels_cache_is_keyed_on_the_traced_program():
 def test_a_ragged_last_block_skips_the_columns_it_does_not_own(extent_block_micro):
     # issue 9: the last block's window starts early; computing it whole cost up to a
     # whole block of columns (PSF, block 1024: 5 blocks computed 5120 columns for 4120)
-    _, block_size, micro = extent_block_micro
+    _, block_size, inner_width = extent_block_micro
     kernels, x_flat, _ = dci.get_kernels(mixed_loss, mixed_x(), "hessian")
     lin = kernels.compiled_prepare()(x_flat)
-    compiled = kernels.compiled_block(block_size, micro)
+    compiled = kernels.compiled_block(block_size, inner_width)
     H = np.full((16, 16), np.nan, np.float32)
     plan = dci.BlockPlan(kernels.spec.extent, block_size)
     for b in plan:
-        first = b.first_batch(micro)
+        first = b.first_batch(inner_width)
         slab = np.asarray(compiled(lin, np.int32(b.window), np.int32(first)))
         H[:, b.start : b.stop] = slab[:, b.keep]
-        skipped = slab[:, : first * micro]
+        skipped = slab[:, : first * inner_width]
         assert not skipped.any()  # never computed: those columns are another block's
     last = plan.block(plan.n_blocks - 1)
-    assert last.first_batch(micro) == (last.start - last.window) // micro
+    assert last.first_batch(inner_width) == (last.start - last.window) // inner_width
     np.testing.assert_allclose(H, reference_hessian(mixed_loss, mixed_x()), **tol(np.float32))
