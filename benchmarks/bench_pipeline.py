@@ -90,7 +90,7 @@ def _overhead_case(problem, block, repeats, directory):
 
 def overhead(args):
     """The embedded default against the in-memory API: ratio, per-block fixed
-    cost, and the share of copy+write time hidden behind kernels."""
+    cost, and the share of host work (copies, checksums, writes) hidden behind kernels."""
     import jax
 
     lines = [
@@ -102,7 +102,7 @@ def overhead(args):
             "pipeline s",
             "ratio",
             "fixed cost ms/block",
-            "copy+write s",
+            "host work s",
             "hidden behind kernels",
         ),
         _row(*["---"] * 9),
@@ -230,7 +230,7 @@ def executors(args):
     lines = [_row("executor", "median s", "vs in-memory"), _row("---", "---", "---")]
     lines += [_row(name, f"{t:.3f}", f"{t / base:.2f}x") for name, t in rows]
     body = (
-        f"### Pipeline overhead: MLP Hessian n=2632, block_size={block} "
+        f"### Executors compared: MLP Hessian n=2632, block_size={block} "
         f"(median of {args.repeats} warm runs, each into a new store)\n\n" + "\n".join(lines)
     )
     write_section(
