@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import dask
 from dask.callbacks import Callback as DaskCallback
 
+from diffops_core.internal import InputError
+
 from ._callbacks import BlockEvent, Callback
 from ._cluster import tune_malloc
 from ._plan import RunPlan
@@ -62,9 +64,30 @@ def active_client():
         return None
 
 
-def _hold(task: BlockTask) -> BlockTask:
-    """The block task as a task result (rebuildable by the scheduler if lost)."""
-    return task
+class ClusterSetupError(InputError, RuntimeError):
+    """The cluster cannot run the block task (a module the workers or the
+    scheduler cannot import, another computation on a worker)."""
+
+
+def _unpack(payload: bytes) -> BlockTask:
+    """The block task, unpickled on a worker. It travels to the cluster as bytes
+    pickled by cloudpickle, so the scheduler (which unpickles task graphs) never
+    has to import the function, and modules pickled by value need not exist on
+    the workers."""
+    import cloudpickle
+
+    return cloudpickle.loads(payload)
+
+
+def _probe(payload: bytes) -> str:
+    """Unpickle the block task and trace ``f`` as a block would, on a worker."""
+    import cloudpickle
+    import jax
+
+    task = cloudpickle.loads(payload)
+    with jax.enable_x64(task.x64):
+        task.kernels()
+    return "ok"
 
 
 class _OnBlockEnd(DaskCallback):
@@ -126,14 +149,21 @@ class DistributedExecutor:
     def where(self) -> str | None:
         return str(self.client.dashboard_link or self.client)
 
+    def check(self, task: BlockTask) -> None:
+        """The workers can load and trace the task: see `_check_cluster`."""
+        import cloudpickle
+
+        _check_cluster(self.client, cloudpickle.dumps(task))
+
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
+        import cloudpickle
         from distributed import as_completed
 
+        payload = cloudpickle.dumps(self.task(plan))
+        _check_cluster(self.client, payload)
         # the task is a task (not scattered data), so the scheduler can rebuild it
         # if every worker holding it dies; each worker fetches it once
-        held = self.client.submit(
-            _hold, self.task(plan), key=f"diffops-task-{plan.token}", pure=False
-        )
+        held = self.client.submit(_unpack, payload, key=f"diffops-task-{plan.token}", pure=False)
         run = _DistributedRun(self, plan, held)
         try:
             queue = as_completed([run.submit(i) for i in todo])
@@ -147,6 +177,31 @@ class DistributedExecutor:
         finally:
             self.client.cancel(list(run.pending.values()))
             held.release()
+
+
+def _check_cluster(client: Any, payload: bytes) -> None:
+    """Before the first block: every worker can unpickle the block task (pickled
+    as ``payload``) and trace ``f`` to the driver's computation. (The scheduler
+    only ever sees the bytes.)
+
+    **Raises:** `ClusterSetupError` naming the worker, its error and the fix.
+    """
+    fix = (
+        "install what it imports where the workers run (modules beside a spec travel "
+        "with it), or start the workers where they can import them"
+    )
+    outcomes = client.run(_probe, payload, on_error="return")
+    for worker, outcome in sorted(outcomes.items()):
+        if isinstance(outcome, BaseException):
+            raise ClusterSetupError(
+                f"worker {worker} cannot run f ({type(outcome).__name__}: "
+                f"{_first_line(outcome)}); {fix}"
+            )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 class _DistributedRun:
@@ -178,6 +233,16 @@ class _DistributedRun:
         except BlockError:
             raise
         except (FutureCancelledError, KeyError) as err:
+            if self.held.status == "error":  # the task itself never loaded: say why
+                cause = self.held.exception()
+                raise BlockError(
+                    i,
+                    block.start,
+                    block.stop,
+                    self.plan.spec.axis,
+                    f"the block task could not be loaded on the cluster: "
+                    f"{type(cause).__name__}: {cause}",
+                ) from err
             if self._recorded(i):
                 return BlockEvent(index=i, start=block.start, stop=block.stop, lost=True)
             if self.tries[i] < self.executor.max_resubmits:

@@ -103,6 +103,8 @@ class RunPlan:
     - `checkpoint`, `x64`: how ``f`` is differentiated and in which precision.
     - `location`: the store; `compressor`: ``None`` or ``"zstd"``.
     - `fingerprint`, `fingerprint_parts`, `options`: the identity of the result.
+    - `env`: environment variables each block task sets before it traces ``f``
+      (a spec's ``env``, for workers started without it).
     - `run`, `token`: set by `for_run` once the store has recorded the run.
     """
 
@@ -120,6 +122,7 @@ class RunPlan:
     fingerprint: str
     fingerprint_parts: dict
     options: dict
+    env: tuple[tuple[str, str], ...] = ()
     run: int = 0
     token: str = ""
 
@@ -276,6 +279,7 @@ def plan(
     checkpoint: bool = False,
     compressor: str | None = None,
     stored: BlockPlan | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunPlan:
     """Plan a run: trace, size, fingerprint, and check memory.
 
@@ -324,4 +328,5 @@ def plan(
         fingerprint=sha256_json(parts),
         fingerprint_parts=parts,
         options=options,
+        env=tuple(sorted((env or {}).items())),
     )

@@ -106,6 +106,7 @@ class BlockTask:
     x64: bool
     extent: int
     axis: int
+    env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_plan(cls, plan: RunPlan) -> BlockTask:
@@ -125,6 +126,7 @@ class BlockTask:
             x64=plan.x64,
             extent=plan.spec.extent,
             axis=plan.spec.axis,
+            env=plan.env,
         )
 
     def __call__(self, index: int) -> BlockEvent:
@@ -195,20 +197,29 @@ class BlockTask:
                 _STATES[self.token] = state
             return state
 
+    def kernels(self):
+        """``f`` traced in this process, with the run's environment set, and checked
+        to be the driver's computation. **Raises:** `IdentityMismatch`."""
+        from diffops_core.internal import get_kernels
+
+        os.environ.update(dict(self.env))  # before f is traced: what it reads, it reads here
+        # traced here, from the function as this process sees it; compiled
+        # kernels are shared with every earlier run of the same program
+        kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
+        self._check_identity(kernels.traced.identity())
+        return kernels
+
     def _build_state(self) -> _WorkerState:
         import jax
         import jax.flatten_util
         import zarr
 
-        from diffops_core.internal import auto_inner_width, get_kernels
+        from diffops_core.internal import auto_inner_width
 
-        # traced here, from the function as this process sees it; compiled
-        # kernels are shared with every earlier run of the same program
-        kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
-        self._check_identity(kernels.traced.identity())
+        kernels = self.kernels()
         x_flat = jax.flatten_util.ravel_pytree(self.x)[0]
         width = self.inner_width or auto_inner_width(kernels, self.block_size)
-        group = zarr.open_group(self.location, mode="r+")
+        group = zarr.open_group(self.location, mode="r+", use_consolidated=False)
         return _WorkerState(
             kernel=kernels.compiled_block(self.block_size, width),
             # linearise once per run: every block reuses the residuals

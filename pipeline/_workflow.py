@@ -15,6 +15,7 @@ from ._api import _to_zarr
 from ._cluster import local_cluster, peak_rss
 from ._report import checks
 from ._result import Result, open_result
+from ._ship import by_value
 from ._spec import Spec, SpecError
 from ._store import ResultStore, normalise_location
 
@@ -160,7 +161,8 @@ def _run_spec(
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
-    with _client_for(spec, scheduler, workers) as client:
+    with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
+        # the spec's own modules travel by value: a cluster need not import them
         result = _to_zarr(
             spec.operation,
             f,
@@ -174,6 +176,7 @@ def _run_spec(
             compressor=spec.compressor,
             break_lock=break_lock,
             redo=redo,
+            env=spec.env,
             **spec.blocking(),
         )
         worker_peak = max(client.run(peak_rss).values(), default=None) if client else None
