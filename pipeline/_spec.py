@@ -307,12 +307,78 @@ class Spec(_Model):
             x = _load_npz(self)
         else:
             x = _import_attr(self, "point", self.point, call=True)
+        _check_float_leaves(self, x)
         if self.dtype == "float64":
             import jax
             import numpy as np
 
             x = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), x)
         return x
+
+    def check_targets(self) -> None:
+        """Refuse, before anything is computed, an ``output`` or ``finalize.npy``
+        that cannot be written: a path under a file, or under a directory this
+        process may not write. (Missing directories are created.)
+
+        **Raises:** `SpecError` naming the file and the field.
+        """
+        if "://" not in self.output:
+            _check_writable(self, "output", self.output)
+        if self.finalize.npy:
+            _check_writable(self, "finalize.npy", self.finalize.npy)
+
+
+def _check_writable(spec: Spec, field: str, target: str) -> None:
+    if os.path.exists(target):
+        parent = target if os.path.isdir(target) else os.path.dirname(target) or "."
+    else:
+        parent = os.path.dirname(os.path.abspath(target))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SpecError(
+            f"{spec.path}: {field}: cannot write {target!r}: {parent!r} is a file, "
+            "not a directory; choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"{spec.path}: {field}: cannot write {target!r}: the directory "
+            f"{parent!r} is not writable by this user; choose another path"
+        )
+
+
+def _check_float_leaves(spec: Spec, x: Any) -> None:
+    """Every leaf of the point is floating point, whatever ``dtype`` the spec asks:
+    a silently cast integer is a different point than the one written."""
+    import jax
+    import numpy as np
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+        dtype = np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else np.dtype(leaf.dtype)
+        if isinstance(leaf, float) or np.issubdtype(dtype, np.floating):
+            continue
+        raise SpecError(
+            f"{spec.path}: point: leaf {jax.tree_util.keystr(path) or '(root)'} has dtype "
+            f"{dtype.name}, not a float; write it as floats (1.0, not 1) or cast it where "
+            f"{spec.point} makes it"
+        )
+
+
+def _nest(flat: dict) -> dict:
+    """``{"shape/rho": a}`` -> ``{"shape": {"rho": a}}``: an .npz's keys with ``/``
+    are paths into a nested point."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {key!r} runs through a leaf")
+        if leaf in node:
+            raise ValueError(f"key {key!r} is both a leaf and a group")
+        node[leaf] = value
+    return tree
 
 
 def _load_npz(spec: Spec) -> dict:
@@ -322,7 +388,7 @@ def _load_npz(spec: Spec) -> dict:
         raise SpecError(f"{spec.path}: point: no such file {spec.point!r}")
     try:
         with np.load(spec.point) as data:
-            return {key: data[key] for key in data.files}
+            return _nest({key: data[key] for key in data.files})
     except Exception as err:  # noqa: BLE001 - any unreadable file is a spec error
         raise SpecError(f"{spec.path}: point: cannot read {spec.point!r}: {err}") from None
 

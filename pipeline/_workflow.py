@@ -106,6 +106,7 @@ def run_spec(
 
     if output is not None:
         spec = spec.model_copy(update={"output": normalise_location(output)})
+    spec.check_targets()
     x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
     with x64:
         return _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, tuple(redo))

@@ -1,0 +1,93 @@
+"""Spec checks made before anything is computed (issue 10)."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import diffops_core as dc
+from pipeline._store import ResultStore
+from pipeline.cli import main
+
+MODEL = """
+import jax.numpy as jnp
+import numpy as np
+
+def loss(p):
+    return jnp.sum(jnp.sin(p["shape"]["rho"]) ** 2) * jnp.sum(p["flux"] ** 3)
+
+def int_point():
+    return {"shape": {"rho": np.arange(3)}, "flux": np.ones(2, np.float32)}
+
+def good_point():
+    return {"shape": {"rho": np.linspace(0.1, 1.0, 3).astype(np.float32)},
+            "flux": np.full(2, 0.5, np.float32)}
+"""
+
+
+def _spec(tmp_path, monkeypatch, **fields):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "checkmodel.py").write_text(MODEL)
+    data = {"operation": "hessian", "function": "checkmodel:loss", "point": "checkmodel:good_point",
+            "output": "out.zarr", **fields}
+    path = tmp_path / "spec.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
+    return str(path)
+
+
+def _one_line_error(spec):
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert lines[0].startswith("diffops: error: ") and "spec.yaml" in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_integer_leaves_are_refused_under_every_dtype(tmp_path, monkeypatch, dtype):
+    # float64 used to cast them silently, float32 refused without naming the spec
+    spec = _spec(tmp_path, monkeypatch, point="checkmodel:int_point", dtype=dtype)
+    line = _one_line_error(spec)
+    assert "point: leaf ['shape']['rho'] has dtype int64, not a float" in line
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_an_output_under_a_file_is_refused_naming_the_field(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("not a directory")
+    spec = _spec(tmp_path, monkeypatch, output="afile/sub/out.zarr")
+    line = _one_line_error(spec)
+    assert "output: cannot write" in line and "is a file, not a directory" in line
+
+
+def test_an_unwritable_finalize_target_is_refused_before_any_block(tmp_path, monkeypatch):
+    # it used to fail only after the whole matrix was computed
+    (tmp_path / "afile").write_text("not a directory")
+    spec = _spec(tmp_path, monkeypatch, finalize="{npy: afile/fisher.npy}")
+    line = _one_line_error(spec)
+    assert "finalize.npy: cannot write" in line
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_missing_output_directories_are_created(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch, output="deep/er/out.zarr")
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert ResultStore.open(str(tmp_path / "deep" / "er" / "out.zarr")).done_mask().all()
+
+
+def test_a_nested_point_from_npz_keys_with_slashes(tmp_path, monkeypatch):
+    # a nested shape/rho used to give KeyError: 'shape'
+    x = {"shape": {"rho": np.linspace(0.1, 1.0, 3).astype(np.float32)},
+         "flux": np.full(2, 0.5, np.float32)}
+    np.savez(tmp_path / "point.npz", **{"shape/rho": x["shape"]["rho"], "flux": x["flux"]})
+    spec = _spec(tmp_path, monkeypatch, point="point.npz")
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    import importlib
+
+    model = importlib.import_module("checkmodel")
+    expected = np.asarray(dc.hessian(model.loss, x)[0])
+    got = np.asarray(ResultStore.open(str(tmp_path / "out.zarr")).matrix[...])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    leaves = [leaf["path"] for leaf in ResultStore.open(str(tmp_path / "out.zarr")).meta[
+        "in_layout"]["leaves"]]
+    assert leaves == ["['flux']", "['shape']['rho']"]
