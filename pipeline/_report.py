@@ -6,12 +6,13 @@ works on matrices larger than memory.
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diffops_core.internal import InputError
+from diffops_core.internal import InputError, InputValueError
 
 from ._store import NONFINITE
 
@@ -106,52 +107,120 @@ def summarise(result: Result) -> StoreSummary:
     )
 
 
-def _image(result: Result, pixels: int):
-    """(log10|M| downsampled by block maximum as a masked array, the factor)."""
+def leaf_label(path: str) -> str:
+    """A leaf's key path as a short label: ``['shape']['rho']`` -> ``shape/rho``."""
+    parts = re.findall(r"\[(?:'([^']*)'|\"([^\"]*)\"|([^\]]*))\]|\.(\w+)", path or "")
+    names = ["".join(p) for p in parts]
+    return "/".join(names) if names else (path or "x")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Axis:
+    """How one axis of the picture is drawn: the leaves shown, and the cells each
+    gets (at least ``min_cells``, so a scalar beside a large leaf stays visible)."""
+
+    leaves: tuple
+    cells: tuple[int, ...]
+
+    @property
+    def edges(self) -> list[int]:
+        return [0, *np.cumsum(self.cells).tolist()]
+
+
+def _axis(layout, pixels: int, min_cells: int, chosen: list[str] | None) -> _Axis:
+    leaves = [leaf for leaf in layout.leaves if chosen is None or leaf_label(leaf.path) in chosen]
+    total = sum(leaf.size for leaf in leaves)
+    budget = max(pixels - min_cells * len(leaves), len(leaves))
+    cells = [
+        min(leaf.size, max(min_cells, round(budget * leaf.size / total)))
+        if leaf.size >= min_cells
+        else min_cells
+        for leaf in leaves
+    ]
+    return _Axis(tuple(leaves), tuple(cells))
+
+
+def _resample(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``block`` to ``rows x cols`` cells: each cell the maximum over the entries it
+    covers (an entry repeated where a small leaf is widened). NaN stays NaN."""
+    for axis, cells in ((0, rows), (1, cols)):
+        size = block.shape[axis]
+        starts = (np.arange(cells) * size) // cells
+        block = np.maximum.reduceat(block, starts, axis=axis)
+    return block
+
+
+def _leaf_image(result: Result, row_axis: _Axis, col_axis: _Axis) -> np.ndarray:
+    """|M| in the cells of the two axes, read lazily leaf block by leaf block."""
+    import dask
     import dask.array as da
 
     a = da.abs(result.array)
-    m, n = result.shape
-    factor = max(1, math.ceil(max(m, n) / pixels))
-    if factor > 1:
-        a = da.coarsen(np.max, a, {0: factor, 1: factor}, trim_excess=True)
-    image = np.asarray(a.compute(scheduler="threads"), dtype=np.float64)
+    parts = []
+    for rleaf, rcells in zip(row_axis.leaves, row_axis.cells, strict=True):
+        for cleaf, ccells in zip(col_axis.leaves, col_axis.cells, strict=True):
+            sub = a[rleaf.slice, cleaf.slice]
+            fr, fc = max(1, rleaf.size // rcells), max(1, cleaf.size // ccells)
+            if fr > 1 or fc > 1:  # first coarsen by whole factors, lazily
+                sub = da.coarsen(np.max, sub, {0: fr, 1: fc}, trim_excess=True)
+            parts.append(sub)
+    (computed,) = dask.compute(parts, scheduler="threads")
+    image = np.empty((sum(row_axis.cells), sum(col_axis.cells)))
+    it = iter(computed)
+    for r0, rcells in zip(row_axis.edges, row_axis.cells, strict=False):
+        for c0, ccells in zip(col_axis.edges, col_axis.cells, strict=False):
+            block = np.asarray(next(it), dtype=np.float64)
+            image[r0 : r0 + rcells, c0 : c0 + ccells] = _resample(block, rcells, ccells)
+    return image
+
+
+def _logged(image: np.ndarray):
     with np.errstate(divide="ignore"):
         logged = np.log10(image)
     finite = logged[np.isfinite(logged)]
     hi = float(finite.max()) if finite.size else 0.0
     lo = max(float(np.percentile(finite, 1)), hi - 12) if finite.size else 0.0
     missing = np.isnan(logged)  # blocks not computed (the fill value) or NaN entries
-    return np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing), factor, lo
+    return np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing), lo
 
 
-def _label_leaves(ax, layout, factor: int, axis: str) -> None:
-    """Draw the leaf boundaries and label the leaves, widest first, skipping any
-    label too close to one already placed."""
-    edges = [leaf.offset / factor for leaf in layout.leaves] + [layout.n / factor]
+def _label_axis(ax, axis: _Axis, which: str) -> None:
+    """Leaf boundaries, and every leaf labelled at its centre."""
+    edges = axis.edges
     for edge in edges[1:-1]:
-        (ax.axhline if axis == "row" else ax.axvline)(edge - 0.5, color="cyan", lw=0.6)
-    spans = sorted(
-        zip(edges[:-1], edges[1:], layout.leaves, strict=True), key=lambda t: t[0] - t[1]
-    )
-    kept: list[tuple[float, str]] = []
-    gap = 0.03 * edges[-1]
-    for lo, hi, leaf in spans:
-        centre = (lo + hi) / 2 - 0.5
-        if all(abs(centre - c) >= gap for c, _ in kept):
-            kept.append((centre, leaf.path or "x"))
-    kept.sort()
-    ticks, labels = [c for c, _ in kept], [label for _, label in kept]
-    if axis == "row":
+        (ax.axhline if which == "row" else ax.axvline)(edge - 0.5, color="cyan", lw=0.6)
+    ticks = [(lo + hi) / 2 - 0.5 for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [leaf_label(leaf.path) for leaf in axis.leaves]
+    if which == "row":
         ax.set_yticks(ticks, labels, fontsize=7)
     else:
         ax.set_xticks(ticks, labels, fontsize=7, rotation=60, ha="right")
 
 
-def plot(result: Result, output: str, *, pixels: int = 800) -> dict:
-    """A heat map of log10|M|, downsampled (block maximum) for large matrices and
-    read lazily, with the leaf boundaries drawn and labelled; missing blocks are
-    drawn in a colour of their own, never as small values."""
+def _choose(layout, leaves: list[str] | None) -> list[str] | None:
+    if leaves is None:
+        return None
+    known = [leaf_label(leaf.path) for leaf in layout.leaves]
+    unknown = [name for name in leaves if name not in known]
+    if unknown:
+        raise InputValueError(f"no leaf named {unknown[0]!r}; the leaves are: {', '.join(known)}")
+    return list(leaves)
+
+
+def plot(
+    result: Result,
+    output: str,
+    *,
+    pixels: int = 800,
+    leaves: list[str] | None = None,
+    min_cells: int | None = None,
+) -> dict:
+    """A heat map of log10|M| read lazily, leaf block by leaf block: every leaf
+    gets at least ``min_cells`` cells (default 3% of ``pixels``), so scalars
+    beside a large leaf stay visible, and every leaf is labelled; ``leaves``
+    (labels such as ``flux`` or ``shape/rho``) zooms to those rows and columns.
+    Large leaves are downsampled by block maximum; missing blocks are drawn in a
+    colour of their own, never as small values."""
     try:
         import matplotlib
     except ImportError:
@@ -161,19 +230,25 @@ def plot(result: Result, output: str, *, pixels: int = 800) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logged, factor, lo = _image(result, pixels)
+    min_cells = min_cells or max(1, pixels * 3 // 100)
     rows_layout, cols_layout = result.layouts()
+    row_axis = _axis(rows_layout, pixels, min_cells, _choose(rows_layout, leaves))
+    col_axis = _axis(
+        cols_layout,
+        pixels,
+        min_cells,
+        _choose(cols_layout, leaves) if result.meta["operation"] == "hessian" else None,
+    )
+    logged, lo = _logged(_leaf_image(result, row_axis, col_axis))
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
     im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
-    fig.colorbar(
-        im, ax=ax, label="log10 |entry|" + (f" (max over {factor}x{factor})" if factor > 1 else "")
-    )
-    _label_leaves(ax, rows_layout, factor, "row")
-    _label_leaves(ax, cols_layout, factor, "col")
+    fig.colorbar(im, ax=ax, label="log10 |entry| (max over each cell)")
+    _label_axis(ax, row_axis, "row")
+    _label_axis(ax, col_axis, "col")
     status = result.status()
     m, n = result.shape
-    title = f"{result.meta['operation']} {m}x{n}: log10|M|"
+    title = f"{result.meta['operation']} {m}x{n}: log10|M|, leaf widths not to scale"
     if not status["complete"]:
         title += (
             f"\nINCOMPLETE: {status['blocks_done']}/{status['blocks_total']} blocks; "
@@ -181,12 +256,12 @@ def plot(result: Result, output: str, *, pixels: int = 800) -> dict:
         )
     elif np.ma.getmaskarray(logged).any():
         title += "\nblue = NaN entries"
-    ax.set_title(title, fontsize=9 if "\n" in title else None)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(output, format="png")
     plt.close(fig)
     return {
         "cells": tuple(logged.shape),
-        "factor": factor,
+        "leaves": [leaf_label(leaf.path) for leaf in row_axis.leaves],
         "missing_blocks": status["blocks_total"] - status["blocks_done"],
     }

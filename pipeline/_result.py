@@ -170,15 +170,27 @@ class Result:
 
         return summarise(self)
 
-    def plot(self, output: str, *, pixels: int = 800) -> dict:
+    def plot(
+        self,
+        output: str,
+        *,
+        pixels: int = 800,
+        leaves: list[str] | None = None,
+        min_cells: int | None = None,
+    ) -> dict:
         """Write a heat map of log10|M| to ``output`` (PNG); see `diffops plot`.
 
-        **Returns:** what was drawn (``cells``, ``factor``, ``missing_blocks``).
-        **Raises:** `InputError` (an `ImportError`) without matplotlib.
+        **Arguments:** `pixels` (cells along the longer side), `leaves` (labels such
+        as ``flux`` or ``shape/rho``: draw only those rows and columns), `min_cells`
+        (the fewest cells a leaf gets; default 3% of ``pixels``).
+
+        **Returns:** what was drawn (``cells``, ``leaves``, ``missing_blocks``).
+        **Raises:** `InputError` (an `ImportError`) without matplotlib; a
+        `ValueError` naming the leaves for an unknown leaf.
         """
         from ._report import plot
 
-        return plot(self, output, pixels=pixels)
+        return plot(self, output, pixels=pixels, leaves=leaves, min_cells=min_cells)
 
     def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
         """Recompute the bad and missing blocks of this store, in place (see

@@ -63,7 +63,12 @@ LOCK_NAME = "diffops.lock"
 #: Runs the history keeps (with a count of all): bounded metadata, fast appends.
 RUNS_KEPT = 20
 #: Everything a store's directory may hold that we made (and so may remove).
-OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME})
+#: Coordinate arrays, for tools that read the store without diffops (xarray):
+#: ``row``/``column`` (positions), ``*_leaf`` (the leaf of each row/column, an
+#: index into the ``row_leaves``/``column_leaves`` attributes of ``matrix``) and
+#: ``*_index`` (the flat index within that leaf).
+COORDINATES = ("row", "column", "row_leaf", "row_index", "column_leaf", "column_index")
+OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME, *COORDINATES})
 _OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it"
 # zarr's local store writes through "<name>.<uuid hex>.partial" and renames
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
@@ -158,7 +163,7 @@ def inspect(location) -> str:
     path = local_path(location)
     if path is None:
         try:
-            group = zarr.open_group(location, mode="r")
+            group = zarr.open_group(location, mode="r", use_consolidated=False)
         except Exception:  # noqa: BLE001 - nothing readable there: zarr's "w-" guards the rest
             return "absent"
         return "ours" if "diffops" in group.attrs else "foreign"
@@ -191,7 +196,7 @@ def read_meta(location) -> dict:
     if path is not None:
         attrs = _read_group_json(path).get("attributes") or {}
     else:
-        attrs = zarr.open_group(location, mode="r").attrs.asdict()
+        attrs = zarr.open_group(location, mode="r", use_consolidated=False).attrs.asdict()
     meta = attrs.get("diffops") if isinstance(attrs, dict) else None
     if not isinstance(meta, dict):
         raise StoreError(f"{location!r}: the diffops metadata is not a JSON object")
@@ -272,7 +277,8 @@ class ResultStore:
                 raise StoreError(f"no diffops result at {location!r} (no zarr.json there)")
             _read_group_json(path)  # one line naming the file when it is damaged
         try:
-            group = zarr.open_group(location, mode=mode)  # type: ignore[arg-type]
+            # our own metadata, never a consolidated copy of it
+            group = zarr.open_group(location, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise StoreError(f"no diffops result at {location!r}: {err}") from None
         return cls(group, location)
@@ -307,12 +313,12 @@ class ResultStore:
             }
         }
         if path is None:
-            mode = "w" if inspect(location) == "ours" else "w-"
-            group = zarr.open_group(location, mode=mode, attributes=attrs)  # type: ignore[arg-type]
+            mode: Any = "w" if inspect(location) == "ours" else "w-"
+            group = zarr.open_group(location, mode=mode, attributes=attrs, use_consolidated=False)
         else:
             _remove_ours(path)
             os.makedirs(path, exist_ok=True)
-            group = zarr.open_group(path, mode="a", attributes=attrs)
+            group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
         n_blocks = meta["plan"]["n_blocks"]
         chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
         compressors: Any = None
@@ -331,6 +337,7 @@ class ResultStore:
             compressors=compressors,
             config={"write_empty_chunks": True},
             dimension_names=("row", "column"),
+            attributes=_matrix_attrs(meta),
         )
         group.create_array(
             "blocks",
@@ -342,7 +349,9 @@ class ResultStore:
             dimension_names=("block", "field"),
             config={"write_empty_chunks": True},
         )
+        _write_coordinates(group, meta)
         group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
+        _consolidate(location)
         return cls(group, location)
 
     # -- metadata -----------------------------------------------------------------
@@ -365,6 +374,7 @@ class ResultStore:
 
     def save_meta(self):
         self.group.attrs["diffops"] = self.meta
+        _consolidate(self.location)
 
     def start_run(self, blocks_todo: int) -> int:
         """Append a run to the history (status ``running``); its 1-based number.
@@ -472,6 +482,71 @@ class ResultStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return len(found)
+
+
+def _layouts(meta: dict) -> tuple[Layout, Layout]:
+    """(rows, columns) of the stored matrix, from its metadata."""
+    cols = Layout.from_json(meta["in_layout"])
+    rows = cols if meta["operation"] == "hessian" else Layout.from_json(meta["out_layout"])
+    return rows, cols
+
+
+def _matrix_attrs(meta: dict) -> dict:
+    """Plain attributes of ``matrix`` (beside the group's diffops metadata)."""
+    rows, cols = _layouts(meta)
+    what = "Hessian" if meta["operation"] == "hessian" else "Jacobian"
+    return {
+        "long_name": f"{what} of f, {meta['op']} blocks of the flat parameters",
+        "operation": meta["operation"],
+        "row_leaves": [leaf.path or "(root)" for leaf in rows.leaves],
+        "row_leaf_shapes": [list(leaf.shape) for leaf in rows.leaves],
+        "column_leaves": [leaf.path or "(root)" for leaf in cols.leaves],
+        "column_leaf_shapes": [list(leaf.shape) for leaf in cols.leaves],
+        "coordinates": "row_leaf row_index column_leaf column_index",
+        "missing": "NaN where a block has not been computed",
+    }
+
+
+def _leaf_coordinates(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    sizes = [leaf.size for leaf in layout.leaves]
+    leaf = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    index = np.concatenate([np.arange(s, dtype=np.int64) for s in sizes])
+    return leaf, index
+
+
+def _write_coordinates(group: zarr.Group, meta: dict) -> None:
+    rows, cols = _layouts(meta)
+    for axis, layout in (("row", rows), ("column", cols)):
+        leaf, index = _leaf_coordinates(layout)
+        arrays = {
+            axis: (np.arange(layout.n, dtype=np.int64), f"{axis} of the matrix"),
+            f"{axis}_leaf": (leaf, f"leaf of each {axis}: an index into matrix.{axis}_leaves"),
+            f"{axis}_index": (index, f"flat (C-order) index of each {axis} within its leaf"),
+        }
+        for name, (values, description) in arrays.items():
+            array = group.create_array(
+                name,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=values.shape,
+                dimension_names=(axis,),
+                attributes={"description": description},
+                compressors=None,
+            )
+            array[...] = values
+
+
+def _consolidate(location) -> None:
+    """Consolidated metadata for readers such as xarray (we read our own, never it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # the run lock lives beside the arrays; zarr notes that it is not one of them
+        warnings.filterwarnings("ignore", message=rf"Object at {LOCK_NAME} is not recognized")
+        # zarr's notice that consolidated metadata is not (yet) in the v3 spec:
+        # xarray and other readers use it, and nothing of ours depends on it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(location)
 
 
 def _plain_bytes(matrix: zarr.Array) -> bool:

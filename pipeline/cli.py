@@ -241,20 +241,27 @@ def show(store):
     type=click.IntRange(min=16),
     default=800,
     show_default=True,
-    help="Largest side of the image, in matrix cells after downsampling.",
+    help="Cells along the longer side of the image.",
+)
+@click.option("--leaves", help="Only these leaves, comma-separated (e.g. flux,shape/rho).")
+@click.option(
+    "--min-width",
+    type=click.IntRange(min=1),
+    help="The fewest cells a leaf gets (default: 3% of --pixels), so scalars stay visible.",
 )
 @_friendly
-def plot(store, output, pixels):
-    """A heat map of log10|M| of STORE, downsampled (block maximum) for large
-    matrices and read lazily, with the leaf boundaries drawn and labelled."""
-    drawn = _open(store).plot(output, pixels=pixels)
+def plot(store, output, pixels, leaves, min_width):
+    """A heat map of log10|M| of STORE, read lazily leaf block by leaf block:
+    every leaf labelled and at least --min-width cells wide; --leaves zooms."""
+    chosen = [name.strip() for name in leaves.split(",") if name.strip()] if leaves else None
+    drawn = _open(store).plot(output, pixels=pixels, leaves=chosen, min_cells=min_width)
     rows, cols = drawn["cells"]
     note = (
         ""
         if not drawn["missing_blocks"]
-        else (f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue")
+        else f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue"
     )
-    click.echo(f"wrote {output} ({rows}x{cols} cells, downsampled {drawn['factor']}x{note})")
+    click.echo(f"wrote {output} ({rows}x{cols} cells; leaves {', '.join(drawn['leaves'])}{note})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import diffops_core as dc
 import faults
 from helpers import wait_for_lock_held
-from pipeline._store import ResultStore
+from pipeline._store import ResultStore, StoreError
 from pipeline.cli import main
 
 TINY_MODEL = """
@@ -270,8 +270,11 @@ def _wait_done(store, count, proc, timeout=120):
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()
         if os.path.exists(os.path.join(store, "blocks", "zarr.json")):
-            if int(ResultStore.open(store).done_mask().sum()) >= count:
-                return
+            try:
+                if int(ResultStore.open(store).done_mask().sum()) >= count:
+                    return
+            except StoreError:  # still being created (not ready yet)
+                pass
         time.sleep(0.1)
     raise AssertionError("no progress")
 
@@ -299,7 +302,7 @@ def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
 
 def test_concurrent_second_run_is_refused(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
-    slow = [{"block": i, "kind": "sleep", "seconds": 1.5} for i in range(4)]
+    slow = [{"block": i, "kind": "sleep", "seconds": 4.0} for i in range(4)]
     first = _cli(["run", spec, "--no-progress"], slow)
     try:
         _wait_done(store, 0, first)

@@ -27,8 +27,13 @@ def good_point():
 def _spec(tmp_path, monkeypatch, **fields):
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "checkmodel.py").write_text(MODEL)
-    data = {"operation": "hessian", "function": "checkmodel:loss", "point": "checkmodel:good_point",
-            "output": "out.zarr", **fields}
+    data = {
+        "operation": "hessian",
+        "function": "checkmodel:loss",
+        "point": "checkmodel:good_point",
+        "output": "out.zarr",
+        **fields,
+    }
     path = tmp_path / "spec.yaml"
     path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
     return str(path)
@@ -76,8 +81,10 @@ def test_missing_output_directories_are_created(tmp_path, monkeypatch):
 
 def test_a_nested_point_from_npz_keys_with_slashes(tmp_path, monkeypatch):
     # a nested shape/rho used to give KeyError: 'shape'
-    x = {"shape": {"rho": np.linspace(0.1, 1.0, 3).astype(np.float32)},
-         "flux": np.full(2, 0.5, np.float32)}
+    x = {
+        "shape": {"rho": np.linspace(0.1, 1.0, 3).astype(np.float32)},
+        "flux": np.full(2, 0.5, np.float32),
+    }
     np.savez(tmp_path / "point.npz", **{"shape/rho": x["shape"]["rho"], "flux": x["flux"]})
     spec = _spec(tmp_path, monkeypatch, point="point.npz")
     res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
@@ -88,6 +95,59 @@ def test_a_nested_point_from_npz_keys_with_slashes(tmp_path, monkeypatch):
     expected = np.asarray(dc.hessian(model.loss, x)[0])
     got = np.asarray(ResultStore.open(str(tmp_path / "out.zarr")).matrix[...])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    leaves = [leaf["path"] for leaf in ResultStore.open(str(tmp_path / "out.zarr")).meta[
-        "in_layout"]["leaves"]]
+    leaves = [
+        leaf["path"]
+        for leaf in ResultStore.open(str(tmp_path / "out.zarr")).meta["in_layout"]["leaves"]
+    ]
     assert leaves == ["['flux']", "['shape']['rho']"]
+
+
+# -- plots of unbalanced leaves (issue 10) ----------------------------------------------
+
+
+def test_small_leaves_get_a_minimum_width_and_every_leaf_a_label():
+    from diffops_core.internal import Layout
+    from pipeline._report import _axis, leaf_label
+
+    z = lambda n: np.zeros(n, np.float32)
+    x = {"background": z(576), "flux": np.float32(1.0), "position": z(2), "psf": {"rho": z(3)}}
+    layout = Layout.from_pytree(x)
+    axis = _axis(layout, 800, 24, None)
+    assert [leaf_label(leaf.path) for leaf in axis.leaves] == [
+        "background",
+        "flux",
+        "position",
+        "psf/rho",
+    ]
+    assert axis.cells == (576, 24, 24, 24)  # one cell an entry where that fits, small ones widened
+    big = _axis(
+        Layout.from_pytree({"b": np.zeros(10_000, np.float32), "s": np.float32(0)}), 800, 24, None
+    )
+    assert big.cells[1] == 24 and 700 <= big.cells[0] <= 800  # downsampled to the budget
+    # the old proportional picture gave the scalars under 2 of 800 cells and labels to 2 leaves
+
+
+def test_resampling_keeps_the_maximum_and_nan():
+    from pipeline._report import _resample
+
+    block = np.arange(12.0).reshape(3, 4)
+    assert _resample(block, 1, 2).tolist() == [[9.0, 11.0]]
+    wide = _resample(np.array([[1.0, 5.0]]), 2, 4)
+    assert wide.tolist() == [[1.0, 1.0, 5.0, 5.0]] * 2
+    block[1, 1] = np.nan
+    assert np.isnan(_resample(block, 1, 2)[0, 0])
+
+
+def test_plot_zooms_to_chosen_leaves_and_names_unknown_ones(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch)
+    assert CliRunner().invoke(main, ["run", spec, "--no-progress"]).exit_code == 0
+    store, png = str(tmp_path / "out.zarr"), str(tmp_path / "zoom.png")
+    res = CliRunner().invoke(main, ["plot", store, "-o", png, "--leaves", "shape/rho"])
+    assert res.exit_code == 0, res.output
+    assert "leaves shape/rho)" in res.output
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).ndim == 3
+    res = CliRunner().invoke(main, ["plot", store, "-o", png, "--leaves", "rho"])
+    assert res.exit_code == 1
+    assert "no leaf named 'rho'; the leaves are: flux, shape/rho" in res.output
