@@ -319,36 +319,7 @@ class ResultStore:
             _remove_ours(path)
             os.makedirs(path, exist_ok=True)
             group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
-        n_blocks = meta["plan"]["n_blocks"]
-        chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
-        compressors: Any = None
-        if compressor:
-            compressors = (
-                [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}]
-                if compressor == "zstd"
-                else compressor
-            )
-        group.create_array(
-            "matrix",
-            shape=tuple(shape),
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=float("nan"),
-            compressors=compressors,
-            config={"write_empty_chunks": True},
-            dimension_names=("row", "column"),
-            attributes=_matrix_attrs(meta),
-        )
-        group.create_array(
-            "blocks",
-            shape=(n_blocks, len(RECORD_FIELDS)),
-            chunks=(1, len(RECORD_FIELDS)),
-            dtype="int64",
-            fill_value=0,
-            compressors=None,
-            dimension_names=("block", "field"),
-            config={"write_empty_chunks": True},
-        )
+        _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
         _write_coordinates(group, meta)
         group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
         _consolidate(location)
@@ -482,6 +453,48 @@ class ResultStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         return len(found)
+
+
+def _create_arrays(
+    group: zarr.Group,
+    meta: dict,
+    shape: tuple,
+    dtype,
+    axis: int,
+    block_size: int,
+    compressor: str | None,
+) -> None:
+    """The matrix (fill value NaN) and the completion records of a new store."""
+    n_blocks = meta["plan"]["n_blocks"]
+    chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
+    compressors: Any = None
+    if compressor:
+        compressors = (
+            [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}]
+            if compressor == "zstd"
+            else compressor
+        )
+    group.create_array(
+        "matrix",
+        shape=tuple(shape),
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=float("nan"),
+        compressors=compressors,
+        config={"write_empty_chunks": True},
+        dimension_names=("row", "column"),
+        attributes=_matrix_attrs(meta),
+    )
+    group.create_array(
+        "blocks",
+        shape=(n_blocks, len(RECORD_FIELDS)),
+        chunks=(1, len(RECORD_FIELDS)),
+        dtype="int64",
+        fill_value=0,
+        compressors=None,
+        dimension_names=("block", "field"),
+        config={"write_empty_chunks": True},
+    )
 
 
 def _layouts(meta: dict) -> tuple[Layout, Layout]:

@@ -401,7 +401,10 @@ def test_file_urls_work_and_leave_no_bare_group(tmp_path):
     np.testing.assert_allclose(
         again.assemble(), dc.hessian(mixed_loss, mixed_x())[0], **tol(np.float32)
     )
-    assert sorted(os.listdir(path)) == ["blocks", "diffops.lock", "matrix", "zarr.json"]
+    from pipeline._store import COORDINATES
+
+    expected = ["blocks", "diffops.lock", "matrix", "zarr.json", *COORDINATES]  # only ours
+    assert sorted(os.listdir(path)) == sorted(expected)
 
 
 # -- locks (item 8) --------------------------------------------------------------------
