@@ -37,7 +37,7 @@ from ._trace import TracedFunction, const_spec, eval_flat, trace
 __all__ = ["OPS", "KernelSpec", "Kernels", "get_kernels"]
 
 #: op -> (axis along which the slab is cut, what the kernel applies)
-OPS = {"hessian": 1, "jacfwd": 1, "jacrev": 0}
+OPS = {"hessian": 1, "jacfwd": 1, "jacrev": 0, "gauss_newton": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,8 @@ class KernelSpec:
 
     **Attributes:**
 
-    - `op`: ``"hessian"`` (HVP columns), ``"jacfwd"`` (JVP columns) or ``"jacrev"``
-      (VJP rows).
+    - `op`: ``"hessian"`` (HVP columns), ``"jacfwd"`` (JVP columns), ``"jacrev"``
+      (VJP rows) or ``"gauss_newton"`` (columns ``Jᵀ (J e_i)``: a JVP then a VJP).
     - `n`: size of the flat input; `m`: size of the flat output (``m == n`` for a
       Hessian). The matrix has shape ``(m, n)``.
     - `dtype`: dtype name of the matrix.
@@ -98,7 +98,16 @@ def _linear_map(op, f_flat, x_flat):
         return jax.linearize(jax.grad(f_flat), x_flat)[1]
     if op == "jacfwd":
         return jax.linearize(f_flat, x_flat)[1]
+    if op == "gauss_newton":
+        jvp = jax.linearize(f_flat, x_flat)[1]
+        vjp = jax.vjp(f_flat, x_flat)[1]
+        return jax.tree_util.Partial(_gauss_newton_product, jvp, vjp)
     return jax.vjp(f_flat, x_flat)[1]
+
+
+def _gauss_newton_product(jvp, vjp, v):
+    """``Jᵀ (J v)`` from one linearisation's JVP and VJP."""
+    return vjp(jvp(v))[0]
 
 
 def _apply(op, lin, v):
@@ -339,6 +348,9 @@ def _make_spec(op: str, in_layout: Layout, out_layout: Layout) -> KernelSpec:
                 "output to a scalar (e.g. a sum or a loss), or use jacobian for vector outputs."
             )
         return KernelSpec(op, in_layout.n, in_layout.n, in_layout.dtype, in_layout, out_layout)
+    if op == "gauss_newton":
+        dtype = np.dtype(jnp.result_type(in_layout.dtype, out_layout.dtype)).name
+        return KernelSpec(op, in_layout.n, in_layout.n, dtype, in_layout, out_layout)
     if op == "jacfwd":
         dtype = out_layout.dtype
     else:

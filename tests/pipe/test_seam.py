@@ -359,7 +359,19 @@ def test_no_fault_injection_or_environment_switch_in_the_library():
 
 def test_the_front_doors_are_small():
     assert sorted(dc.__all__) == sorted(
-        ["__version__", "jacobian", "hessian", "hessian_to_pytree", "matrix_to_pytree"]
+        [
+            "__version__",
+            "jacobian",
+            "hessian",
+            "hessian_to_pytree",
+            "matrix_to_pytree",
+            # issue 11: what the matrices are for
+            "gauss_newton",
+            "covariance",
+            "marginal_std",
+            "spectrum",
+            "Spectrum",
+        ]
     )
     import diffops_core.internal as dci
 

@@ -1,0 +1,283 @@
+"""Curvature and uncertainties in memory: Gauss–Newton (Fisher) matrices,
+covariances, marginal standard deviations and spectra.
+
+With Gaussian noise of covariance ``C`` on residuals ``r(x)``, the negative
+log-likelihood is ``½ r(x)ᵀ C⁻¹ r(x)``, and the Gauss–Newton matrix
+``G = Jᵀ C⁻¹ J`` is its Fisher information: the expected Hessian. Its inverse
+is the Cramér–Rao bound on the covariance of ``x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ._api import _run_matrix, check_flag, choose_sizing
+from ._errors import InputTypeError, InputValueError
+from ._kernels import _ravel_output, get_kernels
+
+__all__ = ["gauss_newton", "covariance", "marginal_std", "spectrum", "Spectrum"]
+
+
+# -- the noise model -------------------------------------------------------------------
+
+
+def _given(std, cov, inv_cov) -> str | None:
+    given = [
+        name for name, v in (("std", std), ("cov", cov), ("inv_cov", inv_cov)) if v is not None
+    ]
+    if len(given) > 1:
+        raise InputValueError(
+            f"give at most one of std, cov and inv_cov (the noise model); got {' and '.join(given)}"
+        )
+    return given[0] if given else None
+
+
+def _std_tree(std, out_tree) -> Any:
+    """``std`` as a pytree like the residuals, each leaf broadcast to its leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(out_tree)
+    if np.ndim(std) == 0 and not isinstance(std, (dict, list, tuple)):
+        parts = [std] * len(leaves)
+    elif len(leaves) == 1 and not isinstance(std, (dict, list, tuple)):
+        parts = [std]
+    else:
+        try:
+            parts = treedef.flatten_up_to(std)  # type: ignore[attr-defined]
+        except (ValueError, TypeError):
+            raise InputValueError(
+                f"std must be a scalar, an array broadcastable to the residuals, or a pytree "
+                f"like them ({treedef}); got {type(std).__name__}"
+            ) from None
+    out = []
+    for part, leaf in zip(parts, leaves, strict=True):
+        value = np.asarray(part)
+        try:
+            np.broadcast_shapes(value.shape, leaf.shape)
+        except ValueError:
+            raise InputValueError(
+                f"std of shape {value.shape} does not broadcast to residuals of shape {leaf.shape}"
+            ) from None
+        if not np.all(np.isfinite(value)) or np.any(value <= 0):
+            raise InputValueError("std must be positive and finite everywhere")
+        out.append(jnp.asarray(value, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _factor(matrix, name: str, m: int, dtype) -> jax.Array:
+    """The lower Cholesky factor of an (m, m) positive-definite ``matrix``."""
+    a = np.asarray(matrix, dtype=np.float64)
+    if a.shape != (m, m):
+        raise InputValueError(
+            f"{name} must be ({m}, {m}) for {m} residuals (flattened), got {a.shape}"
+        )
+    try:
+        return jnp.asarray(np.linalg.cholesky(a), dtype)
+    except np.linalg.LinAlgError:
+        raise InputValueError(_not_positive_definite(a, name)) from None
+
+
+def _whitened(residuals: Callable, x, std, cov, inv_cov) -> Callable:
+    """``x -> A r(x)`` (flat) with ``Aᵀ A = W``: its Gauss–Newton matrix is ``Jᵀ W J``.
+
+    The noise arrays are closed over: the trace passes them to the compiled
+    kernels as arguments, so new noise values need no recompile.
+    """
+    kind = _given(std, cov, inv_cov)
+    out_tree = jax.eval_shape(residuals, x)
+    leaves = jax.tree_util.tree_leaves(out_tree)
+    m = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+    dtype = jnp.result_type(*[leaf.dtype for leaf in leaves]) if leaves else jnp.float32
+    if kind is None:
+        return lambda p: _ravel_output(residuals(p))
+    if kind == "std":
+        scale = _std_tree(std, out_tree)
+        return lambda p: _ravel_output(
+            jax.tree_util.tree_map(lambda r, s: r / s, residuals(p), scale)
+        )
+    if kind == "cov":
+        lower = _factor(cov, "cov", m, dtype)  # C = L Lᵀ, W = L⁻ᵀ L⁻¹: A = L⁻¹
+        return lambda p: jax.scipy.linalg.solve_triangular(
+            lower, _ravel_output(residuals(p)), lower=True
+        )
+    lower = _factor(inv_cov, "inv_cov", m, dtype)  # W = L Lᵀ: A = Lᵀ
+    return lambda p: lower.T @ _ravel_output(residuals(p))
+
+
+def gauss_newton(
+    residuals: Callable,
+    x: Any,
+    nbatches: int = 1,
+    jit: bool = True,
+    checkpoint: bool = False,
+    *,
+    std: Any = None,
+    cov: Any = None,
+    inv_cov: Any = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+) -> tuple[jax.Array, Callable]:
+    """The Gauss–Newton matrix ``G = Jᵀ W J`` of ``residuals`` at ``x``.
+
+    ``J`` is the Jacobian of the raveled residuals (a pytree is fine) with respect
+    to ``ravel_pytree(x)``; each column ``G e_i = Jᵀ W (J e_i)`` is one JVP and one
+    VJP of a single linearisation, in column blocks as `hessian` computes them,
+    so ``J`` itself is never formed. With Gaussian noise, ``G`` is the Fisher
+    information matrix of ``x``.
+
+    **Arguments:**
+
+    - `residuals`, `x`, `nbatches`, `jit`, `checkpoint`, `block_size`,
+      `memory_budget`, `inner_width`: as for `hessian`.
+    - The noise model, at most one of: `std` (a scalar, an array broadcastable
+      to the residuals, or a pytree like them: ``W = diag(1/std²)``); `cov` (the
+      ``(m, m)`` covariance of the flat residuals, positive definite: used
+      through its Cholesky factor, never inverted); `inv_cov` (``W`` itself).
+      None: ``W = I``.
+
+    **Returns:** ``(G, unflatten)``, ``G`` of shape ``(n, n)``.
+
+    **Raises:** `ValueError` naming the arguments for two noise models, a
+    ``std`` that is not positive or does not broadcast, a ``cov``/``inv_cov`` of
+    the wrong shape or not positive definite (with its smallest eigenvalues);
+    the errors of `hessian` for the blocking.
+    """
+    jit = check_flag("jit", jit)
+    checkpoint = check_flag("checkpoint", checkpoint)
+    whitened = _whitened(residuals, x, std, cov, inv_cov)
+    kernels, x_flat, unravel = get_kernels(
+        whitened, x, "gauss_newton", checkpoint=checkpoint, cache=jit
+    )
+    sizing = choose_sizing(
+        kernels,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+    )
+    return _run_matrix(kernels, x_flat, sizing.inner_width, jit), unravel
+
+
+# -- inverses and spectra --------------------------------------------------------------
+
+
+def _not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
+    eig = np.linalg.eigvalsh((a + a.T) / 2)
+    bad = int(np.sum(eig <= 0))
+    scale = float(np.max(np.abs(eig))) if eig.size else 0.0
+    worst = float(eig[0]) / scale if scale > 0 else float("nan")
+    return (
+        f"{name} is not positive definite: its smallest eigenvalue is {eig[0]:.3g} "
+        f"({bad} of {eig.size} eigenvalues <= 0; the most negative is {abs(worst):.2g} of "
+        f"the largest in size). Nothing was regularised: pass damping= (added to the "
+        "diagonal) to do so explicitly, or check the model (parameters it does not "
+        "constrain, or a point that is not a minimum)"
+    )
+
+
+def _square(M, name: str = "M"):
+    shape = np.shape(M)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise InputValueError(f"{name} must be a square matrix, got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(M), jnp.floating):
+        raise InputTypeError(f"{name} must be a float matrix, got dtype {jnp.result_type(M)}")
+
+
+def _damping(damping) -> float:
+    if isinstance(damping, bool) or not isinstance(damping, (int, float, np.floating)):
+        raise InputTypeError(f"damping must be a number, got {damping!r}")
+    if not np.isfinite(damping) or damping < 0:
+        raise InputValueError(f"damping must be finite and >= 0, got {damping!r}")
+    return float(damping)
+
+
+def _traced(value) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _cholesky(M, damping: float):
+    """The lower factor of ``M + damping I``; refuses (outside jit) when it fails."""
+    xp = np if isinstance(M, np.ndarray) else jnp
+    a = M + damping * xp.eye(M.shape[0], dtype=M.dtype) if damping else M
+    if xp is np:
+        try:
+            return np.linalg.cholesky(a), np
+        except np.linalg.LinAlgError:
+            raise InputValueError(_not_positive_definite(np.asarray(a))) from None
+    lower = jnp.linalg.cholesky(a)
+    if not _traced(lower) and not bool(jnp.all(jnp.isfinite(lower))):
+        raise InputValueError(_not_positive_definite(np.asarray(a)))
+    return lower, jnp
+
+
+def covariance(M: Any, *, damping: float = 0.0) -> Any:
+    """``(M + damping I)⁻¹`` of a symmetric positive-definite ``M``, through Cholesky.
+
+    For a Fisher or Gauss–Newton matrix this is the covariance of the parameters
+    (the Cramér–Rao bound). A numpy ``M`` gives a numpy result, a jax one a jax
+    array. Under `jax.jit` a matrix that is not positive definite gives NaNs
+    (JAX cannot raise on values); call it outside jit for the diagnostics.
+
+    **Raises:** `ValueError` when ``M`` (plus damping) is not positive definite,
+    giving its smallest eigenvalue, how many are not positive and the relative
+    size of the worst; it never regularises unless you pass ``damping``.
+    """
+    _square(M)
+    lower, xp = _cholesky(M, _damping(damping))
+    eye = xp.eye(M.shape[0], dtype=lower.dtype)
+    if xp is np:
+        import scipy.linalg
+
+        inv_lower = scipy.linalg.solve_triangular(lower, eye, lower=True)
+    else:
+        inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    return inv_lower.T @ inv_lower
+
+
+def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
+    """``sqrt(diag((M + damping I)⁻¹))`` as a pytree like ``x``: each parameter's
+    standard deviation, the others marginalised. Errors as `covariance`."""
+    _square(M)
+    lower, xp = _cholesky(M, _damping(damping))
+    eye = xp.eye(M.shape[0], dtype=lower.dtype)
+    if xp is np:
+        import scipy.linalg
+
+        inv_lower = scipy.linalg.solve_triangular(lower, eye, lower=True)
+    else:
+        inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    std = xp.sqrt(xp.sum(inv_lower**2, axis=0))
+    flat, unravel = ravel_pytree(x)
+    if flat.shape[0] != M.shape[0]:
+        raise InputValueError(
+            f"x has {flat.shape[0]} parameters but M is {M.shape}; pass the x M was computed at"
+        )
+    tree = unravel(jnp.asarray(std, flat.dtype))
+    return jax.tree_util.tree_map(np.asarray, tree) if xp is np else tree
+
+
+class Spectrum(NamedTuple):
+    """`eigenvalues` ascending; `condition` = largest / smallest (inf unless all are
+    positive); `rank`: eigenvalues above ``n * eps * largest``."""
+
+    eigenvalues: Any
+    condition: Any
+    rank: Any
+
+
+def spectrum(M: Any) -> Spectrum:
+    """Eigenvalues (ascending), condition number and numerical rank of a symmetric
+    ``M``. Works under `jax.jit` (for a jax ``M``)."""
+    _square(M)
+    xp = np if isinstance(M, np.ndarray) else jnp
+    eig = xp.linalg.eigvalsh((M + M.T) / 2)
+    top = xp.max(xp.abs(eig))
+    condition = xp.where(eig[0] > 0, eig[-1] / xp.where(eig[0] > 0, eig[0], 1), xp.inf)
+    eps = xp.finfo(eig.dtype).eps
+    rank = xp.sum(eig > M.shape[0] * eps * top)
+    return Spectrum(eig, condition, rank)
