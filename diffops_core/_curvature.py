@@ -81,7 +81,7 @@ def _factor(matrix, name: str, m: int, dtype) -> jax.Array:
         raise InputValueError(_not_positive_definite(a, name)) from None
 
 
-def _whitened(residuals: Callable, x, std, cov, inv_cov) -> Callable:
+def whitened_residuals(residuals: Callable, x, std=None, cov=None, inv_cov=None) -> Callable:
     """``x -> A r(x)`` (flat) with ``Aᵀ A = W``: its Gauss–Newton matrix is ``Jᵀ W J``.
 
     The noise arrays are closed over: the trace passes them to the compiled
@@ -149,7 +149,7 @@ def gauss_newton(
     """
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
-    whitened = _whitened(residuals, x, std, cov, inv_cov)
+    whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
     kernels, x_flat, unravel = get_kernels(
         whitened, x, "gauss_newton", checkpoint=checkpoint, cache=jit
     )

@@ -10,6 +10,8 @@ is the top level of `diffops_core`.
   `budget_block`, `kernel_bytes`.
 - Input checks and errors: `check_flag`, `parse_bytes`, `format_bytes`,
   `InputError`, `InputValueError`, `InputTypeError`.
+- Noise: `whitened_residuals` (``x -> A r(x)`` with ``AᵀA = W``: its
+  ``"gauss_newton"`` kernels give ``Jᵀ W J``).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
   constants, never the Python object).
 
@@ -21,6 +23,7 @@ vmapped at once inside a block.
 """
 
 from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
+from ._curvature import whitened_residuals
 from ._errors import InputError, InputTypeError, InputValueError
 from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
 from ._layout import Layout, LeafSpec
@@ -40,6 +43,7 @@ __all__ = [
     "BlockPlan",
     "Footprint",
     "Identity",
+    "whitened_residuals",
     "InputError",
     "InputTypeError",
     "InputValueError",

@@ -15,7 +15,7 @@ workflow spec (`load_spec`, `run_spec`, `repair`, `Spec`), and the errors
 
 from diffops_core import __version__
 
-from ._api import hessian_to_zarr, jacobian_to_zarr
+from ._api import gauss_newton_to_zarr, hessian_to_zarr, jacobian_to_zarr
 from ._callbacks import (
     BlockEvent,
     Callback,
@@ -57,6 +57,7 @@ __all__ = [
     "__version__",
     "hessian_to_zarr",
     "jacobian_to_zarr",
+    "gauss_newton_to_zarr",
     "load_spec",
     "local_cluster",
     "open_result",

@@ -20,6 +20,7 @@ from diffops_core.internal import (
     InputTypeError,
     InputValueError,
     check_flag,
+    whitened_residuals,
 )
 
 from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, Summary
@@ -451,6 +452,55 @@ def jacobian_to_zarr(
         x,
         store,
         mode=mode,
+        nbatches=nbatches,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+        checkpoint=checkpoint,
+        client=client,
+        overwrite=overwrite,
+        progress=progress,
+        threads=threads,
+        compressor=compressor,
+        break_lock=break_lock,
+        executor=executor,
+        callbacks=callbacks,
+    )
+
+
+def gauss_newton_to_zarr(
+    residuals: Callable,
+    x: Any,
+    store: Any,
+    *,
+    std: Any = None,
+    cov: Any = None,
+    inv_cov: Any = None,
+    nbatches: int | None = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
+    checkpoint: bool = False,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int = 2,
+    compressor: str | None = None,
+    break_lock: bool = False,
+    executor: Executor | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Result:
+    """The Gauss–Newton (Fisher) matrix ``Jᵀ W J`` of ``residuals`` at ``x`` into a
+    Zarr store, block by block: the noise model as `diffops_core.gauss_newton`
+    (``std``, ``cov`` or ``inv_cov``), everything else as `hessian_to_zarr`
+    (resume, records, refusals). The noise is part of the fingerprint: other
+    noise is another computation."""
+    whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
+    return _to_zarr(
+        "gauss_newton",
+        whitened,
+        x,
+        store,
         nbatches=nbatches,
         block_size=block_size,
         memory_budget=memory_budget,

@@ -92,7 +92,7 @@ class RunPlan:
 
     **Attributes:**
 
-    - `operation`: ``"hessian"`` or ``"jacobian"``; `mode`: the Jacobian's mode
+    - `operation`: ``"hessian"``, ``"jacobian"`` or ``"gauss_newton"``; `mode`: the Jacobian's mode
       as asked (``None`` for a Hessian).
     - `kernels`: the traced function's block kernels (`diffops_core.internal.Kernels`).
     - `f`, `x`: the function and the point (array leaves on the host), as tasks
@@ -292,7 +292,10 @@ def plan(
     """
     x_host = _host_tree(x)
     kernels, x_flat, _ = get_kernels(
-        f, x_host, "hessian" if operation == "hessian" else "jacfwd", checkpoint=checkpoint
+        f,
+        x_host,
+        operation if operation in ("hessian", "gauss_newton") else "jacfwd",
+        checkpoint=checkpoint,
     )
     if operation == "jacobian":
         kernels = kernels.for_op(jacobian_op(mode or "auto", kernels.spec.n, kernels.spec.m))

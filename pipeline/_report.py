@@ -14,7 +14,7 @@ import numpy as np
 
 from diffops_core.internal import InputError, InputValueError
 
-from ._store import NONFINITE
+from ._store import NONFINITE, SQUARE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._result import Result, StoreSummary
@@ -40,7 +40,7 @@ def checks(result: Result) -> dict:
 
     records = result._store.read_records()
     out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
-    if result.meta["operation"] == "hessian":
+    if result.meta["operation"] in SQUARE:
         a = _square(result)
         finite = da.where(da.isfinite(a), a, 0)
         diff, scale = dask.compute(
@@ -58,7 +58,7 @@ def _leaf_figures(result: Result) -> list:
 
     rows_layout, _ = result.layouts()
     a = _square(result)
-    hessian = result.meta["operation"] == "hessian"
+    hessian = result.meta["operation"] in SQUARE
     stats = []
     for leaf in rows_layout.leaves:
         row = a[leaf.slice, :]
@@ -237,7 +237,7 @@ def plot(
         cols_layout,
         pixels,
         min_cells,
-        _choose(cols_layout, leaves) if result.meta["operation"] == "hessian" else None,
+        _choose(cols_layout, leaves) if result.meta["operation"] in SQUARE else None,
     )
     logged, lo = _logged(_leaf_image(result, row_axis, col_axis))
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)

@@ -16,7 +16,7 @@ from diffops_core.internal import InputValueError, Layout
 
 from ._callbacks import RunSummary
 from ._plan import NotEnoughMemoryError
-from ._store import CHECKSUM, NONFINITE, ResultStore, checksum
+from ._store import CHECKSUM, NONFINITE, SQUARE, ResultStore, checksum
 
 __all__ = ["Result", "open_result"]
 
@@ -124,7 +124,7 @@ class Result:
                     f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
                 )
             cols = given
-        rows = cols if self.meta["operation"] == "hessian" else self._store.out_layout
+        rows = cols if self.meta["operation"] in SQUARE else self._store.out_layout
         return rows, cols
 
     def to_pytree(self, x=None):
@@ -249,7 +249,7 @@ class StoreSummary:
         ]
         if not self.complete:
             return [*out, "  (incomplete: no per-leaf summary)"]
-        hessian = self.operation == "hessian"
+        hessian = self.operation in SQUARE
         header = f"  {'leaf':<28} {'shape':<14} {'row-block norm':>15}"
         if hessian:
             header += f" {'diagonal min':>13} {'diagonal max':>13} {'max|H-H^T|':>11}"

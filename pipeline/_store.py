@@ -60,6 +60,9 @@ RECORD_FIELDS = ("state", "checksum", "millis", "run", "nonfinite")
 STATE, CHECKSUM, MILLIS, RUN, NONFINITE = range(5)
 _CHUNK_TARGET_BYTES = 64 * 2**20
 LOCK_NAME = "diffops.lock"
+#: Operations whose matrix is square and symmetric over the parameters (rows and
+#: columns are both x's layout).
+SQUARE = ("hessian", "gauss_newton")
 #: Runs the history keeps (with a count of all): bounded metadata, fast appends.
 RUNS_KEPT = 20
 #: Everything a store's directory may hold that we made (and so may remove).
@@ -500,14 +503,16 @@ def _create_arrays(
 def _layouts(meta: dict) -> tuple[Layout, Layout]:
     """(rows, columns) of the stored matrix, from its metadata."""
     cols = Layout.from_json(meta["in_layout"])
-    rows = cols if meta["operation"] == "hessian" else Layout.from_json(meta["out_layout"])
+    rows = cols if meta["operation"] in SQUARE else Layout.from_json(meta["out_layout"])
     return rows, cols
 
 
 def _matrix_attrs(meta: dict) -> dict:
     """Plain attributes of ``matrix`` (beside the group's diffops metadata)."""
     rows, cols = _layouts(meta)
-    what = "Hessian" if meta["operation"] == "hessian" else "Jacobian"
+    what = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix (J^T W J)"}.get(
+        meta["operation"], "Jacobian"
+    )
     return {
         "long_name": f"{what} of f, {meta['op']} blocks of the flat parameters",
         "operation": meta["operation"],
