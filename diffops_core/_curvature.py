@@ -41,8 +41,19 @@ def _given(std, cov, inv_cov) -> str | None:
 def _std_tree(std, out_tree) -> Any:
     """``std`` as a pytree like the residuals, each leaf broadcast to its leaf."""
     leaves, treedef = jax.tree_util.tree_flatten(out_tree)
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
     if np.ndim(std) == 0 and not isinstance(std, (dict, list, tuple)):
         parts = [std] * len(leaves)
+    elif (
+        len(leaves) > 1
+        and not isinstance(std, (dict, list, tuple))
+        and np.shape(std) == (sum(sizes),)
+    ):  # one value per flat residual
+        cuts = np.cumsum(sizes)[:-1]
+        parts = [
+            p.reshape(leaf.shape)
+            for p, leaf in zip(np.split(np.asarray(std), cuts), leaves, strict=True)
+        ]
     elif len(leaves) == 1 and not isinstance(std, (dict, list, tuple)):
         parts = [std]
     else:
@@ -50,8 +61,9 @@ def _std_tree(std, out_tree) -> Any:
             parts = treedef.flatten_up_to(std)  # type: ignore[attr-defined]
         except (ValueError, TypeError):
             raise InputValueError(
-                f"std must be a scalar, an array broadcastable to the residuals, or a pytree "
-                f"like them ({treedef}); got {type(std).__name__}"
+                f"std must be a scalar, an array broadcastable to the residuals, a pytree "
+                f"like them ({treedef}) or a flat vector of all {sum(sizes)} residuals; got "
+                f"{type(std).__name__} of shape {np.shape(std)}"
             ) from None
     out = []
     for part, leaf in zip(parts, leaves, strict=True):
@@ -135,7 +147,8 @@ def gauss_newton(
     - `residuals`, `x`, `nbatches`, `jit`, `checkpoint`, `block_size`,
       `memory_budget`, `inner_width`: as for `hessian`.
     - The noise model, at most one of: `std` (a scalar, an array broadcastable
-      to the residuals, or a pytree like them: ``W = diag(1/std²)``); `cov` (the
+      to the residuals, a pytree like them, or a flat vector of all ``m``
+      residuals: ``W = diag(1/std²)``); `cov` (the
       ``(m, m)`` covariance of the flat residuals, positive definite: used
       through its Cholesky factor, never inverted); `inv_cov` (``W`` itself).
       None: ``W = I``.

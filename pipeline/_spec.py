@@ -194,9 +194,36 @@ class Cluster(_Model):
 
 
 class Finalize(_Model):
-    """``finalize``: `npy`, a path for the assembled matrix."""
+    """``finalize``: `npy`, a path for the assembled matrix; `std`, a path for the
+    marginal standard deviations per leaf (``.npz``; Hessian or Gauss–Newton)."""
 
     npy: Annotated[str | None, BeforeValidator(_opt(_text("a path")))] = None
+    std: Annotated[str | None, BeforeValidator(_opt(_text("a path to an .npz")))] = None
+
+
+def _std_value(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a positive number or a path to a .npy, got {value!r}")
+    if not isinstance(value, str) and not value > 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return value
+
+
+class Noise(_Model):
+    """``noise`` (``operation: gauss_newton``): at most one of `std` (a number or a
+    ``.npy`` broadcastable to the residuals), `cov` or `inv_cov` (``.npy``, the
+    flat residuals' covariance or its inverse)."""
+
+    std: Annotated[float | str | None, BeforeValidator(_opt(_std_value))] = None
+    cov: Annotated[str | None, BeforeValidator(_opt(_text("a path to a .npy")))] = None
+    inv_cov: Annotated[str | None, BeforeValidator(_opt(_text("a path to a .npy")))] = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("std", "cov", "inv_cov") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of std, cov, inv_cov; got {' and '.join(given)}")
+        return self
 
 
 class Spec(_Model):
@@ -205,7 +232,15 @@ class Spec(_Model):
 
     path: str
     operation: Annotated[
-        str, BeforeValidator(_choice("hessian", "jacobian", words="'hessian' or 'jacobian'"))
+        str,
+        BeforeValidator(
+            _choice(
+                "hessian",
+                "jacobian",
+                "gauss_newton",
+                words="'hessian', 'jacobian' or 'gauss_newton'",
+            )
+        ),
     ]
     function: Annotated[str, BeforeValidator(_target)]
     point: Annotated[str, BeforeValidator(_point)]
@@ -221,6 +256,7 @@ class Spec(_Model):
     checkpoint: Annotated[bool, BeforeValidator(_flag)] = False
     compressor: Annotated[str | None, BeforeValidator(_compressor)] = None
     finalize: Finalize = Finalize()
+    noise: Noise = Noise()
     python_path: Annotated[tuple[str, ...], BeforeValidator(_dirs)] = ()
     env: Annotated[dict[str, str], BeforeValidator(_env)] = {}
 
@@ -233,8 +269,12 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.operation == "hessian" and "mode" in self.model_fields_set:
+        if self.operation != "jacobian" and "mode" in self.model_fields_set:
             raise ValueError("@mode: only for operation: jacobian")
+        if self.operation != "gauss_newton" and "noise" in self.model_fields_set:
+            raise ValueError("@noise: only for operation: gauss_newton")
+        if self.operation == "jacobian" and self.finalize.std:
+            raise ValueError("@finalize.std: only for operation: hessian or gauss_newton")
         return self
 
     @property
@@ -254,7 +294,13 @@ class Spec(_Model):
                 "output": rel(self.output),
                 "point": rel(self.point) if self.point.endswith(".npz") else self.point,
                 "python_path": tuple(rel(p) for p in self.python_path),
-                "finalize": Finalize(npy=rel(self.finalize.npy)),
+                "finalize": Finalize(npy=rel(self.finalize.npy), std=rel(self.finalize.std)),
+                "noise": Noise(
+                    **{
+                        k: rel(v) if isinstance(v, str) else v
+                        for k, v in self.noise.model_dump().items()
+                    }
+                ),
             }
         )
 
@@ -326,6 +372,27 @@ class Spec(_Model):
             _check_writable(self, "output", self.output)
         if self.finalize.npy:
             _check_writable(self, "finalize.npy", self.finalize.npy)
+        if self.finalize.std:
+            _check_writable(self, "finalize.std", self.finalize.std)
+
+    def load_noise(self) -> dict:
+        """The noise model as `diffops_core.gauss_newton` takes it (arrays loaded).
+
+        **Raises:** `SpecError` naming the field for a file that cannot be read.
+        """
+        import numpy as np
+
+        noise = {k: v for k, v in self.noise.model_dump().items() if v is not None}
+        for key, value in noise.items():
+            if isinstance(value, str):
+                try:
+                    noise[key] = np.load(value)
+                except Exception as err:  # noqa: BLE001 - any unreadable file is the spec's
+                    raise SpecError(
+                        f"{self.path}: noise.{key}: cannot read {value!r}: "
+                        f"{type(err).__name__}: {err}"
+                    ) from None
+        return noise
 
 
 def _check_writable(spec: Spec, field: str, target: str) -> None:

@@ -45,6 +45,9 @@ class WorkflowSummary:
     symmetry_error: float | None
     nonfinite_blocks: tuple[int, ...]
     finalize_npy: str | None
+    marginal_std: dict | None = None
+    """Per leaf (label): min, median and max of the marginal standard deviation,
+    when the spec asks for ``finalize.std``."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -162,6 +165,8 @@ def _run_spec(
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
+    if spec.operation == "gauss_newton":
+        f = _whitened(spec, f, x)
     with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
         # the spec's own modules travel by value: a cluster need not import them
         result = _to_zarr(
@@ -191,7 +196,45 @@ def _run_spec(
         result = Result(ResultStore.open(spec.output), result.run_summary)
     if spec.finalize.npy and (computed or not os.path.exists(spec.finalize.npy)):
         np.save(spec.finalize.npy, result.assemble())
-    return _summary(spec, result, time.perf_counter() - t0, worker_peak)
+    uncertainties = None
+    if spec.finalize.std:
+        uncertainties = _write_std(spec, result, x, rewrite=bool(computed))
+    summary = _summary(spec, result, time.perf_counter() - t0, worker_peak)
+    return dataclasses.replace(summary, marginal_std=uncertainties)
+
+
+def _whitened(spec: Spec, residuals, x):
+    """The spec's residuals with its noise model applied (`whitened_residuals`)."""
+    from diffops_core.internal import InputError, whitened_residuals
+
+    try:
+        return whitened_residuals(residuals, x, **spec.load_noise())
+    except InputError as err:
+        raise SpecError(f"{spec.path}: noise: {err}") from None
+
+
+def _write_std(spec: Spec, result: Result, x, rewrite: bool) -> dict:
+    """Write ``finalize.std`` (per-leaf marginal standard deviations, an .npz whose
+    keys are leaf labels such as ``shape/rho``) and return min/median/max per leaf.
+    In memory: the matrix must fit (``assemble`` refuses otherwise)."""
+    import jax
+
+    from diffops_core import marginal_std
+
+    from ._report import leaf_label
+
+    std = marginal_std(np.asarray(result.assemble(), np.float64), x)
+    leaves = {
+        leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
+        for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
+    }
+    target = str(spec.finalize.std)
+    if rewrite or not os.path.exists(target):
+        np.savez(target, **leaves)  # type: ignore[arg-type]
+    return {
+        name: [float(np.min(v)), float(np.median(v)), float(np.max(v))]
+        for name, v in leaves.items()
+    }
 
 
 def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> WorkflowSummary:

@@ -97,6 +97,10 @@ def _print_summary(summary) -> None:
         lines.append(f"  non-finite  {summary.nonfinite} entries{where}")
     if summary.finalize_npy:
         lines.append(f"  npy         {summary.finalize_npy}")
+    if summary.marginal_std:
+        lines.append("  marginal std per leaf (min / median / max):")
+        for name, (lo, mid, hi) in summary.marginal_std.items():
+            lines.append(f"    {name:<24} {lo:.4g} / {mid:.4g} / {hi:.4g}")
     click.echo("\n".join(lines))
 
 

@@ -204,7 +204,7 @@ def test_verify_repair_restores_the_exact_matrix(spec, tmp_path):
         ),
         (
             "operation: laplacian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n",
-            "operation: must be 'hessian' or 'jacobian', got 'laplacian'",
+            "operation: must be 'hessian', 'jacobian' or 'gauss_newton', got 'laplacian'",
         ),
         (
             "operation: hessian\nfunction: tinymodel:loss\npoint: tinymodel:best_fit\noutput: o.zarr\n"

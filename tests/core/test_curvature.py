@@ -83,8 +83,8 @@ def test_two_noise_models_fail_naming_both():
         ({"std": 0.0}, "std must be positive and finite"),
         (
             {"std": np.ones(3)},
-            r"std must be a scalar, an array broadcastable to the residuals, or "
-            r"a pytree like them",
+            r"std must be a scalar, .* or a flat vector of all 8 residuals; "
+            r"got ndarray of shape \(3,\)",
         ),
         (
             {"std": {"first": np.ones(3), "second": (1.0, 1.0)}},
@@ -174,3 +174,11 @@ def test_not_a_square_float_matrix():
         dc.covariance(np.zeros((2, 3)))
     with pytest.raises(TypeError, match="must be a float matrix"):
         dc.spectrum(np.eye(3, dtype=int))
+
+
+def test_a_flat_std_vector_for_pytree_residuals():
+    x = mixed_x()
+    flat_std = np.concatenate([np.full(5, 0.5), [0.1, 2.0], [0.25]]).astype(np.float32)
+    G1, _ = dc.gauss_newton(mixed_out, x, std=flat_std)
+    G2, _ = dc.gauss_newton(mixed_out, x, std=STD)
+    np.testing.assert_allclose(np.asarray(G1), np.asarray(G2), rtol=1e-6)

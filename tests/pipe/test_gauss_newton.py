@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from helpers import mixed_out, mixed_x, tol
 
 import diffops_core as dc
 import pipeline
+from helpers import mixed_out, mixed_x, tol
 from pipeline._store import ResultStore
 
 STD = {"first": 0.5, "second": (np.array([0.1, 2.0], np.float32), 0.25)}
@@ -20,19 +20,23 @@ def _cov(m=8, seed=0):
 @pytest.mark.parametrize("block_size", [3, 16])
 def test_the_stored_matrix_equals_the_in_memory_one(tmp_path, noise, block_size):
     x = mixed_x()
-    result = pipeline.gauss_newton_to_zarr(mixed_out, x, str(tmp_path / "g.zarr"),
-                                           block_size=block_size, progress=False, **noise)
+    result = pipeline.gauss_newton_to_zarr(
+        mixed_out, x, str(tmp_path / "g.zarr"), block_size=block_size, progress=False, **noise
+    )
     G, _ = dc.gauss_newton(mixed_out, x, **noise)
     expected = np.asarray(G)
-    np.testing.assert_allclose(result.assemble(), expected, rtol=2e-4,
-                               atol=2e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        result.assemble(), expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max()
+    )
     assert result.meta["operation"] == "gauss_newton" and result.shape == (16, 16)
     rows, cols = result.layouts()
     assert rows == cols  # square over the parameters, like a Hessian
     blocks = result.to_pytree(x)
-    np.testing.assert_allclose(np.asarray(blocks["vec"]["vec"]),
-                               np.asarray(dc.hessian_to_pytree(G, x)["vec"]["vec"]),
-                               **tol(np.float32))
+    np.testing.assert_allclose(
+        np.asarray(blocks["vec"]["vec"]),
+        np.asarray(dc.hessian_to_pytree(G, x)["vec"]["vec"]),
+        **tol(np.float32),
+    )
 
 
 def test_resume_and_other_noise_is_another_computation(tmp_path, inject):
@@ -40,19 +44,23 @@ def test_resume_and_other_noise_is_another_computation(tmp_path, inject):
     x = mixed_x()
     inject([{"block": 2, "kind": "raise"}])
     with pytest.raises(pipeline.BlockError, match="block 2"):
-        pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=STD, block_size=4, threads=1,
-                                      progress=False)
+        pipeline.gauss_newton_to_zarr(
+            mixed_out, x, store, std=STD, block_size=4, threads=1, progress=False
+        )
     inject.clear()
     done = ResultStore.open(store).done_mask()
     assert not done[2]  # the failed block has no record; those that finished keep theirs
-    again = pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=STD, block_size=4,
-                                          progress=False)
+    again = pipeline.gauss_newton_to_zarr(
+        mixed_out, x, store, std=STD, block_size=4, progress=False
+    )
     assert again.run_summary.blocks_computed == 4 - int(done.sum())
-    np.testing.assert_allclose(again.assemble(), np.asarray(dc.gauss_newton(mixed_out, x,
-                                                                            std=STD)[0]),
-                               rtol=2e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        again.assemble(),
+        np.asarray(dc.gauss_newton(mixed_out, x, std=STD)[0]),
+        rtol=2e-4,
+        atol=1e-3,
+    )
     with pytest.raises(pipeline.StoreError, match="the data f reads changed"):
-        pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=1.0, block_size=4,
-                                      progress=False)
+        pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=1.0, block_size=4, progress=False)
     with pytest.raises(ValueError, match="got std and cov"):
         pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=1.0, cov=_cov(), progress=False)
