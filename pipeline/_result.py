@@ -192,6 +192,21 @@ class Result:
 
         return plot(self, output, pixels=pixels, leaves=leaves, min_cells=min_cells)
 
+    def spectrum(
+        self, k: int = 6, which: str = "both", *, tol: float = 1e-8, progress: bool = True
+    ) -> dict:
+        """Extreme eigenvalues (Lanczos, `scipy.sparse.linalg.eigsh`) and the condition
+        number of a stored Hessian or Gauss–Newton matrix, streaming one block of
+        columns per matvec: memory is one slab, never the matrix.
+
+        **Returns:** ``largest``, ``smallest`` (``k`` each, as ``which`` asks),
+        ``condition``, ``positive_definite``, ``matvecs``.
+        **Raises:** `ValueError` for a Jacobian or an incomplete store.
+        """
+        from ._analysis import spectrum
+
+        return spectrum(self, k, which, tol=tol, progress=progress)
+
     def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
         """Recompute the bad and missing blocks of this store, in place (see
         `pipeline.repair`); ``spec`` defaults to the one stored with the result."""

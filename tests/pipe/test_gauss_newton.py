@@ -64,3 +64,45 @@ def test_resume_and_other_noise_is_another_computation(tmp_path, inject):
         pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=1.0, block_size=4, progress=False)
     with pytest.raises(ValueError, match="got std and cov"):
         pipeline.gauss_newton_to_zarr(mixed_out, x, store, std=1.0, cov=_cov(), progress=False)
+
+
+# -- the spectrum of a stored matrix, streamed ------------------------------------------
+
+
+def _banded(n=60):
+    import jax.numpy as jnp
+
+    def loss(p):
+        d = jnp.diff(p)
+        return 0.5 * jnp.sum(jnp.arange(1.0, n + 1) * p**2) + 2.0 * jnp.sum(d**2)
+
+    return loss, np.linspace(-1.0, 1.0, n).astype(np.float32)
+
+
+@pytest.mark.parametrize("block_size", [7, 60])
+def test_the_streamed_spectrum_equals_eigvalsh(tmp_path, block_size):
+    loss, x = _banded()
+    result = pipeline.hessian_to_zarr(
+        loss, x, str(tmp_path / "h.zarr"), block_size=block_size, progress=False
+    )
+    eig = np.linalg.eigvalsh(result.assemble().astype(np.float64))
+    s = result.spectrum(k=3, progress=False)
+    np.testing.assert_allclose(s["largest"], eig[::-1][:3], rtol=1e-5)
+    np.testing.assert_allclose(s["smallest"], eig[:3], rtol=1e-5)
+    assert s["condition"] == pytest.approx(eig[-1] / eig[0], rel=1e-5)
+    assert s["positive_definite"] and s["matvecs"] > 3
+
+
+def test_the_spectrum_refuses_a_jacobian_and_an_incomplete_store(tmp_path):
+    j = pipeline.jacobian_to_zarr(
+        mixed_out, mixed_x(), str(tmp_path / "j.zarr"), block_size=4, progress=False
+    )
+    with pytest.raises(ValueError, match="needs a Hessian or a Gauss-Newton matrix.*jacobian"):
+        j.spectrum(progress=False)
+    loss, x = _banded()
+    h = pipeline.hessian_to_zarr(loss, x, str(tmp_path / "h.zarr"), block_size=7, progress=False)
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 59\]"):
+        h.spectrum(k=60)
+    ResultStore.open(str(tmp_path / "h.zarr"), "r+").clear_record(3)
+    with pytest.raises(ValueError, match=r"is incomplete \(8/9 blocks\)"):
+        pipeline.open_result(str(tmp_path / "h.zarr")).spectrum(progress=False)
