@@ -1,7 +1,7 @@
 """Workflow specs: a YAML file that says what to compute, where, and how.
 
 ```yaml
-operation: hessian              # or jacobian (then mode: auto|fwd|rev)
+operation: hessian              # or jacobian (then mode: auto|fwd|rev), or gauss_newton
 function: models.psf:loss       # "module:attribute", importable on the driver and workers
 point: models.psf:best_fit      # "module:attribute" of a zero-argument callable, or a .npz
 output: ../results/demo.zarr
@@ -9,10 +9,12 @@ blocks: {block_size: 256}       # or {nbatches: 64} or {memory_budget: 2GB}; + i
 cluster: {workers: 2}           # or {scheduler: tcp://host:8786}; omitted: embedded default
 ```
 
-Optional keys, with their defaults: ``mode: auto``, ``dtype: float32`` (``float64``
+Optional keys, with their defaults: ``noise: {}`` (gauss_newton: ``{std: 0.1}``
+or a ``.npy``, ``{cov: c.npy}``, ``{inv_cov: w.npy}``), ``mode: auto``, ``dtype: float32`` (``float64``
 turns on JAX's x64 and casts x), ``checkpoint: false``, ``compressor: none``
-(or ``zstd``), ``finalize: {npy: null}`` (a path: also write the assembled matrix
-as ``.npy`` when it fits in memory), ``python_path: []`` (more directories to
+(or ``zstd``), ``finalize: {npy: null, std: null}`` (paths: also write the
+assembled matrix as ``.npy``, and the per-leaf marginal standard deviations as
+``.npz``, when the matrix fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
 variables set before the function is imported, on the driver and on local
 workers), and ``cluster.threads_per_worker: 1``, ``cluster.memory_limit: auto``.
