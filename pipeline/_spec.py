@@ -11,8 +11,8 @@ cluster: {workers: 2}           # or {scheduler: tcp://host:8786}; omitted: embe
 
 Optional keys, with their defaults: ``noise: {}`` (gauss_newton: ``{std: 0.1}``
 or a ``.npy``, ``{cov: c.npy}``, ``{inv_cov: w.npy}``), ``mode: auto``,
-``dtype: float32`` (``float64`` turns on JAX's x64 and casts x), ``checkpoint: false``, ``compressor: none``
-(or ``zstd``), ``finalize: {npy: null, std: null}`` (paths: also write the
+``dtype: float32`` (``float64`` turns on JAX's x64 and casts x), ``checkpoint: false``,
+``compressor: none`` (or ``zstd``), ``finalize: {npy: null, std: null}`` (paths: also write the
 assembled matrix as ``.npy``, and the per-leaf marginal standard deviations as
 ``.npz``, when the matrix fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
