@@ -325,7 +325,6 @@ class ResultStore:
         _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
         _write_coordinates(group, meta)
         group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
-        _consolidate(location)
         return cls(group, location)
 
     # -- metadata -----------------------------------------------------------------
@@ -346,9 +345,13 @@ class ResultStore:
     def out_layout(self) -> Layout:
         return Layout.from_json(self.meta["out_layout"])
 
-    def save_meta(self):
+    def save_meta(self, consolidate: bool = True):
+        """Write the metadata; with ``consolidate``, also the consolidated copy other
+        readers (xarray) use. A run consolidates when it ends: a store killed
+        mid-run reads fine without it, only more slowly."""
         self.group.attrs["diffops"] = self.meta
-        _consolidate(self.location)
+        if consolidate:
+            _consolidate(self.location)
 
     def start_run(self, blocks_todo: int) -> int:
         """Append a run to the history (status ``running``); its 1-based number.
@@ -374,7 +377,7 @@ class ResultStore:
         )
         del runs[:-RUNS_KEPT]
         self.meta["runs_total"] = number
-        self.save_meta()
+        self.save_meta(consolidate=False)
         return number
 
     @property
