@@ -228,6 +228,18 @@ def _cholesky(M, damping: float):
     return lower, jnp
 
 
+def _inverse_factor(M, damping):
+    """``L⁻¹`` for ``M + damping I = L Lᵀ`` (so ``M⁻¹ = L⁻ᵀ L⁻¹``), and the array
+    module it is in (numpy for numpy input, else jax.numpy)."""
+    lower, xp = _cholesky(M, _damping(damping))
+    eye = xp.eye(M.shape[0], dtype=lower.dtype)
+    if xp is np:
+        import scipy.linalg  # a dependency of jax
+
+        return scipy.linalg.solve_triangular(lower, eye, lower=True), np
+    return jax.scipy.linalg.solve_triangular(lower, eye, lower=True), jnp
+
+
 def covariance(M: Any, *, damping: float = 0.0) -> Any:
     """``(M + damping I)⁻¹`` of a symmetric positive-definite ``M``, through Cholesky.
 
@@ -241,14 +253,7 @@ def covariance(M: Any, *, damping: float = 0.0) -> Any:
     size of the worst; it never regularises unless you pass ``damping``.
     """
     _square(M)
-    lower, xp = _cholesky(M, _damping(damping))
-    eye = xp.eye(M.shape[0], dtype=lower.dtype)
-    if xp is np:
-        import scipy.linalg
-
-        inv_lower = scipy.linalg.solve_triangular(lower, eye, lower=True)
-    else:
-        inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    inv_lower, xp = _inverse_factor(M, damping)
     return inv_lower.T @ inv_lower
 
 
@@ -256,14 +261,7 @@ def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree like ``x``: each parameter's
     standard deviation, the others marginalised. Errors as `covariance`."""
     _square(M)
-    lower, xp = _cholesky(M, _damping(damping))
-    eye = xp.eye(M.shape[0], dtype=lower.dtype)
-    if xp is np:
-        import scipy.linalg
-
-        inv_lower = scipy.linalg.solve_triangular(lower, eye, lower=True)
-    else:
-        inv_lower = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    inv_lower, xp = _inverse_factor(M, damping)
     std = xp.sqrt(xp.sum(inv_lower**2, axis=0))
     flat, unravel = ravel_pytree(x)
     if flat.shape[0] != M.shape[0]:
