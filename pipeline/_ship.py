@@ -28,14 +28,23 @@ def _inside(path: str, directories: Sequence[str]) -> bool:
     return any(os.path.commonpath([path, d]) == d for d in directories)
 
 
+#: Never shipped by value, wherever they are installed from (an editable install
+#: of diffops lives in its source tree, which a spec may sit in): the workers run
+#: their own copy, and the block task must be their class.
+NEVER = frozenset({"pipeline", "diffops_core", "__main__"})
+
+
 def local_modules(directories: Sequence[str]) -> list[str]:
     """Top-level names of the imported modules whose files lie under
-    ``directories`` (and not in an installed environment's site-packages)."""
+    ``directories`` (and not in an installed environment's site-packages, and
+    never diffops itself)."""
     roots = [os.path.realpath(d) for d in directories if os.path.isdir(d)]
     names = set()
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if not path or "site-packages" in path or "dist-packages" in path:
+            continue
+        if name.partition(".")[0] in NEVER:
             continue
         if _inside(path, roots):
             names.add(name.partition(".")[0])

@@ -151,3 +151,21 @@ def test_plot_zooms_to_chosen_leaves_and_names_unknown_ones(tmp_path, monkeypatc
     res = CliRunner().invoke(main, ["plot", store, "-o", png, "--leaves", "rho"])
     assert res.exit_code == 1
     assert "no leaf named 'rho'; the leaves are: flux, shape/rho" in res.output
+
+
+def test_diffops_itself_is_never_shipped_by_value(tmp_path, monkeypatch):
+    # a spec may sit in diffops' own source tree (an editable install): the
+    # workers must run their installed pipeline, not a copy pickled by value
+    import os
+
+    import pipeline
+    from pipeline._ship import local_modules
+
+    repo = os.path.dirname(os.path.dirname(pipeline.__file__))
+    names = local_modules([repo])
+    assert "pipeline" not in names and "diffops_core" not in names
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "shipme.py").write_text("X = 1\n")
+    import shipme  # noqa: F401
+
+    assert "shipme" in local_modules([str(tmp_path)])
