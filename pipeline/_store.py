@@ -188,7 +188,9 @@ def inspect(location) -> str:
                 return "ours"
         except StoreError:
             return "damaged" if names <= OUR_NAMES else "foreign"
-    if not names <= OUR_NAMES:
+    # a creation killed early leaves the group or its first arrays; the coordinate
+    # arrays come last, so names like "row" alone are somebody else's
+    if not names <= OUR_NAMES or not names & {"zarr.json", "matrix", "blocks"}:
         return "foreign"
     return "damaged" if _has_chunks(path) else "half-made"
 

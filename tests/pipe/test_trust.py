@@ -548,3 +548,15 @@ def test_a_default_blocked_run_resumes_whatever_memory_is_free_now(tmp_path, mon
     again = pipeline.hessian_to_zarr(f, x, store, progress=False)
     assert again.meta["plan"]["block_size"] == block
     assert again.run_summary.blocks_computed == 1 and again.status()["complete"]
+
+
+def test_a_directory_holding_only_a_folder_named_like_a_coordinate_is_not_ours(tmp_path):
+    # review of issue 10: the coordinate arrays' names (row, column, ...) joined the
+    # names we create; a folder of the user's called "row" must not make a directory
+    # look like a half-made store of ours (which a run would clear)
+    target = tmp_path / "out.zarr"
+    (target / "row").mkdir(parents=True)
+    (target / "row" / "notes.txt").write_text("mine")
+    with pytest.raises(pipeline.StoreError, match="not a diffops store|refus"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(target), block_size=4, progress=False)
+    assert (target / "row" / "notes.txt").read_text() == "mine"
