@@ -130,9 +130,37 @@ def hessian(
     `ValueError` for a non-scalar ``f``, bad block settings or a budget that
     cannot hold one column.
     """
+    return square_matrix(
+        "hessian",
+        f,
+        x,
+        nbatches,
+        jit,
+        checkpoint,
+        block_size=block_size,
+        memory_budget=memory_budget,
+        inner_width=inner_width,
+    )
+
+
+def square_matrix(
+    op: str,
+    f: Callable,
+    x: Any,
+    nbatches,
+    jit,
+    checkpoint,
+    *,
+    block_size,
+    memory_budget,
+    inner_width,
+) -> tuple[jax.Array, Callable]:
+    """The ``(n, n)`` matrix of ``op`` (``"hessian"`` or ``"gauss_newton"``) over
+    ``ravel_pytree(x)`` in memory, and the unravel function: what `hessian` and
+    `gauss_newton` share."""
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
-    kernels, x_flat, unravel = get_kernels(f, x, "hessian", checkpoint=checkpoint, cache=jit)
+    kernels, x_flat, unravel = get_kernels(f, x, op, checkpoint=checkpoint, cache=jit)
     sizing = choose_sizing(
         kernels,
         nbatches=nbatches,

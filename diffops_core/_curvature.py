@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._api import _run_matrix, check_flag, choose_sizing
+from ._api import square_matrix
 from ._errors import InputTypeError, InputValueError
-from ._kernels import _ravel_output, get_kernels
+from ._kernels import _ravel_output
 
 __all__ = ["gauss_newton", "covariance", "marginal_std", "spectrum", "Spectrum"]
 
@@ -160,20 +160,18 @@ def gauss_newton(
     the wrong shape or not positive definite (with its smallest eigenvalues);
     the errors of `hessian` for the blocking.
     """
-    jit = check_flag("jit", jit)
-    checkpoint = check_flag("checkpoint", checkpoint)
     whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
-    kernels, x_flat, unravel = get_kernels(
-        whitened, x, "gauss_newton", checkpoint=checkpoint, cache=jit
-    )
-    sizing = choose_sizing(
-        kernels,
-        nbatches=nbatches,
+    return square_matrix(
+        "gauss_newton",
+        whitened,
+        x,
+        nbatches,
+        jit,
+        checkpoint,
         block_size=block_size,
         memory_budget=memory_budget,
         inner_width=inner_width,
     )
-    return _run_matrix(kernels, x_flat, sizing.inner_width, jit), unravel
 
 
 # -- inverses and spectra --------------------------------------------------------------

@@ -149,12 +149,6 @@ class DistributedExecutor:
     def where(self) -> str | None:
         return str(self.client.dashboard_link or self.client)
 
-    def check(self, task: BlockTask) -> None:
-        """The workers can load and trace the task: see `_check_cluster`."""
-        import cloudpickle
-
-        _check_cluster(self.client, cloudpickle.dumps(task))
-
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
         import cloudpickle
         from distributed import as_completed
