@@ -216,21 +216,25 @@ def _whitened(spec: Spec, residuals, x):
 def _write_std(spec: Spec, result: Result, x, rewrite: bool) -> dict:
     """Write ``finalize.std`` (per-leaf marginal standard deviations, an .npz whose
     keys are leaf labels such as ``shape/rho``) and return min/median/max per leaf.
-    In memory: the matrix must fit (``assemble`` refuses otherwise)."""
-    import jax
-
-    from diffops_core import marginal_std
-
-    from ._report import leaf_label
-
-    std = marginal_std(np.asarray(result.assemble(), np.float64), x)
-    leaves = {
-        leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
-        for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
-    }
+    In memory: the matrix must fit (``assemble`` refuses otherwise). A rerun that
+    computed nothing reads the file it wrote instead of factorising again."""
     target = str(spec.finalize.std)
     if rewrite or not os.path.exists(target):
+        import jax
+
+        from diffops_core import marginal_std
+
+        from ._report import leaf_label
+
+        std = marginal_std(np.asarray(result.assemble(), np.float64), x)
+        leaves = {
+            leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
+            for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
+        }
         np.savez(target, **leaves)  # type: ignore[arg-type]
+    else:
+        with np.load(target) as saved:
+            leaves = {name: saved[name] for name in saved.files}
     return {
         name: [float(np.min(v)), float(np.median(v)), float(np.max(v))]
         for name, v in leaves.items()

@@ -119,3 +119,19 @@ def test_a_noise_matrix_of_the_wrong_size_names_the_field(tmp_path, monkeypatch)
     res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
     assert res.exit_code == 1
     assert "spec.yaml: noise: cov must be (10, 10) for 10 residuals" in res.output
+
+
+def test_a_rerun_reads_the_std_it_wrote_instead_of_factorising_again(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch, finalize="{std: sigma.npz}")
+    first = CliRunner().invoke(main, ["run", spec, "--no-progress", "--json"])
+    assert first.exit_code == 0, first.output
+    import diffops_core
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("marginal_std recomputed on a rerun that computed nothing")
+
+    monkeypatch.setattr(diffops_core, "marginal_std", refuse)
+    again = CliRunner().invoke(main, ["run", spec, "--no-progress", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["blocks_computed"] == 0
+    assert json.loads(again.output)["marginal_std"] == json.loads(first.output)["marginal_std"]
