@@ -90,7 +90,7 @@ def _factor(matrix, name: str, m: int, dtype) -> jax.Array:
     try:
         return jnp.asarray(np.linalg.cholesky(a), dtype)
     except np.linalg.LinAlgError:
-        raise InputValueError(_not_positive_definite(a, name)) from None
+        raise InputValueError(not_positive_definite(a, name)) from None
 
 
 def whitened_residuals(residuals: Callable, x, std=None, cov=None, inv_cov=None) -> Callable:
@@ -177,7 +177,7 @@ def gauss_newton(
 # -- inverses and spectra --------------------------------------------------------------
 
 
-def _not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
+def not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
     eig = np.linalg.eigvalsh((a + a.T) / 2)
     bad = int(np.sum(eig <= 0))
     scale = float(np.max(np.abs(eig))) if eig.size else 0.0
@@ -199,7 +199,7 @@ def _square(M, name: str = "M"):
         raise InputTypeError(f"{name} must be a float matrix, got dtype {jnp.result_type(M)}")
 
 
-def _damping(damping) -> float:
+def check_damping(damping) -> float:
     if isinstance(damping, bool) or not isinstance(damping, (int, float, np.floating)):
         raise InputTypeError(f"damping must be a number, got {damping!r}")
     if not np.isfinite(damping) or damping < 0:
@@ -219,17 +219,17 @@ def _cholesky(M, damping: float):
         try:
             return np.linalg.cholesky(a), np
         except np.linalg.LinAlgError:
-            raise InputValueError(_not_positive_definite(np.asarray(a))) from None
+            raise InputValueError(not_positive_definite(np.asarray(a))) from None
     lower = jnp.linalg.cholesky(a)
     if not _traced(lower) and not bool(jnp.all(jnp.isfinite(lower))):
-        raise InputValueError(_not_positive_definite(np.asarray(a)))
+        raise InputValueError(not_positive_definite(np.asarray(a)))
     return lower, jnp
 
 
 def _inverse_factor(M, damping):
     """``L⁻¹`` for ``M + damping I = L Lᵀ`` (so ``M⁻¹ = L⁻ᵀ L⁻¹``), and the array
     module it is in (numpy for numpy input, else jax.numpy)."""
-    lower, xp = _cholesky(M, _damping(damping))
+    lower, xp = _cholesky(M, check_damping(damping))
     eye = xp.eye(M.shape[0], dtype=lower.dtype)
     if xp is np:
         import scipy.linalg  # a dependency of jax

@@ -10,6 +10,8 @@ is the top level of `diffops_core`.
   `budget_block`, `kernel_bytes`.
 - Input checks and errors: `check_flag`, `parse_bytes`, `format_bytes`,
   `InputError`, `InputValueError`, `InputTypeError`.
+- Curvature: `check_damping`, `not_positive_definite` (the diagnostics of a
+  matrix without a Cholesky factor).
 - Noise: `whitened_residuals` (``x -> A r(x)`` with ``AᵀA = W``: its
   ``"gauss_newton"`` kernels give ``Jᵀ W J``).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
@@ -23,7 +25,7 @@ vmapped at once inside a block.
 """
 
 from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
-from ._curvature import whitened_residuals
+from ._curvature import check_damping, not_positive_definite, whitened_residuals
 from ._errors import InputError, InputTypeError, InputValueError
 from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
 from ._layout import Layout, LeafSpec
@@ -55,7 +57,9 @@ __all__ = [
     "TracedFunction",
     "auto_inner_width",
     "budget_block",
+    "check_damping",
     "check_flag",
+    "not_positive_definite",
     "choose_sizing",
     "clear_cache",
     "format_bytes",

@@ -13,7 +13,7 @@ import numpy as np
 
 from diffops_core.internal import InputValueError
 
-from ._store import SQUARE
+from ._store import CURVATURE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._result import Result
@@ -24,7 +24,7 @@ __all__ = ["spectrum", "require_square_complete"]
 def require_square_complete(result: Result, what: str) -> None:
     """Refuse, in words, a Jacobian store or an incomplete one."""
     operation = result.meta["operation"]
-    if operation not in SQUARE:
+    if operation not in CURVATURE:
         raise InputValueError(
             f"{what} needs a Hessian or a Gauss-Newton matrix, but {result.location!r} holds a "
             f"{operation}; compute gauss_newton_to_zarr for the Fisher matrix of residuals"

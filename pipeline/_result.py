@@ -207,6 +207,62 @@ class Result:
 
         return spectrum(self, k, which, tol=tol, progress=progress)
 
+    def marginal_std(
+        self,
+        x: Any = None,
+        *,
+        damping: float = 0.0,
+        tile: int | None = None,
+        client: Any = None,
+        progress: bool = True,
+    ) -> Any:
+        """Each parameter's standard deviation, the others marginalised:
+        ``sqrt(diag((M + damping I)⁻¹))`` of a stored Hessian or Gauss–Newton
+        matrix, as a pytree of float64 numpy arrays (like ``x``; without it, the
+        stored structure, as `to_pytree`).
+
+        Out of core: a blocked Cholesky factorisation in square tiles of ``tile``
+        (default 2048, smaller when a task's memory is short), one tile per task
+        (on ``client``'s cluster when given), never holding the matrix. The factor
+        is kept in the store's ``factor/`` group: a second call reads the
+        variances, a killed factorisation resumes tile by tile, and a different
+        ``damping`` or matrix replaces it.
+
+        **Raises:** `ValueError` for a Jacobian or an incomplete store, and when
+        the matrix (plus damping) is not positive definite: its smallest
+        eigenvalue, how many are not positive and the worst's relative size (as
+        `diffops_core.marginal_std`); nothing of the failed factorisation is kept.
+        """
+        from ._uncertainty import marginal_std
+
+        return marginal_std(self, x, damping=damping, tile=tile, client=client, progress=progress)
+
+    def covariance(
+        self,
+        store: Any,
+        *,
+        damping: float = 0.0,
+        tile: int | None = None,
+        client: Any = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> Result:
+        """``(M + damping I)⁻¹`` as another stored result (operation
+        ``covariance``, float64, column blocks of ``tile``), with the same
+        completion records and checksums as a computed one (``verify`` and
+        ``status`` work on it; a killed run resumes). Factorises as
+        `marginal_std` (sharing its stored factor).
+
+        **Raises:** as `marginal_std`; `StoreError` when ``store`` holds something
+        else (another result only goes with ``overwrite``; what is not ours never).
+        """
+        from ._uncertainty import covariance
+
+        return covariance(
+            self, store, damping=damping, tile=tile, client=client,
+            overwrite=overwrite, progress=progress,
+        )  # fmt: skip
+
     def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
         """Recompute the bad and missing blocks of this store, in place (see
         `pipeline.repair`); ``spec`` defaults to the one stored with the result."""

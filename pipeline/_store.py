@@ -62,7 +62,9 @@ _CHUNK_TARGET_BYTES = 64 * 2**20
 LOCK_NAME = "diffops.lock"
 #: Operations whose matrix is square and symmetric over the parameters (rows and
 #: columns are both x's layout).
-SQUARE = ("hessian", "gauss_newton")
+SQUARE = ("hessian", "gauss_newton", "covariance")
+#: Operations whose matrix is a curvature (what a covariance is the inverse of).
+CURVATURE = ("hessian", "gauss_newton")
 #: Runs the history keeps (with a count of all): bounded metadata, fast appends.
 RUNS_KEPT = 20
 #: Everything a store's directory may hold that we made (and so may remove).
@@ -71,7 +73,8 @@ RUNS_KEPT = 20
 #: index into the ``row_leaves``/``column_leaves`` attributes of ``matrix``) and
 #: ``*_index`` (the flat index within that leaf).
 COORDINATES = ("row", "column", "row_leaf", "row_index", "column_leaf", "column_index")
-OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME, *COORDINATES})
+#: ``factor``: the Cholesky factor of a square matrix (`pipeline._factor`).
+OUR_NAMES = frozenset({"zarr.json", "matrix", "blocks", LOCK_NAME, "factor", *COORDINATES})
 _OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it"
 # zarr's local store writes through "<name>.<uuid hex>.partial" and renames
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
@@ -515,11 +518,13 @@ def _layouts(meta: dict) -> tuple[Layout, Layout]:
 def _matrix_attrs(meta: dict) -> dict:
     """Plain attributes of ``matrix`` (beside the group's diffops metadata)."""
     rows, cols = _layouts(meta)
-    what = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix (J^T W J)"}.get(
-        meta["operation"], "Jacobian"
-    )
+    what = {
+        "hessian": "Hessian of f",
+        "gauss_newton": "Gauss-Newton matrix (J^T W J) of f",
+        "covariance": "covariance (inverse) of a stored matrix",
+    }.get(meta["operation"], "Jacobian of f")
     return {
-        "long_name": f"{what} of f, {meta['op']} blocks of the flat parameters",
+        "long_name": f"{what}, {meta['op']} blocks of the flat parameters",
         "operation": meta["operation"],
         "row_leaves": [leaf.path or "(root)" for leaf in rows.leaves],
         "row_leaf_shapes": [list(leaf.shape) for leaf in rows.leaves],
