@@ -198,7 +198,7 @@ def _run_spec(
         np.save(spec.finalize.npy, result.assemble())
     uncertainties = None
     if spec.finalize.std:
-        uncertainties = _write_std(spec, result, x, rewrite=bool(computed))
+        uncertainties = _write_std(spec, result, x, rewrite=bool(computed), progress=progress)
     summary = _summary(spec, result, time.perf_counter() - t0, worker_peak)
     return dataclasses.replace(summary, marginal_std=uncertainties)
 
@@ -213,20 +213,19 @@ def _whitened(spec: Spec, residuals, x):
         raise SpecError(f"{spec.path}: noise: {err}") from None
 
 
-def _write_std(spec: Spec, result: Result, x, rewrite: bool) -> dict:
+def _write_std(spec: Spec, result: Result, x, rewrite: bool, progress: bool) -> dict:
     """Write ``finalize.std`` (per-leaf marginal standard deviations, an .npz whose
     keys are leaf labels such as ``shape/rho``) and return min/median/max per leaf.
-    In memory: the matrix must fit (``assemble`` refuses otherwise). A rerun that
-    computed nothing reads the file it wrote instead of factorising again."""
+    Out of core (`Result.marginal_std`, here on the driver: tile tasks of bounded
+    memory, the factor kept in the store). A rerun that computed nothing reads
+    the file it wrote."""
     target = str(spec.finalize.std)
     if rewrite or not os.path.exists(target):
         import jax
 
-        from diffops_core import marginal_std
-
         from ._report import leaf_label
 
-        std = marginal_std(np.asarray(result.assemble(), np.float64), x)
+        std = result.marginal_std(x, progress=progress)
         leaves = {
             leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
             for path, value in jax.tree_util.tree_flatten_with_path(std)[0]

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -134,3 +135,22 @@ def test_worker_memory_limit_is_a_contract(tmp_path):
                 client=c,
                 progress=False,
             )
+
+
+def test_cluster_marginal_std_and_covariance_equal_the_in_memory_ones(tmp_path, client):
+    """The tile tasks of the out-of-core factorisation run on the workers."""
+    x = mixed_x()
+    result = pipeline.hessian_to_zarr(
+        mixed_loss, x, str(tmp_path / "h.zarr"), block_size=4, progress=False
+    )
+    H = np.asarray(result.assemble(), np.float64)
+    damping = 1.0 + abs(float(np.linalg.eigvalsh(H)[0]))  # positive definite either way
+    got = result.marginal_std(x, damping=damping, tile=5, client=client, progress=False)
+    expected = dc.marginal_std(H, x, damping=damping)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=2e-7)
+    cov = result.covariance(
+        str(tmp_path / "c.zarr"), damping=damping, client=client, progress=False
+    )
+    np.testing.assert_allclose(cov.assemble(), dc.covariance(H, damping=damping), rtol=1e-10)
+    assert cov.verify() == []
