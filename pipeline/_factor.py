@@ -257,6 +257,13 @@ def open_or_create(result: Result, identity: dict) -> FactorTask:
     return task
 
 
+def remove_factor(location: Any) -> None:
+    """Delete the factor group of the result at ``location`` (ours, derived data)."""
+    root = zarr.open_group(location, mode="r+", use_consolidated=False)
+    if FACTOR in root:
+        del root[FACTOR]
+
+
 def _remove_partial(location) -> None:
     import os
 

@@ -184,11 +184,11 @@ def _logged(image: np.ndarray):
     return np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing), lo
 
 
-def _label_axis(ax, axis: _Axis, which: str) -> None:
+def _label_axis(ax, axis: _Axis, which: str, color: str = "cyan") -> None:
     """Leaf boundaries, and every leaf labelled at its centre."""
     edges = axis.edges
     for edge in edges[1:-1]:
-        (ax.axhline if which == "row" else ax.axvline)(edge - 0.5, color="cyan", lw=0.6)
+        (ax.axhline if which == "row" else ax.axvline)(edge - 0.5, color=color, lw=0.6)
     ticks = [(lo + hi) / 2 - 0.5 for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     labels = [leaf_label(leaf.path) for leaf in axis.leaves]
     if which == "row":
@@ -207,6 +207,20 @@ def _choose(layout, leaves: list[str] | None) -> list[str] | None:
     return list(leaves)
 
 
+def _matplotlib():
+    """``matplotlib.pyplot`` on the Agg backend. **Raises:** `MissingDependencyError`."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(
+            "plotting needs matplotlib: pip install 'diffops[plot]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(
     result: Result,
     output: str,
@@ -221,14 +235,8 @@ def plot(
     (labels such as ``flux`` or ``shape/rho``) zooms to those rows and columns.
     Large leaves are downsampled by block maximum; missing blocks are drawn in a
     colour of their own, never as small values."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependencyError(
-            "plotting needs matplotlib: pip install 'diffops[plot]'"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _matplotlib()
+    import matplotlib
 
     min_cells = min_cells or max(1, pixels * 3 // 100)
     rows_layout, cols_layout = result.layouts()

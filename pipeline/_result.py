@@ -263,6 +263,34 @@ class Result:
             overwrite=overwrite, progress=progress,
         )  # fmt: skip
 
+    def analyze(
+        self,
+        *,
+        damping: float = 0.0,
+        k: int = 6,
+        plot: str | None = None,
+        pixels: int = 400,
+        client: Any = None,
+        progress: bool = True,
+    ) -> Any:
+        """What a stored Hessian or Gauss–Newton matrix says about the parameters
+        (``diffops analyze``): marginal σ per leaf (min, median, max), the ``k``
+        largest and smallest eigenvalues (Lanczos; the small end by shift-invert
+        on the stored factor), the condition number and whether it is positive
+        definite. ``plot``: a PNG of the correlation matrix (at most ``pixels``
+        parameters, evenly spaced per leaf) beside the eigenvalue spectrum.
+
+        **Returns:** an `Analysis` (``lines()``, ``to_json()``). A matrix that is
+        not positive definite gives no σ: ``error`` holds the diagnostics.
+        **Raises:** `ValueError` for a Jacobian or an incomplete store.
+        """
+        from ._analyze import analyze, plot_analysis
+
+        analysis, task = analyze(self, damping=damping, k=k, client=client, progress=progress)
+        if plot is not None:
+            plot_analysis(self, analysis, task, plot, pixels)
+        return analysis
+
     def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
         """Recompute the bad and missing blocks of this store, in place (see
         `pipeline.repair`); ``spec`` defaults to the one stored with the result."""

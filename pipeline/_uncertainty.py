@@ -18,7 +18,6 @@ from diffops_core.internal import BlockPlan, InputValueError, check_damping, not
 from ._analysis import require_square_complete
 from ._factor import (
     DEFAULT_TILE,
-    FACTOR,
     FactorTask,
     NotPositiveDefiniteTile,
     check_done,
@@ -26,6 +25,7 @@ from ._factor import (
     factorise,
     open_or_create,
     read_variance,
+    remove_factor,
     run_tasks,
     stored_identity,
 )
@@ -136,8 +136,7 @@ def factor(
         try:
             factorise(task, records, client, bar)
         except NotPositiveDefiniteTile as err:
-            root = result._store.group
-            del root[FACTOR]
+            remove_factor(result.location)
             bar.close()
             raise InputValueError(_diagnosis(result, damping, err, progress)) from None
         finally:

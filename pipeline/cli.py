@@ -1,4 +1,4 @@
-"""The ``diffops`` command: run, status, verify, show and plot stored results.
+"""The ``diffops`` command: run, status, verify, show, plot and analyze stored results.
 
 Exit codes: 0 success; 1 an error (one line on stderr saying what and what to
 do); 2 bad usage (click's own); 3 ``status`` of an incomplete result; 4
@@ -46,6 +46,9 @@ def _friendly(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # the reader (| head) left: nothing to say
+            sys.stderr.close()
+            sys.exit(1)
         except _user_errors() as err:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
@@ -266,6 +269,31 @@ def plot(store, output, pixels, leaves, min_width):
         else f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue"
     )
     click.echo(f"wrote {output} ({rows}x{cols} cells; leaves {', '.join(drawn['leaves'])}{note})")
+
+
+@main.command()
+@click.argument("store")
+@click.option(
+    "--damping", type=float, default=0.0, show_default=True, help="Added to the diagonal."
+)
+@click.option("-k", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Eigenvalues at each end.")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write the correlation matrix beside the spectrum (PNG).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_friendly
+def analyze(store, damping, k, plot_path, as_json, progress):
+    """Uncertainties from the Hessian or Gauss-Newton matrix in STORE: marginal
+    sigma per leaf, extreme eigenvalues, condition number, positive-definite
+    verdict. The Cholesky factor is kept in STORE (factor/) for the next call."""
+    analysis = _open(store).analyze(damping=damping, k=k, plot=plot_path, progress=progress)
+    if as_json:
+        click.echo(json.dumps(analysis.to_json(), indent=2))
+    else:
+        click.echo("\n".join(analysis.lines()))
+        if plot_path:
+            click.echo(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover
