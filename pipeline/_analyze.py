@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffops_core.internal import InputError
+from diffops_core.internal import InputError, InputValueError
 
-from ._analysis import _StreamedMatrix, extremes, require_square_complete
+from ._analysis import require_square_complete, streamed_extremes
 from ._factor import FactorTask, read_variance
 from ._report import _Axis, _axis, _label_axis, leaf_label
 from ._uncertainty import factor
@@ -34,8 +34,6 @@ __all__ = ["Analysis", "LeafStd", "analyze"]
 
 #: Matrices up to this many bytes get every eigenvalue in the picture.
 _FULL_SPECTRUM_BYTES = 128 * 2**20
-#: Tiles of ``W`` kept in memory across Lanczos products (at most).
-_TILE_CACHE_BYTES = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,63 +103,6 @@ class Analysis:
         return out
 
 
-class _InverseProduct:
-    """``v -> (M + d I)⁻¹ v = Wᵀ (W v)`` streaming the stored tiles of ``W``;
-    tiles are kept in memory up to `_TILE_CACHE_BYTES` (or a quarter of what is
-    available), so the hundreds of products Lanczos takes do not each re-read
-    the store."""
-
-    def __init__(self, task: FactorTask, bar: Any = None):
-        import psutil
-
-        self.task, self.arrays, self.calls, self.bar = task, task.arrays(), 0, bar
-        self.cache: dict[tuple[int, int], np.ndarray] = {}
-        self.room = min(_TILE_CACHE_BYTES, psutil.virtual_memory().available // 4)
-
-    def tile(self, i: int, j: int) -> np.ndarray:
-        found = self.cache.get((i, j))
-        if found is not None:
-            return found
-        value = self.task.read(self.arrays, "inverse", i, j)
-        if value.nbytes <= self.room:
-            self.cache[i, j] = value
-            self.room -= value.nbytes
-        return value
-
-    def __call__(self, v: np.ndarray) -> np.ndarray:
-        task, v = self.task, np.asarray(v, np.float64).reshape(-1)
-        y, z = np.zeros(task.n), np.zeros(task.n)
-        for j in range(task.tiles):  # W is lower triangular in tiles
-            for i in range(j, task.tiles):
-                y[task.span(i)] += self.tile(i, j) @ v[task.span(j)]
-        for j in range(task.tiles):
-            for i in range(j, task.tiles):
-                z[task.span(j)] += self.tile(i, j).T @ y[task.span(i)]
-        self.calls += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        return z
-
-
-def _extremes(result: Result, task: FactorTask | None, k: int, progress: bool):
-    """(largest descending, smallest ascending, matvecs) of ``M``."""
-    from scipy.sparse.linalg import LinearOperator
-
-    n = result.shape[0]
-    streamed = _StreamedMatrix(result, progress)
-    try:
-        op = LinearOperator((n, n), matvec=streamed, dtype=np.float64)
-        largest = extremes(op, k, "LA")
-        if task is None:
-            return largest, extremes(op, k, "SA"), streamed.calls
-        inverse = _InverseProduct(task, streamed.bar)
-        op = LinearOperator((n, n), matvec=inverse, dtype=np.float64)
-        smallest = sorted(1.0 / np.asarray(extremes(op, k, "LA")) - task.damping)
-        return largest, smallest, streamed.calls + inverse.calls
-    finally:
-        streamed.close()
-
-
 def analyze(
     result: Result, *, damping: float = 0.0, k: int = 6, client: Any = None, progress: bool = True
 ) -> tuple[Analysis, FactorTask | None]:
@@ -177,7 +118,14 @@ def analyze(
         if "not positive definite" not in str(err):
             raise
         error = str(err)
-    largest, smallest, matvecs = _extremes(result, task, k, progress)
+    found = streamed_extremes(result, k, "both", task, progress)
+    largest, smallest, matvecs = found["largest"], found["smallest"], found["matvecs"]
+    if not largest or not smallest:
+        raise InputValueError(
+            f"Lanczos found no eigenvalue at one end of the spectrum of {result.location!r} "
+            f"within {matvecs} products; compute the spectrum in memory (spectrum(assemble())) "
+            "if it fits"
+        )
     low, high = float(smallest[0]), float(largest[0])
     analysis = Analysis(
         location=str(result.location),

@@ -202,18 +202,25 @@ class FactorTask:
 # -- the driver ---------------------------------------------------------------------
 
 
-def run_tasks(client: Any, fn: Callable, args: Sequence[tuple]) -> None:
+def run_tasks(client: Any, fn: Callable, args: Sequence[tuple], bar: Any = None) -> None:
     """Run ``fn(*a)`` for each ``a``: on the client's cluster when there is one
     (in parallel), else here, one after the other (numpy's BLAS already uses
-    every core)."""
+    every core); ``bar`` (tqdm) counts the tasks as they finish."""
     if not args:
         return
     if client is None:
         for a in args:
             fn(*a)
+            if bar is not None:
+                bar.update(1)
         return
+    from distributed import as_completed
+
     futures = client.map(fn, *zip(*args, strict=True), pure=False)
-    client.gather(futures)
+    for future in as_completed(futures):
+        future.result()  # raises the task's error
+        if bar is not None:
+            bar.update(1)
 
 
 def stored_identity(root: zarr.Group) -> dict[str, Any]:
@@ -278,20 +285,36 @@ def _remove_partial(location) -> None:
                 os.unlink(os.path.join(root, name))
 
 
-def check_done(task: FactorTask) -> np.ndarray:
-    """The records, with those whose tile no longer matches its checksum (or is
-    gone) cleared: a resumed factorisation recomputes them."""
+def variances_intact(task: FactorTask) -> bool:
+    """Whether every tile column's variances are recorded and match their
+    checksums (the factor is complete and its answer readable)."""
+    arrays = task.arrays()
+    records = np.diagonal(np.asarray(arrays["records"][VARIANCE]))
+    if not np.all(records):
+        return False
+    variance = np.asarray(arrays["variance"][...])
+    return all(_crc(variance[task.span(j)]) + 1 == records[j] for j in range(task.tiles))
+
+
+def check_done(task: FactorTask, tiles: bool = True) -> np.ndarray:
+    """The records, with those whose data no longer match their checksum (or are
+    gone) cleared, so the factorisation computes them again. A bad tile of ``W``
+    also clears its column's variances (their task recomputes it). Without
+    ``tiles``, only the variances are checked."""
     arrays = task.arrays()
     records = np.asarray(arrays["records"][...])
     for stage, i, j in zip(*np.nonzero(records), strict=True):
         if stage == VARIANCE:
             data = np.asarray(arrays["variance"][task.span(int(j))])
+        elif not tiles:
+            continue
         else:
             name = "lower" if stage == LOWER else "inverse"
             data = task.read(arrays, name, int(i), int(j))
         if _crc(data) + 1 != records[stage, i, j]:
-            arrays["records"][stage, i, j] = 0
-            records[stage, i, j] = 0
+            for key in [(stage, i, j)] + ([(VARIANCE, j, j)] if stage == INVERSE else []):
+                arrays["records"][key] = 0
+                records[key] = 0
     return records
 
 
@@ -307,13 +330,7 @@ def factorise(task: FactorTask, records: np.ndarray, client: Any, bar: Any) -> N
         bar.update(tiles - j)
     columns = [(j,) for j in range(tiles) if not records[VARIANCE, j, j]]
     bar.update(tiles - len(columns))
-    if client is None:
-        for column in columns:
-            task.inverse_column(*column)
-            bar.update(1)
-    else:
-        run_tasks(client, task.inverse_column, columns)
-        bar.update(len(columns))
+    run_tasks(client, task.inverse_column, columns, bar)
 
 
 def read_variance(task: FactorTask) -> np.ndarray:

@@ -193,11 +193,20 @@ class Result:
         return plot(self, output, pixels=pixels, leaves=leaves, min_cells=min_cells)
 
     def spectrum(
-        self, k: int = 6, which: str = "both", *, tol: float = 1e-8, progress: bool = True
+        self,
+        k: int = 6,
+        which: str = "both",
+        *,
+        tol: float = 1e-8,
+        client: Any = None,
+        progress: bool = True,
     ) -> dict:
         """Extreme eigenvalues (Lanczos, `scipy.sparse.linalg.eigsh`) and the condition
         number of a stored Hessian or Gauss–Newton matrix, streaming one block of
-        columns per matvec: memory is one slab, never the matrix.
+        columns per matvec: memory is one slab, never the matrix. The small end
+        comes by shift-invert from the Cholesky factor (computed and kept as
+        `marginal_std` does) when the matrix is positive definite: Lanczos on the
+        small end of an ill-conditioned matrix does not converge.
 
         **Returns:** ``largest``, ``smallest`` (``k`` each, as ``which`` asks),
         ``condition``, ``positive_definite``, ``matvecs``.
@@ -205,7 +214,7 @@ class Result:
         """
         from ._analysis import spectrum
 
-        return spectrum(self, k, which, tol=tol, progress=progress)
+        return spectrum(self, k, which, tol=tol, client=client, progress=progress)
 
     def marginal_std(
         self,

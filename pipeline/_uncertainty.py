@@ -28,6 +28,7 @@ from ._factor import (
     remove_factor,
     run_tasks,
     stored_identity,
+    variances_intact,
 )
 from ._fingerprint import sha256_json
 from ._store import (
@@ -92,11 +93,17 @@ def _diagnosis(result: Result, damping: float, err: NotPositiveDefiniteTile, pro
         a = np.asarray(result.assemble(), np.float64)
         a[np.diag_indices_from(a)] += damping
         return not_positive_definite(a, name)
-    from ._analysis import spectrum
+    from ._analysis import streamed_extremes
 
     n = result.shape[0]
     k = min(6, n - 1)
-    spec = spectrum(result, k=k, which="both", progress=progress)
+    spec = streamed_extremes(result, k, "both", None, progress)
+    if not spec["smallest"] or not spec["largest"]:
+        return (
+            f"{name} is not positive definite (Lanczos could not resolve its smallest "
+            f"eigenvalues in {spec['matvecs']} products). Nothing was regularised: pass "
+            "damping= (added to the diagonal) to do so explicitly"
+        )
     low = np.asarray(spec["smallest"]) + damping
     high = float(spec["largest"][0]) + damping
     scale = max(abs(high), abs(float(low[0])))
@@ -118,9 +125,14 @@ def factor(
     tile: Any = None,
     client: Any = None,
     progress: bool = True,
+    verify: bool = False,
 ) -> FactorTask:
     """Factorise ``result``'s matrix (plus ``damping``) into its ``factor/`` group,
     resuming what is recorded; the `FactorTask` of a complete factor.
+
+    Stored tiles are checked against their records whenever work is left (and
+    with ``verify``, always: the covariance reads every tile of ``W``); a
+    complete factor's variances are checked when they are read.
 
     **Raises:** `ValueError` (the in-memory diagnostics) when it is not positive
     definite; nothing of the failed factorisation is left in the store.
@@ -130,7 +142,7 @@ def factor(
     identity = factor_identity(result, damping, _tile(result, tile, damping, client))
     with RunLock(result.location):
         task = open_or_create(result, identity)
-        records = check_done(task)
+        records = check_done(task, tiles=verify or not variances_intact(task))
         tiles = task.tiles
         bar = _bar(progress, tiles * (tiles + 1) // 2 + tiles, "diffops factor (tiles)")
         try:
@@ -152,12 +164,12 @@ class _NoBar:
         pass
 
 
-def _bar(progress: bool, total: int, desc: str) -> Any:
+def _bar(progress: bool, total: int, desc: str, unit: str = "tile") -> Any:
     if not progress:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="tile", mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.5)
 
 
 def marginal_std(
@@ -302,7 +314,9 @@ def covariance(
         result, FactorTask(result.location, identity["n"], tile, damping), identity
     )
     _may_write(location, meta["fingerprint"], overwrite)  # refuse before computing anything
-    task = factor(result, damping=damping, tile=tile, client=client, progress=progress)
+    task = factor(
+        result, damping=damping, tile=tile, client=client, progress=progress, verify=True
+    )  # every tile of W is read: all checked against their records
     with RunLock(location):
         target = _covariance_store(location, meta, overwrite)
         todo = target.todo()
@@ -312,7 +326,11 @@ def covariance(
             status = "failed"
             try:
                 args = [(task, target.location, run, b) for b in todo]
-                run_tasks(client, _covariance_block, args)
+                bar = _bar(progress, len(todo), "diffops covariance (blocks)", "block")
+                try:
+                    run_tasks(client, _covariance_block, args, bar)
+                finally:
+                    bar.close()
                 status = "complete"
             finally:
                 target.end_run(

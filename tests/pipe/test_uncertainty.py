@@ -219,3 +219,24 @@ def test_an_overwritten_store_never_reuses_the_old_factor(tmp_path):
         overwrite=True,
     )  # fmt: skip
     _close(other.marginal_std(progress=False), _in_memory(other))
+
+
+def test_a_complete_factor_is_not_reread_and_a_damaged_inverse_never_reaches_a_covariance(
+    tmp_path, monkeypatch
+):
+    result = _store(tmp_path)
+    expected = result.marginal_std(tile=50, progress=False)
+    reads = []
+    original = _factor.FactorTask.read
+    monkeypatch.setattr(
+        _factor.FactorTask, "read", lambda self, *a: reads.append(a[1:]) or original(self, *a)
+    )
+    _close(result.marginal_std(progress=False), expected, rtol=0)
+    assert reads == []  # the second call reads the variances only
+    chunk = os.path.join(result.location, "factor", "inverse", "c", "2", "0")
+    with open(chunk, "r+b") as fh:  # damage W[2, 0]
+        fh.seek(80)
+        fh.write(b"\xff" * 16)
+    cov = result.covariance(str(tmp_path / "c.zarr"), progress=False)
+    H = np.asarray(result.assemble(), np.float64)
+    np.testing.assert_allclose(cov.assemble(), dc.covariance(H), rtol=1e-9, atol=1e-12)
