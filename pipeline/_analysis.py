@@ -44,28 +44,46 @@ def require_square_complete(result: Result, what: str) -> None:
 
 
 class _StreamedMatrix:
-    """``v -> M v`` reading the stored matrix block by block (column slabs)."""
+    """``v -> M v`` reading the stored matrix block by block (column slabs);
+    slabs are kept in memory up to `_TILE_CACHE_BYTES` (or a quarter of what is
+    available), so Lanczos's hundreds of products do not each re-read them."""
 
     def __init__(self, result: Result, progress: bool):
+        import psutil
+
         self.matrix = result._store.matrix
         self.plan = result._store.plan
         self.axis = result._store.axis
         self.calls = 0
+        self.cache: dict[int, np.ndarray] = {}
+        self.room = min(_TILE_CACHE_BYTES, psutil.virtual_memory().available // 4)
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(desc="diffops spectrum (matvecs)", unit="matvec", mininterval=0.5)
 
+    def slab(self, index: int, span: slice) -> np.ndarray:
+        found = self.cache.get(index)
+        if found is not None:
+            return found
+        region = (slice(None), span) if self.axis == 1 else (span, slice(None))
+        value = np.asarray(self.matrix[region])
+        if value.nbytes <= self.room:
+            self.cache[index] = value
+            self.room -= value.nbytes
+        return value
+
     def __call__(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, np.float64).reshape(-1)
         out = np.zeros(v.shape[0])
         for block in self.plan:
             span = slice(block.start, block.stop)
+            slab = self.slab(block.index, span)
             if self.axis == 1:  # column slab (m, b): M v = sum over blocks of M[:, b] v[b]
-                out += np.asarray(self.matrix[:, span], np.float64) @ v[span]
+                out += slab @ v[span]
             else:  # row slab (b, n)
-                out[span] = np.asarray(self.matrix[span, :], np.float64) @ v
+                out[span] = slab @ v
         self.calls += 1
         if self.bar is not None:
             self.bar.update(1)
