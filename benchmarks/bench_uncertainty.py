@@ -39,17 +39,9 @@ import time
 
 import numpy as np
 from report import mb, write_section
+from report import peak_rss as _peak_rss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _peak_rss() -> int:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _x64():

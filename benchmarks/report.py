@@ -45,6 +45,15 @@ def machine() -> str:
     return f"{platform.machine()}, {cores} cores, {mem}; JAX {jax.__version__} on {dev.device_kind}"
 
 
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def mb(nbytes) -> str:
     return f"{nbytes / 1e6:,.0f}"
 
