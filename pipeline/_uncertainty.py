@@ -108,9 +108,10 @@ def _diagnosis(result: Result, damping: float, err: NotPositiveDefiniteTile, pro
     high = float(spec["largest"][0]) + damping
     scale = max(abs(high), abs(float(low[0])))
     bad = int(np.sum(low <= 0))
+    least = "at least " if bad == len(low) else ""  # all those found: maybe more
     return (
         f"{name} is not positive definite: its smallest eigenvalue "
-        f"is {low[0]:.3g} ({'at least ' if bad == k else ''}{bad} of its {n} eigenvalues <= 0, "
+        f"is {low[0]:.3g} ({least}{bad} of its {n} eigenvalues <= 0, "
         f"by Lanczos; the most negative is {abs(low[0]) / scale:.2g} of the largest in size). "
         "Nothing was regularised: pass damping= (added to the diagonal) to do so "
         "explicitly, or check the model (parameters it does not constrain, or a point that is "

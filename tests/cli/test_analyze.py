@@ -14,7 +14,7 @@ from pipeline import _analyze
 from pipeline.cli import main
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipe"))
-from test_uncertainty import N, _spd, _store  # noqa: E402
+from test_uncertainty import N, _spd, _store
 
 
 def _analyze_cli(*args):
