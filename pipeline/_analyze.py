@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Analysis", "LeafStd", "analyze"]
 
 #: Matrices up to this many bytes get every eigenvalue in the picture.
-_FULL_SPECTRUM_BYTES = 128 * 2**20
+_FULL_SPECTRUM_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +121,7 @@ def analyze(
     found = streamed_extremes(result, k, "both", task, progress)
     largest, smallest, matvecs = found["largest"], found["smallest"], found["matvecs"]
     if not largest or not smallest:
-        raise InputValueError(
-            f"Lanczos found no eigenvalue at one end of the spectrum of {result.location!r} "
-            f"within {matvecs} products; compute the spectrum in memory (spectrum(assemble())) "
-            "if it fits"
-        )
+        largest, smallest = _exact_extremes(result, k, matvecs)
     low, high = float(smallest[0]), float(largest[0])
     analysis = Analysis(
         location=str(result.location),
@@ -142,6 +138,19 @@ def analyze(
         matvecs=matvecs,
     )
     return analysis, task
+
+
+def _exact_extremes(result: Result, k: int, matvecs: int) -> tuple[list, list]:
+    """Both ends from every eigenvalue (`numpy.linalg.eigvalsh`), for a matrix
+    small enough to assemble, when Lanczos could not resolve an end (the small
+    end of an indefinite, ill-conditioned matrix)."""
+    if result.nbytes > 2 * _FULL_SPECTRUM_BYTES:
+        raise InputValueError(
+            f"Lanczos found no eigenvalue at one end of the spectrum of {result.location!r} "
+            f"within {matvecs} products, and the matrix is too large to solve in memory here"
+        )
+    eig = np.linalg.eigvalsh(np.asarray(result.assemble(), np.float64))
+    return eig[::-1][:k].tolist(), eig[:k].tolist()
 
 
 def _leaf_std(result: Result, std: np.ndarray) -> tuple[LeafStd, ...]:
@@ -205,7 +214,7 @@ def _spectrum_panel(ax, result: Result, analysis: Analysis) -> None:
         k = len(analysis.largest)
         eig = np.array([*analysis.largest, *analysis.smallest[::-1]])
         index = np.array([*range(1, k + 1), *range(n - len(analysis.smallest) + 1, n + 1)])
-        what = f"the {k} largest and {len(analysis.smallest)} smallest (Lanczos)"
+        what = f"the {k} largest and {len(analysis.smallest)} smallest"
         ax.axvspan(k + 0.5, n - len(analysis.smallest) + 0.5, color="0.92")
     positive = eig > 0
     ax.semilogy(index[positive], eig[positive], ".", ms=3, color="C0", label="λ > 0")

@@ -111,3 +111,23 @@ def test_analyze_refuses_a_jacobian_and_an_incomplete_store(tmp_path, inject):
     assert len(out.output.strip().splitlines()) == 1
     out = _analyze_cli(str(tmp_path / "nothing"))
     assert out.exit_code == 1 and "no diffops result" in out.output
+
+
+def test_an_end_lanczos_cannot_resolve_is_solved_in_memory_when_it_fits(tmp_path, monkeypatch):
+    P = _spd()
+    eig = np.linalg.eigvalsh(P.astype(np.float64))
+    P[np.diag_indices(N)] -= (eig[0] + eig[1]) / 2
+    result = _store(tmp_path, P=P)
+    original = pipeline._analysis.extremes
+    monkeypatch.setattr(
+        pipeline._analysis,
+        "extremes",
+        lambda op, k, which, *a: [] if which == "SA" else original(op, k, which, *a),
+    )
+    analysis = result.analyze(k=3, progress=False)
+    exact = np.linalg.eigvalsh(np.asarray(result.assemble(), np.float64))
+    np.testing.assert_allclose(analysis.smallest, exact[:3], rtol=1e-10)
+    assert not analysis.positive_definite and analysis.error
+    monkeypatch.setattr(_analyze, "_FULL_SPECTRUM_BYTES", 1)
+    with pytest.raises(ValueError, match="Lanczos found no eigenvalue at one end"):
+        result.analyze(k=3, progress=False)
