@@ -40,7 +40,7 @@ import zarr
 from diffops_core.internal import InputValueError
 
 from ._fingerprint import sha256_json
-from ._store import CHECKSUM, local_path
+from ._store import CHECKSUM
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._result import Result
@@ -243,7 +243,7 @@ def open_or_create(result: Result, identity: dict) -> FactorTask:
     if FACTOR in root:
         group: Any = root[FACTOR]
         if stored_identity(root) == identity and all(name in group for name in _ARRAYS):
-            _remove_partial(result.location)
+            result._store.remove_partial_files()
             return task
         del root[FACTOR]
     tiles = task.tiles
@@ -269,20 +269,6 @@ def remove_factor(location: Any) -> None:
     root = zarr.open_group(location, mode="r+", use_consolidated=False)
     if FACTOR in root:
         del root[FACTOR]
-
-
-def _remove_partial(location) -> None:
-    import os
-
-    from ._store import _PARTIAL
-
-    path = local_path(location)
-    if path is None:
-        return
-    for root, _dirs, files in os.walk(os.path.join(path, FACTOR)):
-        for name in files:
-            if _PARTIAL.search(name):
-                os.unlink(os.path.join(root, name))
 
 
 def variances_intact(task: FactorTask) -> bool:

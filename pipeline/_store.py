@@ -457,7 +457,7 @@ class ResultStore:
             for name in os.listdir(path)
             if name.startswith("zarr.") and _PARTIAL.search(name)
         ]
-        for array in ("matrix", "blocks"):
+        for array in ("matrix", "blocks", "factor"):  # factor: `pipeline._factor`
             for root, _dirs, files in os.walk(os.path.join(path, array)):
                 found += [os.path.join(root, name) for name in files if _PARTIAL.search(name)]
         for name in found:

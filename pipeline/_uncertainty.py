@@ -150,7 +150,7 @@ def factor(
             factorise(task, records, client, bar)
         except NotPositiveDefiniteTile as err:
             remove_factor(result.location)
-            bar.close()
+            bar.close()  # before the diagnosis prints its own progress
             raise InputValueError(_diagnosis(result, damping, err, progress)) from None
         finally:
             bar.close()
