@@ -67,18 +67,42 @@ def _sub_jaxprs(value):
                 yield item
 
 
-def _walk(jaxpr: Jaxpr, nested: list, rules: list):
-    """Collect the constants of nested closed jaxprs and the custom-rule equations."""
+def _host_callable(eqn):
+    """The Python callable a host-callback equation calls (`jax.pure_callback`,
+    `jax.experimental.io_callback`), or None. Callbacks without results
+    (`jax.debug.print`, `jax.debug.callback`) cannot change what f returns."""
+    callback = eqn.params.get("callback")
+    if callback is None or not eqn.outvars:
+        return None
+    return getattr(callback, "callback_func", callback)
+
+
+def _walk(jaxpr: Jaxpr, nested: list, rules: list, callbacks: list | None = None):
+    """Collect the constants of nested closed jaxprs, the custom-rule equations
+    and the host callables of callback equations."""
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _CUSTOM_RULES:
             rules.append(eqn)
+        if callbacks is not None:
+            found = _host_callable(eqn)
+            if found is not None:
+                callbacks.append((eqn.primitive.name, found))
         for value in eqn.params.values():
             for sub in _sub_jaxprs(value):
                 if isinstance(sub, ClosedJaxpr):
                     nested.extend(sub.consts)
-                    _walk(sub.jaxpr, nested, rules)
+                    _walk(sub.jaxpr, nested, rules, callbacks)
                 else:
-                    _walk(sub, nested, rules)
+                    _walk(sub, nested, rules, callbacks)
+
+
+def _callable_key(fn) -> tuple:
+    """Which callable a callback calls, for a cache key: the bound object and the
+    function by identity (a bound method is a new object on every access; a
+    user's object may be unhashable). The cache entry's jaxpr holds the
+    callables, so these ids stay unique while the entry lives."""
+    owner = getattr(fn, "__self__", None)
+    return (id(owner), id(getattr(fn, "__func__", fn)))
 
 
 def _aval_text(value) -> str:
@@ -135,7 +159,7 @@ def _rule_trace(eqn, single: Jaxpr):
     return jax.make_jaxpr(lambda p, ct: jax.vjp(lambda *a: fn(*a), *p)[1](ct))(avals, outs)
 
 
-def _rule_traces(rules: list):
+def _rule_traces(rules: list, callbacks: list):
     """Texts and constants of the derivatives of every custom-rule equation, nested
     rules (custom calls inside a rule's body) included; each distinct one once."""
     texts, values, seen = [], [], set()
@@ -151,7 +175,7 @@ def _rule_traces(rules: list):
         except Exception as err:  # noqa: BLE001 - no identity can be established
             return None, f"{eqn.primitive.name} ({type(err).__name__}: {err})".splitlines()[0]
         nested: list = []
-        _walk(closed.jaxpr, nested, rules)
+        _walk(closed.jaxpr, nested, rules, callbacks)
         texts.append(_ADDRESS.sub("", str(closed.jaxpr)))
         values.extend(closed.consts)
         values.extend(nested)
@@ -170,6 +194,8 @@ class TracedFunction:
     - `structure`: SHA-256 of the program (see `Identity.program`).
     - `baked`: the constants a compiled kernel keeps (nested and custom-rule ones).
     - `untraceable`: why a custom rule's derivative could not be traced, if so.
+    - `callbacks`: ``(primitive, callable)`` of every host callback with results
+      (`jax.pure_callback`, `io_callback`): host code the jaxpr cannot see into.
     """
 
     jaxpr: Jaxpr
@@ -178,6 +204,7 @@ class TracedFunction:
     structure: str
     baked: tuple
     untraceable: str | None = None
+    callbacks: tuple = ()
 
     @property
     def compile_key(self) -> tuple | None:
@@ -187,14 +214,26 @@ class TracedFunction:
         digest = _digest(self.baked)
         if digest is None or self.untraceable:
             return None
-        return (self.structure, digest)
+        # a callback's identity is the callable itself: the jaxpr prints only its
+        # name, and a compiled kernel calls the callable it was traced with
+        return (self.structure, digest, tuple(_callable_key(fn) for _, fn in self.callbacks))
 
     def identity(self) -> Identity:
         """Digests of the program and of every constant's bytes (no tracers).
 
-        **Raises:** `TypeError` when a constant is a tracer (inside a transformation)
-        or a custom rule's derivative cannot be traced.
+        **Raises:** `TypeError` when a constant is a tracer (inside a transformation),
+        a custom rule's derivative cannot be traced, or f calls host code through
+        a callback (what that code reads is invisible to any trace, so no stored
+        result can know whether it is still the same computation).
         """
+        if self.callbacks:
+            names = sorted({f"{prim} of {_callable_name(fn)}" for prim, fn in self.callbacks})
+            raise InputTypeError(
+                f"f calls host code through {', '.join(names)}; what that code reads cannot be "
+                "seen in the trace, so a stored result of f could not be told apart from one "
+                "computed with other data, and is refused. Use the in-memory API "
+                "(diffops_core.hessian, jacobian, gauss_newton), or pass the data to f as arrays"
+            )
         if self.untraceable:
             raise InputTypeError(
                 f"f uses a custom derivative rule whose derivative cannot be traced on its own "
@@ -231,7 +270,8 @@ def trace(f, unravel, x_aval) -> TracedFunction:
     )
     nested: list = []
     rules: list = []
-    _walk(jaxpr, nested, rules)
+    callbacks: list = []
+    _walk(jaxpr, nested, rules, callbacks)
     h = hashlib.sha256()
     h.update(_ADDRESS.sub("", str(jaxpr)).encode())
     h.update(repr([_aval_text(c) for c in consts]).encode())
@@ -239,11 +279,18 @@ def trace(f, unravel, x_aval) -> TracedFunction:
     baked = list(nested)
     untraceable = None
     if rules:
-        texts, values = _rule_traces(rules)
+        texts, values = _rule_traces(rules, callbacks)
         if texts is None:
             untraceable = values
         else:
             for text in texts:
                 h.update(text.encode())
             baked.extend(values)
-    return TracedFunction(jaxpr, consts, out_tree, h.hexdigest(), tuple(baked), untraceable)
+    return TracedFunction(
+        jaxpr, consts, out_tree, h.hexdigest(), tuple(baked), untraceable, tuple(callbacks)
+    )
+
+
+def _callable_name(fn) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"{getattr(fn, '__module__', '?')}.{name}"
