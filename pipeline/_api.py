@@ -282,37 +282,21 @@ def _holder(location) -> str | None:
     return f"run {r.get('run')}, pid {r.get('pid')} on {r.get('host')} since {r.get('start')}"
 
 
-def _refuse_damaged(location, overwrite: bool) -> None:
-    if overwrite:
-        return
-    try:
-        read_meta(location)
-        reason = "its metadata cannot be read"
-    except StoreError as err:
-        reason = str(err)
-    raise StoreError(
-        f"{location!r} looks like a diffops store, but {reason}; pass "
-        "overwrite=True (diffops run --overwrite) to recompute it"
-    )
-
-
 def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
     """The store's result if it is this computation; None when there is nothing
-    (or only something of ours that may be replaced: a half-made store, or with
-    ``overwrite`` another computation or damaged metadata).
+    (or, with ``overwrite``, a store of ours holding another computation or
+    damaged array metadata).
 
-    **Raises:** `StoreError` for a location that is not ours (always), another
-    computation or damaged metadata (without ``overwrite``).
+    **Raises:** `StoreError` for a location that is not ours (always: our own
+    group metadata says diffops), another computation or damaged array
+    metadata (without ``overwrite``).
     """
     location = run_plan.location
     state = inspect(location)
-    if state in ("absent", "half-made"):
+    if state == "absent":
         return None
     if state == "foreign":
         raise StoreError(describe_foreign(location))
-    if state == "damaged":
-        _refuse_damaged(location, overwrite)
-        return None
     meta = read_meta(location)
     if not meta.get("ready", False):
         return None  # its creation was interrupted: no block can have been recorded

@@ -40,7 +40,7 @@ import zarr
 from diffops_core.internal import InputValueError
 
 from ._fingerprint import sha256_json
-from ._store import CHECKSUM
+from ._store import CHECKSUM, local_path, remove_ours
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._result import Result
@@ -245,7 +245,8 @@ def open_or_create(result: Result, identity: dict) -> FactorTask:
         if stored_identity(root) == identity and all(name in group for name in _ARRAYS):
             result._store.remove_partial_files()
             return task
-        del root[FACTOR]
+        remove_factor(result.location)
+        root = zarr.open_group(result.location, mode="r+", use_consolidated=False)
     tiles = task.tiles
     group = root.create_group(FACTOR, attributes={"diffops_factor": {**identity, "ready": False}})
     common: dict[str, Any] = {"compressors": None, "config": {"write_empty_chunks": True}}
@@ -265,7 +266,12 @@ def open_or_create(result: Result, identity: dict) -> FactorTask:
 
 
 def remove_factor(location: Any) -> None:
-    """Delete the factor group of the result at ``location`` (ours, derived data)."""
+    """Delete the factor group of the result at ``location`` (ours, derived data;
+    in a local store only the files zarr wrote for it)."""
+    path = local_path(location)
+    if path is not None:
+        remove_ours(path, [FACTOR])
+        return
     root = zarr.open_group(location, mode="r+", use_consolidated=False)
     if FACTOR in root:
         del root[FACTOR]

@@ -144,12 +144,11 @@ def _read_group_json(path: str) -> dict:
     return data
 
 
-def _has_chunks(path: str) -> bool:
-    for array in ("matrix", "blocks"):
-        for _root, _dirs, files in os.walk(os.path.join(path, array, "c")):
-            if any(not _PARTIAL.search(name) for name in files):
-                return True
-    return False
+def _is_ours(attrs) -> bool:
+    """Whether a group's attributes say diffops wrote it: a ``diffops`` object
+    carrying a store format number."""
+    meta = attrs.get("diffops") if isinstance(attrs, dict) else None
+    return isinstance(meta, dict) and isinstance(meta.get("format"), int)
 
 
 def inspect(location) -> str:
@@ -157,14 +156,14 @@ def inspect(location) -> str:
 
     **Returns:** one of
 
-    - ``"absent"``: nothing there (or an empty directory): free to create;
-    - ``"ours"``: a group with diffops metadata (possibly not ready, or of an
-      older format);
-    - ``"half-made"``: only names we create, no diffops metadata and no data
-      chunks: a creation killed early (by an older version), nothing to lose;
-    - ``"damaged"``: only names we create and data chunks, but the group's
-      metadata cannot be read: ours in all likelihood, replaced only on request;
-    - ``"foreign"``: anything else; never written to or deleted.
+    - ``"absent"``: nothing there (or an empty directory, or only our lock
+      file): free to create;
+    - ``"ours"``: a group whose own metadata says diffops, with a store format
+      number (possibly not ready, or of another format);
+    - ``"foreign"``: anything else, a group whose metadata cannot be read
+      included; never written to or deleted. (A creation of ours writes the
+      group and its diffops metadata in one write, before anything else, so
+      nothing of ours is ever without them.)
     """
     path = local_path(location)
     if path is None:
@@ -172,7 +171,7 @@ def inspect(location) -> str:
             group = zarr.open_group(location, mode="r", use_consolidated=False)
         except Exception:  # noqa: BLE001 - nothing readable there: zarr's "w-" guards the rest
             return "absent"
-        return "ours" if "diffops" in group.attrs else "foreign"
+        return "ours" if _is_ours(group.attrs.asdict()) else "foreign"
     if not os.path.lexists(path):
         return "absent"
     if not os.path.isdir(path) or os.path.islink(path):
@@ -184,18 +183,13 @@ def inspect(location) -> str:
     }
     if not names - {LOCK_NAME}:
         return "absent"
-    if "zarr.json" in names:
-        try:
-            attrs = _read_group_json(path).get("attributes") or {}
-            if isinstance(attrs, dict) and "diffops" in attrs:
-                return "ours"
-        except StoreError:
-            return "damaged" if names <= OUR_NAMES else "foreign"
-    # a creation killed early leaves the group or its first arrays; the coordinate
-    # arrays come last, so names like "row" alone are somebody else's
-    if not names <= OUR_NAMES or not names & {"zarr.json", "matrix", "blocks"}:
+    if "zarr.json" not in names:
         return "foreign"
-    return "damaged" if _has_chunks(path) else "half-made"
+    try:
+        attrs = _read_group_json(path).get("attributes") or {}
+    except StoreError:
+        return "foreign"
+    return "ours" if _is_ours(attrs) else "foreign"
 
 
 def read_meta(location) -> dict:
@@ -217,6 +211,12 @@ def describe_foreign(location) -> str:
     if path is not None and os.path.isdir(path):
         names = sorted(os.listdir(path))
         what = f" (it holds {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        if "zarr.json" in names:
+            try:
+                _read_group_json(path)
+                what += "; its zarr.json has no diffops metadata"
+            except StoreError as err:
+                what += f"; {err}, so nothing says diffops made it (delete it yourself if so)"
     elif path is not None:
         what = " (it is a file)"
     return (
@@ -226,14 +226,41 @@ def describe_foreign(location) -> str:
     )
 
 
-def _remove_ours(path: str):
-    """Delete what we create in a store directory (never the lock, never other files)."""
-    for name in sorted(OUR_NAMES - {LOCK_NAME}):
+def _written_by_zarr(relative: str) -> bool:
+    """Whether a file inside one of our top-level names is one zarr writes for
+    us: node metadata, a chunk key (``c/0/3``), or a killed write's temporary."""
+    parts = relative.split(os.sep)
+    if parts[-1] == "zarr.json" or _PARTIAL.search(parts[-1]):
+        return True
+    return "c" in parts[:-1] and all(p.isdigit() for p in parts[parts.index("c") + 1 :])
+
+
+def remove_ours(path: str, names=None) -> list[str]:
+    """Delete what we write in a store directory: node metadata and chunk files
+    under our own names (never the lock), then the folders left empty. Any
+    other file (a user's notes inside ``matrix/``) and its folders stay.
+
+    **Returns:** the files left in place, relative to ``path``.
+    """
+    kept: list[str] = []
+    for name in sorted(names or (OUR_NAMES - {LOCK_NAME})):
         full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-        elif os.path.lexists(full):
-            os.unlink(full)
+        if os.path.islink(full):
+            continue  # never follow a link out of the store
+        if not os.path.isdir(full):
+            if name == "zarr.json" and os.path.isfile(full):
+                os.unlink(full)
+            continue
+        for root, _dirs, files in os.walk(full, topdown=False):  # links not followed
+            for file in files:
+                relative = os.path.relpath(os.path.join(root, file), full)
+                if _written_by_zarr(relative):
+                    os.unlink(os.path.join(root, file))
+                else:
+                    kept.append(os.path.join(name, relative))
+            with contextlib.suppress(OSError):
+                os.rmdir(root)  # only when empty
+    return kept
 
 
 class ResultStore:
@@ -324,7 +351,7 @@ class ResultStore:
             mode: Any = "w" if inspect(location) == "ours" else "w-"
             group = zarr.open_group(location, mode=mode, attributes=attrs, use_consolidated=False)
         else:
-            _remove_ours(path)
+            remove_ours(path)
             os.makedirs(path, exist_ok=True)
             group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
         _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)

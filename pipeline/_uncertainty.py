@@ -238,8 +238,6 @@ def _may_write(location: Any, fingerprint: str | None, overwrite: bool) -> bool:
                 f"the store {location!r} holds another result ({stored.get('operation')}); "
                 "pass overwrite=True to replace it, or choose another store"
             )
-    elif state == "damaged" and not overwrite:
-        raise StoreError(f"{location!r} is a damaged diffops store; pass overwrite=True")
     return False
 
 

@@ -334,11 +334,14 @@ def test_a_store_killed_while_being_created_is_recreated(tmp_path, monkeypatch):
         pipeline.open_result(store)
     done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
     assert done.status()["complete"]
-    # and the older half-made form: a bare group, no metadata, nothing else of value
+    # a bare group without diffops metadata is not ours (issue 16, item 6): refused,
+    # and left as it was
     bare = tmp_path / "bare.zarr"
     zarr.open_group(str(bare), mode="w")
-    done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(bare), block_size=4, progress=False)
-    assert done.status()["complete"]
+    before = file_snapshot(str(bare))
+    with pytest.raises(pipeline.StoreError, match="no diffops metadata"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(bare), block_size=4, progress=False)
+    assert file_snapshot(str(bare)) == before
     log_fault("a store killed while being created (recreated)", 2, True, 0)
 
 
@@ -379,16 +382,17 @@ def test_damaged_group_metadata_names_the_file(tmp_path):
         fh.truncate(20)
     with pytest.raises(pipeline.StoreError, match=r"cannot read .*h.zarr/zarr.json"):
         pipeline.open_result(store)
-    with pytest.raises(
-        pipeline.StoreError,
-        match=r"looks like a diffops store, but cannot read "
-        r".*overwrite=True",
-    ):
-        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
-    done = pipeline.hessian_to_zarr(
-        mixed_loss, mixed_x(), store, block_size=4, overwrite=True, progress=False
-    )
-    assert done.status()["complete"]
+    # nothing readable says diffops made it (issue 16, item 6): refused even with
+    # overwrite, naming the file, and nothing touched
+    before = file_snapshot(store)
+    for overwrite in (False, True):
+        with pytest.raises(
+            pipeline.StoreError, match=r"cannot read .*h.zarr/zarr.json.*delete it yourself"
+        ):
+            pipeline.hessian_to_zarr(
+                mixed_loss, mixed_x(), store, block_size=4, overwrite=overwrite, progress=False
+            )
+    assert file_snapshot(store) == before
 
 
 def test_file_urls_work_and_leave_no_bare_group(tmp_path):
