@@ -23,7 +23,7 @@ from diffops_core.internal import (
     whitened_residuals,
 )
 
-from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, Summary
+from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, RunSummary, Summary
 from ._cluster import vm_bytes
 from ._execute import DistributedExecutor, Executor, default_executor
 from ._fingerprint import describe_difference, same_computation
@@ -147,11 +147,19 @@ def _to_zarr(
     redo: Sequence[int] = (),
     executor: Executor | None = None,
     callbacks: Sequence[Callback] = (),
+    before_write: Callable[[], None] | None = None,
+    after: Callable[[Result], None] | None = None,
     **options: Any,
 ) -> Result:
     """Check the arguments -> `plan` -> open or create the store under its lock ->
     `Executor.run`. ``options`` are `plan`'s (mode, the blocking, checkpoint,
-    compressor)."""
+    compressor).
+
+    Under the lock: ``before_write()`` just before blocks are computed (a
+    workflow withdraws the files it derived from the store), and
+    ``after(result)`` once the run is over, complete store included (a
+    workflow's checks and finalize files, made from the state this lock
+    holder leaves)."""
     flags = {"overwrite": overwrite, "progress": progress, "break_lock": break_lock}
     flags = _check_args(store, threads, options.get("compressor"), flags)
     options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
@@ -168,14 +176,21 @@ def _to_zarr(
     )
     existing = _existing(run_plan, flags["overwrite"])
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
-    if existing is not None and not redo and not left:
+    if existing is not None and not redo and not left and after is None:
         return Result(existing)  # complete: touch nothing
     _check_disk(run_plan, left)
     callbacks = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location)):
         result_store, todo = _open_or_create(run_plan, flags["overwrite"], redo)
-        summary = _dispatch(result_store, todo, run_plan, executor, callbacks)
-    return Result(result_store, summary.summary())
+        summary = RunSummary()
+        if todo:
+            if before_write is not None:
+                before_write()  # what was derived from the store goes before it changes
+            summary = _dispatch(result_store, todo, run_plan, executor, callbacks).summary()
+        result = Result(result_store, summary)
+        if after is not None:
+            after(result)  # under the lock: against the state this run leaves
+    return result
 
 
 def _open_or_create(

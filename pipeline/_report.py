@@ -14,6 +14,7 @@ import numpy as np
 
 from diffops_core.internal import InputError, InputValueError
 
+from ._scan import scan
 from ._store import NONFINITE, SQUARE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,58 +27,38 @@ class MissingDependencyError(InputError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
-def _square(result: Result):
-    """The matrix with square chunks, so that row blocks and their transposes line up."""
-    side = result._store.plan.block_size
-    return result.array.rechunk((side, side))
-
-
-def checks(result: Result) -> dict:
+def checks(result: Result, progress: bool = False) -> dict:
     """Non-finite entries (from the records) and, for a Hessian, the relative
-    symmetry error max|H - H^T| / max|H| (read lazily, block by block)."""
-    import dask
-    import dask.array as da
-
+    symmetry error max|H - H^T| / max|H|, in one pass over the stored matrix
+    (`pipeline._scan`)."""
     records = result._store.read_records()
     out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
     if result.meta["operation"] in SQUARE:
-        a = _square(result)
-        finite = da.where(da.isfinite(a), a, 0)
-        diff, scale = dask.compute(
-            da.max(da.abs(finite - finite.T)), da.max(da.abs(finite)), scheduler="threads"
-        )
-        out["symmetry_error"] = float(diff / scale) if scale > 0 else 0.0
+        found = scan(result._store, progress=progress)
+        diff = float(np.max(found.row_asymmetry)) if found.row_asymmetry is not None else 0.0
+        out["symmetry_error"] = diff / found.max_abs if found.max_abs > 0 else 0.0
     return out
 
 
-def _leaf_figures(result: Result) -> list:
-    import dask
-    import dask.array as da
-
+def _leaf_figures(result: Result, progress: bool = False) -> list:
     from ._result import LeafSummary
 
     rows_layout, _ = result.layouts()
-    a = _square(result)
+    found = scan(result._store, progress=progress)
     hessian = result.meta["operation"] in SQUARE
-    stats = []
+    out = []
     for leaf in rows_layout.leaves:
-        row = a[leaf.slice, :]
-        entry = {"norm": da.linalg.norm(row)}
+        entry = {"norm": float(np.sqrt(np.sum(found.row_squares[leaf.slice])))}
         if hessian:
-            diag = da.diagonal(a[leaf.slice, leaf.slice])
+            assert found.diagonal is not None and found.row_asymmetry is not None
+            diag = found.diagonal[leaf.slice]
             entry.update(
-                diagonal_min=diag.min(),
-                diagonal_max=diag.max(),
-                asymmetry=da.max(da.abs(row - a[:, leaf.slice].T)),
+                diagonal_min=float(np.min(diag)),
+                diagonal_max=float(np.max(diag)),
+                asymmetry=float(np.max(found.row_asymmetry[leaf.slice])),
             )
-        stats.append(entry)
-    (stats,) = dask.compute(stats, scheduler="threads")
-    return [
-        LeafSummary(
-            path=leaf.path, shape=tuple(leaf.shape), **{k: float(v) for k, v in entry.items()}
-        )
-        for leaf, entry in zip(rows_layout.leaves, stats, strict=True)
-    ]
+        out.append(LeafSummary(path=leaf.path, shape=tuple(leaf.shape), **entry))
+    return out
 
 
 def summarise(result: Result) -> StoreSummary:

@@ -377,6 +377,49 @@ class Spec(_Model):
         if self.finalize.std:
             _check_writable(self, "finalize.std", self.finalize.std)
 
+    def inputs(self) -> dict[str, str]:
+        """Every file the run reads, by what it is: the spec, the point (.npz),
+        the noise files and the model files (modules imported from the spec's
+        import directories)."""
+        found = {os.path.realpath(self.path): "the spec itself"}
+        if self.point.endswith(".npz"):
+            found[os.path.realpath(self.point)] = "point"
+        for key, value in self.noise.model_dump().items():
+            if isinstance(value, str):
+                found[os.path.realpath(value)] = f"noise.{key}"
+        dirs = [os.path.realpath(d) + os.sep for d in self.import_dirs()]
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__file__", None)
+            if isinstance(name, str) and any(os.path.realpath(name).startswith(d) for d in dirs):
+                found.setdefault(os.path.realpath(name), f"the model file of {module.__name__}")
+        return found
+
+    def check_outputs(self) -> None:
+        """Refuse, before anything runs, a finalize output that is an input (the
+        spec, the point, a noise file, a model file), the output store, or the
+        other output: writing it would destroy what the run reads.
+
+        **Raises:** `SpecError` naming the field and what the path is.
+        """
+        inputs = self.inputs()
+        if "://" not in self.output:
+            inputs.setdefault(os.path.realpath(self.output), "output (the store)")
+        for field in ("npy", "std"):
+            target = getattr(self.finalize, field)
+            if not target:
+                continue
+            real = os.path.realpath(target)
+            what = inputs.get(real)
+            if what is None and "://" not in self.output:
+                store = os.path.realpath(self.output) + os.sep
+                what = "inside the output store" if real.startswith(store) else None
+            if what is not None:
+                raise SpecError(
+                    f"{self.path}: finalize.{field}: {target!r} is {what}; writing it would "
+                    "destroy what the run reads. Choose another path for the output"
+                )
+            inputs[real] = f"finalize.{field}"
+
     def load_noise(self) -> dict:
         """The noise model as `diffops_core.gauss_newton` takes it (arrays loaded).
 

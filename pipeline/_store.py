@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import zlib
 from typing import Any
 
@@ -734,11 +735,17 @@ class RunLock:
     """
 
     NAME = LOCK_NAME
+    #: Locks this process holds, by path: (holding thread, depth, the lock). A
+    #: thread that holds a store's lock may take it again (a run's finalize
+    #: factorises under the lock the run holds); another thread may not.
+    _held: dict[str, tuple[int, int, Any]] = {}
+    _held_lock = threading.Lock()
 
     def __init__(self, location, *, break_lock: bool = False, holder=None):
         path = local_path(location)
         self.directory = path
-        self.path = os.path.join(path, self.NAME) if path is not None else None
+        # one key per directory, however it is spelt (the reentrant hold is by path)
+        self.path = os.path.join(os.path.realpath(path), self.NAME) if path is not None else None
         self.break_lock = break_lock
         self.holder = holder  # a callable describing who holds it, for the message
         self._lock = None
@@ -748,6 +755,13 @@ class RunLock:
             return self
         import filelock
 
+        me = threading.get_ident()
+        with RunLock._held_lock:
+            held = RunLock._held.get(self.path)
+            if held is not None and held[0] == me:
+                RunLock._held[self.path] = (me, held[1] + 1, held[2])
+                self._lock = held[2]
+                return self
         os.makedirs(self.directory, exist_ok=True)
         if self.break_lock:
             with contextlib.suppress(FileNotFoundError):
@@ -764,12 +778,21 @@ class RunLock:
                 "(diffops run --break-lock)"
             ) from None
         self._lock = lock
+        with RunLock._held_lock:
+            RunLock._held[self.path] = (me, 1, lock)
         return self
 
     def release(self):
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._lock is None:
+            return
+        with RunLock._held_lock:
+            _thread, depth, lock = RunLock._held[self.path]
+            if depth > 1:
+                RunLock._held[self.path] = (_thread, depth - 1, lock)
+            else:
+                del RunLock._held[self.path]
+                lock.release()
+        self._lock = None
 
     def __enter__(self):
         return self.acquire()

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from ._api import _to_zarr
+from ._derived import is_current, store_state, withdraw, write_derived
 from ._cluster import local_cluster, peak_rss
 from ._report import checks
 from ._result import Result, open_result
 from ._ship import by_value
 from ._spec import Spec, SpecError
-from ._store import ResultStore, normalise_location
+from ._store import normalise_location
 
 __all__ = ["WorkflowSummary", "checks", "peak_rss", "repair", "run_spec", "stored_spec"]
 
@@ -48,6 +49,11 @@ class WorkflowSummary:
     marginal_std: dict | None = None
     """Per leaf (label): min, median and max of the marginal standard deviation,
     when the spec asks for ``finalize.std``."""
+    finalized: dict = dataclasses.field(default_factory=dict)
+    """Each finalize output: ``"written"`` by this run, or ``"current"`` (checked:
+    made from the store's present state)."""
+    checks_s: float | None = None
+    """Seconds the checks took (None: the stored ones were of this store state)."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,8 +171,14 @@ def _run_spec(
     t0 = time.perf_counter()
     f = spec.load_function()
     x = spec.load_point()
+    spec.check_outputs()  # after the imports: model files are inputs too
     if spec.operation == "gauss_newton":
         f = _whitened(spec, f, x)
+    finished: dict[str, Any] = {}
+
+    def after(result: Result) -> None:
+        finished.update(_finish(spec, result, x, progress))
+
     with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
         # the spec's own modules travel by value: a cluster need not import them
         result = _to_zarr(
@@ -183,24 +195,67 @@ def _run_spec(
             break_lock=break_lock,
             redo=redo,
             env=spec.env,
+            before_write=lambda: _withdraw(spec),
+            after=after,
             **spec.blocking(),
         )
         worker_peak = max(client.run(peak_rss).values(), default=None) if client else None
-    computed = result.run_summary.blocks_computed
-    if computed or "checks" not in result.meta:
-        # something new was computed: check it and remember how to redo it
-        store = ResultStore.open(spec.output, mode="r+")
-        store.meta["checks"] = checks(result)
-        store.meta["spec"] = spec.to_json()
-        store.save_meta()
-        result = Result(ResultStore.open(spec.output), result.run_summary)
-    if spec.finalize.npy and (computed or not os.path.exists(spec.finalize.npy)):
-        np.save(spec.finalize.npy, result.assemble())
-    uncertainties = None
-    if spec.finalize.std:
-        uncertainties = _write_std(spec, result, x, rewrite=bool(computed), progress=progress)
     summary = _summary(spec, result, time.perf_counter() - t0, worker_peak)
-    return dataclasses.replace(summary, marginal_std=uncertainties)
+    return dataclasses.replace(
+        summary,
+        marginal_std=finished.get("std"),
+        finalized=finished.get("outputs", {}),
+        checks_s=finished.get("checks_s"),
+    )
+
+
+def _outputs(spec: Spec) -> list[str]:
+    return [str(p) for p in (spec.finalize.npy, spec.finalize.std) if p]
+
+
+def _withdraw(spec: Spec) -> None:
+    """Before the store changes: its finalize outputs go aside (``.stale``)."""
+    for path in _outputs(spec):
+        withdraw(path)
+
+
+def _finish(spec: Spec, result: Result, x, progress: bool) -> dict:
+    """Under the run's lock, against the state it leaves: the checks (once per
+    store state) and every finalize output whose source is not this state.
+
+    **Returns:** ``outputs`` (path -> ``"written"`` or ``"current"``), ``std``
+    (min/median/max per leaf) and ``checks_s`` (seconds the checks took, None
+    when the stored ones were current)."""
+    store = result._store
+    if not result.status()["complete"]:
+        _withdraw(spec)  # nothing may stand beside an incomplete store as if current
+        return {"outputs": {}}
+    state = store_state(store)
+    out: dict[str, Any] = {"outputs": {}, "checks_s": None}
+    meta = store.meta
+    if meta.get("checks_state") != state or "checks" not in meta:
+        t0 = time.perf_counter()
+        meta["checks"] = checks(result, progress=progress)
+        out["checks_s"] = time.perf_counter() - t0
+        meta["checks_state"] = state
+        meta["spec"] = spec.to_json()
+        store.save_meta()  # a nothing-to-do run writes nothing
+    elif meta.get("spec") != spec.to_json():
+        meta["spec"] = spec.to_json()
+        store.save_meta()
+    if spec.finalize.npy:
+        path = str(spec.finalize.npy)
+        source = {**state, "derived": "matrix"}
+        if is_current(path, source):
+            out["outputs"][path] = "current"
+        else:
+            write_derived(path, source, lambda fh: np.save(fh, result.assemble()))
+            out["outputs"][path] = "written"
+    if spec.finalize.std:
+        out["std"], out["outputs"][str(spec.finalize.std)] = _write_std(
+            spec, result, x, state, progress
+        )
+    return out
 
 
 def _whitened(spec: Spec, residuals, x):
@@ -213,14 +268,20 @@ def _whitened(spec: Spec, residuals, x):
         raise SpecError(f"{spec.path}: noise: {err}") from None
 
 
-def _write_std(spec: Spec, result: Result, x, rewrite: bool, progress: bool) -> dict:
-    """Write ``finalize.std`` (per-leaf marginal standard deviations, an .npz whose
-    keys are leaf labels such as ``shape/rho``) and return min/median/max per leaf.
-    Out of core (`Result.marginal_std`, here on the driver: tile tasks of bounded
-    memory, the factor kept in the store). A rerun that computed nothing reads
-    the file it wrote."""
+def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool):
+    """``finalize.std``: per-leaf marginal standard deviations (an .npz whose keys
+    are leaf labels such as ``shape/rho``), out of core (`Result.marginal_std`:
+    tile tasks of bounded memory, the factor kept in the store), unless the file
+    is current for ``state``.
+
+    **Returns:** (min/median/max per leaf, ``"written"`` or ``"current"``)."""
     target = str(spec.finalize.std)
-    if rewrite or not os.path.exists(target):
+    source = {**state, "derived": "marginal_std", "damping": 0.0}
+    if is_current(target, source):
+        with np.load(target) as saved:
+            leaves = {name: saved[name] for name in saved.files}
+        how = "current"
+    else:
         import jax
 
         from ._report import leaf_label
@@ -230,14 +291,13 @@ def _write_std(spec: Spec, result: Result, x, rewrite: bool, progress: bool) -> 
             leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
             for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
         }
-        np.savez(target, **leaves)  # type: ignore[arg-type]
-    else:
-        with np.load(target) as saved:
-            leaves = {name: saved[name] for name in saved.files}
-    return {
+        write_derived(target, source, lambda fh: np.savez(fh, **leaves))  # type: ignore[arg-type]
+        how = "written"
+    figures = {
         name: [float(np.min(v)), float(np.median(v)), float(np.max(v))]
         for name, v in leaves.items()
     }
+    return figures, how
 
 
 def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> WorkflowSummary:

@@ -98,8 +98,12 @@ def _print_summary(summary) -> None:
     if summary.nonfinite is not None:
         where = f" in blocks {list(summary.nonfinite_blocks)}" if summary.nonfinite_blocks else ""
         lines.append(f"  non-finite  {summary.nonfinite} entries{where}")
-    if summary.finalize_npy:
-        lines.append(f"  npy         {summary.finalize_npy}")
+    if summary.checks_s is not None:
+        lines.append(f"  checks      {summary.checks_s:.1f} s")
+    for path, how in summary.finalized.items():
+        what = "npy" if path == summary.finalize_npy else "std"
+        said = "written" if how == "written" else "current (made from this store state)"
+        lines.append(f"  {what:<11} {path} ({said})")
     if summary.marginal_std:
         lines.append("  marginal std per leaf (min / median / max):")
         for name, (lo, mid, hi) in summary.marginal_std.items():

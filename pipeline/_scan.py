@@ -1,0 +1,136 @@
+"""One pass over a stored matrix for the figures people read: per-row sums of
+squares, the diagonal, the largest entry and, for a square matrix, the largest
+asymmetry per row.
+
+The matrix is read in panels of whole stored chunks along the block axis
+(column slabs of a Hessian). When two panels of the whole matrix fit the
+memory allowed (`_PANEL_BYTES`, or a quarter of what is available), that is
+one panel and one read of the matrix. Otherwise the asymmetry needs pairs of
+panels: about ``T / 2`` reads for ``T`` panels, counted by a progress bar.
+(Re-chunking to block x block tiles, as before, read each stored chunk once
+per tile row: quadratic in the number of blocks.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ._store import SQUARE, ResultStore
+
+__all__ = ["Scan", "scan"]
+
+#: What two panels may hold at most.
+_PANEL_BYTES = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """Figures of a stored matrix: `row_squares` (per row, sum of squares; NaN
+    propagates), `diagonal` (square only), `max_abs` (largest finite |entry|),
+    `row_asymmetry` (square only: per row, max over columns of
+    ``|M[r, c] - M[c, r]|``, non-finite entries read as 0), `reads`
+    (panels read)."""
+
+    row_squares: np.ndarray
+    diagonal: np.ndarray | None
+    max_abs: float
+    row_asymmetry: np.ndarray | None
+    reads: int
+
+
+def _panel_width(store: ResultStore, budget: int) -> int:
+    m, n = store.matrix.shape
+    block = store.plan.block_size
+    other = n if store.axis == 0 else m
+    extent = m if store.axis == 0 else n
+    per_item = other * np.dtype(store.matrix.dtype).itemsize
+    if 2 * extent * per_item <= budget:
+        return extent
+    return max(block, (budget // 2 // per_item) // block * block)
+
+
+class _Reader:
+    def __init__(self, store: ResultStore, width: int, bar: Any):
+        self.store, self.width, self.bar, self.reads = store, width, bar, 0
+        self.extent = store.matrix.shape[1 - store.axis]
+        self.panels = math.ceil(self.extent / width)
+
+    def span(self, i: int) -> slice:
+        return slice(i * self.width, min(self.extent, (i + 1) * self.width))
+
+    def read(self, i: int) -> np.ndarray:
+        """Panel ``i`` as (rows, columns) of the matrix: a column panel of a
+        column-slab store, a row panel of a row-slab one."""
+        span = self.span(i)
+        region = (slice(None), span) if self.store.axis == 1 else (span, slice(None))
+        value = np.asarray(self.store.matrix[region])
+        self.reads += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return value
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, 0)
+
+
+def scan(store: ResultStore, progress: bool = False, budget: int | None = None) -> Scan:
+    """Read the stored matrix once (see the module docstring) for its `Scan`."""
+    import psutil
+
+    budget = budget or int(min(_PANEL_BYTES, psutil.virtual_memory().available // 4))
+    m, n = (int(s) for s in store.matrix.shape)
+    square = store.meta["operation"] in SQUARE
+    width = _panel_width(store, budget)
+    panels = math.ceil((n if store.axis == 1 else m) / width)
+    pairs = panels * (panels + 1) // 2 if square else panels
+    bar = None
+    if progress and panels > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=pairs, desc="diffops checks (panels)", unit="panel", mininterval=0.5)
+    reader = _Reader(store, width, bar)
+    rows = np.zeros(m)
+    diagonal = np.full(n, np.nan) if square else None
+    asym = np.zeros(m) if square else None
+    top = 0.0
+    try:
+        for i in range(panels):
+            a = reader.read(i)
+            span = reader.span(i)
+            squares = np.einsum("ij,ij->i", a, a, dtype=np.float64)
+            if store.axis == 1:
+                rows += squares
+            else:
+                rows[span] = squares
+            finite = _finite(a)
+            top = max(top, float(np.max(np.abs(finite))) if finite.size else 0.0)
+            if not square:
+                continue
+            assert diagonal is not None and asym is not None
+            diagonal[span] = np.diagonal(a[span, :])
+            own = finite[span, :]
+            _pair(asym, span, span, own - own.T)
+            for j in range(i + 1, panels):
+                other = _finite(reader.read(j))
+                jspan = reader.span(j)
+                # a[jspan] is M[J, I]; other[span] is M[I, J]
+                _pair(asym, jspan, span, finite[jspan, :] - other[span, :].T)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Scan(rows, diagonal, top, asym, reader.reads)
+
+
+def _pair(asym: np.ndarray, rows: slice, cols: slice, diff: np.ndarray) -> None:
+    """Fold ``diff = M[rows, cols] - M[cols, rows]ᵀ`` into the per-row maxima of
+    both sets of rows."""
+    if diff.size == 0:
+        return
+    d = np.abs(diff)
+    asym[rows] = np.maximum(asym[rows], d.max(axis=1))
+    asym[cols] = np.maximum(asym[cols], d.max(axis=0))
