@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from ._api import _to_zarr
-from ._derived import is_current, store_state, withdraw, write_derived
 from ._cluster import local_cluster, peak_rss
+from ._derived import is_current, store_state, withdraw, write_derived
 from ._report import checks
 from ._result import Result, open_result
 from ._ship import by_value

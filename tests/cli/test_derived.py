@@ -62,7 +62,9 @@ def _saved_std(path):
 
 def test_nightly_kill_between_the_last_block_and_finalize_then_rerun(tmp_path, monkeypatch):
     np.save(tmp_path / "s.npy", np.full(10, 0.5))
-    spec = _spec(tmp_path, monkeypatch, noise="{std: s.npy}", finalize="{std: sigma.npz, npy: g.npy}")
+    spec = _spec(
+        tmp_path, monkeypatch, noise="{std: s.npy}", finalize="{std: sigma.npz, npy: g.npy}"
+    )
     first = _run(spec)
     assert first.exit_code == 0, first.output
     store = str(tmp_path / "g.zarr")
@@ -102,7 +104,9 @@ def test_a_run_killed_part_way_leaves_no_old_output_beside_the_incomplete_store(
     assert _run(spec).exit_code == 0
     old = np.load(tmp_path / "g.npy")
     np.save(tmp_path / "s.npy", np.full(10, 0.7))
-    spec2 = _spec(tmp_path, monkeypatch, name="spec2.yaml", noise="{std: s.npy}", finalize="{npy: g.npy}")
+    spec2 = _spec(
+        tmp_path, monkeypatch, name="spec2.yaml", noise="{std: s.npy}", finalize="{npy: g.npy}"
+    )
     inject([{"block": 2, "kind": "raise"}])
     res = _run(spec2, "--overwrite")
     assert res.exit_code == 1
@@ -111,7 +115,9 @@ def test_a_run_killed_part_way_leaves_no_old_output_beside_the_incomplete_store(
     inject.clear()
     res = _run(spec2)
     assert res.exit_code == 0, res.output
-    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), pipeline.open_result(str(tmp_path / "g.zarr")).assemble())
+    np.testing.assert_allclose(
+        np.load(tmp_path / "g.npy"), pipeline.open_result(str(tmp_path / "g.zarr")).assemble()
+    )
 
 
 def test_an_output_edited_by_hand_is_not_current(tmp_path, monkeypatch):
@@ -143,7 +149,9 @@ def test_a_second_writer_during_the_checks_is_refused(tmp_path, monkeypatch):
 
                 with jax.enable_x64(True):
                     x = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), dmodel.point())
-                    pipeline.hessian_to_zarr(other, x, result.location, overwrite=True, progress=False)
+                    pipeline.hessian_to_zarr(
+                        other, x, result.location, overwrite=True, progress=False
+                    )
                 outcome["error"] = None
             except pipeline.StoreError as err:
                 outcome["error"] = str(err)
@@ -165,14 +173,19 @@ def test_a_second_writer_during_the_checks_is_refused(tmp_path, monkeypatch):
     "fields, message",
     [
         ({"point": "pt.npz", "finalize": "{std: pt.npz}"}, "finalize.std: .*pt.npz' is point"),
-        ({"noise": "{std: s.npy}", "finalize": "{npy: s.npy}"}, "finalize.npy: .*s.npy' is noise.std"),
+        (
+            {"noise": "{std: s.npy}", "finalize": "{npy: s.npy}"},
+            "finalize.npy: .*s.npy' is noise.std",
+        ),
         ({"finalize": "{npy: spec.yaml}"}, "is the spec itself"),
         ({"finalize": "{npy: dmodel.py}"}, "is the model file of dmodel"),
         ({"finalize": "{npy: g.zarr/m.npy}"}, "is inside the output store"),
         ({"finalize": "{npy: same.npy, std: same.npy}"}, "finalize.std: .* is finalize.npy"),
     ],
 )
-def test_an_output_that_is_an_input_is_refused_before_anything_runs(tmp_path, monkeypatch, fields, message):
+def test_an_output_that_is_an_input_is_refused_before_anything_runs(
+    tmp_path, monkeypatch, fields, message
+):
     import sys
 
     monkeypatch.delitem(sys.modules, "dmodel", raising=False)  # imported from this tmp_path
@@ -192,4 +205,6 @@ def test_finalize_npy_writes_exactly_the_path_named(tmp_path, monkeypatch):
     res = _run(spec)
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "s2.yaml.npy").exists()
-    np.testing.assert_allclose(np.load(tmp_path / "s2.yaml"), pipeline.open_result(str(tmp_path / "g.zarr")).assemble())
+    np.testing.assert_allclose(
+        np.load(tmp_path / "s2.yaml"), pipeline.open_result(str(tmp_path / "g.zarr")).assemble()
+    )
