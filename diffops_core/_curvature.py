@@ -9,6 +9,7 @@ is the Cramér–Rao bound on the covariance of ``x``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -192,15 +193,37 @@ def not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
 
 
 def _square(M, name: str = "M"):
+    """Refuse what has no inverse or spectrum to speak of: not a square float
+    matrix, an empty one, too little precision, or (outside jit) non-finite
+    entries, which would give plausible-looking numbers."""
     shape = np.shape(M)
     if len(shape) != 2 or shape[0] != shape[1]:
         raise InputValueError(f"{name} must be a square matrix, got shape {shape}")
-    if not jnp.issubdtype(jnp.result_type(M), jnp.floating):
-        raise InputTypeError(f"{name} must be a float matrix, got dtype {jnp.result_type(M)}")
+    if shape[0] == 0:
+        raise InputValueError(f"{name} is empty (shape {shape}); pass a matrix of at least 1x1")
+    dtype = jnp.result_type(M)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise InputTypeError(f"{name} must be a float matrix, got dtype {dtype}")
+    if jnp.finfo(dtype).bits < 32:
+        raise InputTypeError(
+            f"{name} has dtype {np.dtype(dtype).name}, too coarse for an inverse or a spectrum; "
+            "cast it to float32 or float64"
+        )
+    if _traced(M):
+        return
+    finite = np.isfinite(np.asarray(M))
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        where = ", ".join(str(tuple(int(i) for i in b)) for b in bad[:4])
+        raise InputValueError(
+            f"{name} has {len(bad)} non-finite (NaN or infinite) entries, at {where}"
+            f"{' ...' if len(bad) > 4 else ''}; its inverse and spectrum would be meaningless. "
+            "Find where the derivatives are not finite and fix the model or the point"
+        )
 
 
 def check_damping(damping) -> float:
-    if isinstance(damping, bool) or not isinstance(damping, (int, float, np.floating)):
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
         raise InputTypeError(f"damping must be a number, got {damping!r}")
     if not np.isfinite(damping) or damping < 0:
         raise InputValueError(f"damping must be finite and >= 0, got {damping!r}")
@@ -266,6 +289,13 @@ def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
         raise InputValueError(
             f"x has {flat.shape[0]} parameters but M is {M.shape}; pass the x M was computed at"
         )
+    if not _traced(std) and np.isfinite(np.asarray(std)).all():
+        top = float(np.max(np.asarray(std)))
+        if top > float(jnp.finfo(flat.dtype).max):
+            raise InputValueError(
+                f"the largest standard deviation ({top:.3g}) does not fit x's "
+                f"{np.dtype(flat.dtype).name}; pass x in float64 with jax_enable_x64 on (or rescale the parameters)"
+            )
     tree = unravel(jnp.asarray(std, flat.dtype))
     return jax.tree_util.tree_map(np.asarray, tree) if xp is np else tree
 

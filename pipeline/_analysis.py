@@ -41,6 +41,18 @@ def require_square_complete(result: Result, what: str) -> None:
             f"({status['blocks_done']}/{status['blocks_total']} blocks); run it again to "
             "finish it first"
         )
+    if status["nonfinite_blocks"]:
+        from ._store import NONFINITE
+
+        records = result._store.read_records()
+        count = int(records[:, NONFINITE].sum())
+        blocks = status["nonfinite_blocks"]
+        raise InputValueError(
+            f"{what} needs a finite matrix, but {result.location!r} holds {count} NaN or "
+            f"infinite entries (in blocks {blocks[:8]}{' ...' if len(blocks) > 8 else ''}); "
+            "f gives non-finite derivatives at this point: fix the model or the point and "
+            "compute it again"
+        )
 
 
 class _StreamedMatrix:

@@ -26,6 +26,7 @@ from diffops_core.internal import (
 from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, RunSummary, Summary
 from ._cluster import vm_bytes
 from ._execute import DistributedExecutor, Executor, default_executor
+from ._factor import invalidate
 from ._fingerprint import describe_difference, same_computation
 from ._plan import Limits, RunPlan, plan
 from ._result import Result
@@ -205,6 +206,12 @@ def _open_or_create(
         result_store.remove_partial_files()
         for index in redo:
             result_store.clear_record(int(index))
+        if redo:  # the factor made from those blocks goes with them
+            plan = result_store.plan
+            invalidate(
+                result_store.location,
+                [slice(plan.block(i).start, plan.block(i).stop) for i in redo],
+            )
         return result_store, tuple(result_store.todo())
     result_store = ResultStore.create(
         run_plan.location,

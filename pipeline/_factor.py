@@ -277,6 +277,33 @@ def remove_factor(location: Any) -> None:
         del root[FACTOR]
 
 
+def invalidate(location: Any, columns: Sequence[slice]) -> int:
+    """Clear the records of every factor tile that depends on the matrix columns
+    ``columns`` (blocks recomputed by a repair, whose checksums, and so the
+    factor's identity, come back unchanged). Left-looking, tile column ``c``
+    reads ``A[i, c]`` (``i >= c``), and every later tile of ``L`` depends on it:
+    so ``L[:, j]`` for ``j >= c``, ``W[i, :]`` for ``i >= c`` and every variance.
+
+    **Returns:** how many tile records were cleared.
+    """
+    root = zarr.open_group(location, mode="r+", use_consolidated=False)
+    ident = stored_identity(root)
+    if not ident or not columns:
+        return 0
+    tile = int(ident["tile"])
+    first = min(span.start for span in columns) // tile
+    records = root[FACTOR]["records"]
+    values = np.asarray(records[...])  # type: ignore[index]
+    cleared = values.copy()
+    cleared[LOWER, :, first:] = 0
+    cleared[INVERSE, first:, :] = 0
+    cleared[VARIANCE] = 0
+    changed = np.argwhere(cleared != values)
+    for stage, i, j in changed:
+        records[int(stage), int(i), int(j)] = 0  # type: ignore[index]
+    return len(changed)
+
+
 def variances_intact(task: FactorTask) -> bool:
     """Whether every tile column's variances are recorded and match their
     checksums (the factor is complete and its answer readable)."""

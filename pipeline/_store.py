@@ -114,6 +114,17 @@ def local_path(store) -> str | None:
     return None
 
 
+def overlapping(a, b) -> bool:
+    """Whether two store locations are one, or one lies inside the other (local
+    paths resolved: ``x.zarr/``, ``./x.zarr`` and links are the same place)."""
+    pa, pb = local_path(a), local_path(b)
+    if pa is None or pb is None:
+        na, nb = str(normalise_location(a)).rstrip("/"), str(normalise_location(b)).rstrip("/")
+        return na == nb or na.startswith(nb + "/") or nb.startswith(na + "/")
+    ra, rb = os.path.realpath(pa), os.path.realpath(pb)
+    return ra == rb or ra.startswith(rb + os.sep) or rb.startswith(ra + os.sep)
+
+
 def chunk_shape(
     shape: tuple[int, int], axis: int, block_size: int, itemsize: int
 ) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from diffops_core.internal import BlockPlan, InputValueError, check_damping, not
 from ._analysis import require_square_complete
 from ._factor import (
     DEFAULT_TILE,
+    LOWER,
     FactorTask,
     NotPositiveDefiniteTile,
     check_done,
@@ -39,6 +40,7 @@ from ._store import (
     describe_foreign,
     inspect,
     normalise_location,
+    overlapping,
     read_meta,
 )
 
@@ -144,6 +146,8 @@ def factor(
     with RunLock(result.location):
         task = open_or_create(result, identity)
         records = check_done(task, tiles=verify or not variances_intact(task))
+        if np.tril(records[LOWER] == 0).any():
+            _require_verified(result)  # tiles of L are read from the matrix: it must match
         tiles = task.tiles
         bar = _bar(progress, tiles * (tiles + 1) // 2 + tiles, "diffops factor (tiles)")
         try:
@@ -155,6 +159,18 @@ def factor(
         finally:
             bar.close()
     return task
+
+
+def _require_verified(result: Result) -> None:
+    """Refuse to factorise a matrix whose blocks no longer match their records:
+    a factor of a damaged matrix would outlive its repair."""
+    bad = result.verify()
+    if bad:
+        raise StoreError(
+            f"blocks {bad[:8]}{' ...' if len(bad) > 8 else ''} of {result.location!r} no longer "
+            "match their checksums, so no factor is made from them; run diffops verify "
+            "--repair on the store, then try again"
+        )
 
 
 class _NoBar:
@@ -301,8 +317,11 @@ def covariance(
     from ._result import Result
 
     location = normalise_location(store)
-    if str(location) == str(result.location):
-        raise InputValueError("the covariance needs its own store, not the matrix's")
+    if overlapping(location, result.location):
+        raise InputValueError(
+            f"the covariance needs its own store: {location!r} is (or is inside, or holds) the "
+            f"matrix's store {result.location!r}; choose another directory"
+        )
     damping = check_damping(damping)
     require_square_complete(result, "the covariance")
     if tile is None:
