@@ -294,7 +294,8 @@ def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
         if top > float(jnp.finfo(flat.dtype).max):
             raise InputValueError(
                 f"the largest standard deviation ({top:.3g}) does not fit x's "
-                f"{np.dtype(flat.dtype).name}; pass x in float64 with jax_enable_x64 on (or rescale the parameters)"
+                f"{np.dtype(flat.dtype).name}; pass x in float64 with jax_enable_x64 on "
+                "(or rescale the parameters)"
             )
     tree = unravel(jnp.asarray(std, flat.dtype))
     return jax.tree_util.tree_map(np.asarray, tree) if xp is np else tree
