@@ -28,7 +28,7 @@ from diffops_core.internal import InputError
 from ._callbacks import BlockEvent, Callback
 from ._cluster import tune_malloc
 from ._plan import RunPlan
-from ._tasks import BlockError, BlockTask
+from ._tasks import BlockError, BlockTask, IdentityMismatch
 
 __all__ = [
     "DistributedExecutor",
@@ -186,6 +186,8 @@ def _check_cluster(client: Any, payload: bytes) -> None:
     )
     outcomes = client.run(_probe, payload, on_error="return")
     for worker, outcome in sorted(outcomes.items()):
+        if isinstance(outcome, IdentityMismatch):  # it says what differs and what to do
+            raise ClusterSetupError(f"worker {worker}: {_first_line(outcome)}")
         if isinstance(outcome, BaseException):
             raise ClusterSetupError(
                 f"worker {worker} cannot run f ({type(outcome).__name__}: "

@@ -75,6 +75,25 @@ _STATES: dict[str, _WorkerState] = {}
 _STATES_LOCK = threading.RLock()
 
 
+def _const_avals(traced) -> tuple[str, ...]:
+    return tuple(f"{np.dtype(c.dtype).name}{list(np.shape(c))}" for c in traced.consts)
+
+
+def _global_x64() -> bool:
+    """This process's own jax_enable_x64 (not a thread's `jax.enable_x64` context):
+    the setting module-level arrays were built under at import."""
+    try:
+        from jax._src import config  # no public reader of the global value
+
+        return bool(config.enable_x64.get_global())
+    except (ImportError, AttributeError):  # pragma: no cover - another jax
+        return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+
+
+def _width(aval: str) -> str:
+    return "".join(ch for ch in aval.split("[")[0] if ch.isdigit())
+
+
 def _nonfinite(data: np.ndarray) -> int:
     """How many entries are NaN or infinite. A finite sum means none are (a NaN
     or an infinity anywhere makes the sum non-finite), and costs no temporary."""
@@ -107,6 +126,8 @@ class BlockTask:
     extent: int
     axis: int
     env: tuple[tuple[str, str], ...] = ()
+    consts: tuple[str, ...] = ()
+    """The driver's constants of ``f``, as ``dtype[shape]`` (for a mismatch message)."""
 
     @classmethod
     def from_plan(cls, plan: RunPlan) -> BlockTask:
@@ -127,6 +148,7 @@ class BlockTask:
             extent=plan.spec.extent,
             axis=plan.spec.axis,
             env=plan.env,
+            consts=_const_avals(plan.kernels.traced),
         )
 
     def __call__(self, index: int) -> BlockEvent:
@@ -206,7 +228,7 @@ class BlockTask:
         # traced here, from the function as this process sees it; compiled
         # kernels are shared with every earlier run of the same program
         kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
-        self._check_identity(kernels.traced.identity())
+        self._check_identity(kernels.traced)
         return kernels
 
     def _build_state(self) -> _WorkerState:
@@ -229,18 +251,44 @@ class BlockTask:
             inner_width=width,
         )
 
-    def _check_identity(self, identity) -> None:
+    def _check_identity(self, traced) -> None:
+        identity = traced.identity()
         if (identity.program, identity.data) == (self.program, self.data):
             return
-        what = (
-            "f's traced program"
-            if identity.program != self.program
-            else "the data f reads (arrays it closes over, globals, files a module loaded)"
-        )
-        raise IdentityMismatch(
-            f"on worker {socket.gethostname()}:{os.getpid()}, {what} differs from the driver's, "
-            "so its blocks would belong to another computation; give the workers the same model "
-            "code, data files and environment as the driver"
+        here = socket.gethostname() + ":" + str(os.getpid())
+        raise IdentityMismatch(f"on worker {here}, {self._difference(traced, identity)}")
+
+    def _difference(self, traced, identity) -> str:
+        """What differs between this process's trace of ``f`` and the driver's,
+        as specifically as can be said: constants' dtypes and shapes (with the
+        JAX setting that explains a dtype), then the program, then the data."""
+        mine = _const_avals(traced)
+        if self.consts and mine != self.consts:
+            pairs = [
+                (i, a, b) for i, (a, b) in enumerate(zip(mine, self.consts, strict=False)) if a != b
+            ]
+            if len(mine) != len(self.consts):
+                what = f"f reads {len(mine)} constant arrays here, {len(self.consts)} on the driver"
+            else:
+                what = "; ".join(
+                    f"constant {i} is {a} here, {b} on the driver" for i, a, b in pairs[:3]
+                )
+            x64 = _global_x64()  # what modules imported here were built under
+            if x64 != self.x64 and any(_width(a) != _width(b) for _, a, b in pairs):
+                what += (
+                    f" (this worker imported f's module with jax_enable_x64={x64}, the driver "
+                    f"runs with {self.x64}: start the workers with JAX_ENABLE_X64="
+                    f"{int(self.x64)} in their environment)"
+                )
+            return what + "; its blocks would belong to another computation"
+        if identity.program != self.program:
+            return (
+                "f's traced program differs from the driver's (another version of the model "
+                "code, or other JAX settings); give the workers the driver's model code"
+            )
+        return (
+            "the data f reads (arrays it closes over, globals, files a module loaded) differs "
+            "from the driver's; give the workers the same data files and environment"
         )
 
     def compute(self, state: _WorkerState, block: Block):

@@ -83,7 +83,8 @@ def _client_for(spec: Spec, scheduler: str | None, workers: int | None) -> Itera
                 threads_per_worker=spec.cluster.threads_per_worker,
                 memory_limit=spec.cluster.memory_limit,
                 env=env,
-                dashboard_address=":0",
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
             ) as cluster,
             Client(cluster) as client,
         ):
