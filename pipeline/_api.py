@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import psutil
-from dask.utils import format_bytes
 
 from diffops_core.internal import (
     BlockPlan,
@@ -35,11 +35,12 @@ from ._store import (
     ResultStore,
     RunLock,
     StoreError,
+    check_free,
     describe_foreign,
-    free_disk,
     inspect,
     normalise_location,
     read_meta,
+    store_disk_bytes,
 )
 
 __all__ = ["WORKER_RUNTIME_BYTES", "hessian_to_zarr", "jacobian_to_zarr"]
@@ -105,20 +106,17 @@ def _limits(executor: Executor) -> Limits:
     )
 
 
-def _check_disk(run_plan: RunPlan, todo: Sequence[int]) -> None:
-    """Refuse, with the numbers, a local store whose disk cannot hold what is left."""
-    free = free_disk(run_plan.location)
-    if free is None:
-        return
-    need = run_plan.disk_bytes(todo)
-    if need > free:
-        spec = run_plan.spec
-        what = "uncompressed; zstd may need less" if run_plan.compressor else "uncompressed"
-        raise StoreError(
-            f"the {spec.m}x{spec.n} {spec.dtype} result needs {format_bytes(need)} more on disk "
-            f"({what}) at {run_plan.location!r}, but only {format_bytes(free)} is free there; "
-            "free space, or choose an output on a larger disk"
-        )
+def _check_disk(run_plan: RunPlan, todo: Sequence[int], new: bool) -> None:
+    """Refuse, with the numbers, a local store whose disk cannot hold what is left
+    (chunks at full size in whole pages, records, and a new store's metadata and
+    coordinate arrays)."""
+    spec = run_plan.spec
+    need = store_disk_bytes(
+        spec.shape, spec.axis, run_plan.blocks.block_size, np.dtype(spec.dtype).itemsize,
+        list(todo), run_plan.blocks.n_blocks, new,
+    )  # fmt: skip
+    what = "uncompressed; zstd may need less" if run_plan.compressor else "uncompressed"
+    check_free(run_plan.location, need, f"the {spec.m}x{spec.n} {spec.dtype} result ({what})")
 
 
 def _check_args(store: Any, threads: Any, compressor: Any, flags: dict) -> dict:
@@ -179,7 +177,7 @@ def _to_zarr(
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
     if existing is not None and not redo and not left and after is None:
         return Result(existing)  # complete: touch nothing
-    _check_disk(run_plan, left)
+    _check_disk(run_plan, left, new=existing is None)
     callbacks = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location)):
         result_store, todo = _open_or_create(run_plan, flags["overwrite"], redo)
@@ -246,6 +244,12 @@ def _dispatch(
     status, error, failure = "failed", None, None
     try:
         executor.run(run_plan, todo, listeners)
+        left = sorted(set(todo) & set(result_store.todo()))
+        if left:  # the executor said done; the store is the truth
+            raise StoreError(
+                f"blocks {left[:8]}{' ...' if len(left) > 8 else ''} were computed but are not "
+                f"complete in {result_store.location!r}; run again to recompute them"
+            )
         status = "complete"
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"

@@ -21,6 +21,7 @@ from dask.utils import format_bytes
 from diffops_core.internal import (
     BlockPlan,
     InputError,
+    InputTypeError,
     Kernels,
     KernelSpec,
     Sizing,
@@ -47,6 +48,8 @@ __all__ = [
 #: Default block: the matrix in about 16 blocks, each slab at most this large
 #: (then shrunk to fit the workers' memory).
 SLAB_TARGET_BYTES = 256 * 2**20
+#: Matrix dtypes Zarr v3 stores (it has no bfloat16).
+_STORABLE = ("float16", "float32", "float64")
 _DEFAULT_BLOCKS = 16
 
 
@@ -155,13 +158,6 @@ class RunPlan:
         spec = self.spec
         other = spec.m if spec.axis == 1 else spec.n
         return (size or self.blocks.block_size) * other * np.dtype(spec.dtype).itemsize
-
-    def disk_bytes(self, todo) -> int:
-        """Bytes the blocks ``todo`` write, uncompressed, with their records."""
-        return (
-            sum(self.slab_bytes(self.blocks.block(i).size) for i in todo)
-            + self.blocks.n_blocks * 64
-        )
 
     def for_run(self, run: int, token: str) -> RunPlan:
         return dataclasses.replace(self, run=run, token=token)
@@ -299,6 +295,12 @@ def plan(
     )
     if operation == "jacobian":
         kernels = kernels.for_op(jacobian_op(mode or "auto", kernels.spec.n, kernels.spec.m))
+    if kernels.spec.dtype not in _STORABLE:
+        raise InputTypeError(
+            f"the matrix would be {kernels.spec.dtype}, which a Zarr store cannot hold; cast x "
+            "(and f's output) to float32 or float64 for a stored result (the in-memory API "
+            f"takes {kernels.spec.dtype})"
+        )
     sizing = _sizing(kernels, limits, stored, nbatches, block_size, memory_budget, inner_width)
     blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
     per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width)

@@ -83,6 +83,11 @@ class Result:
             "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
         }
 
+    def runs(self) -> list[dict]:
+        """The store's run history (the last few runs); a run killed before it
+        could record its end reads ``interrupted``."""
+        return self._store.runs()
+
     def missing_blocks(self) -> list[int]:
         """Indices of the blocks without a completion record."""
         return self._store.todo()

@@ -307,6 +307,30 @@ class ResultStore:
                 ) from None
         self.matrix: zarr.Array = arrays["matrix"]  # type: ignore[assignment]
         self.records: zarr.Array = arrays["blocks"]  # type: ignore[assignment]
+        self._check_arrays(where)
+
+    def _check_arrays(self, where) -> None:
+        """The arrays' own metadata agrees with the store's: shape, dtype, chunk
+        edges on block edges, one record per block. **Raises:** `StoreError`."""
+        meta, plan = self.meta, self.plan
+        shape = tuple(int(v) for v in meta.get("shape") or ())
+        axis = int(meta.get("axis", 1))
+        found = []
+        if tuple(self.matrix.shape) != shape:
+            found.append(f"matrix shape {tuple(self.matrix.shape)}, not {shape}")
+        if np.dtype(self.matrix.dtype).name != meta.get("dtype"):
+            found.append(
+                f"matrix dtype {np.dtype(self.matrix.dtype).name}, not {meta.get('dtype')}"
+            )
+        if int(self.matrix.chunks[axis]) != plan.block_size or plan.extent != shape[axis]:
+            found.append(f"matrix chunks {tuple(self.matrix.chunks)} off the block plan")
+        if tuple(self.records.shape) != (plan.n_blocks, len(RECORD_FIELDS)):
+            found.append(f"records shape {tuple(self.records.shape)}, not ({plan.n_blocks}, 5)")
+        if found:
+            raise StoreError(
+                f"the arrays of {where} disagree with its metadata ({'; '.join(found)}): the "
+                f"store's metadata is damaged: {_OVERWRITE_HINT}"
+            )
 
     # -- construction -------------------------------------------------------------
 
@@ -424,6 +448,17 @@ class ResultStore:
         self.save_meta(consolidate=False)
         return number
 
+    def runs(self) -> list[dict]:
+        """The run history; a run still marked running whose lock nobody holds was
+        killed before it could say so: it reads ``interrupted``."""
+        runs = [dict(r) for r in self.meta.get("runs") or [] if isinstance(r, dict)]
+        if any(r.get("status") == "running" for r in runs) and lock_is_free(self.location):
+            for run in runs:
+                if run.get("status") == "running":
+                    run["status"] = "interrupted"
+                    run.setdefault("error", "the process ended without recording an end")
+        return runs
+
     @property
     def runs_total(self) -> int:
         """How many runs this store has seen (the history keeps the last few)."""
@@ -448,14 +483,37 @@ class ResultStore:
         coords = [(i, index) if self.axis == 1 else (index, i) for i in range(other)]
         return [f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(c)}" for c in coords]
 
+    def _present_keys(self) -> set[str]:
+        """The matrix's chunk keys that hold a chunk: for an uncompressed local
+        store, only files of a whole chunk's size (a truncated chunk is missing)."""
+        path = local_path(self.location)
+        prefix = f"{self.matrix.path}/"
+        if path is None:
+            store = self.matrix.store
+
+            async def listing():
+                return {key async for key in store.list_prefix(prefix)}
+
+            return sync(listing())
+        size = math.prod(self.matrix.chunks) * self.matrix.dtype.itemsize
+        exact = _plain_bytes(self.matrix)
+        root = os.path.join(path, self.matrix.path)
+        found = set()
+        for base, _dirs, files in os.walk(root):
+            for name in files:
+                full = os.path.join(base, name)
+                try:
+                    got = os.stat(full).st_size
+                except FileNotFoundError:
+                    continue
+                if (got == size) if exact else got > 0:
+                    found.add(prefix + os.path.relpath(full, root).replace(os.sep, "/"))
+        return found
+
     def data_present(self) -> np.ndarray:
-        """Per block: whether every data chunk of it exists in the store."""
-        store, prefix = self.matrix.store, f"{self.matrix.path}/"
-
-        async def listing():
-            return {key async for key in store.list_prefix(prefix)}
-
-        present = sync(listing())
+        """Per block: whether every data chunk of it exists in the store (at its
+        full size, where chunks are stored uncompressed)."""
+        present = self._present_keys()
         return np.array(
             [
                 all(k in present for k in self._block_chunk_keys(i))
@@ -661,7 +719,10 @@ class SlabWriter:
     def __init__(self, matrix: zarr.Array):
         from zarr.storage import LocalStore
 
-        self.matrix = matrix
+        # ``write_empty_chunks`` does not persist: an array opened again skips a
+        # chunk equal to the fill value (an all-NaN block), which would never
+        # count as written
+        self.matrix = matrix.with_config({"write_empty_chunks": True})
         self.raw = _plain_bytes(matrix)
         store = matrix.store
         self.root = str(store.root) if isinstance(store, LocalStore) else None
@@ -689,6 +750,30 @@ class SlabWriter:
                     self._put((i, j), np.ascontiguousarray(part))
                 else:
                     matrix[rs.start : min(rs.stop, r1), cs.start : min(cs.stop, c1)] = part
+
+    def missing(self, rows: slice, cols: slice) -> list[str]:
+        """The chunk keys of a written region that are not in the store (or, stored
+        uncompressed, not of a whole chunk's size): what a write failed to leave."""
+        matrix = self.matrix
+        (m, n), (cr, cc) = matrix.shape, matrix.chunks
+        r0, r1 = rows.indices(m)[:2]
+        c0, c1 = cols.indices(n)[:2]
+        size = cr * cc * matrix.dtype.itemsize
+        out = []
+        for i in range(r0 // cr, math.ceil(r1 / cr)):
+            for j in range(c0 // cc, math.ceil(c1 / cc)):
+                key = f"{matrix.path}/{matrix.metadata.encode_chunk_key((i, j))}"
+                if self.root is not None:
+                    try:
+                        got = os.stat(os.path.join(self.root, *key.split("/"))).st_size
+                    except FileNotFoundError:
+                        got = -1
+                    ok = got == size if self.raw else got > 0
+                else:
+                    ok = bool(sync(matrix.store.exists(key)))
+                if not ok:
+                    out.append(key)
+        return out
 
     def _put(self, coords: tuple[int, int], chunk: np.ndarray) -> None:
         from zarr.core.buffer import default_buffer_prototype
@@ -722,6 +807,60 @@ class SlabWriter:
             raise
 
 
+#: A filesystem's allocation unit: every file takes a whole number of them.
+PAGE = 4096
+#: Group, array and consolidated metadata of a new store (a few kB; generous).
+METADATA_BYTES = 256 * 2**10
+
+
+def pages(nbytes: int) -> int:
+    """Bytes a file of ``nbytes`` takes on disk (whole pages)."""
+    return -(-int(nbytes) // PAGE) * PAGE
+
+
+def store_disk_bytes(
+    shape: tuple[int, int], axis: int, block_size: int, itemsize: int, blocks: list[int],
+    n_blocks: int, new: bool,
+) -> int:  # fmt: skip
+    """Bytes a run writes for the blocks ``blocks`` (uncompressed): every chunk at
+    its full size (zarr stores edge chunks padded) in whole pages, the records,
+    and for a new store its metadata and coordinate arrays."""
+    chunks = chunk_shape(tuple(shape), axis, block_size, itemsize)
+    other = shape[1 - axis]
+    per_block = math.ceil(other / chunks[1 - axis]) * pages(chunks[0] * chunks[1] * itemsize)
+    need = len(blocks) * (per_block + pages(len(RECORD_FIELDS) * 8))
+    if new:
+        m, n = shape
+        need += METADATA_BYTES + sum(pages(k * 8) + pages(k * 4) + pages(k * 8) for k in (m, n))
+    return need
+
+
+def factor_disk_bytes(n: int, tile: int) -> int:
+    """Bytes a whole factor takes: the lower triangle of tiles of ``L`` and of
+    ``W`` in float64 (full tiles: edge chunks are stored padded), the variances
+    and a record per tile and stage."""
+    t = math.ceil(n / tile)
+    return (
+        2 * (t * (t + 1) // 2) * pages(tile * tile * 8)
+        + t * pages(tile * 8)
+        + 3 * t * t * pages(8)
+        + METADATA_BYTES
+    )
+
+
+def check_free(location, need: int, what: str) -> None:
+    """Refuse, with the numbers, a local store whose disk cannot take ``need``
+    more bytes. **Raises:** `StoreError`."""
+    from dask.utils import format_bytes
+
+    free = free_disk(location)
+    if free is not None and need > free:
+        raise StoreError(
+            f"{what} needs {format_bytes(need)} more on disk at {location!r}, but only "
+            f"{format_bytes(free)} is free there; free space, or choose a store on a larger disk"
+        )
+
+
 def free_disk(location) -> int | None:
     """Free bytes on the filesystem that would hold a local store; None for others."""
     path = local_path(location)
@@ -731,6 +870,23 @@ def free_disk(location) -> int | None:
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     return shutil.disk_usage(probe).free
+
+
+def lock_is_free(location) -> bool:
+    """Whether no process holds the lock of a local store (False for remote
+    stores and when it cannot be told: nothing is claimed)."""
+    path = local_path(location)
+    if path is None:
+        return False
+    lock = RunLock(location)
+    if lock.path is None or not os.path.exists(lock.path) or lock.path in RunLock._held:
+        return lock.path is not None and lock.path not in RunLock._held
+    try:
+        lock.acquire()
+    except (StoreError, OSError):
+        return False
+    lock.release()
+    return True
 
 
 class RunLock:

@@ -180,6 +180,9 @@ class BlockTask:
         data = self.to_host(slab, block)
         t_host = time.perf_counter()
         self.write_data(state, block, data)
+        missing = state.writer.missing(*self.region(block))
+        if missing:  # never record a block whose data is not there
+            raise OSError(f"the slab's chunks {missing[:3]} are not in the store after writing")
         t_write = time.perf_counter()
         nonfinite = _nonfinite(data)
         record = np.zeros(5, dtype=np.int64)

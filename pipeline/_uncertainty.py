@@ -37,7 +37,9 @@ from ._store import (
     ResultStore,
     RunLock,
     StoreError,
+    check_free,
     describe_foreign,
+    factor_disk_bytes,
     inspect,
     normalise_location,
     overlapping,
@@ -144,6 +146,9 @@ def factor(
     require_square_complete(result, "the marginal standard deviations")
     identity = factor_identity(result, damping, _tile(result, tile, damping, client))
     with RunLock(result.location):
+        if stored_identity(result._store.group) != identity:  # a new factor: room for all of it
+            need = factor_disk_bytes(identity["n"], identity["tile"])
+            check_free(result.location, need, f"the Cholesky factor (tile {identity['tile']})")
         task = open_or_create(result, identity)
         records = check_done(task, tiles=verify or not variances_intact(task))
         if np.tril(records[LOWER] == 0).any():

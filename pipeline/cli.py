@@ -166,7 +166,7 @@ def status(store, as_json):
     """Blocks done/total and runs of STORE. Exit code 0 when complete, 3 when not."""
     result = _open(store)
     st = result.status()
-    runs = result.meta.get("runs", [])
+    runs = result.runs()
     if as_json:
         click.echo(json.dumps({**st, "last_run": runs[-1] if runs else None}))
     else:
