@@ -104,8 +104,9 @@ def hessian(
     Drop-in for `zodiax.diffops.hessian`: the positional signature and return
     values are the same. Columns are forward-over-reverse Hessian-vector products
     of one-hot vectors, computed a micro-batch at a time inside one jitted loop
-    that linearises ``grad f`` once; the compiled loop is cached per ``f`` and
-    input shapes, so later calls do not trace ``f`` again.
+    that linearises ``grad f`` once. Every call traces ``f`` once (what JAX
+    traces is the computation's identity); the compiled loop is cached on that
+    trace and input shapes, so a later call of the same program compiles nothing.
 
     **Arguments:**
 

@@ -394,6 +394,12 @@ def get_kernels(f, x, op: str, *, checkpoint: bool = False, cache: bool = True):
     x_aval = jax.ShapeDtypeStruct((in_layout.n,), in_layout.dtype)
     traced = trace(f, unravel, x_aval)
     out_layout = Layout.from_pytree(traced.out_tree, name="f(x)", check_float=False)
+    if out_layout.n == 0:
+        raise InputValueError(
+            f"f(x) has no elements (its leaves have shapes "
+            f"{[leaf.shape for leaf in out_layout.leaves]}): there is nothing to differentiate; "
+            "return at least one value from f"
+        )
     compile_key = traced.compile_key if cache else None
     key = (
         None

@@ -92,8 +92,14 @@ class Analysis:
             out.append(
                 f"  with damping {self.damping:g}: condition number {self.damped_condition:.4g}"
             )
-        if self.error:
-            return [*out, f"  marginal sigma      not computed: {self.error}"]
+        if self.error:  # one smallest eigenvalue in the output: the one above
+            need = max(0.0, -self.smallest[0])
+            damped = " plus the damping" if self.damping else ""
+            return [
+                *out,
+                f"  marginal sigma      not computed: the matrix{damped} is not positive "
+                f"definite; pass --damping greater than {need:.4g} to regularise it",
+            ]
         out.append(f"  {'marginal sigma':<28} {'shape':<14} {'min':>11} {'median':>11} {'max':>11}")
         for leaf in self.leaves:
             out.append(

@@ -6,6 +6,7 @@ A run is: check the arguments -> `plan` (pure: trace, size, fingerprint, memory)
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import uuid
@@ -27,7 +28,7 @@ from ._callbacks import Callback, Callbacks, ProgressBar, RunEnd, RunStart, RunS
 from ._cluster import vm_bytes
 from ._execute import DistributedExecutor, Executor, default_executor
 from ._factor import invalidate
-from ._fingerprint import describe_difference, same_computation
+from ._fingerprint import describe_difference, noise_digest, same_computation
 from ._plan import Limits, RunPlan, plan
 from ._result import Result
 from ._store import (
@@ -173,6 +174,7 @@ def _to_zarr(
         stored=_stored_plan(location),
         **options,
     )
+    reason = _reason(run_plan, redo)  # before anything is replaced: what is there now
     existing = _existing(run_plan, flags["overwrite"])
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
     if existing is not None and not redo and not left and after is None:
@@ -186,10 +188,45 @@ def _to_zarr(
             if before_write is not None:
                 before_write()  # what was derived from the store goes before it changes
             summary = _dispatch(result_store, todo, run_plan, executor, callbacks).summary()
-        result = Result(result_store, summary)
+        result = Result(result_store, dataclasses.replace(summary, reason=reason))
         if after is not None:
             after(result)  # under the lock: against the state this run leaves
     return result
+
+
+def _reason(run_plan: RunPlan, redo: Sequence[int]) -> str:
+    """In words, why a run computes what it does (for logs of nightly runs)."""
+    location = run_plan.location
+    if redo:
+        return f"repair: blocks {sorted(int(i) for i in redo)[:8]} recomputed"
+    try:
+        if inspect(location) != "ours":
+            return "a new store"
+        meta = read_meta(location)
+    except (StoreError, OSError):
+        return "a new store"
+    if meta.get("format") == FORMAT and same_computation(
+        meta.get("fingerprint"), run_plan.fingerprint_parts
+    ):
+        return "the same computation: resumed where blocks are not complete"
+    _keys, words = _difference(meta, run_plan)
+    return f"replaced (overwrite): {words}"
+
+
+def _difference(meta: dict, run_plan: RunPlan) -> tuple[list[str], str]:
+    """What differs between a stored result and this plan, in words; a changed
+    noise model is named as such (it reaches the trace as data f reads)."""
+    keys, words = describe_difference(
+        meta.get("fingerprint_parts") or {}, run_plan.fingerprint_parts
+    )
+    old, new = meta.get("noise"), run_plan.noise
+    if "data" in keys and old and new and old != new:
+        keys = ["noise" if k == "data" else k for k in keys]
+        words = words.replace(
+            describe_difference({"data": 0}, {"data": 1})[1],
+            "the noise model differs (its std, cov or inv_cov values)",
+        )
+    return keys, words
 
 
 def _open_or_create(
@@ -334,9 +371,7 @@ def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
             return None
         if meta.get("format") != FORMAT:
             ResultStore.open(location)  # raises, naming the format and the way out
-        keys, words = describe_difference(
-            meta.get("fingerprint_parts") or {}, run_plan.fingerprint_parts
-        )
+        keys, words = _difference(meta, run_plan)
         raise StoreError(
             f"the store {location!r} holds a result of a different computation (differs in: "
             f"{', '.join(keys)}): {words}. Pass overwrite=True (diffops run --overwrite) to "
@@ -511,6 +546,7 @@ def gauss_newton_to_zarr(
         whitened,
         x,
         store,
+        noise=noise_digest(std, cov, inv_cov),
         nbatches=nbatches,
         block_size=block_size,
         memory_budget=memory_budget,

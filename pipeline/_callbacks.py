@@ -102,6 +102,9 @@ class RunSummary:
     columns_per_s: float = 0.0
     nonfinite_blocks: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
+    reason: str = ""
+    """Why the call computed what it did (a new store, resumed, replaced: what
+    differed, a repair), or that the store was complete."""
 
 
 class Callback:

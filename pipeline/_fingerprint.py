@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "describe_difference",
     "digest",
+    "noise_digest",
     "fingerprint_parts",
     "same_computation",
     "sha256_json",
@@ -75,6 +76,23 @@ def fingerprint_parts(identity, x_flat: np.ndarray, layout_json: dict, options: 
         "options": options,
         "versions": {"diffops": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__},
     }
+
+
+def noise_digest(std=None, cov=None, inv_cov=None) -> str:
+    """A digest of a noise model (which form, and its values): kept beside the
+    fingerprint so that a refusal can say the noise changed, not just the data."""
+    import jax
+
+    h = hashlib.sha256()
+    for name, value in (("std", std), ("cov", cov), ("inv_cov", inv_cov)):
+        if value is None:
+            continue
+        h.update(name.encode())
+        for leaf in jax.tree_util.tree_leaves(value):
+            array = np.asarray(leaf, np.float64)
+            h.update(f"{array.shape};".encode())
+            h.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
 
 
 def _changed(old, new) -> str:

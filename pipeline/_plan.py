@@ -126,6 +126,7 @@ class RunPlan:
     fingerprint_parts: dict
     options: dict
     env: tuple[tuple[str, str], ...] = ()
+    noise: str | None = None
     run: int = 0
     token: str = ""
 
@@ -151,6 +152,7 @@ class RunPlan:
             "fingerprint_parts": self.fingerprint_parts,
             "options": self.options,
             "compressor": self.compressor,
+            "noise": self.noise,
         }
 
     def slab_bytes(self, size: int | None = None) -> int:
@@ -276,6 +278,7 @@ def plan(
     compressor: str | None = None,
     stored: BlockPlan | None = None,
     env: dict[str, str] | None = None,
+    noise: str | None = None,
 ) -> RunPlan:
     """Plan a run: trace, size, fingerprint, and check memory.
 
@@ -334,4 +337,5 @@ def plan(
         fingerprint_parts=parts,
         options=options,
         env=tuple(sorted((env or {}).items())),
+        noise=noise,
     )

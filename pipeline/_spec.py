@@ -131,7 +131,14 @@ def _dirs(value):
 def _env(value):
     if not isinstance(value, dict):
         raise ValueError(f"must be a mapping of names to strings, got {value!r}")
-    return {str(k): str(v) for k, v in value.items()}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValueError(f"names must be non-empty strings without '=' or NUL, got {key!r}")
+        if not isinstance(item, str) or "\0" in item:
+            raise ValueError(
+                f'{key}: values must be strings (quote them: "1", ""), without NUL; got {item!r}'
+            )
+    return dict(value)
 
 
 def _opt(check):
@@ -217,6 +224,8 @@ class Noise(_Model):
     flat residuals' covariance or its inverse)."""
 
     std: Annotated[float | str | None, BeforeValidator(_opt(_std_value))] = None
+    """A number, a ``.npy`` broadcastable to the residuals, or an ``.npz`` with one
+    array per residual leaf (keys are leaf paths, ``fit`` or ``terms/a``)."""
     cov: Annotated[str | None, BeforeValidator(_opt(_text("a path to a .npy")))] = None
     inv_cov: Annotated[str | None, BeforeValidator(_opt(_text("a path to a .npy")))] = None
 
@@ -372,6 +381,8 @@ class Spec(_Model):
         """
         if "://" not in self.output:
             _check_writable(self, "output", self.output)
+        else:
+            _check_scheme(self)
         if self.finalize.npy:
             _check_writable(self, "finalize.npy", self.finalize.npy)
         if self.finalize.std:
@@ -431,13 +442,35 @@ class Spec(_Model):
         for key, value in noise.items():
             if isinstance(value, str):
                 try:
-                    noise[key] = np.load(value)
+                    loaded = np.load(value)
+                    if isinstance(loaded, np.lib.npyio.NpzFile):  # a pytree, one per leaf
+                        with loaded:
+                            loaded = _nest({k: loaded[k] for k in loaded.files})
+                    noise[key] = loaded
                 except Exception as err:  # noqa: BLE001 - any unreadable file is the spec's
                     raise SpecError(
                         f"{self.path}: noise.{key}: cannot read {value!r}: "
                         f"{type(err).__name__}: {err}"
                     ) from None
         return noise
+
+
+def _check_scheme(spec: Spec) -> None:
+    """An ``output`` URL whose filesystem package is installed (fsspec names it)."""
+    scheme = spec.output.split("://", 1)[0]
+    if scheme in ("file", "memory"):
+        return
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as err:
+        raise SpecError(
+            f"{spec.path}: output: {scheme}:// stores need a package that is not installed "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    except ValueError:
+        raise SpecError(f"{spec.path}: output: no filesystem knows {scheme}://") from None
 
 
 def _check_writable(spec: Spec, field: str, target: str) -> None:
@@ -621,10 +654,16 @@ def load_spec(path: str) -> Spec:
     **Raises:** `SpecError` naming the file and field.
     """
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.load(fh, Loader=_StrictLoader)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the spec as UTF-8"
+        ) from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a spec; write it flat") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -14,6 +14,7 @@ import numpy as np
 from ._api import _to_zarr
 from ._cluster import local_cluster, peak_rss
 from ._derived import is_current, store_state, withdraw, write_derived
+from ._fingerprint import noise_digest
 from ._report import checks
 from ._result import Result, open_result
 from ._ship import by_value
@@ -52,6 +53,8 @@ class WorkflowSummary:
     finalized: dict = dataclasses.field(default_factory=dict)
     """Each finalize output: ``"written"`` by this run, or ``"current"`` (checked:
     made from the store's present state)."""
+    reason: str = ""
+    """Why this run computed what it did (`RunSummary.reason`)."""
     checks_s: float | None = None
     """Seconds the checks took (None: the stored ones were of this store state)."""
 
@@ -173,8 +176,11 @@ def _run_spec(
     f = spec.load_function()
     x = spec.load_point()
     spec.check_outputs()  # after the imports: model files are inputs too
+    _check_point(spec, f, x)
+    noise = None
     if spec.operation == "gauss_newton":
         f = _whitened(spec, f, x)
+        noise = noise_digest(**spec.load_noise())
     finished: dict[str, Any] = {}
 
     def after(result: Result) -> None:
@@ -196,6 +202,7 @@ def _run_spec(
             break_lock=break_lock,
             redo=redo,
             env=spec.env,
+            noise=noise,
             before_write=lambda: _withdraw(spec),
             after=after,
             **spec.blocking(),
@@ -207,7 +214,15 @@ def _run_spec(
         marginal_std=finished.get("std"),
         finalized=finished.get("outputs", {}),
         checks_s=finished.get("checks_s"),
+        reason=_said_reason(result),
     )
+
+
+def _said_reason(result: Result) -> str:
+    summary = result.run_summary
+    if summary.blocks_computed == 0 and result.status()["complete"]:
+        return "complete: nothing to do"
+    return summary.reason
 
 
 def _outputs(spec: Spec) -> list[str]:
@@ -257,6 +272,22 @@ def _finish(spec: Spec, result: Result, x, progress: bool) -> dict:
             spec, result, x, state, progress
         )
     return out
+
+
+def _check_point(spec: Spec, f, x) -> None:
+    """f traces at the point (one abstract evaluation): a point of the wrong shape
+    or structure is the spec's error, in one line (--debug shows the traceback)."""
+    import jax
+
+    try:
+        jax.eval_shape(f, x)
+    except (TypeError, ValueError, IndexError) as err:
+        shapes = jax.tree_util.tree_map(lambda v: tuple(np.shape(v)), x)
+        raise SpecError(
+            f"{spec.path}: point: {spec.function} cannot be evaluated at the point {spec.point} "
+            f"(leaf shapes {shapes}): {type(err).__name__}: {str(err).splitlines()[0]}; give a "
+            "point of the shapes f expects"
+        ) from err
 
 
 def _whitened(spec: Spec, residuals, x):

@@ -82,6 +82,8 @@ def _print_summary(summary) -> None:
         f"  blocks      {summary.blocks_done}/{summary.blocks_total} {state} "
         f"({summary.blocks_computed} computed by this run)"
     )
+    if summary.reason:
+        lines.append(f"  why         {summary.reason}")
     if summary.blocks_computed:
         lines.append(
             f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "
@@ -128,9 +130,12 @@ def _print_summary(summary) -> None:
     help="Take over the lock of a run that is gone but whose host still holds it.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no bars).")
+@click.option(
+    "--output", metavar="STORE", help="Write the result here instead of the spec's output."
+)
 @_friendly
-def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json):
+def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json, output):
     """Run the workflow SPEC: compute what is missing, then summarise.
 
     Re-running a complete run does no work; an interrupted run resumes; a store
@@ -150,7 +155,8 @@ def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json)
         workers=workers,
         overwrite=overwrite,
         break_lock=break_lock,
-        progress=progress,
+        progress=progress and not as_json,  # JSON is for programs: no bars beside it
+        output=output,
     )
     if as_json:
         click.echo(json.dumps(summary.to_json()))
@@ -291,6 +297,7 @@ def analyze(store, damping, k, plot_path, as_json, progress):
     """Uncertainties from the Hessian or Gauss-Newton matrix in STORE: marginal
     sigma per leaf, extreme eigenvalues, condition number, positive-definite
     verdict. The Cholesky factor is kept in STORE (factor/) for the next call."""
+    progress = progress and not as_json  # JSON is for programs: no bars beside it
     analysis = _open(store).analyze(damping=damping, k=k, plot=plot_path, progress=progress)
     if as_json:
         click.echo(json.dumps(analysis.to_json(), indent=2))

@@ -1,0 +1,155 @@
+"""One line naming the field, and the friction a new user hit (issue 16, items 16
+and 17)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import pipeline
+from pipeline.cli import main
+
+MODEL = """
+import jax.numpy as jnp
+import numpy as np
+
+def residuals(p):
+    return {"fit": jnp.sin(p["a"]) * p["b"] - 0.2, "prior": (p["a"] - 0.5) / 2.0}
+
+def loss(p):
+    return jnp.sum(jnp.sin(p["a"]) ** 2 * p["b"]) + jnp.sum(p["a"] ** 2)
+
+def point():
+    return {"a": np.linspace(0.1, 1.0, 5).astype(np.float32), "b": np.float32(1.5)}
+"""
+
+
+def _spec(tmp_path, monkeypatch, text=None, **fields):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fmodel.py").write_text(MODEL)
+    data = {
+        "operation": "gauss_newton",
+        "function": "fmodel:residuals",
+        "point": "fmodel:point",
+        "output": "g.zarr",
+        "blocks": "{block_size: 2}",
+        "dtype": "float64",
+        **fields,
+    }
+    path = tmp_path / "spec.yaml"
+    if text is not None:
+        path.write_bytes(text)
+    else:
+        path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
+    return str(path)
+
+
+def _one_line(res, message):
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"operation: hessian\nfunction: \xff\xfe\n", "not UTF-8 text"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    ],
+)
+def test_unreadable_specs_are_one_line(tmp_path, monkeypatch, text, message):
+    _one_line(CliRunner().invoke(main, ["run", _spec(tmp_path, monkeypatch, text=text)]), message)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ('{"A=B": "1"}', "env: names must be non-empty strings without '='"),
+        ('{"": "1"}', "env: names must be non-empty"),
+        ('{"A": "a\\0b"}', "without NUL"),
+        ("{A: null}", "env: A: values must be strings"),
+        ("{A: 1}", "env: A: values must be strings"),
+    ],
+)
+def test_bad_env_is_refused_not_coerced(tmp_path, monkeypatch, env, message):
+    _one_line(CliRunner().invoke(main, ["run", _spec(tmp_path, monkeypatch, env=env)]), message)
+
+
+def test_an_object_store_without_its_package_names_it(tmp_path, monkeypatch):
+    import fsspec
+
+    def missing(scheme):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec, "get_filesystem_class", missing)
+    res = CliRunner().invoke(
+        main, ["run", _spec(tmp_path, monkeypatch, output="s3://bucket/g.zarr")]
+    )
+    _one_line(res, "output: s3:// stores need a package that is not installed (Install s3fs")
+
+
+def test_a_point_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch):
+    np.savez(tmp_path / "pt.npz", a=np.ones((2, 3)), b=np.ones(7))
+    res = CliRunner().invoke(main, ["run", _spec(tmp_path, monkeypatch, point="pt.npz")])
+    _one_line(res, "point: fmodel:residuals cannot be evaluated at the point")
+
+
+def test_an_empty_output_is_refused_in_words(tmp_path):
+    import jax.numpy as jnp
+
+    import diffops_core as dc
+
+    with pytest.raises(ValueError, match="f\\(x\\) has no elements"):
+        dc.jacobian(lambda x: x[:0], jnp.ones(3))
+
+
+def test_a_pytree_noise_file_and_output_flag_and_why(tmp_path, monkeypatch):
+    np.savez(tmp_path / "noise.npz", fit=np.full(5, 0.5), prior=np.full(5, 2.0))
+    spec = _spec(tmp_path, monkeypatch, noise="{std: noise.npz}")
+    other = tmp_path / "elsewhere.zarr"
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress", "--json", "--output", str(other)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["output"] == str(other) and summary["reason"] == "a new store"
+    import importlib
+
+    import jax
+
+    import diffops_core as dc
+
+    model = importlib.import_module("fmodel")
+    with jax.enable_x64(True):
+        x = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), model.point())
+        G = dc.gauss_newton(
+            model.residuals, x, std={"fit": np.full(5, 0.5), "prior": np.full(5, 2.0)}
+        )[0]
+    np.testing.assert_allclose(pipeline.open_result(str(other)).assemble(), G, rtol=1e-10)
+    # a noise-only change: named as the noise, and the overwrite run says why it recomputed
+    np.savez(tmp_path / "noise.npz", fit=np.full(5, 0.6), prior=np.full(5, 2.0))
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress", "--output", str(other)])
+    _one_line(res, "the noise model differs")
+    assert "the data f reads" not in res.output
+    res = CliRunner().invoke(
+        main, ["run", spec, "--no-progress", "--json", "--overwrite", "--output", str(other)]
+    )
+    assert json.loads(res.output)["reason"].startswith(
+        "replaced (overwrite): the noise model differs"
+    )
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress", "--output", str(other)])
+    assert "why         complete: nothing to do" in res.output
+
+
+def test_json_output_carries_no_progress_bars(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch)
+    res = CliRunner().invoke(main, ["run", spec, "--json"])  # click keeps stderr apart
+    assert res.exit_code == 0
+    json.loads(res.stdout)
+    assert "it/s" not in (res.stderr or "") and "%|" not in (res.stderr or "")
+
+
+def test_show_says_blocks_of_columns(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch)
+    assert CliRunner().invoke(main, ["run", spec, "--no-progress"]).exit_code == 0
+    res = CliRunner().invoke(main, ["show", str(tmp_path / "g.zarr")])
+    assert "3 blocks of 2 columns; 3 done" in res.output, res.output
