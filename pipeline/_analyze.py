@@ -98,7 +98,7 @@ class Analysis:
             return [
                 *out,
                 f"  marginal sigma      not computed: the matrix{damped} is not positive "
-                f"definite; pass --damping greater than {need:.4g} to regularise it",
+                f"definite; pass damping= (--damping) greater than {need:.4g} to regularise it",
             ]
         out.append(f"  {'marginal sigma':<28} {'shape':<14} {'min':>11} {'median':>11} {'max':>11}")
         for leaf in self.leaves:
