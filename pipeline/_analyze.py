@@ -67,6 +67,11 @@ class Analysis:
     leaves: tuple[LeafStd, ...]
     error: str | None
     matvecs: int
+    correlation_condition: float = float("nan")
+    """The condition number of the correlation matrix ``D^-1/2 (M + d I) D^-1/2``
+    (``D`` its diagonal): what is left of the condition number once each
+    parameter's units are scaled out. Large only when parameters are degenerate;
+    NaN when not positive definite."""
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -83,6 +88,15 @@ class Analysis:
             f"  smallest            {', '.join(f'{v:.4g}' for v in self.smallest)}",
             f"  condition number    {self.condition:.4g}",
         ]
+        if np.isfinite(self.correlation_condition):
+            out.append(
+                f"  of the correlation  {self.correlation_condition:.4g} (units scaled out: "
+                + (
+                    "the parameters are degenerate)"
+                    if self.correlation_condition * np.finfo(np.float64).eps > 1e-8
+                    else "the raw figure is mostly unit scaling)"
+                )
+            )
         if self.positive_definite and self.condition * np.finfo(np.float64).eps > 1e-4:
             out.append(
                 f"  ill-conditioned: the σ of the weakest directions are good to about "
@@ -142,8 +156,49 @@ def analyze(
         leaves=_leaf_std(result, std) if std is not None else (),
         error=error,
         matvecs=matvecs,
+        correlation_condition=_correlation_condition(result, task, k, progress),
     )
     return analysis, task
+
+
+def _correlation_condition(result: Result, task: FactorTask | None, k: int, progress: bool):
+    """The condition number of ``S (M + d I) S``, ``S = diag(M + d I)^-1/2``: every
+    eigenvalue for a matrix small enough to assemble, else Lanczos at the large
+    end on ``M`` streamed and scaled, and on ``S⁻¹ (M + d I)⁻¹ S⁻¹`` (the stored
+    factor) for the small end. NaN without a factor (not positive definite)."""
+    if task is None:
+        return float("nan")
+    from scipy.sparse.linalg import LinearOperator
+
+    from ._analysis import InverseProduct, _StreamedMatrix, extremes
+
+    n, d = task.n, task.damping
+    if result.nbytes <= _FULL_SPECTRUM_BYTES:
+        a = np.asarray(result.assemble(), np.float64)
+        a[np.diag_indices_from(a)] += d
+        s = 1 / np.sqrt(np.diag(a))
+        eig = np.linalg.eigvalsh(a * np.outer(s, s))
+        return float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
+    streamed = _StreamedMatrix(result, progress)
+    try:
+        diag = (
+            np.concatenate(
+                [
+                    np.diagonal(streamed.slab(b.index, slice(b.start, b.stop))[b.start : b.stop])
+                    for b in streamed.plan
+                ]  # fmt: skip
+            )
+            + d
+        )
+        s = 1 / np.sqrt(diag)
+        big = LinearOperator((n, n), matvec=lambda v: s * streamed(s * v) + d * s * s * v,
+                             dtype=np.float64)  # fmt: skip
+        inverse = InverseProduct(task, streamed.bar)
+        small = LinearOperator((n, n), matvec=lambda v: inverse(v / s) / s, dtype=np.float64)
+        high, mu = extremes(big, 1, "LA"), extremes(small, 1, "LA")
+    finally:
+        streamed.close()
+    return float(high[0] * mu[0]) if high and mu else float("nan")
 
 
 def _exact_extremes(result: Result, k: int, matvecs: int) -> tuple[list, list]:

@@ -153,3 +153,36 @@ def test_show_says_blocks_of_columns(tmp_path, monkeypatch):
     assert CliRunner().invoke(main, ["run", spec, "--no-progress"]).exit_code == 0
     res = CliRunner().invoke(main, ["show", str(tmp_path / "g.zarr")])
     assert "3 blocks of 2 columns; 3 done" in res.output, res.output
+
+
+def test_analyze_tells_unit_scaling_from_degeneracy_and_says_one_smallest(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    scales = np.logspace(-4, 4, 12)
+    rng = np.random.default_rng(1)
+    q = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    R = q @ np.diag(np.linspace(0.5, 2.0, 12)) @ q.T  # a well-conditioned correlation
+    d = np.sqrt(np.diag(R))
+    M = (R / np.outer(d, d)) * np.outer(scales, scales)
+
+    with jax.enable_x64(True):
+        result = pipeline.hessian_to_zarr(
+            lambda x: 0.5 * x @ jnp.asarray(M) @ x, np.zeros(12), str(tmp_path / "u.zarr"),
+            block_size=4, progress=False,
+        )  # fmt: skip
+    analysis = result.analyze(progress=False)
+    assert analysis.condition > 1e14
+    Rn = R / np.outer(d, d)
+    eig = np.linalg.eigvalsh(Rn)
+    assert analysis.correlation_condition == pytest.approx(eig[-1] / eig[0], rel=1e-6)
+    text = "\n".join(analysis.lines())
+    assert "of the correlation" in text and "unit scaling" in text
+    # a matrix that is not positive definite: the smallest eigenvalue is said once
+    with jax.enable_x64(True):
+        bad = pipeline.hessian_to_zarr(
+            lambda x: 0.5 * x @ jnp.asarray(np.diag(np.arange(-1.0, 11.0))) @ x, np.zeros(12),
+            str(tmp_path / "b.zarr"), block_size=4, progress=False,
+        )  # fmt: skip
+    lines = "\n".join(bad.analyze(progress=False).lines())
+    assert lines.count("-1") == 2  # the verdict line and the list of the smallest
