@@ -225,9 +225,10 @@ def _square(M, name: str = "M"):
 def check_damping(damping) -> float:
     if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
         raise InputTypeError(f"damping must be a number, got {damping!r}")
-    if not np.isfinite(damping) or damping < 0:
+    value = float(damping)
+    if not np.isfinite(value) or value < 0:
         raise InputValueError(f"damping must be finite and >= 0, got {damping!r}")
-    return float(damping)
+    return value
 
 
 def _traced(value) -> bool:

@@ -74,7 +74,8 @@ def write_derived(path: str, source: dict, write: Callable[[IO[bytes]], None]) -
     with contextlib.suppress(FileNotFoundError):
         os.remove(path + RECORD_SUFFIX)
     _atomic(path, write)
-    _atomic(path + RECORD_SUFFIX, lambda fh: fh.write(json.dumps(source, indent=1).encode()))
+    text = json.dumps(source, indent=1).encode()
+    _atomic(path + RECORD_SUFFIX, lambda fh: None if fh.write(text) else None)
 
 
 def withdraw(path: str) -> bool:

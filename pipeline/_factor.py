@@ -292,15 +292,15 @@ def invalidate(location: Any, columns: Sequence[slice]) -> int:
         return 0
     tile = int(ident["tile"])
     first = min(span.start for span in columns) // tile
-    records = root[FACTOR]["records"]
-    values = np.asarray(records[...])  # type: ignore[index]
+    records: Any = root[FACTOR]["records"]  # type: ignore[index]
+    values = np.asarray(records[...])
     cleared = values.copy()
     cleared[LOWER, :, first:] = 0
     cleared[INVERSE, first:, :] = 0
     cleared[VARIANCE] = 0
     changed = np.argwhere(cleared != values)
     for stage, i, j in changed:
-        records[int(stage), int(i), int(j)] = 0  # type: ignore[index]
+        records[int(stage), int(i), int(j)] = 0
     return len(changed)
 
 

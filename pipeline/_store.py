@@ -825,7 +825,7 @@ def store_disk_bytes(
     """Bytes a run writes for the blocks ``blocks`` (uncompressed): every chunk at
     its full size (zarr stores edge chunks padded) in whole pages, the records,
     and for a new store its metadata and coordinate arrays."""
-    chunks = chunk_shape(tuple(shape), axis, block_size, itemsize)
+    chunks = chunk_shape((int(shape[0]), int(shape[1])), axis, block_size, itemsize)
     other = shape[1 - axis]
     per_block = math.ceil(other / chunks[1 - axis]) * pages(chunks[0] * chunks[1] * itemsize)
     need = len(blocks) * (per_block + pages(len(RECORD_FIELDS) * 8))

@@ -323,7 +323,7 @@ def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool):
             leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
             for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
         }
-        write_derived(target, source, lambda fh: np.savez(fh, **leaves))  # type: ignore[arg-type]
+        write_derived(target, source, lambda fh: np.savez(fh, **leaves))
         how = "written"
     figures = {
         name: [float(np.min(v)), float(np.median(v)), float(np.max(v))]
