@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._store import SQUARE, ResultStore
+from ._store import NONFINITE, SQUARE, ResultStore
 
 __all__ = ["Scan", "scan"]
 
@@ -74,8 +74,14 @@ class _Reader:
         return value
 
 
-def _finite(a: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(a), a, 0)
+def _finite(a: np.ndarray, clean: bool) -> np.ndarray:
+    """``a`` with non-finite entries read as 0 (no copy when the records say
+    there are none)."""
+    return a if clean else np.where(np.isfinite(a), a, 0)
+
+
+def _max_abs(a: np.ndarray) -> float:
+    return float(max(a.max(), -a.min())) if a.size else 0.0
 
 
 def scan(store: ResultStore, progress: bool = False, budget: int | None = None) -> Scan:
@@ -94,6 +100,7 @@ def scan(store: ResultStore, progress: bool = False, budget: int | None = None) 
 
         bar = tqdm(total=pairs, desc="diffops checks (panels)", unit="panel", mininterval=0.5)
     reader = _Reader(store, width, bar)
+    clean = not store.read_records()[:, NONFINITE].any()
     rows = np.zeros(m)
     diagonal = np.full(n, np.nan) if square else None
     asym = np.zeros(m) if square else None
@@ -107,8 +114,8 @@ def scan(store: ResultStore, progress: bool = False, budget: int | None = None) 
                 rows += squares
             else:
                 rows[span] = squares
-            finite = _finite(a)
-            top = max(top, float(np.max(np.abs(finite))) if finite.size else 0.0)
+            finite = _finite(a, clean)
+            top = max(top, _max_abs(finite))
             if not square:
                 continue
             assert diagonal is not None and asym is not None
@@ -116,7 +123,7 @@ def scan(store: ResultStore, progress: bool = False, budget: int | None = None) 
             own = finite[span, :]
             _pair(asym, span, span, own - own.T)
             for j in range(i + 1, panels):
-                other = _finite(reader.read(j))
+                other = _finite(reader.read(j), clean)
                 jspan = reader.span(j)
                 # a[jspan] is M[J, I]; other[span] is M[I, J]
                 _pair(asym, jspan, span, finite[jspan, :] - other[span, :].T)
@@ -131,6 +138,6 @@ def _pair(asym: np.ndarray, rows: slice, cols: slice, diff: np.ndarray) -> None:
     both sets of rows."""
     if diff.size == 0:
         return
-    d = np.abs(diff)
+    d = np.abs(diff, out=diff)
     asym[rows] = np.maximum(asym[rows], d.max(axis=1))
     asym[cols] = np.maximum(asym[cols], d.max(axis=0))
