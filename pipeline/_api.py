@@ -224,7 +224,7 @@ def _difference(meta: dict, run_plan: RunPlan) -> tuple[list[str], str]:
         keys = ["noise" if k == "data" else k for k in keys]
         words = words.replace(
             describe_difference({"data": 0}, {"data": 1})[1],
-            "the noise model differs (its std, cov or inv_cov values)",
+            "the noise model differs (the data f reads changed: its std, cov or inv_cov)",
         )
     return keys, words
 

@@ -102,7 +102,7 @@ class RunSummary:
     columns_per_s: float = 0.0
     nonfinite_blocks: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
-    reason: str = ""
+    reason: str = dataclasses.field(default="", compare=False)
     """Why the call computed what it did (a new store, resumed, replaced: what
     differed, a repair), or that the store was complete."""
 

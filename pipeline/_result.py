@@ -355,7 +355,7 @@ class StoreSummary:
         out = [
             self.location,
             f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_bytes(self.nbytes)}",
-            f"  blocks      {self.n_blocks} blocks of {self.block_size} {what}; "
+            f"  blocks      {self.n_blocks} blocks of {self.block_size} ({what}); "
             f"{self.blocks_done} done",
             f"  function    {self.function}",
             f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
