@@ -14,7 +14,7 @@ import numpy as np
 
 from diffops_core.internal import InputValueError
 
-from ._store import CURVATURE
+from ._store import CURVATURE, NONFINITE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._factor import FactorTask
@@ -42,8 +42,6 @@ def require_square_complete(result: Result, what: str) -> None:
             "finish it first"
         )
     if status["nonfinite_blocks"]:
-        from ._store import NONFINITE
-
         records = result._store.read_records()
         count = int(records[:, NONFINITE].sum())
         blocks = status["nonfinite_blocks"]

@@ -22,7 +22,13 @@ import numpy as np
 
 from diffops_core.internal import InputError, InputValueError
 
-from ._analysis import require_square_complete, streamed_extremes
+from ._analysis import (
+    InverseProduct,
+    _StreamedMatrix,
+    extremes,
+    require_square_complete,
+    streamed_extremes,
+)
 from ._factor import FactorTask, read_variance
 from ._report import _Axis, _axis, _label_axis, leaf_label
 from ._uncertainty import factor
@@ -169,8 +175,6 @@ def _correlation_condition(result: Result, task: FactorTask | None, k: int, prog
     if task is None:
         return float("nan")
     from scipy.sparse.linalg import LinearOperator
-
-    from ._analysis import InverseProduct, _StreamedMatrix, extremes
 
     n, d = task.n, task.damping
     if result.nbytes <= _FULL_SPECTRUM_BYTES:

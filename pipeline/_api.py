@@ -178,7 +178,7 @@ def _to_zarr(
     existing = _existing(run_plan, flags["overwrite"])
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
     if existing is not None and not redo and not left and after is None:
-        return Result(existing)  # complete: touch nothing
+        return Result(existing, RunSummary(reason=_NOTHING))  # complete: touch nothing
     _check_disk(run_plan, left, new=existing is None)
     callbacks = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"], holder=lambda: _holder(location)):
@@ -188,10 +188,15 @@ def _to_zarr(
             if before_write is not None:
                 before_write()  # what was derived from the store goes before it changes
             summary = _dispatch(result_store, todo, run_plan, executor, callbacks).summary()
-        result = Result(result_store, dataclasses.replace(summary, reason=reason))
+        # no todo: complete, perhaps by another run since we looked
+        summary = dataclasses.replace(summary, reason=reason if todo else _NOTHING)
+        result = Result(result_store, summary)
         if after is not None:
             after(result)  # under the lock: against the state this run leaves
     return result
+
+
+_NOTHING = "complete: nothing to do"
 
 
 def _reason(run_plan: RunPlan, redo: Sequence[int]) -> str:

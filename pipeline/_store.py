@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import threading
 import zlib
@@ -426,8 +427,6 @@ class ResultStore:
 
         The history keeps the last `RUNS_KEPT` runs; ``runs_total`` counts them all.
         """
-        import socket
-
         runs = self.meta.setdefault("runs", [])
         for run in runs:  # a run still 'running' was killed before it could say so
             if run.get("status") == "running":
@@ -449,14 +448,15 @@ class ResultStore:
         return number
 
     def runs(self) -> list[dict]:
-        """The run history; a run still marked running whose lock nobody holds was
-        killed before it could say so: it reads ``interrupted``."""
+        """The run history; a run of this host still marked running whose lock
+        nobody holds was killed before it could say so: it reads ``interrupted``."""
         runs = [dict(r) for r in self.meta.get("runs") or [] if isinstance(r, dict)]
-        if any(r.get("status") == "running" for r in runs) and lock_is_free(self.location):
-            for run in runs:
-                if run.get("status") == "running":
-                    run["status"] = "interrupted"
-                    run.setdefault("error", "the process ended without recording an end")
+        here = socket.gethostname()
+        dead = [r for r in runs if r.get("status") == "running" and r.get("host") == here]
+        if dead and lock_is_free(self.location):
+            for run in dead:
+                run["status"] = "interrupted"
+                run.setdefault("error", "the process ended without recording an end")
         return runs
 
     @property
@@ -872,21 +872,46 @@ def free_disk(location) -> int | None:
     return shutil.disk_usage(probe).free
 
 
+def _kernel_locks() -> set[tuple[int, int, int]] | None:
+    """(major, minor, inode) of every file this kernel holds a lock on, from
+    ``/proc/locks``; None where there is no such table."""
+    try:
+        with open("/proc/locks") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    found = set()
+    for line in text.splitlines():
+        for field in line.split():
+            parts = field.split(":")
+            if len(parts) == 3 and all(parts):
+                with contextlib.suppress(ValueError):
+                    found.add((int(parts[0], 16), int(parts[1], 16), int(parts[2])))
+                break
+    return found
+
+
 def lock_is_free(location) -> bool:
-    """Whether no process holds the lock of a local store (False for remote
-    stores and when it cannot be told: nothing is claimed)."""
+    """Whether no process on this host holds the lock of a local store, read
+    from the kernel's lock table without taking the lock (a probe that took it,
+    however briefly, could make a run starting then refuse). False where it
+    cannot be told: a remote store, no lock table. A lock taken on another host
+    of a network filesystem is not in this host's table: ask only about runs
+    of this host."""
     path = local_path(location)
     if path is None:
         return False
-    lock = RunLock(location)
-    if lock.path is None or not os.path.exists(lock.path) or lock.path in RunLock._held:
-        return lock.path is not None and lock.path not in RunLock._held
+    name = os.path.join(path, LOCK_NAME)
     try:
-        lock.acquire()
-    except (StoreError, OSError):
+        st = os.stat(name)
+    except FileNotFoundError:
+        return True
+    except OSError:
         return False
-    lock.release()
-    return True
+    held = _kernel_locks()
+    if held is None:
+        return False
+    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) not in held
 
 
 class RunLock:

@@ -179,8 +179,9 @@ def _run_spec(
     _check_point(spec, f, x)
     noise = None
     if spec.operation == "gauss_newton":
-        f = _whitened(spec, f, x)
-        noise = noise_digest(**spec.load_noise())
+        model = spec.load_noise()  # read once: for the residuals and their digest
+        f = _whitened(spec, f, x, model)
+        noise = noise_digest(**model)
     finished: dict[str, Any] = {}
 
     def after(result: Result) -> None:
@@ -214,15 +215,8 @@ def _run_spec(
         marginal_std=finished.get("std"),
         finalized=finished.get("outputs", {}),
         checks_s=finished.get("checks_s"),
-        reason=_said_reason(result),
+        reason=result.run_summary.reason,
     )
-
-
-def _said_reason(result: Result) -> str:
-    summary = result.run_summary
-    if summary.blocks_computed == 0 and result.status()["complete"]:
-        return "complete: nothing to do"
-    return summary.reason
 
 
 def _outputs(spec: Spec) -> list[str]:
@@ -290,12 +284,13 @@ def _check_point(spec: Spec, f, x) -> None:
         ) from err
 
 
-def _whitened(spec: Spec, residuals, x):
-    """The spec's residuals with its noise model applied (`whitened_residuals`)."""
+def _whitened(spec: Spec, residuals, x, noise: dict):
+    """The spec's residuals with its noise model (`Spec.load_noise`) applied
+    (`whitened_residuals`)."""
     from diffops_core.internal import InputError, whitened_residuals
 
     try:
-        return whitened_residuals(residuals, x, **spec.load_noise())
+        return whitened_residuals(residuals, x, **noise)
     except InputError as err:
         raise SpecError(f"{spec.path}: noise: {err}") from None
 

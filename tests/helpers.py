@@ -174,3 +174,43 @@ def wait_for_lock_held(store, proc, timeout=120.0):
         if os.path.exists(os.path.join(store, "zarr.json")) and not lock_is_free(store):
             return
         time.sleep(0.02)
+
+
+#: A small residual model for spec tests: ``residuals`` (two leaves, 10 values),
+#: a scalar ``loss`` and ``point`` (``a``: 5, ``b``: a scalar).
+RESIDUAL_MODEL = """
+import jax.numpy as jnp
+import numpy as np
+
+def residuals(p):
+    return {"fit": jnp.sin(p["a"]) * p["b"] - 0.2, "prior": (p["a"] - 0.5) / 2.0}
+
+def loss(p):
+    return jnp.sum(jnp.sin(p["a"]) ** 2 * p["b"]) + jnp.sum(p["a"] ** 2)
+
+def point():
+    return {"a": np.linspace(0.1, 1.0, 5).astype(np.float32), "b": np.float32(1.5)}
+"""
+
+
+def residual_spec(tmp_path, monkeypatch, module, name="spec.yaml", text=None, **fields) -> str:
+    """Write `RESIDUAL_MODEL` as ``module.py`` and a gauss_newton spec of it
+    (float64, block 2, output ``g.zarr``; ``fields`` override, as YAML text) in
+    ``tmp_path``, or the spec file's raw bytes ``text``. **Returns:** its path."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / f"{module}.py").write_text(RESIDUAL_MODEL)
+    path = tmp_path / name
+    if text is not None:
+        path.write_bytes(text)
+        return str(path)
+    data = {
+        "operation": "gauss_newton",
+        "function": f"{module}:residuals",
+        "point": f"{module}:point",
+        "output": "g.zarr",
+        "blocks": "{block_size: 2}",
+        "dtype": "float64",
+        **fields,
+    }
+    path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
+    return str(path)

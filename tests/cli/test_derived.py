@@ -11,39 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
+from helpers import residual_spec
 from pipeline._store import ResultStore
 from pipeline.cli import main
 
-MODEL = """
-import jax.numpy as jnp
-import numpy as np
 
-def residuals(p):
-    return {"fit": jnp.sin(p["a"]) * p["b"] - 0.2, "prior": (p["a"] - 0.5) / 2.0}
-
-def loss(p):
-    return jnp.sum(jnp.sin(p["a"]) ** 2 * p["b"]) + jnp.sum(p["a"] ** 2)
-
-def point():
-    return {"a": np.linspace(0.1, 1.0, 5).astype(np.float32), "b": np.float32(1.5)}
-"""
-
-
-def _spec(tmp_path, monkeypatch, name="spec.yaml", **fields):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "dmodel.py").write_text(MODEL)
-    data = {
-        "operation": "gauss_newton",
-        "function": "dmodel:residuals",
-        "point": "dmodel:point",
-        "output": "g.zarr",
-        "blocks": "{block_size: 2}",
-        "dtype": "float64",
-        **fields,
-    }
-    path = tmp_path / name
-    path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
-    return str(path)
+def _spec(tmp_path, monkeypatch, name="spec.yaml", text=None, **fields):
+    return residual_spec(tmp_path, monkeypatch, "dmodel", name=name, text=text, **fields)
 
 
 def _run(*args):

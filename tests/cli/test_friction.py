@@ -8,41 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
+from helpers import residual_spec
 from pipeline.cli import main
 
-MODEL = """
-import jax.numpy as jnp
-import numpy as np
 
-def residuals(p):
-    return {"fit": jnp.sin(p["a"]) * p["b"] - 0.2, "prior": (p["a"] - 0.5) / 2.0}
-
-def loss(p):
-    return jnp.sum(jnp.sin(p["a"]) ** 2 * p["b"]) + jnp.sum(p["a"] ** 2)
-
-def point():
-    return {"a": np.linspace(0.1, 1.0, 5).astype(np.float32), "b": np.float32(1.5)}
-"""
-
-
-def _spec(tmp_path, monkeypatch, text=None, **fields):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "fmodel.py").write_text(MODEL)
-    data = {
-        "operation": "gauss_newton",
-        "function": "fmodel:residuals",
-        "point": "fmodel:point",
-        "output": "g.zarr",
-        "blocks": "{block_size: 2}",
-        "dtype": "float64",
-        **fields,
-    }
-    path = tmp_path / "spec.yaml"
-    if text is not None:
-        path.write_bytes(text)
-    else:
-        path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
-    return str(path)
+def _spec(tmp_path, monkeypatch, name="spec.yaml", text=None, **fields):
+    return residual_spec(tmp_path, monkeypatch, "fmodel", name=name, text=text, **fields)
 
 
 def _one_line(res, message):

@@ -109,6 +109,17 @@ def test_a_run_that_died_reads_interrupted_not_running(tmp_path):
     with RunLock(store):  # a live holder: still running
         assert pipeline.open_result(store).runs()[-1]["status"] == "running"
 
+    # telling never takes the lock (a run starting at that instant would refuse)
+    def no_probe(self):
+        raise AssertionError("status took the run lock")
+
+    real = RunLock.acquire
+    RunLock.acquire = no_probe
+    try:
+        assert pipeline.open_result(store).runs()[-1]["status"] == "interrupted"
+    finally:
+        RunLock.acquire = real
+
 
 def test_the_disk_check_covers_what_a_run_writes(tmp_path):
     from pipeline._store import store_disk_bytes
