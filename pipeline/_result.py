@@ -16,7 +16,7 @@ from diffops_core.internal import InputValueError, Layout
 
 from ._callbacks import RunSummary
 from ._plan import NotEnoughMemoryError
-from ._store import CHECKSUM, NONFINITE, SQUARE, ResultStore, checksum
+from ._store import CHECKSUM, NONFINITE, SQUARE, ResultStore, checksum, read_region
 
 __all__ = ["Result", "open_result"]
 
@@ -157,7 +157,7 @@ class Result:
             if not present[index]:
                 return index
             try:
-                data = np.asarray(self._store.matrix[self._store.block_region(index)])
+                data = read_region(self._store.matrix, *self._store.block_region(index))
             except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
                 return index
             ok = checksum(data) == int(records[index, CHECKSUM])

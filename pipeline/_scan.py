@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._store import NONFINITE, SQUARE, ResultStore
+from ._store import NONFINITE, SQUARE, ResultStore, read_region
 
 __all__ = ["Scan", "scan"]
 
@@ -67,7 +67,7 @@ class _Reader:
         column-slab store, a row panel of a row-slab one."""
         span = self.span(i)
         region = (slice(None), span) if self.store.axis == 1 else (span, slice(None))
-        value = np.asarray(self.store.matrix[region])
+        value = read_region(self.store.matrix, *region)
         self.reads += 1
         if self.bar is not None:
             self.bar.update(1)

@@ -475,7 +475,7 @@ class ResultStore:
     # -- records and data ---------------------------------------------------------
 
     def read_records(self) -> np.ndarray:
-        return np.asarray(self.records[...])
+        return read_region(self.records, slice(None), slice(None))
 
     def _block_chunk_keys(self, index: int) -> list[str]:
         grid = self.matrix._chunk_grid_shape
@@ -703,6 +703,44 @@ def _plain_bytes(matrix: zarr.Array) -> bool:
         and isinstance(codecs[0], BytesCodec)
         and codecs[0].endian in (None, Endian.little)
     )
+
+
+def read_region(array: zarr.Array, rows: slice, cols: slice) -> np.ndarray:
+    """``array[rows, cols]`` of a 2-d array. In a local store whose chunks are
+    their values' C-order bytes (`_plain_bytes`), each chunk file is read as
+    those bytes, as `SlabWriter` writes them (zarr stores edge chunks padded to
+    the full chunk shape); zarr's array machinery cost several times the file
+    reads (a few hundred small chunks: benchmarks/RESULTS.md, checks). A chunk
+    not there, or not of a whole chunk's size, is read through zarr: the fill
+    value (NaN for a matrix, never zeros), or zarr's own error."""
+    from zarr.storage import LocalStore
+
+    store = array.store
+    if not isinstance(store, LocalStore) or not _plain_bytes(array):
+        return np.asarray(array[rows, cols])
+    (m, n), (cr, cc) = array.shape, array.chunks
+    r0, r1 = rows.indices(m)[:2]
+    c0, c1 = cols.indices(n)[:2]
+    dtype = np.dtype(array.dtype)
+    out = np.empty((r1 - r0, c1 - c0), dtype)
+    root = str(store.root)
+    for i in range(r0 // cr, math.ceil(r1 / cr)):
+        rs = slice(max(i * cr, r0), min((i + 1) * cr, r1))
+        for j in range(c0 // cc, math.ceil(c1 / cc)):
+            cs = slice(max(j * cc, c0), min((j + 1) * cc, c1))
+            key = f"{array.path}/{array.metadata.encode_chunk_key((i, j))}"
+            try:
+                raw = np.fromfile(os.path.join(root, *key.split("/")), dtype=dtype)
+            except FileNotFoundError:
+                raw = None
+            target = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
+            if raw is None or raw.size != cr * cc:
+                out[target] = array[rs, cs]
+            else:
+                out[target] = raw.reshape(cr, cc)[
+                    rs.start - i * cr : rs.stop - i * cr, cs.start - j * cc : cs.stop - j * cc
+                ]
+    return out
 
 
 class SlabWriter:

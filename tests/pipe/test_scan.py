@@ -44,14 +44,16 @@ def test_scan_figures_equal_numpy_with_one_or_many_panels(tmp_path, budget):
 
 def test_checks_read_the_matrix_once_whatever_the_blocks(tmp_path, monkeypatch):
     result, H = _asym_store(tmp_path, n=60, block=1)  # 60 blocks of one column
+    import pipeline._scan as scan_module
+
     reads = []
-    real = type(result._store.matrix).__getitem__
+    real = scan_module.read_region
 
-    def counting(self, key):
-        reads.append(key)
-        return real(self, key)
+    def counting(array, rows, cols):
+        reads.append((rows, cols))
+        return real(array, rows, cols)
 
-    monkeypatch.setattr(type(result._store.matrix), "__getitem__", counting)
+    monkeypatch.setattr(scan_module, "read_region", counting)
     out = checks(result)
     assert (
         len([k for k in reads if k is not Ellipsis]) == 1
@@ -59,3 +61,26 @@ def test_checks_read_the_matrix_once_whatever_the_blocks(tmp_path, monkeypatch):
     assert out["symmetry_error"] == pytest.approx(np.abs(H - H.T).max() / np.abs(H).max(), rel=1e-6)
     summary = result.summary()
     assert summary.leaves[0].asymmetry == pytest.approx(np.abs(H - H.T).max(), rel=1e-6)
+
+
+def test_raw_reads_equal_zarr_and_a_missing_chunk_reads_nan(tmp_path):
+    import os
+
+    from pipeline._store import read_region
+
+    result, _H = _asym_store(tmp_path, n=41, block=4)  # a ragged edge chunk
+    matrix = result._store.matrix
+    for rows, cols in [
+        (slice(None), slice(None)),
+        (slice(3, 30), slice(5, 41)),
+        (slice(40, 41), slice(0, 9)),
+    ]:
+        np.testing.assert_array_equal(
+            read_region(matrix, rows, cols), np.asarray(matrix[rows, cols])
+        )
+    os.unlink(os.path.join(result.location, "matrix", "c", "0", "2"))  # columns 8:12
+    got = read_region(matrix, slice(None), slice(None))
+    assert np.isnan(got[:, 8:12]).all() and not np.isnan(got[:, :8]).any()
+    np.testing.assert_array_equal(
+        result._store.read_records(), np.asarray(result._store.records[...])
+    )
