@@ -34,7 +34,7 @@ def checks(result: Result, progress: bool = False) -> dict:
     records = result._store.read_records()
     out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
     if result.meta["operation"] in SQUARE:
-        found = scan(result._store, progress=progress)
+        found = scan(result._store, progress=progress, records=records)
         diff = float(np.max(found.row_asymmetry)) if found.row_asymmetry is not None else 0.0
         out["symmetry_error"] = diff / found.max_abs if found.max_abs > 0 else 0.0
     return out

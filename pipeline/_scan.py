@@ -84,8 +84,14 @@ def _max_abs(a: np.ndarray) -> float:
     return float(max(a.max(), -a.min())) if a.size else 0.0
 
 
-def scan(store: ResultStore, progress: bool = False, budget: int | None = None) -> Scan:
-    """Read the stored matrix once (see the module docstring) for its `Scan`."""
+def scan(
+    store: ResultStore,
+    progress: bool = False,
+    budget: int | None = None,
+    records: np.ndarray | None = None,
+) -> Scan:
+    """Read the stored matrix once (see the module docstring) for its `Scan`;
+    ``records``: the store's, when the caller has read them."""
     import psutil
 
     budget = budget or int(min(_PANEL_BYTES, psutil.virtual_memory().available // 4))
@@ -100,7 +106,8 @@ def scan(store: ResultStore, progress: bool = False, budget: int | None = None) 
 
         bar = tqdm(total=pairs, desc="diffops checks (panels)", unit="panel", mininterval=0.5)
     reader = _Reader(store, width, bar)
-    clean = not store.read_records()[:, NONFINITE].any()
+    records = store.read_records() if records is None else records
+    clean = not records[:, NONFINITE].any()
     rows = np.zeros(m)
     diagonal = np.full(n, np.nan) if square else None
     asym = np.zeros(m) if square else None
@@ -121,23 +128,32 @@ def scan(store: ResultStore, progress: bool = False, budget: int | None = None) 
             assert diagonal is not None and asym is not None
             diagonal[span] = np.diagonal(a[span, :])
             own = finite[span, :]
-            _pair(asym, span, span, own - own.T)
+            _fold(asym, span.start, span.start, own, own, same=True)
             for j in range(i + 1, panels):
                 other = _finite(reader.read(j), clean)
-                jspan = reader.span(j)
-                # a[jspan] is M[J, I]; other[span] is M[I, J]
-                _pair(asym, jspan, span, finite[jspan, :] - other[span, :].T)
+                # finite[J] is M[J, I]; other[I] is M[I, J]
+                _fold(asym, reader.span(j).start, span.start, finite[reader.span(j), :],
+                      other[span, :], same=False)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
     return Scan(rows, diagonal, top, asym, reader.reads)
 
 
-def _pair(asym: np.ndarray, rows: slice, cols: slice, diff: np.ndarray) -> None:
-    """Fold ``diff = M[rows, cols] - M[cols, rows]ᵀ`` into the per-row maxima of
-    both sets of rows."""
-    if diff.size == 0:
-        return
-    d = np.abs(diff, out=diff)
-    asym[rows] = np.maximum(asym[rows], d.max(axis=1))
-    asym[cols] = np.maximum(asym[cols], d.max(axis=0))
+#: Side of the square tiles the asymmetry is compared in: a transposed read of
+#: a whole panel strides through memory; tiles of this side stay in cache.
+_TILE = 256
+
+
+def _fold(asym: np.ndarray, r0: int, c0: int, x: np.ndarray, y: np.ndarray, same: bool):
+    """Fold ``|x - yᵀ|`` (``x = M[R, C]``, ``y = M[C, R]``, ``R`` from ``r0`` and
+    ``C`` from ``c0``) into the per-row maxima of both sets of rows, tile by
+    tile; for a diagonal panel (``same``) each pair of tiles once."""
+    rows, cols = x.shape
+    for r in range(0, rows, _TILE):
+        r1 = min(rows, r + _TILE)
+        for c in range(r if same else 0, cols, _TILE):
+            c1 = min(cols, c + _TILE)
+            d = np.abs(x[r:r1, c:c1] - y[c:c1, r:r1].T)
+            np.maximum(asym[r0 + r : r0 + r1], d.max(axis=1), out=asym[r0 + r : r0 + r1])
+            np.maximum(asym[c0 + c : c0 + c1], d.max(axis=0), out=asym[c0 + c : c0 + c1])

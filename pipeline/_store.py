@@ -723,14 +723,14 @@ def read_region(array: zarr.Array, rows: slice, cols: slice) -> np.ndarray:
     c0, c1 = cols.indices(n)[:2]
     dtype = np.dtype(array.dtype)
     out = np.empty((r1 - r0, c1 - c0), dtype)
-    root = str(store.root)
+    base = os.path.join(str(store.root), *array.path.split("/"))
+    encode = array.metadata.encode_chunk_key
     for i in range(r0 // cr, math.ceil(r1 / cr)):
         rs = slice(max(i * cr, r0), min((i + 1) * cr, r1))
         for j in range(c0 // cc, math.ceil(c1 / cc)):
             cs = slice(max(j * cc, c0), min((j + 1) * cc, c1))
-            key = f"{array.path}/{array.metadata.encode_chunk_key((i, j))}"
             try:
-                raw = np.fromfile(os.path.join(root, *key.split("/")), dtype=dtype)
+                raw = np.fromfile(os.path.join(base, *encode((i, j)).split("/")), dtype=dtype)
             except FileNotFoundError:
                 raw = None
             target = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
