@@ -146,13 +146,15 @@ def factor(
     require_square_complete(result, "the marginal standard deviations")
     identity = factor_identity(result, damping, _tile(result, tile, damping, client))
     with RunLock(result.location):
-        if stored_identity(result._store.group) != identity:  # a new factor: room for all of it
+        new = stored_identity(result._store.group) != identity
+        if new:  # room for all of it, and a matrix that matches its records, before any write
             need = factor_disk_bytes(identity["n"], identity["tile"])
             check_free(result.location, need, f"the Cholesky factor (tile {identity['tile']})")
+            _require_verified(result)
         task = open_or_create(result, identity)
         records = check_done(task, tiles=verify or not variances_intact(task))
-        if np.tril(records[LOWER] == 0).any():
-            _require_verified(result)  # tiles of L are read from the matrix: it must match
+        if not new and np.tril(records[LOWER] == 0).any():
+            _require_verified(result)  # tiles of L are still to be read from the matrix
         tiles = task.tiles
         bar = _bar(progress, tiles * (tiles + 1) // 2 + tiles, "diffops factor (tiles)")
         try:

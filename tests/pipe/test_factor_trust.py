@@ -53,6 +53,7 @@ def test_a_corrupted_matrix_is_not_factorised(tmp_path):
         result.marginal_std(progress=False)
     with pytest.raises(pipeline.StoreError, match="no longer match"):
         result.analyze(progress=False)
+    assert "factor" not in os.listdir(result.location)  # nothing begun from damaged blocks
 
 
 def test_a_repair_invalidates_the_factor_tiles_that_depend_on_it(tmp_path):
