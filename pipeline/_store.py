@@ -256,7 +256,7 @@ def remove_ours(path: str, names=None) -> list[str]:
     **Returns:** the files left in place, relative to ``path``.
     """
     kept: list[str] = []
-    for name in sorted(names or (OUR_NAMES - {LOCK_NAME})):
+    for name in sorted(OUR_NAMES - {LOCK_NAME} if names is None else names):
         full = os.path.join(path, name)
         if os.path.islink(full):
             continue  # never follow a link out of the store
@@ -316,14 +316,15 @@ class ResultStore:
         meta, plan = self.meta, self.plan
         shape = tuple(int(v) for v in meta.get("shape") or ())
         axis = int(meta.get("axis", 1))
-        found = []
+        found = [] if len(shape) == 2 else [f"shape {shape} is not two numbers"]
         if tuple(self.matrix.shape) != shape:
             found.append(f"matrix shape {tuple(self.matrix.shape)}, not {shape}")
         if np.dtype(self.matrix.dtype).name != meta.get("dtype"):
             found.append(
                 f"matrix dtype {np.dtype(self.matrix.dtype).name}, not {meta.get('dtype')}"
             )
-        if int(self.matrix.chunks[axis]) != plan.block_size or plan.extent != shape[axis]:
+        off_plan = len(shape) == 2 and plan.extent != shape[axis]
+        if int(self.matrix.chunks[axis]) != plan.block_size or off_plan:
             found.append(f"matrix chunks {tuple(self.matrix.chunks)} off the block plan")
         if tuple(self.records.shape) != (plan.n_blocks, len(RECORD_FIELDS)):
             found.append(f"records shape {tuple(self.records.shape)}, not ({plan.n_blocks}, 5)")

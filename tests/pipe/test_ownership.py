@@ -84,3 +84,13 @@ def test_remove_ours_keeps_links_and_their_targets(tmp_path):
     remove_ours(str(store))
     assert (outside / "c" / "0").read_text() == "precious"
     assert not (store / "zarr.json").exists()
+
+
+def test_remove_ours_of_no_names_removes_nothing(tmp_path):
+    from pipeline._store import remove_ours
+
+    store = tmp_path / "h.zarr"
+    _run(store)
+    before = file_snapshot(str(store))
+    assert remove_ours(str(store), []) == []
+    assert file_snapshot(str(store)) == before
