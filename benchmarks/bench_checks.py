@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from report import write_section
 
 import pipeline
-from pipeline._report import checks
+from pipeline.internal import checks
 
 
 def stars_model():
@@ -66,7 +66,7 @@ def old_checks(result) -> dict:
     import dask
     import dask.array as da
 
-    side = result._store.plan.block_size
+    side = result.store.plan.block_size
     a = result.array.rechunk((side, side))
     finite = da.where(da.isfinite(a), a, 0)
     diff, scale = dask.compute(
@@ -99,7 +99,7 @@ def case(name, f, x, block, repeats, x64):
         ), (old, new)
         n = result.shape[0]
         return (
-            f"| {name} | {n} | {result.dtype} | {block} | {result._store.plan.n_blocks} | "
+            f"| {name} | {n} | {result.dtype} | {block} | {result.store.plan.n_blocks} | "
             f"{first:.2f} | {blocks_s:.2f} | {before:.2f} ({before / first:.0%}) | "
             f"{after:.3f} ({after / first:.1%} / {after / blocks_s:.1%}) | {before / after:.0f}x |"
         )

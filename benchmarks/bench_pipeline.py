@@ -111,7 +111,9 @@ def overhead(args):
     for case in args.cases:
         problem, block = case.split(":")
         block = int(block)
-        x64 = problem.startswith("psf")  # the demo runs in float64
+        # the demo runs in float64; "psf32" is the same model in float32
+        x64 = problem.startswith("psf") and problem != "psf32"
+        problem = "psf" if problem == "psf32" else problem
         with jax.enable_x64(x64):
             memory, piped, timings = _overhead_case(problem, block, args.repeats, args.dir)
         mem, pipe = statistics.median(memory), statistics.median(piped)
@@ -125,7 +127,7 @@ def overhead(args):
         hidden = 1 - min(1.0, exposed / host) if host > 0 else 1.0
         lines.append(
             _row(
-                problem + (" (float64)" if x64 else ""),
+                problem + (" (float64)" if x64 else " (float32)" if problem == "psf" else ""),
                 block,
                 blocks,
                 f"{mem:.3f}",
@@ -447,9 +449,9 @@ def memory(args):
 
     import diffops_core.internal as dci
     import pipeline
-    from pipeline._api import _limits
-    from pipeline._execute import DistributedExecutor
-    from pipeline._plan import task_bytes
+    from pipeline import DistributedExecutor
+    from pipeline.internal import executor_limits as _limits
+    from pipeline.internal import task_bytes
 
     n = args.n
     f, x, column = make_banded_low_rank(n)

@@ -178,18 +178,26 @@ def gauss_newton(
 # -- inverses and spectra --------------------------------------------------------------
 
 
-def not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
+def diagnose_not_positive_definite(a: np.ndarray, name: str = "the matrix"):
+    """(the message, the smallest eigenvalue, how many are <= 0) of a symmetric
+    matrix without a Cholesky factor."""
     eig = np.linalg.eigvalsh((a + a.T) / 2)
     bad = int(np.sum(eig <= 0))
     scale = float(np.max(np.abs(eig))) if eig.size else 0.0
     worst = float(eig[0]) / scale if scale > 0 else float("nan")
-    return (
+    message = (
         f"{name} is not positive definite: its smallest eigenvalue is {eig[0]:.3g} "
         f"({bad} of {eig.size} eigenvalues <= 0; the most negative is {abs(worst):.2g} of "
         f"the largest in size). Nothing was regularised: pass damping= (added to the "
         "diagonal) to do so explicitly, or check the model (parameters it does not "
         "constrain, or a point that is not a minimum)"
     )
+    return message, float(eig[0]), bad
+
+
+def not_positive_definite(a: np.ndarray, name: str = "the matrix") -> str:
+    """The message of `diagnose_not_positive_definite`."""
+    return diagnose_not_positive_definite(a, name)[0]
 
 
 def _square(M, name: str = "M"):

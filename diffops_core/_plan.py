@@ -17,7 +17,15 @@ import re
 
 from ._errors import InputTypeError, InputValueError
 
-__all__ = ["Block", "BlockPlan", "format_bytes", "parse_bytes", "plan_blocks", "resolve_block_size"]
+__all__ = [
+    "Block",
+    "BlockPlan",
+    "format_bytes",
+    "format_iec",
+    "parse_bytes",
+    "plan_blocks",
+    "resolve_block_size",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +214,22 @@ def parse_bytes(value, name: str = "memory_budget") -> int:
     return nbytes
 
 
-def format_bytes(nbytes: float) -> str:
-    """Human-readable size, decimal units (``"38.2 MB"``)."""
+def format_bytes(nbytes: float, binary: bool = False) -> str:
+    """Human-readable size: decimal units (``"38.2 MB"``), or with ``binary`` the
+    powers of 1024 that dask and distributed print (``"36.43 MiB"``)."""
+    if binary:
+        for prefix, scale in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
+                              ("ki", 2**10)):  # fmt: skip
+            if nbytes >= scale * 0.9:
+                return f"{nbytes / scale:.2f} {prefix}B"
+        return f"{int(nbytes)} B"
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(nbytes) >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{int(nbytes)} B"
+
+
+def format_iec(nbytes: float) -> str:
+    """`format_bytes` in powers of 1024 (``"36.43 MiB"``), as dask and distributed
+    print sizes: what the pipeline's messages use beside theirs."""
+    return format_bytes(nbytes, binary=True)

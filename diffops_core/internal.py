@@ -8,10 +8,12 @@ is the top level of `diffops_core`.
   `jacobian_op`, `split_jacobian`.
 - Sizing: `choose_sizing`, `Sizing`, `Footprint`, `auto_inner_width`,
   `budget_block`, `kernel_bytes`.
-- Input checks and errors: `check_flag`, `parse_bytes`, `format_bytes`,
+- Input checks and errors: `check_flag`, `parse_bytes`, `format_bytes` (and
+  `format_iec`, in powers of 1024),
   `InputError`, `InputValueError`, `InputTypeError`.
-- Curvature: `check_damping`, `not_positive_definite` (the diagnostics of a
-  matrix without a Cholesky factor).
+- Curvature: `check_damping`, `not_positive_definite` and
+  `diagnose_not_positive_definite` (the diagnostics of a matrix without a
+  Cholesky factor, as words and as numbers).
 - Noise: `whitened_residuals` (``x -> A r(x)`` with ``AᵀA = W``: its
   ``"gauss_newton"`` kernels give ``Jᵀ W J``).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
@@ -25,7 +27,12 @@ vmapped at once inside a block.
 """
 
 from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
-from ._curvature import check_damping, not_positive_definite, whitened_residuals
+from ._curvature import (
+    check_damping,
+    diagnose_not_positive_definite,
+    not_positive_definite,
+    whitened_residuals,
+)
 from ._errors import InputError, InputTypeError, InputValueError
 from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
 from ._layout import Layout, LeafSpec
@@ -33,6 +40,7 @@ from ._plan import (
     Block,
     BlockPlan,
     format_bytes,
+    format_iec,
     parse_bytes,
     plan_blocks,
     resolve_block_size,
@@ -59,10 +67,12 @@ __all__ = [
     "budget_block",
     "check_damping",
     "check_flag",
+    "diagnose_not_positive_definite",
     "not_positive_definite",
     "choose_sizing",
     "clear_cache",
     "format_bytes",
+    "format_iec",
     "get_kernels",
     "jacobian_op",
     "kernel_bytes",

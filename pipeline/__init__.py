@@ -1,67 +1,81 @@
-"""pipeline: out-of-core, resumable Jacobians and Hessians as dask graphs of
-`diffops_core` block kernels writing Zarr column slabs.
+"""pipeline: out-of-core, resumable Jacobians, Hessians and Fisher matrices as
+tasks of `diffops_core` block kernels writing Zarr column slabs, and what
+they give: marginal σ, covariances, spectra.
 
-A run is plan -> executor -> callbacks: `hessian_to_zarr`/`jacobian_to_zarr`
-check their arguments, make a pure `RunPlan`, open or create the store under its
-lock and hand the blocks to an `Executor` (`ThreadsExecutor`, the embedded
-default, or `DistributedExecutor`), which reports each block's `BlockEvent` to
-the `Callback` objects (`ProgressBar`, `Timings`, your own).
-
-Public names: the calls above, `open_result` and `Result`, `local_cluster`, the
-workflow spec (`load_spec`, `run_spec`, `repair`, `Spec`), and the errors
-`StoreError`, `SpecError` and `BlockError`. The ``diffops`` command is
-`pipeline.cli`.
+The user API is here: the ``*_to_zarr`` calls and `open_result` (each gives a
+`Result`), the workflow spec (`load_spec`, `run_spec`, `repair`), the
+executors and callbacks a run takes, the types public methods return and the
+errors they raise. `pipeline.internal` is what executors, tests and
+benchmarks build on (no stability promise); the ``diffops`` command is
+`pipeline.cli`. How the rooms (`store`, `run`, `linalg`, `report`,
+`workflow`) fit together: the README's architecture section.
 """
 
 from diffops_core import __version__
 
-from ._api import gauss_newton_to_zarr, hessian_to_zarr, jacobian_to_zarr
-from ._callbacks import (
+from ._api import RunOptions, gauss_newton_to_zarr, hessian_to_zarr, jacobian_to_zarr
+from ._errors import (
+    BlockError,
+    ClusterSetupError,
+    MissingDependencyError,
+    NotEnoughMemoryError,
+    NotPositiveDefiniteError,
+    SpecError,
+    StoreError,
+)
+from ._result import Result, open_result
+from .linalg import Analysis, LeafStd
+from .report import LeafSummary, StoreSummary
+from .run import (
     BlockEvent,
     Callback,
+    DistributedExecutor,
+    Executor,
     ProgressBar,
     RunEnd,
+    RunPlan,
     RunStart,
     RunSummary,
+    ThreadsExecutor,
     Timings,
+    local_cluster,
 )
-from ._cluster import local_cluster
-from ._execute import DistributedExecutor, Executor, ThreadsExecutor
-from ._plan import NotEnoughMemoryError, RunPlan, plan
-from ._result import Result, open_result
-from ._spec import Spec, SpecError, load_spec
-from ._store import StoreError
-from ._tasks import BlockError, BlockTask
-from ._workflow import WorkflowSummary, repair, run_spec
+from .workflow import Spec, WorkflowSummary, load_spec, repair, run_spec
 
 __all__ = [
+    "Analysis",
     "BlockError",
     "BlockEvent",
-    "BlockTask",
     "Callback",
+    "ClusterSetupError",
     "DistributedExecutor",
     "Executor",
+    "LeafStd",
+    "LeafSummary",
+    "MissingDependencyError",
     "NotEnoughMemoryError",
+    "NotPositiveDefiniteError",
     "ProgressBar",
     "Result",
     "RunEnd",
+    "RunOptions",
     "RunPlan",
     "RunStart",
     "RunSummary",
     "Spec",
     "SpecError",
     "StoreError",
+    "StoreSummary",
     "ThreadsExecutor",
     "Timings",
     "WorkflowSummary",
     "__version__",
+    "gauss_newton_to_zarr",
     "hessian_to_zarr",
     "jacobian_to_zarr",
-    "gauss_newton_to_zarr",
     "load_spec",
     "local_cluster",
     "open_result",
-    "plan",
     "repair",
     "run_spec",
 ]

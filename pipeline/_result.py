@@ -1,22 +1,22 @@
-"""`Result`: read access to a stored Jacobian or Hessian."""
+"""`Result`: the facade of a stored result. It keeps the data views (`array`,
+`assemble`, `to_pytree`, `status`, `verify`, `layouts`) and forwards
+everything else, in one line each, to `pipeline.linalg` and `pipeline.report`,
+which take the `ResultStore` underneath."""
 
 from __future__ import annotations
 
-import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.array as da
 import numpy as np
-import psutil
-from dask.utils import format_bytes
 
 from diffops_core import matrix_to_pytree
-from diffops_core.internal import InputValueError, Layout
+from diffops_core.internal import Layout
 
-from ._callbacks import RunSummary
-from ._plan import NotEnoughMemoryError
-from ._store import CHECKSUM, NONFINITE, SQUARE, ResultStore, checksum, read_region
+from .linalg import Analysis, analyze, covariance, marginal_std, spectrum
+from .report import StoreSummary, plot, plot_analysis, summarise
+from .run import RunSummary
+from .store import ResultStore
 
 __all__ = ["Result", "open_result"]
 
@@ -48,9 +48,14 @@ class Result:
         )
 
     @property
+    def store(self) -> ResultStore:
+        """The `ResultStore` underneath (`pipeline.internal`: what the linear algebra
+        and the reports take)."""
+        return self._store
+
+    @property
     def shape(self) -> tuple[int, int]:
-        m, n = self._store.matrix.shape
-        return int(m), int(n)
+        return self._store.shape
 
     @property
     def dtype(self) -> np.dtype:
@@ -58,7 +63,7 @@ class Result:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        return self._store.nbytes
 
     @property
     def array(self) -> da.Array:
@@ -69,19 +74,7 @@ class Result:
         holding non-finite values, and ``missing_data``: blocks recorded complete
         whose data chunks are gone (they count as not done; a run recomputes them).
         A block is done only when its record says so and all its chunks exist."""
-        records = self._store.read_records()
-        recorded = self._store.recorded_mask(records)
-        done = recorded & self._store.data_present()
-        return {
-            "blocks_total": int(done.size),
-            "blocks_done": int(done.sum()),
-            "complete": bool(done.all()),
-            "runs": self._store.runs_total,
-            "nonfinite_blocks": [
-                int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))
-            ],
-            "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
-        }
+        return self._store.status()
 
     def runs(self) -> list[dict]:
         """The store's run history (the last few runs); a run killed before it
@@ -98,19 +91,7 @@ class Result:
         **Raises:** `MemoryError` when it would not fit in available memory;
         `ValueError` when blocks are missing.
         """
-        status = self.status()
-        if not status["complete"]:
-            raise InputValueError(
-                f"the result at {self.location!r} is incomplete ({status['blocks_done']}/"
-                f"{status['blocks_total']} blocks); run it again to finish it first"
-            )
-        available = psutil.virtual_memory().available
-        if self.nbytes > 0.8 * available:
-            raise NotEnoughMemoryError(
-                f"assembling needs {format_bytes(self.nbytes)} but only {format_bytes(available)} "
-                "is available; use .array (lazy, dask) or .to_pytree() to work block by block"
-            )
-        return np.asarray(self._store.matrix[...])
+        return self._store.assemble()
 
     def layouts(self, x=None) -> tuple[Layout, Layout]:
         """The (row, column) flat layouts; with ``x``, its structure for the columns.
@@ -118,19 +99,7 @@ class Result:
         **Raises:** `ValueError` when ``x``'s leaf key paths or shapes differ from the
         stored ones.
         """
-        cols = self._store.in_layout
-        if x is not None:
-            given = Layout.from_pytree(x, check_float=False)
-            ours = [(s.path, s.shape) for s in cols.leaves]
-            theirs = [(s.path, s.shape) for s in given.leaves]
-            if theirs != ours:
-                raise InputValueError(
-                    f"x has leaves {_describe(theirs)}, but the stored result was computed for "
-                    f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
-                )
-            cols = given
-        rows = cols if self.meta["operation"] in SQUARE else self._store.out_layout
-        return rows, cols
+        return self._store.layouts(x)
 
     def to_pytree(self, x=None):
         """A lazy pytree-of-pytrees of dask arrays over the stored matrix.
@@ -149,31 +118,13 @@ class Result:
         **Returns:** the indices of blocks whose data no longer match their record
         (unreadable blocks and missing chunks count as bad).
         """
-        records = self._store.read_records()
-        done = np.flatnonzero(self._store.recorded_mask(records))
-        present = self._store.data_present()
-
-        def check(index: int) -> int | None:
-            if not present[index]:
-                return index
-            try:
-                data = read_region(self._store.matrix, *self._store.block_region(index))
-            except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
-                return index
-            ok = checksum(data) == int(records[index, CHECKSUM])
-            return None if ok else index
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
-        return sorted(bad)
+        return self._store.verify(workers)
 
     def summary(self) -> StoreSummary:
         """What the store holds: metadata, progress, and for a complete result the
         per-leaf figures (row-block norm; for a Hessian the diagonal's range and
         the largest asymmetry), read lazily, block by block."""
-        from ._report import summarise
-
-        return summarise(self)
+        return summarise(self._store)
 
     def plot(
         self,
@@ -193,9 +144,7 @@ class Result:
         **Raises:** `InputError` (an `ImportError`) without matplotlib; a
         `ValueError` naming the leaves for an unknown leaf.
         """
-        from ._report import plot
-
-        return plot(self, output, pixels=pixels, leaves=leaves, min_cells=min_cells)
+        return plot(self._store, output, pixels=pixels, leaves=leaves, min_cells=min_cells)
 
     def spectrum(
         self,
@@ -217,9 +166,7 @@ class Result:
         ``condition``, ``positive_definite``, ``matvecs``.
         **Raises:** `ValueError` for a Jacobian or an incomplete store.
         """
-        from ._analysis import spectrum
-
-        return spectrum(self, k, which, tol=tol, client=client, progress=progress)
+        return spectrum(self._store, k, which, tol=tol, client=client, progress=progress)
 
     def marginal_std(
         self,
@@ -247,9 +194,9 @@ class Result:
         eigenvalue, how many are not positive and the worst's relative size (as
         `diffops_core.marginal_std`); nothing of the failed factorisation is kept.
         """
-        from ._uncertainty import marginal_std
-
-        return marginal_std(self, x, damping=damping, tile=tile, client=client, progress=progress)
+        return marginal_std(
+            self._store, x, damping=damping, tile=tile, client=client, progress=progress
+        )
 
     def covariance(
         self,
@@ -270,12 +217,10 @@ class Result:
         **Raises:** as `marginal_std`; `StoreError` when ``store`` holds something
         else (another result only goes with ``overwrite``; what is not ours never).
         """
-        from ._uncertainty import covariance
-
-        return covariance(
-            self, store, damping=damping, tile=tile, client=client,
+        return Result(covariance(
+            self._store, store, damping=damping, tile=tile, client=client,
             overwrite=overwrite, progress=progress,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def analyze(
         self,
@@ -286,7 +231,7 @@ class Result:
         pixels: int = 400,
         client: Any = None,
         progress: bool = True,
-    ) -> Any:
+    ) -> Analysis:
         """What a stored Hessian or Gauss–Newton matrix says about the parameters
         (``diffops analyze``): marginal σ per leaf (min, median, max), the ``k``
         largest and smallest eigenvalues (Lanczos; the small end by shift-invert
@@ -298,90 +243,11 @@ class Result:
         not positive definite gives no σ: ``error`` holds the diagnostics.
         **Raises:** `ValueError` for a Jacobian or an incomplete store.
         """
-        from ._analyze import analyze, plot_analysis
-
-        analysis, task = analyze(self, damping=damping, k=k, client=client, progress=progress)
+        store = self._store
+        analysis, task = analyze(store, damping=damping, k=k, client=client, progress=progress)
         if plot is not None:
-            plot_analysis(self, analysis, task, plot, pixels)
+            plot_analysis(store, analysis, task, plot, pixels)
         return analysis
-
-    def repair(self, spec: Any = None, *, progress: bool = True) -> dict:
-        """Recompute the bad and missing blocks of this store, in place (see
-        `pipeline.repair`); ``spec`` defaults to the one stored with the result."""
-        from ._workflow import repair
-
-        return repair(self.location, spec, progress=progress)
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafSummary:
-    """Figures of one leaf's rows: `norm` (Frobenius norm of its row block); for
-    a Hessian `diagonal_min`, `diagonal_max` and `asymmetry` (max|H - H^T|)."""
-
-    path: str
-    shape: tuple[int, ...]
-    norm: float
-    diagonal_min: float | None = None
-    diagonal_max: float | None = None
-    asymmetry: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StoreSummary:
-    """What `Result.summary` reports."""
-
-    location: str
-    operation: str
-    op: str
-    shape: tuple[int, int]
-    dtype: str
-    nbytes: int
-    block_size: int
-    n_blocks: int
-    axis: int
-    blocks_done: int
-    complete: bool
-    function: str
-    fingerprint: str
-    versions: dict
-    runs: int
-    checks: dict
-    leaves: tuple[LeafSummary, ...] = ()
-
-    def lines(self) -> list[str]:
-        """The summary as text lines (what ``diffops show`` prints)."""
-        what = "rows" if self.axis == 0 else "columns"
-        op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
-        out = [
-            self.location,
-            f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_bytes(self.nbytes)}",
-            f"  blocks      {self.n_blocks} blocks of {self.block_size} ({what}); "
-            f"{self.blocks_done} done",
-            f"  function    {self.function}",
-            f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
-            f"  runs        {self.runs}; checks {self.checks}",
-        ]
-        if not self.complete:
-            return [*out, "  (incomplete: no per-leaf summary)"]
-        hessian = self.operation in SQUARE
-        header = f"  {'leaf':<28} {'shape':<14} {'row-block norm':>15}"
-        if hessian:
-            header += f" {'diagonal min':>13} {'diagonal max':>13} {'max|H-H^T|':>11}"
-        out.append(header)
-        for leaf in self.leaves:
-            line = f"  {leaf.path or '(root)':<28} {leaf.shape!s:<14} {leaf.norm:>15.4g}"
-            if hessian:
-                line += (
-                    f" {leaf.diagonal_min:>13.4g} {leaf.diagonal_max:>13.4g}"
-                    f" {leaf.asymmetry:>11.3g}"
-                )
-            out.append(line)
-        return out
-
-
-def _describe(leaves) -> str:
-    text = ", ".join(f"{path or '(root)'} {shape}" for path, shape in leaves[:6])
-    return f"[{text}{', ...' if len(leaves) > 6 else ''}]"
 
 
 def open_result(store: Any) -> Result:

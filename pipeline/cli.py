@@ -13,9 +13,13 @@ import sys
 from collections.abc import Callable
 
 import click
-from dask.utils import format_bytes
 
 from diffops_core import __version__
+from diffops_core.internal import InputError, format_iec
+
+from ._errors import BlockError
+from ._result import open_result
+from .workflow import load_spec, run_spec
 
 EXIT_INCOMPLETE = 3
 EXIT_BAD_BLOCKS = 4
@@ -31,10 +35,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     stores, arguments, memory that cannot fit, a missing optional dependency),
     a block that failed, and the file system refusing (a full disk, no
     permission). Anything else is a bug and keeps its traceback."""
-    from diffops_core.internal import InputError
-
-    from ._tasks import BlockError
-
     return (InputError, BlockError, OSError)
 
 
@@ -62,8 +62,6 @@ def _friendly(fn: Callable) -> Callable:
 
 
 def _open(store):
-    from ._result import open_result
-
     return open_result(store)
 
 
@@ -91,9 +89,9 @@ def _print_summary(summary) -> None:
         )
     else:
         lines.append(f"  wall time   {summary.wall_s:.1f} s (nothing to do: already complete)")
-    memory = f"{format_bytes(summary.peak_rss_driver)} (driver)"
+    memory = f"{format_iec(summary.peak_rss_driver)} (driver)"
     if summary.peak_rss_worker:
-        memory += f", {format_bytes(summary.peak_rss_worker)} (largest worker)"
+        memory += f", {format_iec(summary.peak_rss_worker)} (largest worker)"
     lines.append(f"  peak memory {memory}")
     if summary.symmetry_error is not None:
         lines.append(f"  symmetry    max|H - H^T| / max|H| = {summary.symmetry_error:.2e}")
@@ -142,9 +140,6 @@ def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json,
     holding another result is refused unless --overwrite.
     """
     import logging
-
-    from ._spec import load_spec
-    from ._workflow import run_spec
 
     # a local cluster's start/stop chatter is not for the user; warnings still show
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -214,8 +209,6 @@ def verify(store, repair, spec_path, progress):
     """Check every block of STORE against its checksum; --repair recomputes the bad
     and missing ones. Exit code 0 when every block is present and verifies, 4 when
     some are bad, 3 when some are missing."""
-    from ._spec import load_spec
-
     result = _open(store)
     bad, missing = result.verify(), result.missing_blocks()
     missing = [i for i in missing if i not in bad]
@@ -225,7 +218,7 @@ def verify(store, repair, spec_path, progress):
     )
     if repair and (bad or missing):
         spec = load_spec(spec_path) if spec_path else None
-        report = result.repair(spec, progress=progress)
+        report = repair(store, spec, progress=progress)
         bad, missing = report["still_bad"], report["still_missing"]
         if not bad and not missing:
             fixed = len(report["bad"]) + len(report["missing"])

@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from pipeline import BlockTask, DistributedExecutor, ThreadsExecutor
+from pipeline import DistributedExecutor, ThreadsExecutor
+from pipeline.internal import BlockTask
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

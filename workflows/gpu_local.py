@@ -22,7 +22,7 @@ import time
 import dask
 
 import pipeline
-from pipeline._cluster import JAX_WORKER_ENV
+from pipeline.internal import JAX_WORKER_ENV
 
 
 def cuda_cluster(port: int = 8786, **kwargs):

@@ -33,7 +33,7 @@ import sys
 from dask.utils import parse_bytes
 
 import pipeline
-from pipeline._cluster import JAX_WORKER_ENV
+from pipeline.internal import JAX_WORKER_ENV
 
 
 def worker_env(spec: pipeline.Spec, gpus: int) -> dict[str, str]:

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
+import pipeline.internal
 from helpers import mixed_out, mixed_x
-from pipeline import _analyze
 from pipeline.cli import main
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipe"))
@@ -85,9 +85,11 @@ def test_the_picture_is_written(tmp_path, monkeypatch):
     out = _analyze_cli(result.location, "--plot", str(png))
     assert out.exit_code == 0 and f"wrote {png}" in out.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setattr(_analyze, "_FULL_SPECTRUM_BYTES", 0)  # the Lanczos extremes only
-    task = pipeline._factor.FactorTask(result.location, N, 150, 0.0)
-    corr = _analyze.correlation(task, np.arange(N))
+    monkeypatch.setattr(
+        pipeline.internal.analysis_module, "FULL_SPECTRUM_BYTES", 0
+    )  # the Lanczos extremes only
+    task = pipeline.internal.FactorTask(result.location, N, 150, 0.0)
+    corr = pipeline.internal.correlation(task, np.arange(N))
     H = np.asarray(result.assemble(), np.float64)
     cov = np.linalg.inv(H)
     np.testing.assert_allclose(
@@ -118,9 +120,9 @@ def test_an_end_lanczos_cannot_resolve_is_solved_in_memory_when_it_fits(tmp_path
     eig = np.linalg.eigvalsh(P.astype(np.float64))
     P[np.diag_indices(N)] -= (eig[0] + eig[1]) / 2
     result = _store(tmp_path, P=P)
-    original = pipeline._analysis.extremes
+    original = pipeline.internal.lanczos_module.extremes
     monkeypatch.setattr(
-        pipeline._analysis,
+        pipeline.internal.lanczos_module,
         "extremes",
         lambda op, k, which, *a: [] if which == "SA" else original(op, k, which, *a),
     )
@@ -128,6 +130,6 @@ def test_an_end_lanczos_cannot_resolve_is_solved_in_memory_when_it_fits(tmp_path
     exact = np.linalg.eigvalsh(np.asarray(result.assemble(), np.float64))
     np.testing.assert_allclose(analysis.smallest, exact[:3], rtol=1e-10)
     assert not analysis.positive_definite and analysis.error
-    monkeypatch.setattr(_analyze, "_FULL_SPECTRUM_BYTES", 1)
+    monkeypatch.setattr(pipeline.internal.analysis_module, "FULL_SPECTRUM_BYTES", 1)
     with pytest.raises(ValueError, match="Lanczos found no eigenvalue at one end"):
         result.analyze(k=3, progress=False)

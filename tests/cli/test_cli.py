@@ -15,8 +15,9 @@ from click.testing import CliRunner
 import diffops_core as dc
 import faults
 from helpers import wait_for_lock_held
-from pipeline._store import ResultStore, StoreError
+from pipeline import StoreError
 from pipeline.cli import main
+from pipeline.internal import ResultStore
 
 TINY_MODEL = """
 import jax.numpy as jnp

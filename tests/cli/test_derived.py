@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 import pipeline
 from helpers import residual_spec
-from pipeline._store import ResultStore
 from pipeline.cli import main
+from pipeline.internal import ResultStore
 
 
 def _spec(tmp_path, monkeypatch, name="spec.yaml", text=None, **fields):
@@ -45,12 +45,12 @@ def test_nightly_kill_between_the_last_block_and_finalize_then_rerun(tmp_path, m
     np.testing.assert_allclose(_saved_std(tmp_path / "sigma.npz"), _store_std(store), rtol=1e-9)
     # the next night: the noise scaled by 1.5, and the run killed after its last block
     np.save(tmp_path / "s.npy", np.full(10, 0.75))
-    import pipeline._workflow as workflow
+    from pipeline.internal import workflow_module as workflow
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workflow, "_finish", killed)
+    monkeypatch.setattr(workflow, "finish", killed)
     res = _run(spec, "--overwrite")
     assert res.exit_code == 130
     assert not (tmp_path / "sigma.npz").exists() and not (tmp_path / "g.npy").exists()
@@ -106,7 +106,7 @@ def test_an_output_edited_by_hand_is_not_current(tmp_path, monkeypatch):
 
 def test_a_second_writer_during_the_checks_is_refused(tmp_path, monkeypatch):
     spec = _spec(tmp_path, monkeypatch)
-    import pipeline._workflow as workflow
+    from pipeline.internal import finalize_module as workflow
 
     real = workflow.checks
     outcome = {}

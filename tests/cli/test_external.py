@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import diffops_core as dc
-from pipeline._store import ResultStore
+from pipeline.internal import ResultStore
 
 BIN = os.path.dirname(sys.executable)
 

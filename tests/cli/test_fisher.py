@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 import diffops_core as dc
-from pipeline._store import ResultStore
 from pipeline.cli import main
+from pipeline.internal import ResultStore
 
 MODEL = """
 import jax.numpy as jnp

@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 import diffops_core as dc
-from pipeline._store import ResultStore
 from pipeline.cli import main
+from pipeline.internal import ResultStore
 
 MODEL = """
 import jax.numpy as jnp
@@ -107,7 +107,8 @@ def test_a_nested_point_from_npz_keys_with_slashes(tmp_path, monkeypatch):
 
 def test_small_leaves_get_a_minimum_width_and_every_leaf_a_label():
     from diffops_core.internal import Layout
-    from pipeline._report import _axis, leaf_label
+    from pipeline.internal import axis_of as _axis
+    from pipeline.internal import leaf_label
 
     z = lambda n: np.zeros(n, np.float32)
     x = {"background": z(576), "flux": np.float32(1.0), "position": z(2), "psf": {"rho": z(3)}}
@@ -128,7 +129,7 @@ def test_small_leaves_get_a_minimum_width_and_every_leaf_a_label():
 
 
 def test_resampling_keeps_the_maximum_and_nan():
-    from pipeline._report import _resample
+    from pipeline.internal import resample as _resample
 
     block = np.arange(12.0).reshape(3, 4)
     assert _resample(block, 1, 2).tolist() == [[9.0, 11.0]]
@@ -159,7 +160,7 @@ def test_diffops_itself_is_never_shipped_by_value(tmp_path, monkeypatch):
     import os
 
     import pipeline
-    from pipeline._ship import local_modules
+    from pipeline.internal import local_modules
 
     repo = os.path.dirname(os.path.dirname(pipeline.__file__))
     names = local_modules([repo])

@@ -12,7 +12,7 @@ import pytest
 import diffops_core as dc
 import pipeline
 from helpers import chunk_files, log_fault, mixed_loss, mixed_x, tol
-from pipeline._store import ResultStore
+from pipeline.internal import ResultStore
 
 
 def nan_loss(x):
@@ -39,7 +39,7 @@ def test_all_nan_blocks_complete_and_a_rerun_computes_nothing(tmp_path, compress
 
 
 def test_a_write_that_leaves_no_chunk_fails_the_block_and_the_run(tmp_path, monkeypatch):
-    from pipeline._store import SlabWriter
+    from pipeline.internal import SlabWriter
 
     monkeypatch.setattr(SlabWriter, "write", lambda self, rows, cols, data: None)
     store = str(tmp_path / "h.zarr")
@@ -104,7 +104,7 @@ def test_a_run_that_died_reads_interrupted_not_running(tmp_path):
     ResultStore.open(store, "r+").start_run(3)  # as a killed run leaves it: no end, no lock
     result = pipeline.open_result(store)
     assert result.runs()[-1]["status"] == "interrupted"
-    from pipeline._store import RunLock
+    from pipeline.internal import RunLock
 
     with RunLock(store):  # a live holder: still running
         assert pipeline.open_result(store).runs()[-1]["status"] == "running"
@@ -122,7 +122,7 @@ def test_a_run_that_died_reads_interrupted_not_running(tmp_path):
 
 
 def test_the_disk_check_covers_what_a_run_writes(tmp_path):
-    from pipeline._store import store_disk_bytes
+    from pipeline.internal import store_disk_bytes
 
     store = tmp_path / "h.zarr"
     done = pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(store), block_size=4, progress=False)
@@ -131,7 +131,7 @@ def test_the_disk_check_covers_what_a_run_writes(tmp_path):
         for base, _dirs, files in os.walk(store)
         for name in files
     )
-    plan = done._store.plan
+    plan = done.store.plan
     need = store_disk_bytes(
         done.shape, 1, plan.block_size, 4, list(range(plan.n_blocks)), plan.n_blocks, True
     )
@@ -139,7 +139,7 @@ def test_the_disk_check_covers_what_a_run_writes(tmp_path):
 
 
 def test_the_factor_disk_is_checked_before_it_is_made(tmp_path, monkeypatch):
-    import pipeline._store as store_module
+    from pipeline.internal import location_module as store_module
 
     store = str(tmp_path / "h.zarr")
     P = np.eye(12) * 2

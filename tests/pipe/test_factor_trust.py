@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 import pipeline
-from pipeline._store import ResultStore
+from pipeline.internal import ResultStore
 
 N = 60
 
@@ -61,11 +61,11 @@ def test_a_repair_invalidates_the_factor_tiles_that_depend_on_it(tmp_path):
     std = result.marginal_std(tile=20, progress=False)
     np.testing.assert_allclose(std, _sigma(P), rtol=1e-10)
     # a factor made (by an older version) from a damaged matrix: the repair must drop it
-    from pipeline import _factor
+    from pipeline.internal import invalidate
 
     root = zarr.open_group(result.location, mode="r+", use_consolidated=False)
     records = np.asarray(root["factor"]["records"][...])
-    cleared = _factor.invalidate(result.location, [slice(20, 40)])
+    cleared = invalidate(result.location, [slice(20, 40)])
     after = np.asarray(root["factor"]["records"][...])
     assert cleared > 0
     assert np.all(after[0, :, 1:] == 0) and np.all(after[0, :, 0] == records[0, :, 0])

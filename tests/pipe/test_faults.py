@@ -19,8 +19,8 @@ from click.testing import CliRunner
 import faults
 import pipeline
 from helpers import chunk_files, lock_is_free, log_fault, mixed_loss, mixed_x, wait_for_lock_held
-from pipeline._store import RUN, ResultStore
 from pipeline.cli import main
+from pipeline.internal import RUN, ResultStore
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 2  # mixed_x: 16 columns -> 8 blocks

@@ -6,7 +6,7 @@ import pytest
 import diffops_core as dc
 import pipeline
 from helpers import mixed_out, mixed_x, tol
-from pipeline._store import ResultStore
+from pipeline.internal import ResultStore
 
 STD = {"first": 0.5, "second": (np.array([0.1, 2.0], np.float32), 0.25)}
 

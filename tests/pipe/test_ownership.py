@@ -72,7 +72,7 @@ def test_overwrite_deletes_only_the_files_zarr_wrote_for_us(tmp_path):
 
 
 def test_remove_ours_keeps_links_and_their_targets(tmp_path):
-    from pipeline._store import remove_ours
+    from pipeline.internal import remove_ours
 
     outside = tmp_path / "outside"
     (outside / "c").mkdir(parents=True)
@@ -87,7 +87,7 @@ def test_remove_ours_keeps_links_and_their_targets(tmp_path):
 
 
 def test_remove_ours_of_no_names_removes_nothing(tmp_path):
-    from pipeline._store import remove_ours
+    from pipeline.internal import remove_ours
 
     store = tmp_path / "h.zarr"
     _run(store)

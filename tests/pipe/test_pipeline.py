@@ -121,7 +121,7 @@ def test_failing_block_is_named_and_finished_blocks_stay(tmp_path, monkeypatch, 
         pipeline.hessian_to_zarr(mixed_loss, x, store, block_size=2, threads=1, progress=False)
     result = pipeline.open_result(store)
     status = result.status()
-    assert not status["complete"] and 2 not in np.flatnonzero(result._store.done_mask())
+    assert not status["complete"] and 2 not in np.flatnonzero(result.store.done_mask())
     finished = status["blocks_done"]
     inject.clear()
     done = pipeline.hessian_to_zarr(mixed_loss, x, store, block_size=2, progress=False)
@@ -191,7 +191,7 @@ def test_stale_lock_and_partial_files_are_cleaned(tmp_path):
 
     store = str(tmp_path / "h.zarr")
     pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)
-    from pipeline._store import ResultStore
+    from pipeline.internal import ResultStore
 
     ResultStore.open(store, "r+").clear_record(1)  # as if the run died while writing block 1
     import socket
@@ -256,7 +256,7 @@ def test_zstd_and_float64(tmp_path):
 
 
 def test_overwrite_still_resumes_the_same_computation(tmp_path):
-    from pipeline._store import ResultStore
+    from pipeline.internal import ResultStore
 
     store = str(tmp_path / "h.zarr")
     pipeline.hessian_to_zarr(mixed_loss, mixed_x(), store, block_size=4, progress=False)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline._report import checks
-from pipeline._scan import scan
+from pipeline.internal import checks, scan
 
 
 def _asym_store(tmp_path, n=40, block=1):
@@ -24,14 +23,14 @@ def _asym_store(tmp_path, n=40, block=1):
     # make it asymmetric by hand, as a faulty model could
     H = np.asarray(result.assemble()).copy()
     H[3, 30] += 1.5
-    result._store.matrix[3:4, 30:31] = H[3:4, 30:31]
+    result.store.matrix[3:4, 30:31] = H[3:4, 30:31]
     return result, H
 
 
 @pytest.mark.parametrize("budget", [None, 40 * 4 * 8 * 2])
 def test_scan_figures_equal_numpy_with_one_or_many_panels(tmp_path, budget):
     result, H = _asym_store(tmp_path)
-    found = scan(result._store, budget=budget)
+    found = scan(result.store, budget=budget)
     expected = np.abs(H - H.T).max(axis=1)
     np.testing.assert_allclose(found.row_asymmetry, expected, rtol=1e-6)
     np.testing.assert_allclose(
@@ -44,7 +43,7 @@ def test_scan_figures_equal_numpy_with_one_or_many_panels(tmp_path, budget):
 
 def test_checks_read_the_matrix_once_whatever_the_blocks(tmp_path, monkeypatch):
     result, H = _asym_store(tmp_path, n=60, block=1)  # 60 blocks of one column
-    import pipeline._scan as scan_module
+    from pipeline.internal import scan_module
 
     reads = []
     real = scan_module.read_region
@@ -66,10 +65,10 @@ def test_checks_read_the_matrix_once_whatever_the_blocks(tmp_path, monkeypatch):
 def test_raw_reads_equal_zarr_and_a_missing_chunk_reads_nan(tmp_path):
     import os
 
-    from pipeline._store import read_region
+    from pipeline.internal import read_region
 
     result, _H = _asym_store(tmp_path, n=41, block=4)  # a ragged edge chunk
-    matrix = result._store.matrix
+    matrix = result.store.matrix
     for rows, cols in [
         (slice(None), slice(None)),
         (slice(3, 30), slice(5, 41)),
@@ -82,5 +81,5 @@ def test_raw_reads_equal_zarr_and_a_missing_chunk_reads_nan(tmp_path):
     got = read_region(matrix, slice(None), slice(None))
     assert np.isnan(got[:, 8:12]).all() and not np.isnan(got[:, :8]).any()
     np.testing.assert_array_equal(
-        result._store.read_records(), np.asarray(result._store.records[...])
+        result.store.read_records(), np.asarray(result.store.records[...])
     )

@@ -21,9 +21,8 @@ import diffops_core as dc
 import diffops_core.internal as dci
 import pipeline
 from helpers import chunk_files, file_snapshot, log_fault, mixed_loss, mixed_x, tol
-from pipeline._plan import Limits, _default_block, task_bytes
-from pipeline._store import ResultStore, RunLock
-from pipeline._tasks import BlockTask
+from pipeline.internal import BlockTask, Limits, ResultStore, RunLock, task_bytes
+from pipeline.internal import default_block as _default_block
 
 X4 = jnp.linspace(0.1, 0.4, 4)
 
@@ -405,7 +404,7 @@ def test_file_urls_work_and_leave_no_bare_group(tmp_path):
     np.testing.assert_allclose(
         again.assemble(), dc.hessian(mixed_loss, mixed_x())[0], **tol(np.float32)
     )
-    from pipeline._store import COORDINATES
+    from pipeline.internal import COORDINATES
 
     expected = ["blocks", "diffops.lock", "matrix", "zarr.json", *COORDINATES]  # only ours
     assert sorted(os.listdir(path)) == sorted(expected)
@@ -512,7 +511,7 @@ def test_a_moved_store_resumes_in_place(tmp_path):
 
 
 def test_a_worker_limit_below_the_runtime_floor_is_refused_with_the_numbers():
-    from pipeline._api import WORKER_RUNTIME_BYTES
+    from pipeline.internal import WORKER_RUNTIME_BYTES
 
     f, x = _wide_quadratic(200)
     kernels = dci.get_kernels(f, x, "hessian")[0]
@@ -547,7 +546,7 @@ def test_a_default_blocked_run_resumes_whatever_memory_is_free_now(tmp_path, mon
     first = pipeline.hessian_to_zarr(f, x, store, progress=False)
     block = first.meta["plan"]["block_size"]
     assert block < 125
-    pipeline._store.ResultStore.open(store, "r+").clear_record(3)
+    pipeline.store.ResultStore.open(store, "r+").clear_record(3)
     monkeypatch.undo()  # memory to spare now: a fresh plan would take 125
     again = pipeline.hessian_to_zarr(f, x, store, progress=False)
     assert again.meta["plan"]["block_size"] == block

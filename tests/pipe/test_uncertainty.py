@@ -13,7 +13,7 @@ import pytest
 import diffops_core as dc
 import pipeline
 from helpers import mixed_out, mixed_x
-from pipeline import _factor, _uncertainty
+from pipeline.internal import factor_module
 
 N = 150
 
@@ -58,13 +58,13 @@ class _Count:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        original = _factor.FactorTask.lower_tile
+        original = pipeline.internal.FactorTask.lower_tile
 
         def counted(task, i, j):
             self.calls += 1
             return original(task, i, j)
 
-        monkeypatch.setattr(_factor.FactorTask, "lower_tile", counted)
+        monkeypatch.setattr(pipeline.internal.FactorTask, "lower_tile", counted)
 
 
 @pytest.mark.parametrize(("block_size", "tile"), [(16, 32), (50, 64), (150, 150), (32, 7), (7, 40)])
@@ -116,9 +116,9 @@ def test_a_killed_factorisation_resumes_with_the_same_answer(tmp_path, monkeypat
         f"""
         import os, signal
         import pipeline
-        from pipeline import _factor
+        from pipeline.internal import FactorTask
         writes = 0
-        original = _factor.FactorTask.write
+        original = pipeline.internal.FactorTask.write
         def write(self, arrays, name, i, j, data):
             global writes
             writes += 1
@@ -126,13 +126,15 @@ def test_a_killed_factorisation_resumes_with_the_same_answer(tmp_path, monkeypat
                 arrays[name][self.span(i), self.span(j)] = data
                 os.kill(os.getpid(), signal.SIGKILL)
             original(self, arrays, name, i, j, data)
-        _factor.FactorTask.write = write
+        pipeline.internal.FactorTask.write = write
         pipeline.open_result({result.location!r}).marginal_std(tile=30, progress=False)
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    records = np.asarray(_factor.FactorTask(result.location, N, 30, 0.0).arrays()["records"][0])
+    records = np.asarray(
+        pipeline.internal.FactorTask(result.location, N, 30, 0.0).arrays()["records"][0]
+    )
     assert int(np.count_nonzero(records)) == 8  # 8 tiles recorded, the 9th only written
     count = _Count(monkeypatch)
     _close(result.marginal_std(tile=30, progress=False), _in_memory(result))
@@ -161,7 +163,7 @@ def test_a_large_matrix_is_diagnosed_by_lanczos(tmp_path, monkeypatch):
     eig = np.linalg.eigvalsh(P.astype(np.float64))
     P[np.diag_indices(N)] -= (eig[0] + eig[1]) / 2  # 1 mode < 0
     result = _store(tmp_path, P=P)
-    monkeypatch.setattr(_uncertainty, "_EXACT_DIAGNOSIS_BYTES", 0)
+    monkeypatch.setattr(factor_module, "EXACT_DIAGNOSIS_BYTES", 0)
     with pytest.raises(ValueError, match="by Lanczos") as info:
         result.marginal_std(tile=40, progress=False)
     assert "1 of its 150 eigenvalues <= 0" in str(info.value)
@@ -227,9 +229,11 @@ def test_a_complete_factor_is_not_reread_and_a_damaged_inverse_never_reaches_a_c
     result = _store(tmp_path)
     expected = result.marginal_std(tile=50, progress=False)
     reads = []
-    original = _factor.FactorTask.read
+    original = pipeline.internal.FactorTask.read
     monkeypatch.setattr(
-        _factor.FactorTask, "read", lambda self, *a: reads.append(a[1:]) or original(self, *a)
+        pipeline.internal.FactorTask,
+        "read",
+        lambda self, *a: reads.append(a[1:]) or original(self, *a),
     )
     _close(result.marginal_std(progress=False), expected, rtol=0)
     assert reads == []  # the second call reads the variances only

@@ -28,8 +28,8 @@ def test_a_worker_with_x64_off_names_the_constants_and_the_variable(tmp_path):
         good = pipeline.hessian_to_zarr(driver_loss, x, store, block_size=1, progress=False)
         traced = dci.get_kernels(driver_loss, x, "hessian")[0].traced
     identity = traced.identity()
-    from pipeline._tasks import BlockTask as Task
-    from pipeline._tasks import _const_avals
+    from pipeline.internal import BlockTask as Task
+    from pipeline.internal import constant_avals as _const_avals
 
     task = Task(
         token="t-x64", f=worker_loss, x=x, op="hessian", checkpoint=False,
@@ -47,7 +47,7 @@ def test_a_worker_with_x64_off_names_the_constants_and_the_variable(tmp_path):
 
 def test_the_workflow_cluster_binds_to_loopback(monkeypatch):
     seen = {}
-    import pipeline._workflow as workflow
+    from pipeline.internal import workflow_module as workflow
 
     class Stop(Exception):
         pass

@@ -10,17 +10,16 @@ fit is refused here, with the numbers, before any store is touched.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from dask.utils import format_bytes
 
 from diffops_core.internal import (
     BlockPlan,
-    InputError,
     InputTypeError,
     Kernels,
     KernelSpec,
@@ -28,65 +27,37 @@ from diffops_core.internal import (
     auto_inner_width,
     budget_block,
     choose_sizing,
+    format_iec,
     get_kernels,
     jacobian_op,
     kernel_bytes,
 )
 
-from ._fingerprint import fingerprint_parts, sha256_json
+from .._errors import NotEnoughMemoryError
+from ..store import digest, sha256_json, store_meta
+from ._resources import Limits
 
 __all__ = [
     "SLAB_TARGET_BYTES",
-    "Limits",
-    "NotEnoughMemoryError",
     "RunPlan",
     "default_block_size",
+    "fingerprint_parts",
+    "noise_digest",
     "plan",
     "task_bytes",
 ]
 
+
 #: Default block: the matrix in about 16 blocks, each slab at most this large
 #: (then shrunk to fit the workers' memory).
 SLAB_TARGET_BYTES = 256 * 2**20
+
+
 #: Matrix dtypes Zarr v3 stores (it has no bfloat16).
 _STORABLE = ("float16", "float32", "float64")
+
+
 _DEFAULT_BLOCKS = 16
-
-
-class NotEnoughMemoryError(InputError, MemoryError):
-    """A block task cannot fit where it would run; the message has the numbers."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Where block tasks run, as memory.
-
-    **Attributes:** `limit` (the smallest memory limit in bytes, 0 for none),
-    `baseline` (what a process holds before its first block), `threads` (tasks at
-    once), `where` (a name for messages), `floor` (what a worker grows to
-    whatever the block), `fraction` (of the limit a plan may fill).
-    """
-
-    limit: int
-    baseline: int
-    threads: int
-    where: str
-    floor: int = 0
-    fraction: float = 0.8
-
-    @property
-    def per_task(self) -> float:
-        """Bytes one task may use: the usable fraction of the limit, less the
-        baseline, per task."""
-        return (self.fraction * self.limit - self.baseline) / self.threads
-
-    def peak(self, task: int) -> int:
-        """A worker's predicted peak with tasks of ``task`` bytes: its baseline plus
-        the tasks at once, or the runtime floor where that is larger."""
-        return self.baseline + max(self.threads * task, self.floor)
-
-    def fits(self, task: int) -> bool:
-        return not self.limit or self.peak(task) <= self.fraction * self.limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,23 +108,22 @@ class RunPlan:
     def store_meta(self) -> dict:
         """The metadata a new store of this result starts with."""
         spec = self.spec
-        return {
-            "operation": self.operation,
-            "op": spec.op,
-            "mode": self.mode,
-            "shape": [spec.m, spec.n],
-            "dtype": spec.dtype,
-            "axis": spec.axis,
-            "output_shape": [list(s.shape) for s in spec.out_layout.leaves],
-            "plan": self.blocks.to_json(),
-            "in_layout": spec.in_layout.to_json(),
-            "out_layout": spec.out_layout.to_json(),
-            "fingerprint": self.fingerprint,
-            "fingerprint_parts": self.fingerprint_parts,
-            "options": self.options,
-            "compressor": self.compressor,
-            "noise": self.noise,
-        }
+        return store_meta(
+            operation=self.operation,
+            op=spec.op,
+            mode=self.mode,
+            shape=(spec.m, spec.n),
+            dtype=spec.dtype,
+            axis=spec.axis,
+            output_shape=[s.shape for s in spec.out_layout.leaves],
+            block_plan=self.blocks.to_json(),
+            in_layout=spec.in_layout.to_json(),
+            out_layout=spec.out_layout.to_json(),
+            fingerprint_parts=self.fingerprint_parts,
+            options=self.options,
+            compressor=self.compressor,
+            noise=self.noise,
+        )
 
     def slab_bytes(self, size: int | None = None) -> int:
         """Bytes of one block's slab (``size`` columns or rows; default a full block)."""
@@ -183,8 +153,8 @@ def task_bytes(
     other = spec.m if spec.axis == 1 else spec.n
     slab = block_size * other * np.dtype(spec.dtype).itemsize
     detail = (
-        f"kernel {format_bytes(footprint.total)} from XLA's compiled estimate, plus "
-        f"2 x {format_bytes(slab)} slab on the host"
+        f"kernel {format_iec(footprint.total)} from XLA's compiled estimate, plus "
+        f"2 x {format_iec(slab)} slab on the host"
     )
     return footprint.total + 2 * slab, detail
 
@@ -193,21 +163,21 @@ def _memory_error(per_task: int, detail: str, limits: Limits) -> NotEnoughMemory
     tasks = per_task * limits.threads
     if tasks < limits.floor:
         tasks_text = (
-            f"the {format_bytes(limits.floor)} a worker's runtime grows to "
+            f"the {format_iec(limits.floor)} a worker's runtime grows to "
             f"whatever the block (more than {limits.threads} task(s) need)"
         )
     else:
-        tasks_text = f"{format_bytes(tasks)} for {limits.threads} task(s) at once"
-    base = f"{format_bytes(limits.baseline)} baseline + " if limits.baseline else ""
+        tasks_text = f"{format_iec(tasks)} for {limits.threads} task(s) at once"
+    base = f"{format_iec(limits.baseline)} baseline + " if limits.baseline else ""
     return NotEnoughMemoryError(
-        f"one block task needs about {format_bytes(per_task)} ({detail}); {base}{tasks_text} = "
-        f"{format_bytes(limits.peak(per_task))}, over {limits.fraction:.0%} of {limits.where} "
-        f"({format_bytes(limits.limit)}). Use a smaller block_size or memory_budget, or give "
+        f"one block task needs about {format_iec(per_task)} ({detail}); {base}{tasks_text} = "
+        f"{format_iec(limits.peak(per_task))}, over {limits.fraction:.0%} of {limits.where} "
+        f"({format_iec(limits.limit)}). Use a smaller block_size or memory_budget, or give "
         "the workers more memory."
     )
 
 
-def _default_block(kernels: Kernels, limits: Limits) -> int:
+def default_block(kernels: Kernels, limits: Limits) -> int:
     """About 16 blocks with slabs of at most 256 MiB, shrunk until one task fits
     the smallest worker (or this machine); refused only when one column (row)
     cannot fit."""
@@ -237,10 +207,10 @@ def _sizing(
     kernels: Kernels,
     limits: Limits,
     stored: BlockPlan | None,
-    nbatches: int | None,
-    block_size: int | None,
-    memory_budget: int | str | None,
-    inner_width: int | None,
+    nbatches: int | None = None,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    inner_width: int | None = None,
 ) -> Sizing:
     """The blocking asked for; by default about 16 blocks that fit ``limits`` (a
     store begun with a default block resumes with that block: the default
@@ -251,7 +221,7 @@ def _sizing(
         if stored is not None and stored.extent == kernels.spec.extent:
             block_size = stored.block_size
         else:
-            block_size = _default_block(kernels, limits)
+            block_size = default_block(kernels, limits)
     return choose_sizing(
         kernels,
         nbatches=nbatches,
@@ -262,37 +232,12 @@ def _sizing(
     )
 
 
-def plan(
-    operation: str,
-    f: Callable,
-    x: Any,
-    location: Any,
-    *,
-    limits: Limits,
-    mode: str | None = None,
-    nbatches: int | None = None,
-    block_size: int | None = None,
-    memory_budget: int | str | None = None,
-    inner_width: int | None = None,
-    checkpoint: bool = False,
-    compressor: str | None = None,
-    stored: BlockPlan | None = None,
-    env: dict[str, str] | None = None,
-    noise: str | None = None,
-) -> RunPlan:
-    """Plan a run: trace, size, fingerprint, and check memory.
-
-    **Arguments:** as `pipeline.hessian_to_zarr`; `limits` says where the tasks
-    run; `stored` is the block plan of a store already at ``location`` (one begun
-    with a default block resumes with that block).
-
-    **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
-    one block task cannot fit `limits`.
-    """
-    x_host = _host_tree(x)
+def _traced(operation: str, f: Callable, x: Any, mode: str | None, checkpoint: bool):
+    """(kernels, flat x) of ``f`` at ``x`` for ``operation``, refusing a matrix
+    dtype a store cannot hold."""
     kernels, x_flat, _ = get_kernels(
         f,
-        x_host,
+        x,
         operation if operation in ("hessian", "gauss_newton") else "jacfwd",
         checkpoint=checkpoint,
     )
@@ -304,7 +249,35 @@ def plan(
             "(and f's output) to float32 or float64 for a stored result (the in-memory API "
             f"takes {kernels.spec.dtype})"
         )
-    sizing = _sizing(kernels, limits, stored, nbatches, block_size, memory_budget, inner_width)
+    return kernels, x_flat
+
+
+def plan(
+    operation: str,
+    f: Callable,
+    x: Any,
+    location: Any,
+    *,
+    limits: Limits,
+    mode: str | None = None,
+    checkpoint: bool = False,
+    compressor: str | None = None,
+    stored: BlockPlan | None = None,
+    env: dict[str, str] | None = None,
+    noise: str | None = None,
+    **blocking: Any,
+) -> RunPlan:
+    """Plan a run: trace, size, fingerprint, and check memory. **Arguments:** as
+    `pipeline.hessian_to_zarr` (``blocking``: `nbatches`, `block_size`,
+    `memory_budget`, `inner_width`); `limits`: where the tasks run; `stored`:
+    the block plan of a store at ``location`` (a default block resumes as is).
+
+    **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
+    one block task cannot fit `limits`.
+    """
+    x_host = _host_tree(x)
+    kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
+    sizing = _sizing(kernels, limits, stored, **blocking)
     blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
     per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width)
     if not limits.fits(per_task):
@@ -322,20 +295,47 @@ def plan(
         kernels.traced.identity(), np.asarray(x_flat), kernels.spec.in_layout.to_json(), options
     )
     return RunPlan(
-        operation=operation,
-        mode=mode if operation == "jacobian" else None,
-        kernels=kernels,
-        f=f,
-        x=x_host,
-        blocks=blocks,
-        inner_width=sizing.inner_width,
-        checkpoint=checkpoint,
-        x64=x64,
-        location=location,
-        compressor=compressor,
-        fingerprint=sha256_json(parts),
-        fingerprint_parts=parts,
-        options=options,
-        env=tuple(sorted((env or {}).items())),
+        operation=operation, mode=mode if operation == "jacobian" else None, kernels=kernels,
+        f=f, x=x_host, blocks=blocks, inner_width=sizing.inner_width, checkpoint=checkpoint,
+        x64=x64, location=location, compressor=compressor, fingerprint=sha256_json(parts),
+        fingerprint_parts=parts, options=options, env=tuple(sorted((env or {}).items())),
         noise=noise,
-    )
+    )  # fmt: skip
+
+
+def fingerprint_parts(identity, x_flat: np.ndarray, layout_json: dict, options: dict) -> dict:
+    """The parts of a result's fingerprint (a JSON-able dict).
+
+    **Arguments:** `identity` (the traced function's `Identity`), the flat ``x``,
+    its layout's JSON, and the options that change the stored matrix.
+    """
+    import jax
+    import jaxlib
+
+    from diffops_core import __version__
+
+    return {
+        "function": identity.program,
+        "data": identity.data,
+        "x": digest(x_flat),
+        "x_layout": layout_json,
+        "options": options,
+        "versions": {"diffops": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__},
+    }
+
+
+def noise_digest(std=None, cov=None, inv_cov=None) -> str:
+    """A digest of a noise model (which form, and its values): kept beside the
+    fingerprint so that a refusal can say the noise changed, not just the data."""
+    import jax
+
+    h = hashlib.sha256()
+    for name, value in (("std", std), ("cov", cov), ("inv_cov", inv_cov)):
+        if value is None:
+            continue
+        h.update(name.encode())
+        for leaf in jax.tree_util.tree_leaves(value):
+            array = np.asarray(leaf, np.float64)
+            h.update(f"{array.shape};".encode())
+            h.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+    return h.hexdigest()

@@ -21,40 +21,23 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import jax
+import jax.flatten_util
 import numpy as np
+import zarr
 
-from ._callbacks import BlockEvent
-from ._store import CHECKSUM, MILLIS, NONFINITE, RUN, STATE, SlabWriter, checksum
+from diffops_core.internal import BlockPlan, auto_inner_width, get_kernels
+
+from .._errors import BlockError, IdentityMismatch
+from ..store import SlabWriter, checksum, record
+from ._types import BlockEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffops_core.internal import Block
 
     from ._plan import RunPlan
 
-__all__ = ["BlockError", "BlockTask", "IdentityMismatch"]
-
-
-class BlockError(RuntimeError):
-    """A block failed; finished blocks stay complete and a rerun resumes."""
-
-    def __init__(self, index: int, start: int, stop: int, axis: int, cause: str):
-        self.index, self.start, self.stop = index, start, stop
-        what = "columns" if axis == 1 else "rows"
-        super().__init__(f"block {index} ({what} {start}:{stop}) failed: {cause}")
-
-    def __reduce__(self):  # travels back from workers intact
-        return (_rebuild_block_error, (self.index, self.start, self.stop, str(self)))
-
-
-def _rebuild_block_error(index, start, stop, message):
-    err = BlockError.__new__(BlockError)
-    err.index, err.start, err.stop = index, start, stop
-    RuntimeError.__init__(err, message)
-    return err
-
-
-class IdentityMismatch(RuntimeError):
-    """``f`` traces to another computation on a worker than on the driver."""
+__all__ = ["BlockTask"]
 
 
 @dataclasses.dataclass
@@ -72,10 +55,12 @@ class _WorkerState:
 
 
 _STATES: dict[str, _WorkerState] = {}
+
+
 _STATES_LOCK = threading.RLock()
 
 
-def _const_avals(traced) -> tuple[str, ...]:
+def constant_avals(traced) -> tuple[str, ...]:
     return tuple(f"{np.dtype(c.dtype).name}{list(np.shape(c))}" for c in traced.consts)
 
 
@@ -148,7 +133,7 @@ class BlockTask:
             extent=plan.spec.extent,
             axis=plan.spec.axis,
             env=plan.env,
-            consts=_const_avals(plan.kernels.traced),
+            consts=constant_avals(plan.kernels.traced),
         )
 
     def __call__(self, index: int) -> BlockEvent:
@@ -156,10 +141,6 @@ class BlockTask:
 
         **Raises:** `BlockError` naming the block, whatever went wrong.
         """
-        import jax
-
-        from diffops_core.internal import BlockPlan
-
         block = BlockPlan(self.extent, self.block_size).block(index)
         # x64 is thread-local configuration here: never flip it for the whole process
         with jax.enable_x64(self.x64):
@@ -185,15 +166,9 @@ class BlockTask:
             raise OSError(f"the slab's chunks {missing[:3]} are not in the store after writing")
         t_write = time.perf_counter()
         nonfinite = _nonfinite(data)
-        record = np.zeros(5, dtype=np.int64)
-        record[[STATE, CHECKSUM, MILLIS, RUN, NONFINITE]] = [
-            1,
-            checksum(data),
-            int((time.perf_counter() - t0) * 1000),
-            self.run,
-            nonfinite,
-        ]
-        self.write_record(state, block, record)
+        millis = int((time.perf_counter() - t0) * 1000)
+        done = record(checksum(data), millis, self.run, nonfinite)
+        self.write_record(state, block, done)
         return BlockEvent(
             index=block.index,
             start=block.start,
@@ -225,8 +200,6 @@ class BlockTask:
     def kernels(self):
         """``f`` traced in this process, with the run's environment set, and checked
         to be the driver's computation. **Raises:** `IdentityMismatch`."""
-        from diffops_core.internal import get_kernels
-
         os.environ.update(dict(self.env))  # before f is traced: what it reads, it reads here
         # traced here, from the function as this process sees it; compiled
         # kernels are shared with every earlier run of the same program
@@ -235,12 +208,6 @@ class BlockTask:
         return kernels
 
     def _build_state(self) -> _WorkerState:
-        import jax
-        import jax.flatten_util
-        import zarr
-
-        from diffops_core.internal import auto_inner_width
-
         kernels = self.kernels()
         x_flat = jax.flatten_util.ravel_pytree(self.x)[0]
         width = self.inner_width or auto_inner_width(kernels, self.block_size)
@@ -265,7 +232,7 @@ class BlockTask:
         """What differs between this process's trace of ``f`` and the driver's,
         as specifically as can be said: constants' dtypes and shapes (with the
         JAX setting that explains a dtype), then the program, then the data."""
-        mine = _const_avals(traced)
+        mine = constant_avals(traced)
         if self.consts and mine != self.consts:
             pairs = [
                 (i, a, b) for i, (a, b) in enumerate(zip(mine, self.consts, strict=False)) if a != b

@@ -1,102 +1,24 @@
-"""Reading a stored result for people: checks, the summary, the heat map.
-
-Everything here reads the store lazily (dask over Zarr), block by block, so it
-works on matrices larger than memory.
-"""
+"""The heat map of a stored matrix (``diffops plot``), read lazily (dask over
+Zarr) leaf block by leaf block, so it works on matrices larger than memory."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import TYPE_CHECKING
 
+import dask
+import dask.array as da
 import numpy as np
 
-from diffops_core.internal import InputError, InputValueError
+from diffops_core.internal import InputValueError
 
-from ._scan import scan
-from ._store import NONFINITE, SQUARE
+from .._errors import MissingDependencyError
+from ..store import SQUARE, ResultStore, leaf_label
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._result import Result, StoreSummary
-
-__all__ = ["MissingDependencyError", "checks", "plot", "summarise"]
-
-
-class MissingDependencyError(InputError, ImportError):
-    """An optional dependency is not installed; the message names the extra."""
-
-
-def checks(result: Result, progress: bool = False) -> dict:
-    """Non-finite entries (from the records) and, for a Hessian, the relative
-    symmetry error max|H - H^T| / max|H|, in one pass over the stored matrix
-    (`pipeline._scan`)."""
-    records = result._store.read_records()
-    out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
-    if result.meta["operation"] in SQUARE:
-        found = scan(result._store, progress=progress, records=records)
-        diff = float(np.max(found.row_asymmetry)) if found.row_asymmetry is not None else 0.0
-        out["symmetry_error"] = diff / found.max_abs if found.max_abs > 0 else 0.0
-    return out
-
-
-def _leaf_figures(result: Result, progress: bool = False) -> list:
-    from ._result import LeafSummary
-
-    rows_layout, _ = result.layouts()
-    found = scan(result._store, progress=progress)
-    hessian = result.meta["operation"] in SQUARE
-    out = []
-    for leaf in rows_layout.leaves:
-        entry = {"norm": float(np.sqrt(np.sum(found.row_squares[leaf.slice])))}
-        if hessian:
-            assert found.diagonal is not None and found.row_asymmetry is not None
-            diag = found.diagonal[leaf.slice]
-            entry.update(
-                diagonal_min=float(np.min(diag)),
-                diagonal_max=float(np.max(diag)),
-                asymmetry=float(np.max(found.row_asymmetry[leaf.slice])),
-            )
-        out.append(LeafSummary(path=leaf.path, shape=tuple(leaf.shape), **entry))
-    return out
-
-
-def summarise(result: Result) -> StoreSummary:
-    from ._result import StoreSummary
-
-    meta = result.meta
-    status = result.status()
-    parts = meta.get("fingerprint_parts", {})
-    return StoreSummary(
-        location=str(result.location),
-        operation=meta["operation"],
-        op=meta["op"],
-        shape=tuple(meta["shape"]),
-        dtype=meta["dtype"],
-        nbytes=result.nbytes,
-        block_size=result._store.plan.block_size,
-        n_blocks=result._store.plan.n_blocks,
-        axis=int(meta["axis"]),
-        blocks_done=status["blocks_done"],
-        complete=status["complete"],
-        function=str(parts.get("function")),
-        fingerprint=meta["fingerprint"],
-        versions=parts.get("versions") or {},
-        runs=status["runs"],
-        checks=meta.get("checks", {}),
-        leaves=tuple(_leaf_figures(result)) if status["complete"] else (),
-    )
-
-
-def leaf_label(path: str) -> str:
-    """A leaf's key path as a short label: ``['shape']['rho']`` -> ``shape/rho``."""
-    parts = re.findall(r"\[(?:'([^']*)'|\"([^\"]*)\"|([^\]]*))\]|\.(\w+)", path or "")
-    names = ["".join(p) for p in parts]
-    return "/".join(names) if names else (path or "x")
+__all__ = ["Axis", "axis_of", "label_axis", "matplotlib_pyplot", "plot"]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Axis:
+class Axis:
     """How one axis of the picture is drawn: the leaves shown, and the cells each
     gets (at least ``min_cells``, so a scalar beside a large leaf stays visible)."""
 
@@ -108,7 +30,7 @@ class _Axis:
         return [0, *np.cumsum(self.cells).tolist()]
 
 
-def _axis(layout, pixels: int, min_cells: int, chosen: list[str] | None) -> _Axis:
+def axis_of(layout, pixels: int, min_cells: int, chosen: list[str] | None) -> Axis:
     leaves = [leaf for leaf in layout.leaves if chosen is None or leaf_label(leaf.path) in chosen]
     total = sum(leaf.size for leaf in leaves)
     budget = max(pixels - min_cells * len(leaves), len(leaves))
@@ -118,10 +40,10 @@ def _axis(layout, pixels: int, min_cells: int, chosen: list[str] | None) -> _Axi
         else min_cells
         for leaf in leaves
     ]
-    return _Axis(tuple(leaves), tuple(cells))
+    return Axis(tuple(leaves), tuple(cells))
 
 
-def _resample(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def resample(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """``block`` to ``rows x cols`` cells: each cell the maximum over the entries it
     covers (an entry repeated where a small leaf is widened). NaN stays NaN."""
     for axis, cells in ((0, rows), (1, cols)):
@@ -131,12 +53,10 @@ def _resample(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return block
 
 
-def _leaf_image(result: Result, row_axis: _Axis, col_axis: _Axis) -> np.ndarray:
+def _leaf_image(store: ResultStore, row_axis: Axis, col_axis: Axis) -> np.ndarray:
     """|M| in the cells of the two axes, read lazily leaf block by leaf block."""
-    import dask
-    import dask.array as da
 
-    a = da.abs(result.array)
+    a = da.abs(da.from_zarr(store.matrix))
     parts = []
     for rleaf, rcells in zip(row_axis.leaves, row_axis.cells, strict=True):
         for cleaf, ccells in zip(col_axis.leaves, col_axis.cells, strict=True):
@@ -151,7 +71,7 @@ def _leaf_image(result: Result, row_axis: _Axis, col_axis: _Axis) -> np.ndarray:
     for r0, rcells in zip(row_axis.edges, row_axis.cells, strict=False):
         for c0, ccells in zip(col_axis.edges, col_axis.cells, strict=False):
             block = np.asarray(next(it), dtype=np.float64)
-            image[r0 : r0 + rcells, c0 : c0 + ccells] = _resample(block, rcells, ccells)
+            image[r0 : r0 + rcells, c0 : c0 + ccells] = resample(block, rcells, ccells)
     return image
 
 
@@ -165,7 +85,7 @@ def _logged(image: np.ndarray):
     return np.ma.masked_array(np.where(np.isfinite(logged), logged, lo), mask=missing), lo
 
 
-def _label_axis(ax, axis: _Axis, which: str, color: str = "cyan") -> None:
+def label_axis(ax, axis: Axis, which: str, color: str = "cyan") -> None:
     """Leaf boundaries, and every leaf labelled at its centre."""
     edges = axis.edges
     for edge in edges[1:-1]:
@@ -188,7 +108,7 @@ def _choose(layout, leaves: list[str] | None) -> list[str] | None:
     return list(leaves)
 
 
-def _matplotlib():
+def matplotlib_pyplot():
     """``matplotlib.pyplot`` on the Agg backend. **Raises:** `MissingDependencyError`."""
     try:
         import matplotlib
@@ -203,7 +123,7 @@ def _matplotlib():
 
 
 def plot(
-    result: Result,
+    store: ResultStore,
     output: str,
     *,
     pixels: int = 800,
@@ -216,36 +136,27 @@ def plot(
     (labels such as ``flux`` or ``shape/rho``) zooms to those rows and columns.
     Large leaves are downsampled by block maximum; missing blocks are drawn in a
     colour of their own, never as small values."""
-    plt = _matplotlib()
+    plt = matplotlib_pyplot()
     import matplotlib
 
     min_cells = min_cells or max(1, pixels * 3 // 100)
-    rows_layout, cols_layout = result.layouts()
-    row_axis = _axis(rows_layout, pixels, min_cells, _choose(rows_layout, leaves))
-    col_axis = _axis(
+    rows_layout, cols_layout = store.layouts()
+    row_axis = axis_of(rows_layout, pixels, min_cells, _choose(rows_layout, leaves))
+    col_axis = axis_of(
         cols_layout,
         pixels,
         min_cells,
-        _choose(cols_layout, leaves) if result.meta["operation"] in SQUARE else None,
+        _choose(cols_layout, leaves) if store.meta["operation"] in SQUARE else None,
     )
-    logged, lo = _logged(_leaf_image(result, row_axis, col_axis))
+    logged, lo = _logged(_leaf_image(store, row_axis, col_axis))
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
     im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, label="log10 |entry| (max over each cell)")
-    _label_axis(ax, row_axis, "row")
-    _label_axis(ax, col_axis, "col")
-    status = result.status()
-    m, n = result.shape
-    title = f"{result.meta['operation']} {m}x{n}: log10|M|, leaf widths not to scale"
-    if not status["complete"]:
-        title += (
-            f"\nINCOMPLETE: {status['blocks_done']}/{status['blocks_total']} blocks; "
-            "blue = missing or NaN"
-        )
-    elif np.ma.getmaskarray(logged).any():
-        title += "\nblue = NaN entries"
-    ax.set_title(title, fontsize=9)
+    label_axis(ax, row_axis, "row")
+    label_axis(ax, col_axis, "col")
+    status = store.status()
+    ax.set_title(_title(store, status, logged), fontsize=9)
     fig.tight_layout()
     fig.savefig(output, format="png")
     plt.close(fig)
@@ -254,3 +165,16 @@ def plot(
         "leaves": [leaf_label(leaf.path) for leaf in row_axis.leaves],
         "missing_blocks": status["blocks_total"] - status["blocks_done"],
     }
+
+
+def _title(store: ResultStore, status: dict, logged) -> str:
+    m, n = store.shape
+    title = f"{store.meta['operation']} {m}x{n}: log10|M|, leaf widths not to scale"
+    if not status["complete"]:
+        title += (
+            f"\nINCOMPLETE: {status['blocks_done']}/{status['blocks_total']} blocks; "
+            "blue = missing or NaN"
+        )
+    elif np.ma.getmaskarray(logged).any():
+        title += "\nblue = NaN entries"
+    return title

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
+import psutil
 
-from ._store import NONFINITE, SQUARE, ResultStore, read_region
+from ..run import BlockEvent, Callback, Callbacks, ProgressBar, RunEnd, RunStart
+from ..store import NONFINITE, SQUARE, ResultStore, read_region
 
 __all__ = ["Scan", "scan"]
 
@@ -54,8 +55,8 @@ def _panel_width(store: ResultStore, budget: int) -> int:
 
 
 class _Reader:
-    def __init__(self, store: ResultStore, width: int, bar: Any):
-        self.store, self.width, self.bar, self.reads = store, width, bar, 0
+    def __init__(self, store: ResultStore, width: int, callbacks: Callback):
+        self.store, self.width, self.callbacks, self.reads = store, width, callbacks, 0
         self.extent = store.matrix.shape[1 - store.axis]
         self.panels = math.ceil(self.extent / width)
 
@@ -68,9 +69,8 @@ class _Reader:
         span = self.span(i)
         region = (slice(None), span) if self.store.axis == 1 else (span, slice(None))
         value = read_region(self.store.matrix, *region)
+        self.callbacks.on_block_end(BlockEvent(self.reads, span.start, span.stop))
         self.reads += 1
-        if self.bar is not None:
-            self.bar.update(1)
         return value
 
 
@@ -92,52 +92,58 @@ def scan(
 ) -> Scan:
     """Read the stored matrix once (see the module docstring) for its `Scan`;
     ``records``: the store's, when the caller has read them."""
-    import psutil
-
     budget = budget or int(min(_PANEL_BYTES, psutil.virtual_memory().available // 4))
     m, n = (int(s) for s in store.matrix.shape)
     square = store.meta["operation"] in SQUARE
     width = _panel_width(store, budget)
     panels = math.ceil((n if store.axis == 1 else m) / width)
     pairs = panels * (panels + 1) // 2 if square else panels
-    bar = None
-    if progress and panels > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=pairs, desc="diffops checks (panels)", unit="panel", mininterval=0.5)
-    reader = _Reader(store, width, bar)
+    listeners = Callbacks([ProgressBar()] if progress and panels > 1 else [])
+    listeners.on_run_start(RunStart(None, tuple(range(pairs)), 0, label="diffops checks (panels)",
+                                    unit="panel"))  # fmt: skip
+    reader = _Reader(store, width, listeners)
     records = store.read_records() if records is None else records
     clean = not records[:, NONFINITE].any()
-    rows = np.zeros(m)
-    diagonal = np.full(n, np.nan) if square else None
-    asym = np.zeros(m) if square else None
-    top = 0.0
+    figures = _Figures(m, n, square)
     try:
         for i in range(panels):
-            a = reader.read(i)
-            span = reader.span(i)
-            squares = np.einsum("ij,ij->i", a, a, dtype=np.float64)
-            if store.axis == 1:
-                rows += squares
-            else:
-                rows[span] = squares
-            finite = _finite(a, clean)
-            top = max(top, _max_abs(finite))
+            a, span = reader.read(i), reader.span(i)
+            finite = figures.add(a, span, store.axis, clean)
             if not square:
                 continue
-            assert diagonal is not None and asym is not None
-            diagonal[span] = np.diagonal(a[span, :])
             own = finite[span, :]
-            _fold(asym, span.start, span.start, own, own, same=True)
+            _fold(figures.asym, span.start, span.start, own, own, same=True)
             for j in range(i + 1, panels):
                 other = _finite(reader.read(j), clean)
                 # finite[J] is M[J, I]; other[I] is M[I, J]
-                _fold(asym, reader.span(j).start, span.start, finite[reader.span(j), :],
+                _fold(figures.asym, reader.span(j).start, span.start, finite[reader.span(j), :],
                       other[span, :], same=False)  # fmt: skip
     finally:
-        if bar is not None:
-            bar.close()
-    return Scan(rows, diagonal, top, asym, reader.reads)
+        listeners.on_run_end(RunEnd("complete", 0.0))
+    return Scan(figures.rows, figures.diagonal, figures.top, figures.asym, reader.reads)
+
+
+class _Figures:
+    """What the panels add up to (see `Scan`)."""
+
+    def __init__(self, m: int, n: int, square: bool):
+        self.rows, self.top = np.zeros(m), 0.0
+        self.diagonal = np.full(n, np.nan) if square else None
+        self.asym = np.zeros(m) if square else None
+
+    def add(self, a: np.ndarray, span: slice, axis: int, clean: bool) -> np.ndarray:
+        """Fold panel ``a`` (columns, or rows, ``span``) in; ``a`` with non-finite
+        entries read as 0."""
+        squares = np.einsum("ij,ij->i", a, a, dtype=np.float64)
+        if axis == 1:
+            self.rows += squares
+        else:
+            self.rows[span] = squares
+        finite = _finite(a, clean)
+        self.top = max(self.top, _max_abs(finite))
+        if self.diagonal is not None:
+            self.diagonal[span] = np.diagonal(a[span, :])
+        return finite
 
 
 #: Side of the square tiles the asymmetry is compared in: a transposed read of

@@ -1,55 +1,24 @@
-"""Executors: run a plan's block tasks and report each finished block.
+"""`DistributedExecutor`: tasks as futures on a `distributed.Client`'s cluster.
 
-One small interface, `Executor.run(plan, todo, callbacks)`:
-
-- `ThreadsExecutor` (the embedded default): dask's threaded scheduler in this
-  process. The block kernel runs in XLA, which already uses every core and
-  releases the GIL, so a second thread overlaps one block's host copy and Zarr
-  write with the next block's kernel (benchmarks/RESULTS.md, pipeline overhead).
-- `DistributedExecutor`: a `distributed.Client`'s cluster. The block task
-  travels once, as a task each worker fetches as a dependency; then one future
-  per block.
-
-Either way a failing block stops the run with a `BlockError` naming it; blocks
-that finished stay complete. `Executor.task` builds the block task from the
-plan; tests override it to wrap the task with injected faults.
+The block task travels once, as a task each worker fetches as a dependency;
+then one future per block. A failing block stops the run with a `BlockError`
+naming it; blocks that finished stay complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import dask
-from dask.callbacks import Callback as DaskCallback
-
-from diffops_core.internal import InputError
-
-from ._callbacks import BlockEvent, Callback
-from ._cluster import tune_malloc
+from .._errors import BlockError, ClusterSetupError, IdentityMismatch
+from ..store import ResultStore
 from ._plan import RunPlan
-from ._tasks import BlockError, BlockTask, IdentityMismatch
+from ._resources import Limits, cluster_limits
+from ._task import BlockTask
+from ._threads import ThreadsExecutor
+from ._types import BlockEvent, Callback
 
-__all__ = [
-    "DistributedExecutor",
-    "Executor",
-    "ThreadsExecutor",
-    "active_client",
-    "default_executor",
-]
-
-
-class Executor(Protocol):
-    """Runs the blocks ``todo`` of a plan, calling ``callbacks.on_block_end``
-    (in the calling thread) as each finishes. **Raises:** `BlockError`."""
-
-    name: str
-
-    def where(self) -> str | None:
-        """Where the blocks run, for the progress display (None: here)."""
-        ...
-
-    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None: ...
+__all__ = ["DistributedExecutor", "active_client", "default_executor", "executor_for"]
 
 
 def active_client():
@@ -62,11 +31,6 @@ def active_client():
         return get_client()
     except ValueError:
         return None
-
-
-class ClusterSetupError(InputError, RuntimeError):
-    """The cluster cannot run the block task (a module the workers or the
-    scheduler cannot import, another computation on a worker)."""
 
 
 def _unpack(payload: bytes) -> BlockTask:
@@ -88,42 +52,6 @@ def _probe(payload: bytes) -> str:
     with jax.enable_x64(task.x64):
         task.kernels()
     return "ok"
-
-
-class _OnBlockEnd(DaskCallback):
-    def __init__(self, callbacks: Callback, prefix: str):
-        super().__init__()
-        self.callbacks, self.prefix = callbacks, prefix
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(key, str) and key.startswith(self.prefix):
-            self.callbacks.on_block_end(result)
-
-
-class ThreadsExecutor:
-    """The embedded default: ``threads`` block tasks at once in this process."""
-
-    name = "threads"
-
-    def __init__(self, threads: int = 2):
-        self.threads = threads
-
-    def task(self, plan: RunPlan) -> BlockTask:
-        return BlockTask.from_plan(plan)
-
-    def where(self) -> str | None:
-        return None
-
-    def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
-        tune_malloc()
-        task = self.task(plan)
-        prefix = f"diffops-block-{plan.token}-"
-        held = dask.delayed(task, traverse=False, name=f"diffops-task-{plan.token}")
-        tasks = [
-            dask.delayed(_call, pure=False)(held, i, dask_key_name=f"{prefix}{i}") for i in todo
-        ]
-        with _OnBlockEnd(callbacks, prefix):
-            dask.compute(*tasks, scheduler="threads", num_workers=self.threads)
 
 
 def _call(task: BlockTask, index: int) -> BlockEvent:
@@ -148,6 +76,23 @@ class DistributedExecutor:
 
     def where(self) -> str | None:
         return str(self.client.dashboard_link or self.client)
+
+    def limits(self) -> Limits:
+        return cluster_limits(self.client)
+
+    def map(self, fn: Callable, args: Sequence[tuple], on_done: Callable[[Any], None]) -> None:
+        """``fn(*a)`` for each ``a`` on the cluster, in parallel; ``on_done(result)``
+        as each finishes; the first error is raised."""
+        from distributed import as_completed
+
+        if not args:
+            return
+        futures = self.client.map(fn, *zip(*args, strict=True), pure=False)
+        try:
+            for future in as_completed(futures):
+                on_done(future.result())  # raises the task's error
+        finally:
+            self.client.cancel(futures)
 
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
         import cloudpickle
@@ -258,8 +203,6 @@ class _DistributedRun:
             ) from err
 
     def _recorded(self, i: int) -> bool:
-        from ._store import ResultStore
-
         return bool(ResultStore.open(self.plan.location).done_mask()[i])
 
 
@@ -269,3 +212,9 @@ def default_executor(client: Any = None, threads: int = 2) -> ThreadsExecutor | 
     if client is not None:
         return DistributedExecutor(client)
     return ThreadsExecutor(threads)
+
+
+def executor_for(client: Any = None) -> ThreadsExecutor | DistributedExecutor:
+    """Where the linear algebra's tasks run: ``client``'s cluster when given, else
+    here, one task at a time (numpy's BLAS already uses every core)."""
+    return DistributedExecutor(client) if client is not None else ThreadsExecutor(1)

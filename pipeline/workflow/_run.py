@@ -1,4 +1,4 @@
-"""Running a workflow spec: cluster set-up, the pipeline call, checks, finalize."""
+"""Running a workflow spec: cluster set-up, the pipeline call, and repair."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from ._api import _to_zarr
-from ._cluster import local_cluster, peak_rss
-from ._derived import is_current, store_state, withdraw, write_derived
-from ._fingerprint import noise_digest
-from ._report import checks
-from ._result import Result, open_result
-from ._ship import by_value
-from ._spec import Spec, SpecError
-from ._store import normalise_location
+from diffops_core.internal import InputError, whitened_residuals
 
-__all__ = ["WorkflowSummary", "checks", "peak_rss", "repair", "run_spec", "stored_spec"]
+from .._api import _to_zarr
+from .._errors import SpecError
+from .._result import Result, open_result
+from ..run import by_value, local_cluster, noise_digest, peak_rss
+from ..store import normalise_location
+from ._finalize import finish, withdraw_outputs
+from ._spec import Spec
+
+__all__ = ["WorkflowSummary", "repair", "run_spec", "stored_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +116,6 @@ def run_spec(
     cleared under the lock, only once the function has been traced and the
     store found to hold the same computation).
     """
-    import jax
-
     if output is not None:
         spec = spec.model_copy(update={"output": normalise_location(output)})
     spec.check_targets()
@@ -185,7 +184,7 @@ def _run_spec(
     finished: dict[str, Any] = {}
 
     def after(result: Result) -> None:
-        finished.update(_finish(spec, result, x, progress))
+        finished.update(finish(spec, result, x, progress))
 
     with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
         # the spec's own modules travel by value: a cluster need not import them
@@ -204,7 +203,7 @@ def _run_spec(
             redo=redo,
             env=spec.env,
             noise=noise,
-            before_write=lambda: _withdraw(spec),
+            before_write=lambda: withdraw_outputs(spec),
             after=after,
             **spec.blocking(),
         )
@@ -219,60 +218,9 @@ def _run_spec(
     )
 
 
-def _outputs(spec: Spec) -> list[str]:
-    return [str(p) for p in (spec.finalize.npy, spec.finalize.std) if p]
-
-
-def _withdraw(spec: Spec) -> None:
-    """Before the store changes: its finalize outputs go aside (``.stale``)."""
-    for path in _outputs(spec):
-        withdraw(path)
-
-
-def _finish(spec: Spec, result: Result, x, progress: bool) -> dict:
-    """Under the run's lock, against the state it leaves: the checks (once per
-    store state) and every finalize output whose source is not this state.
-
-    **Returns:** ``outputs`` (path -> ``"written"`` or ``"current"``), ``std``
-    (min/median/max per leaf) and ``checks_s`` (seconds the checks took, None
-    when the stored ones were current)."""
-    store = result._store
-    if not result.status()["complete"]:
-        _withdraw(spec)  # nothing may stand beside an incomplete store as if current
-        return {"outputs": {}}
-    state = store_state(store)
-    out: dict[str, Any] = {"outputs": {}, "checks_s": None}
-    meta = store.meta
-    if meta.get("checks_state") != state or "checks" not in meta:
-        t0 = time.perf_counter()
-        meta["checks"] = checks(result, progress=progress)
-        out["checks_s"] = time.perf_counter() - t0
-        meta["checks_state"] = state
-        meta["spec"] = spec.to_json()
-        store.save_meta()  # a nothing-to-do run writes nothing
-    elif meta.get("spec") != spec.to_json():
-        meta["spec"] = spec.to_json()
-        store.save_meta()
-    if spec.finalize.npy:
-        path = str(spec.finalize.npy)
-        source = {**state, "derived": "matrix"}
-        if is_current(path, source):
-            out["outputs"][path] = "current"
-        else:
-            write_derived(path, source, lambda fh: np.save(fh, result.assemble()))
-            out["outputs"][path] = "written"
-    if spec.finalize.std:
-        out["std"], out["outputs"][str(spec.finalize.std)] = _write_std(
-            spec, result, x, state, progress
-        )
-    return out
-
-
 def _check_point(spec: Spec, f, x) -> None:
     """f traces at the point (one abstract evaluation): a point of the wrong shape
     or structure is the spec's error, in one line (--debug shows the traceback)."""
-    import jax
-
     try:
         jax.eval_shape(f, x)
     except (TypeError, ValueError, IndexError) as err:
@@ -287,44 +235,10 @@ def _check_point(spec: Spec, f, x) -> None:
 def _whitened(spec: Spec, residuals, x, noise: dict):
     """The spec's residuals with its noise model (`Spec.load_noise`) applied
     (`whitened_residuals`)."""
-    from diffops_core.internal import InputError, whitened_residuals
-
     try:
         return whitened_residuals(residuals, x, **noise)
     except InputError as err:
         raise SpecError(f"{spec.path}: noise: {err}") from None
-
-
-def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool):
-    """``finalize.std``: per-leaf marginal standard deviations (an .npz whose keys
-    are leaf labels such as ``shape/rho``), out of core (`Result.marginal_std`:
-    tile tasks of bounded memory, the factor kept in the store), unless the file
-    is current for ``state``.
-
-    **Returns:** (min/median/max per leaf, ``"written"`` or ``"current"``)."""
-    target = str(spec.finalize.std)
-    source = {**state, "derived": "marginal_std", "damping": 0.0}
-    if is_current(target, source):
-        with np.load(target) as saved:
-            leaves = {name: saved[name] for name in saved.files}
-        how = "current"
-    else:
-        import jax
-
-        from ._report import leaf_label
-
-        std = result.marginal_std(x, progress=progress)
-        leaves = {
-            leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
-            for path, value in jax.tree_util.tree_flatten_with_path(std)[0]
-        }
-        write_derived(target, source, lambda fh: np.savez(fh, **leaves))
-        how = "written"
-    figures = {
-        name: [float(np.min(v)), float(np.median(v)), float(np.max(v))]
-        for name, v in leaves.items()
-    }
-    return figures, how
 
 
 def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> WorkflowSummary:

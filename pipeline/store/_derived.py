@@ -22,7 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._store import CHECKSUM, STATE, ResultStore
+from ._format import CHECKSUM, STATE
+from ._group import ResultStore
 
 __all__ = ["is_current", "store_state", "withdraw", "write_derived"]
 

@@ -1,0 +1,138 @@
+"""What a store holds, for people: the checks a run records and the summary
+``diffops show`` prints, from one pass over the stored matrix (`_scan`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from diffops_core.internal import format_iec
+
+from ..store import NONFINITE, SQUARE, ResultStore
+from ._scan import scan
+
+__all__ = ["LeafSummary", "StoreSummary", "checks", "summarise"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSummary:
+    """Figures of one leaf's rows: `norm` (Frobenius norm of its row block); for
+    a Hessian `diagonal_min`, `diagonal_max` and `asymmetry` (max|H - H^T|)."""
+
+    path: str
+    shape: tuple[int, ...]
+    norm: float
+    diagonal_min: float | None = None
+    diagonal_max: float | None = None
+    asymmetry: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSummary:
+    """What `Result.summary` reports."""
+
+    location: str
+    operation: str
+    op: str
+    shape: tuple[int, int]
+    dtype: str
+    nbytes: int
+    block_size: int
+    n_blocks: int
+    axis: int
+    blocks_done: int
+    complete: bool
+    function: str
+    fingerprint: str
+    versions: dict
+    runs: int
+    checks: dict
+    leaves: tuple[LeafSummary, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The summary as text lines (what ``diffops show`` prints)."""
+        what = "rows" if self.axis == 0 else "columns"
+        op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
+        out = [
+            self.location,
+            f"  operation   {op}, shape {self.shape}, {self.dtype}, {format_iec(self.nbytes)}",
+            f"  blocks      {self.n_blocks} blocks of {self.block_size} ({what}); "
+            f"{self.blocks_done} done",
+            f"  function    {self.function}",
+            f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
+            f"  runs        {self.runs}; checks {self.checks}",
+        ]
+        if not self.complete:
+            return [*out, "  (incomplete: no per-leaf summary)"]
+        hessian = self.operation in SQUARE
+        header = f"  {'leaf':<28} {'shape':<14} {'row-block norm':>15}"
+        if hessian:
+            header += f" {'diagonal min':>13} {'diagonal max':>13} {'max|H-H^T|':>11}"
+        out.append(header)
+        for leaf in self.leaves:
+            line = f"  {leaf.path or '(root)':<28} {leaf.shape!s:<14} {leaf.norm:>15.4g}"
+            if hessian:
+                line += (
+                    f" {leaf.diagonal_min:>13.4g} {leaf.diagonal_max:>13.4g}"
+                    f" {leaf.asymmetry:>11.3g}"
+                )
+            out.append(line)
+        return out
+
+
+def checks(store: ResultStore, progress: bool = False) -> dict:
+    """Non-finite entries (from the records) and, for a Hessian, the relative
+    symmetry error max|H - H^T| / max|H|, in one pass over the stored matrix
+    (`pipeline._scan`)."""
+    records = store.read_records()
+    out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
+    if store.meta["operation"] in SQUARE:
+        found = scan(store, progress=progress, records=records)
+        diff = float(np.max(found.row_asymmetry)) if found.row_asymmetry is not None else 0.0
+        out["symmetry_error"] = diff / found.max_abs if found.max_abs > 0 else 0.0
+    return out
+
+
+def _leaf_figures(store: ResultStore, progress: bool = False) -> list:
+    rows_layout, _ = store.layouts()
+    found = scan(store, progress=progress)
+    hessian = store.meta["operation"] in SQUARE
+    out = []
+    for leaf in rows_layout.leaves:
+        entry = {"norm": float(np.sqrt(np.sum(found.row_squares[leaf.slice])))}
+        if hessian:
+            assert found.diagonal is not None and found.row_asymmetry is not None
+            diag = found.diagonal[leaf.slice]
+            entry.update(
+                diagonal_min=float(np.min(diag)),
+                diagonal_max=float(np.max(diag)),
+                asymmetry=float(np.max(found.row_asymmetry[leaf.slice])),
+            )
+        out.append(LeafSummary(path=leaf.path, shape=tuple(leaf.shape), **entry))
+    return out
+
+
+def summarise(store: ResultStore) -> StoreSummary:
+    meta = store.meta
+    status = store.status()
+    parts = meta.get("fingerprint_parts", {})
+    return StoreSummary(
+        location=str(store.location),
+        operation=meta["operation"],
+        op=meta["op"],
+        shape=tuple(meta["shape"]),
+        dtype=meta["dtype"],
+        nbytes=store.nbytes,
+        block_size=store.plan.block_size,
+        n_blocks=store.plan.n_blocks,
+        axis=int(meta["axis"]),
+        blocks_done=status["blocks_done"],
+        complete=status["complete"],
+        function=str(parts.get("function")),
+        fingerprint=meta["fingerprint"],
+        versions=parts.get("versions") or {},
+        runs=status["runs"],
+        checks=meta.get("checks", {}),
+        leaves=tuple(_leaf_figures(store)) if status["complete"] else (),
+    )

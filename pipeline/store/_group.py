@@ -1,0 +1,550 @@
+"""`ResultStore`: one result group, read and written."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import psutil
+import zarr
+from zarr.core.sync import sync
+
+from diffops_core.internal import BlockPlan, InputValueError, Layout, format_iec
+
+from .._errors import NotEnoughMemoryError, StoreError
+from ._chunks import plain_bytes, read_region
+from ._format import (
+    CHECKSUM,
+    FORMAT,
+    LOCK_NAME,
+    NONFINITE,
+    RECORD_FIELDS,
+    RUNS_KEPT,
+    SQUARE,
+    STATE,
+    checksum,
+    chunk_shape,
+    layouts,
+    now,
+)
+from ._location import (
+    PARTIAL,
+    inspect,
+    local_path,
+    normalise_location,
+    read_group_json,
+    remove_ours,
+)
+from ._lock import lock_is_free
+
+__all__ = ["ResultStore"]
+
+_OVERWRITE_HINT = "pass overwrite=True (diffops run --overwrite) to recompute it"
+
+
+class ResultStore:
+    """Read and write one result group. Create with `create` or `open`."""
+
+    def __init__(self, group: zarr.Group, location):
+        self.group = group
+        self.location = location
+        self.meta: dict[str, Any] = dict(group.attrs.get("diffops", {}))  # type: ignore[arg-type]
+        where = local_path(location) or location
+        if not self.meta:
+            raise StoreError(f"{location!r} is a Zarr group but holds no diffops result")
+        if self.meta.get("format") != FORMAT:
+            raise StoreError(
+                f"{location!r} was written in diffops store format {self.meta.get('format')}; "
+                f"this version reads format {FORMAT}: {_OVERWRITE_HINT}"
+            )
+        if not self.meta.get("ready", False):
+            raise StoreError(
+                f"{location!r} is a diffops store whose creation was interrupted; "
+                "run the computation again to recreate it"
+            )
+        self.plan = BlockPlan.from_json(self.meta["plan"])
+        arrays = {}
+        for name in ("matrix", "blocks"):
+            try:
+                arrays[name] = group[name]
+            except Exception as err:  # noqa: BLE001 - missing or unreadable array metadata
+                raise StoreError(
+                    f"cannot read {where}/{name}/zarr.json ({type(err).__name__}: {err}); the "
+                    f"store's metadata is damaged: {_OVERWRITE_HINT}"
+                ) from None
+        self.matrix: zarr.Array = arrays["matrix"]  # type: ignore[assignment]
+        self.records: zarr.Array = arrays["blocks"]  # type: ignore[assignment]
+        self._check_arrays(where)
+
+    def _check_arrays(self, where) -> None:
+        """The arrays' own metadata agrees with the store's: shape, dtype, chunk
+        edges on block edges, one record per block. **Raises:** `StoreError`."""
+        meta, plan = self.meta, self.plan
+        shape = tuple(int(v) for v in meta.get("shape") or ())
+        axis = int(meta.get("axis", 1))
+        found = [] if len(shape) == 2 else [f"shape {shape} is not two numbers"]
+        if tuple(self.matrix.shape) != shape:
+            found.append(f"matrix shape {tuple(self.matrix.shape)}, not {shape}")
+        if np.dtype(self.matrix.dtype).name != meta.get("dtype"):
+            found.append(
+                f"matrix dtype {np.dtype(self.matrix.dtype).name}, not {meta.get('dtype')}"
+            )
+        off_plan = len(shape) == 2 and plan.extent != shape[axis]
+        if int(self.matrix.chunks[axis]) != plan.block_size or off_plan:
+            found.append(f"matrix chunks {tuple(self.matrix.chunks)} off the block plan")
+        if tuple(self.records.shape) != (plan.n_blocks, len(RECORD_FIELDS)):
+            found.append(f"records shape {tuple(self.records.shape)}, not ({plan.n_blocks}, 5)")
+        if found:
+            raise StoreError(
+                f"the arrays of {where} disagree with its metadata ({'; '.join(found)}): the "
+                f"store's metadata is damaged: {_OVERWRITE_HINT}"
+            )
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, location, mode: str = "r") -> ResultStore:
+        """Open an existing result.
+
+        **Raises:** `StoreError` when there is none, or it cannot be read (the
+        message names the file).
+        """
+        location = normalise_location(location)
+        path = local_path(location)
+        if path is not None:
+            if not os.path.exists(os.path.join(path, "zarr.json")):
+                raise StoreError(f"no diffops result at {location!r} (no zarr.json there)")
+            read_group_json(path)  # one line naming the file when it is damaged
+        try:
+            # our own metadata, never a consolidated copy of it
+            group = zarr.open_group(location, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise StoreError(f"no diffops result at {location!r}: {err}") from None
+        return cls(group, location)
+
+    @classmethod
+    def create(
+        cls,
+        location,
+        *,
+        meta: dict,
+        shape,
+        dtype,
+        axis: int,
+        block_size: int,
+        compressor: str | None = None,
+    ) -> ResultStore:
+        """Create a new result group where `inspect` found nothing, or ours.
+
+        The caller holds the lock and has decided that what is there may go.
+        The group and its metadata (``ready: false``) are written at once; the
+        arrays follow; ``ready`` turns true last.
+        """
+        location = normalise_location(location)
+        path = local_path(location)
+        attrs: dict[str, Any] = {
+            "diffops": {
+                **meta,
+                "format": FORMAT,
+                "record_fields": list(RECORD_FIELDS),
+                "runs": [],
+                "ready": False,
+            }
+        }
+        if path is None:
+            mode: Any = "w" if inspect(location) == "ours" else "w-"
+            group = zarr.open_group(location, mode=mode, attributes=attrs, use_consolidated=False)
+        else:
+            remove_ours(path)
+            os.makedirs(path, exist_ok=True)
+            group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
+        _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
+        _write_coordinates(group, meta)
+        group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
+        return cls(group, location)
+
+    # -- metadata -----------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def axis(self) -> int:
+        return int(self.meta["axis"])
+
+    @property
+    def in_layout(self) -> Layout:
+        return Layout.from_json(self.meta["in_layout"])
+
+    @property
+    def out_layout(self) -> Layout:
+        return Layout.from_json(self.meta["out_layout"])
+
+    def save_meta(self, consolidate: bool = True):
+        """Write the metadata; with ``consolidate``, also the consolidated copy other
+        readers (xarray) use. A run consolidates when it ends: a store killed
+        mid-run reads fine without it, only more slowly."""
+        self.group.attrs["diffops"] = self.meta
+        if consolidate:
+            _consolidate(self.location)
+
+    def start_run(self, blocks_todo: int) -> int:
+        """Append a run to the history (status ``running``); its 1-based number.
+
+        The history keeps the last `RUNS_KEPT` runs; ``runs_total`` counts them all.
+        """
+        runs = self.meta.setdefault("runs", [])
+        for run in runs:  # a run still 'running' was killed before it could say so
+            if run.get("status") == "running":
+                run["status"] = "interrupted"
+        number = self.runs_total + 1
+        runs.append(
+            {
+                "run": number,
+                "start": now(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "blocks_todo": blocks_todo,
+                "status": "running",
+            }
+        )
+        del runs[:-RUNS_KEPT]
+        self.meta["runs_total"] = number
+        self.save_meta(consolidate=False)
+        return number
+
+    def runs(self) -> list[dict]:
+        """The run history; a run of this host still marked running whose lock
+        nobody holds was killed before it could say so: it reads ``interrupted``."""
+        runs = [dict(r) for r in self.meta.get("runs") or [] if isinstance(r, dict)]
+        here = socket.gethostname()
+        dead = [r for r in runs if r.get("status") == "running" and r.get("host") == here]
+        if dead and lock_is_free(self.location):
+            for run in dead:
+                run["status"] = "interrupted"
+                run.setdefault("error", "the process ended without recording an end")
+        return runs
+
+    @property
+    def runs_total(self) -> int:
+        """How many runs this store has seen (the history keeps the last few)."""
+        runs = self.meta.get("runs") or []
+        last = max((int(r.get("run", 0)) for r in runs if isinstance(r, dict)), default=0)
+        return max(int(self.meta.get("runs_total", 0)), last)
+
+    def end_run(self, run: int, **fields):
+        for entry in self.meta.get("runs") or []:
+            if entry.get("run") == run:
+                entry.update(fields, end=now())
+        self.save_meta()
+
+    # -- records and data ---------------------------------------------------------
+
+    def read_records(self) -> np.ndarray:
+        return read_region(self.records, slice(None), slice(None))
+
+    def _block_chunk_keys(self, index: int) -> list[str]:
+        grid = self.matrix._chunk_grid_shape
+        other = grid[1 - self.axis]
+        coords = [(i, index) if self.axis == 1 else (index, i) for i in range(other)]
+        return [f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(c)}" for c in coords]
+
+    def _present_keys(self) -> set[str]:
+        """The matrix's chunk keys that hold a chunk: for an uncompressed local
+        store, only files of a whole chunk's size (a truncated chunk is missing)."""
+        path = local_path(self.location)
+        prefix = f"{self.matrix.path}/"
+        if path is None:
+            store = self.matrix.store
+
+            async def listing():
+                return {key async for key in store.list_prefix(prefix)}
+
+            return sync(listing())
+        size = math.prod(self.matrix.chunks) * self.matrix.dtype.itemsize
+        exact = plain_bytes(self.matrix)
+        root = os.path.join(path, self.matrix.path)
+        found = set()
+        for base, _dirs, files in os.walk(root):
+            for name in files:
+                full = os.path.join(base, name)
+                try:
+                    got = os.stat(full).st_size
+                except FileNotFoundError:
+                    continue
+                if (got == size) if exact else got > 0:
+                    found.add(prefix + os.path.relpath(full, root).replace(os.sep, "/"))
+        return found
+
+    def data_present(self) -> np.ndarray:
+        """Per block: whether every data chunk of it exists in the store (at its
+        full size, where chunks are stored uncompressed)."""
+        present = self._present_keys()
+        return np.array(
+            [
+                all(k in present for k in self._block_chunk_keys(i))
+                for i in range(self.plan.n_blocks)
+            ],
+            dtype=bool,
+        )
+
+    def recorded_mask(self, records: np.ndarray | None = None) -> np.ndarray:
+        """Per block: whether its completion record says complete."""
+        records = self.read_records() if records is None else records
+        return records[:, STATE] == 1
+
+    def done_mask(self, records: np.ndarray | None = None) -> np.ndarray:
+        """Per block: complete, i.e. recorded complete and every data chunk present."""
+        return self.recorded_mask(records) & self.data_present()
+
+    def todo(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(~self.done_mask())]
+
+    def status(self) -> dict:
+        """``blocks_total``, ``blocks_done``, ``complete``, ``runs``, the blocks
+        holding non-finite values, and ``missing_data``: blocks recorded complete
+        whose data chunks are gone (they count as not done; a run recomputes them).
+        A block is done only when its record says so and all its chunks exist."""
+        records = self.read_records()
+        recorded = self.recorded_mask(records)
+        done = recorded & self.data_present()
+        return {
+            "blocks_total": int(done.size),
+            "blocks_done": int(done.sum()),
+            "complete": bool(done.all()),
+            "runs": self.runs_total,
+            "nonfinite_blocks": [
+                int(i) for i in np.flatnonzero(done & (records[:, NONFINITE] > 0))
+            ],
+            "missing_data": [int(i) for i in np.flatnonzero(recorded & ~done)],
+        }
+
+    def verify(self, workers: int = 4) -> list[int]:
+        """Re-read every block recorded complete and compare its checksum.
+
+        **Returns:** the indices of blocks whose data no longer match their record
+        (unreadable blocks and missing chunks count as bad).
+        """
+        records = self.read_records()
+        done = np.flatnonzero(self.recorded_mask(records))
+        present = self.data_present()
+
+        def check(index: int) -> int | None:
+            if not present[index]:
+                return index
+            try:
+                data = read_region(self.matrix, *self.block_region(index))
+            except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
+                return index
+            return None if checksum(data) == int(records[index, CHECKSUM]) else index
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
+        return sorted(bad)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        m, n = self.matrix.shape
+        return int(m), int(n)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.matrix.dtype).itemsize
+
+    def assemble(self) -> np.ndarray:
+        """The whole matrix in memory.
+
+        **Raises:** `NotEnoughMemoryError` when it would not fit in available
+        memory; `ValueError` when blocks are missing.
+        """
+        status = self.status()
+        if not status["complete"]:
+            raise InputValueError(
+                f"the result at {self.location!r} is incomplete ({status['blocks_done']}/"
+                f"{status['blocks_total']} blocks); run it again to finish it first"
+            )
+        available = psutil.virtual_memory().available
+        if self.nbytes > 0.8 * available:
+            raise NotEnoughMemoryError(
+                f"assembling needs {format_iec(self.nbytes)} but only {format_iec(available)} "
+                "is available; use .array (lazy, dask) or .to_pytree() to work block by block"
+            )
+        return np.asarray(self.matrix[...])
+
+    def layouts(self, x=None) -> tuple[Layout, Layout]:
+        """The (row, column) flat layouts; with ``x``, its structure for the columns.
+
+        **Raises:** `ValueError` when ``x``'s leaf key paths or shapes differ from the
+        stored ones.
+        """
+        rows, cols = layouts(self.meta)
+        if x is None:
+            return rows, cols
+        given = Layout.from_pytree(x, check_float=False)
+        ours = [(s.path, s.shape) for s in cols.leaves]
+        theirs = [(s.path, s.shape) for s in given.leaves]
+        if theirs != ours:
+            raise InputValueError(
+                f"x has leaves {_describe(theirs)}, but the stored result was computed for "
+                f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
+            )
+        return (given if self.meta["operation"] in SQUARE else rows), given
+
+    def block_region(self, index: int):
+        block = self.plan.block(index)
+        cols = slice(block.start, block.stop)
+        return (slice(None), cols) if self.axis == 1 else (cols, slice(None))
+
+    def clear_record(self, index: int):
+        self.records[index, :] = 0
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def remove_partial_files(self) -> int:
+        """Delete the temporary files a killed writer leaves in our arrays (local stores)."""
+        path = local_path(self.location)
+        if path is None:
+            return 0
+        found = [
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.startswith("zarr.") and PARTIAL.search(name)
+        ]
+        for array in ("matrix", "blocks", "factor"):  # factor: `pipeline._factor`
+            for root, _dirs, files in os.walk(os.path.join(path, array)):
+                found += [os.path.join(root, name) for name in files if PARTIAL.search(name)]
+        for name in found:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        return len(found)
+
+
+def _create_arrays(
+    group: zarr.Group,
+    meta: dict,
+    shape: tuple,
+    dtype,
+    axis: int,
+    block_size: int,
+    compressor: str | None,
+) -> None:
+    """The matrix (fill value NaN) and the completion records of a new store."""
+    n_blocks = meta["plan"]["n_blocks"]
+    chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
+    compressors: Any = None
+    if compressor:
+        compressors = (
+            [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}]
+            if compressor == "zstd"
+            else compressor
+        )
+    group.create_array(
+        "matrix",
+        shape=tuple(shape),
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=float("nan"),
+        compressors=compressors,
+        config={"write_empty_chunks": True},
+        dimension_names=("row", "column"),
+        attributes=_matrix_attrs(meta),
+    )
+    group.create_array(
+        "blocks",
+        shape=(n_blocks, len(RECORD_FIELDS)),
+        chunks=(1, len(RECORD_FIELDS)),
+        dtype="int64",
+        fill_value=0,
+        compressors=None,
+        dimension_names=("block", "field"),
+        config={"write_empty_chunks": True},
+    )
+
+
+def _matrix_attrs(meta: dict) -> dict:
+    """Plain attributes of ``matrix`` (beside the group's diffops metadata)."""
+    rows, cols = layouts(meta)
+    what = {
+        "hessian": "Hessian of f",
+        "gauss_newton": "Gauss-Newton matrix (J^T W J) of f",
+        "covariance": "covariance (inverse) of a stored matrix",
+    }.get(meta["operation"], "Jacobian of f")
+    return {
+        "long_name": f"{what}, {meta['op']} blocks of the flat parameters",
+        "operation": meta["operation"],
+        "row_leaves": [leaf.path or "(root)" for leaf in rows.leaves],
+        "row_leaf_shapes": [list(leaf.shape) for leaf in rows.leaves],
+        "column_leaves": [leaf.path or "(root)" for leaf in cols.leaves],
+        "column_leaf_shapes": [list(leaf.shape) for leaf in cols.leaves],
+        "coordinates": "row_leaf row_index column_leaf column_index",
+        "missing": "NaN where a block has not been computed",
+    }
+
+
+def _leaf_coordinates(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    sizes = [leaf.size for leaf in layout.leaves]
+    leaf = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    index = np.concatenate([np.arange(s, dtype=np.int64) for s in sizes])
+    return leaf, index
+
+
+def _write_coordinates(group: zarr.Group, meta: dict) -> None:
+    """The coordinate arrays, created and written concurrently (one event loop
+    round instead of twelve sequential metadata and chunk writes)."""
+    import asyncio
+
+    rows, cols = layouts(meta)
+    arrays = []
+    for axis, layout in (("row", rows), ("column", cols)):
+        leaf, index = _leaf_coordinates(layout)
+        arrays += [
+            (axis, axis, np.arange(layout.n, dtype=np.int64), f"{axis} of the matrix"),
+            (
+                f"{axis}_leaf",
+                axis,
+                leaf,
+                f"leaf of each {axis}: an index into matrix.{axis}_leaves",
+            ),
+            (f"{axis}_index", axis, index, f"flat (C-order) index of each {axis} within its leaf"),
+        ]
+
+    async def one(name, axis, values, description):
+        array = await group._async_group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=values.shape,
+            dimension_names=(axis,),
+            attributes={"description": description},
+            compressors=None,
+        )
+        await array.setitem(Ellipsis, values)
+
+    async def all_of_them():
+        await asyncio.gather(*(one(*spec) for spec in arrays))
+
+    sync(all_of_them())
+
+
+def _consolidate(location) -> None:
+    """Consolidated metadata for readers such as xarray (we read our own, never it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # the run lock lives beside the arrays; zarr notes that it is not one of them
+        warnings.filterwarnings("ignore", message=rf"Object at {LOCK_NAME} is not recognized")
+        # zarr's notice that consolidated metadata is not (yet) in the v3 spec:
+        # xarray and other readers use it, and nothing of ours depends on it
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(location)
+
+
+def _describe(leaves) -> str:
+    text = ", ".join(f"{path or '(root)'} {shape}" for path, shape in leaves[:6])
+    return f"[{text}{', ...' if len(leaves) > 6 else ''}]"
