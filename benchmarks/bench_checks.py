@@ -93,7 +93,7 @@ def case(name, f, x, block, repeats, x64):
             runs.append(result.run_summary.seconds)
         first, blocks_s = runs[0], statistics.median(runs[1:])
         before, old = _median(lambda: old_checks(result), repeats)
-        after, new = _median(lambda: checks(result), repeats)
+        after, new = _median(lambda: checks(result.store), repeats)
         assert abs(old["symmetry_error"] - new["symmetry_error"]) <= 1e-6 * max(
             1e-30, old["symmetry_error"]
         ), (old, new)

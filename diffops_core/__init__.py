@@ -13,14 +13,14 @@ from ._version import __version__
 from ._views import hessian_to_pytree, matrix_to_pytree
 
 __all__ = [
+    "Spectrum",
     "__version__",
+    "covariance",
+    "gauss_newton",
     "hessian",
     "hessian_to_pytree",
     "jacobian",
-    "matrix_to_pytree",
-    "gauss_newton",
-    "covariance",
     "marginal_std",
+    "matrix_to_pytree",
     "spectrum",
-    "Spectrum",
 ]

@@ -22,7 +22,7 @@ from ._api import square_matrix
 from ._errors import InputTypeError, InputValueError
 from ._kernels import _ravel_output
 
-__all__ = ["gauss_newton", "covariance", "marginal_std", "spectrum", "Spectrum"]
+__all__ = ["Spectrum", "covariance", "gauss_newton", "marginal_std", "spectrum"]
 
 
 # -- the noise model -------------------------------------------------------------------

@@ -218,10 +218,9 @@ def format_bytes(nbytes: float, binary: bool = False) -> str:
     """Human-readable size: decimal units (``"38.2 MB"``), or with ``binary`` the
     powers of 1024 that dask and distributed print (``"36.43 MiB"``)."""
     if binary:
-        for prefix, scale in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
-                              ("ki", 2**10)):  # fmt: skip
-            if nbytes >= scale * 0.9:
-                return f"{nbytes / scale:.2f} {prefix}B"
+        for prefix, power in (("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("ki", 10)):
+            if nbytes >= 0.9 * 2**power:
+                return f"{nbytes / 2**power:.2f} {prefix}B"
         return f"{int(nbytes)} B"
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(nbytes) >= scale:

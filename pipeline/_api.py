@@ -91,7 +91,7 @@ def _check_args(store: Any, threads: Any, compressor: Any, flags: dict) -> dict:
     return flags
 
 
-def _check_names(call: str, options: dict) -> None:
+def _check_names(call: str, options: Any) -> None:
     unknown = sorted(set(options) - set(RunOptions.__annotations__))
     if unknown:
         raise InputTypeError(

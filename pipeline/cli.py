@@ -20,6 +20,7 @@ from diffops_core.internal import InputError, format_iec
 from ._errors import BlockError
 from ._result import open_result
 from .workflow import load_spec, run_spec
+from .workflow import repair as repair_store
 
 EXIT_INCOMPLETE = 3
 EXIT_BAD_BLOCKS = 4
@@ -218,7 +219,7 @@ def verify(store, repair, spec_path, progress):
     )
     if repair and (bad or missing):
         spec = load_spec(spec_path) if spec_path else None
-        report = repair(store, spec, progress=progress)
+        report = repair_store(store, spec, progress=progress)
         bad, missing = report["still_bad"], report["still_missing"]
         if not bad and not missing:
             fixed = len(report["bad"]) + len(report["missing"])

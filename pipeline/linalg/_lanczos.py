@@ -42,7 +42,8 @@ class BoundedCache:
     memory available when it is made); what does not fit is read every time."""
 
     def __init__(self, read: Callable[[Any], np.ndarray]):
-        self.read, self.cache = read, {}
+        self.read = read
+        self.cache: dict[Any, np.ndarray] = {}
         self.room = min(CACHE_BYTES, psutil.virtual_memory().available // 4)
 
     def __call__(self, key) -> np.ndarray:
@@ -182,13 +183,17 @@ def streamed_extremes(
         inverse = InverseProduct(task, listeners) if task is not None else None
         if which in ("both", "largest"):
             out["largest"] = extremes(operator(streamed, n), k, "LA", tol)
-        if which in ("both", "smallest") and inverse is None:
-            out["smallest"] = extremes(operator(streamed, n), k, "SA", tol)
-        elif which in ("both", "smallest"):
-            mu = extremes(operator(inverse, n), k, "LA", tol)
-            out["smallest"] = sorted(1.0 / np.asarray(mu) - task.damping)  # type: ignore[union-attr]
+        if which in ("both", "smallest"):
+            out["smallest"] = _smallest(streamed, inverse, n, k, tol)
     out["matvecs"] = streamed.calls + (inverse.calls if inverse is not None else 0)
     return out
+
+
+def _smallest(streamed, inverse: InverseProduct | None, n: int, k: int, tol: float) -> list:
+    if inverse is None:
+        return extremes(operator(streamed, n), k, "SA", tol)
+    mu = extremes(operator(inverse, n), k, "LA", tol)
+    return sorted(1.0 / np.asarray(mu) - inverse.task.damping)
 
 
 def lanczos_diagnosis(

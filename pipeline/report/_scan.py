@@ -109,7 +109,7 @@ def scan(
         for i in range(panels):
             a, span = reader.read(i), reader.span(i)
             finite = figures.add(a, span, store.axis, clean)
-            if not square:
+            if figures.asym is None:  # not square
                 continue
             own = finite[span, :]
             _fold(figures.asym, span.start, span.start, own, own, same=True)

@@ -53,7 +53,7 @@ def test_checks_read_the_matrix_once_whatever_the_blocks(tmp_path, monkeypatch):
         return real(array, rows, cols)
 
     monkeypatch.setattr(scan_module, "read_region", counting)
-    out = checks(result)
+    out = checks(result.store)
     assert (
         len([k for k in reads if k is not Ellipsis]) == 1
     )  # was a read per tile: 60 x 60 (records: ...)

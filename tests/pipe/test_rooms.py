@@ -1,0 +1,226 @@
+"""The shape of `pipeline`: rooms by role, arrows pointing down only, one home for
+each concept, and a public surface that says what it promises.
+
+Imports are read from the source (ast), imports inside functions included; an
+``if TYPE_CHECKING:`` block is left out, since it never runs (it names types
+for the type checker only).
+"""
+
+import ast
+import os
+
+import pipeline
+import pipeline.internal
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PIPELINE = os.path.join(ROOT, "pipeline")
+
+#: The rooms from the bottom up: each imports only those before it (and itself).
+LAYERS = (
+    "_errors",
+    "store",
+    "run",
+    "linalg",
+    "report",
+    "_result",
+    "_api",
+    "workflow",
+    "cli",
+    "internal",
+    "__init__",
+)
+
+
+def _modules():
+    """{dotted name: path} of every module of the pipeline package."""
+    found = {}
+    for base, _dirs, files in os.walk(PIPELINE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(base, name)
+                parts = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(node) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: str, module: str, package: bool) -> set[str]:
+    """The pipeline modules ``module`` imports, anywhere in its body."""
+    tree = ast.parse(open(path).read())
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    base = module.split(".") if package else module.split(".")[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "pipeline"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                stem = ".".join(base[: len(base) - node.level + 1])
+                target = f"{stem}.{node.module}" if node.module else stem
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "pipeline":
+                continue
+            if node.module:  # `from . import _x` imports _x, not the package (already there)
+                out.add(target)
+            out |= {f"{target}.{a.name}" for a in node.names}
+    return out
+
+
+def _graph():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        package = path.endswith("__init__.py")
+        graph[name] = {m for m in _imports(path, name, package) if m in modules and m != name}
+    return graph
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_import_points_down_the_rooms():
+    wrong = []
+    for module, targets in _graph().items():
+        here = LAYERS.index(_room(module))
+        for target in targets:
+            if LAYERS.index(_room(target)) > here:
+                wrong.append(f"{module} imports {target}")
+    assert wrong == []
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    graph = _graph()
+    state, cycles = {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif state.get(nxt) is None:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_the_layering_test_sees_imports_inside_functions(tmp_path):
+    source = "def f():\n    from ..linalg import factor\n    return factor\n"
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    assert "pipeline.linalg" in _imports(str(path), "pipeline.store._m", package=False)
+
+
+def test_no_folder_holds_more_than_ten_modules():
+    for base, _dirs, files in os.walk(PIPELINE):
+        modules = [f for f in files if f.endswith(".py")]
+        assert len(modules) <= 10, (base, modules)
+
+
+def _code_strings(tree):
+    """String constants of a module that are not docstrings."""
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docs.add(id(body[0].value))
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    ]
+
+
+def test_tqdm_crc32_and_vmhwm_each_live_in_one_module():
+    homes = {"tqdm": set(), "crc32": set(), "VmHWM": set()}
+    for package in ("pipeline", "diffops_core"):
+        for base, _dirs, files in os.walk(os.path.join(ROOT, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(base, name)
+                tree = ast.parse(open(path).read())
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tqdm"):
+                        homes["tqdm"].add(path)
+                    if isinstance(node, ast.Import) and any(
+                        a.name.startswith("tqdm") for a in node.names
+                    ):
+                        homes["tqdm"].add(path)
+                    if isinstance(node, ast.Attribute) and node.attr == "crc32":
+                        homes["crc32"].add(path)
+                if any("VmHWM" in s for s in _code_strings(tree)):
+                    homes["VmHWM"].add(path)
+    rel = {k: sorted(os.path.relpath(p, ROOT) for p in v) for k, v in homes.items()}
+    assert rel == {
+        "tqdm": ["pipeline/run/_callbacks.py"],
+        "crc32": ["pipeline/store/_format.py"],
+        "VmHWM": ["pipeline/run/_resources.py"],
+    }
+
+
+def test_nothing_outside_the_package_imports_a_private_module():
+    offenders = []
+    for folder in ("tests", "benchmarks", "workflows"):
+        for base, _dirs, files in os.walk(os.path.join(ROOT, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(base, name)
+                for node in ast.walk(ast.parse(open(path).read())):
+                    names = []
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.module:
+                        names = [node.module]
+                        if node.module == "pipeline" or node.module.startswith("pipeline."):
+                            names += [f"{node.module}.{a.name}" for a in node.names]
+                    for dotted in names:
+                        parts = dotted.split(".")
+                        if parts[0] == "pipeline" and any(p.startswith("_") for p in parts[1:]):
+                            if parts[1:] != ["__version__"]:
+                                offenders.append(f"{os.path.relpath(path, ROOT)}: {dotted}")
+    assert offenders == []
+
+
+def test_the_public_names_are_sorted_and_say_what_methods_return_and_raise():
+    names = pipeline.__all__
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(pipeline, name), name
+    key = [(0 if n.isupper() else 1 if n[:1].isupper() else 2, n) for n in names]
+    assert key == sorted(key)  # constants, classes, then functions, each alphabetical
+    returned = {"Analysis", "LeafStd", "StoreSummary", "LeafSummary", "WorkflowSummary"}
+    raised = {"MissingDependencyError", "NotPositiveDefiniteError", "StoreError", "SpecError"}
+    assert returned | raised <= set(names)
+    assert not {"BlockTask", "plan"} & set(names)  # machinery: pipeline.internal
+    for name in pipeline.internal.__all__:
+        assert hasattr(pipeline.internal, name), name
+
+
+def test_result_has_no_repair_method():
+    # repairing needs the workflow (the spec); the read-only facade does not
+    assert not hasattr(pipeline.Result, "repair") and callable(pipeline.repair)
+
+
+def test_a_failed_cholesky_is_an_error_type_with_its_diagnostics():
+    err = pipeline.NotPositiveDefiniteError(
+        "not positive definite", location="x", columns=(0, 4), damping=0.0, smallest=-1.0
+    )
+    assert isinstance(err, ValueError) and err.smallest == -1.0 and err.columns == (0, 4)
