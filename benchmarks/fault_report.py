@@ -2,10 +2,10 @@
 
     python benchmarks/fault_report.py
 
-Runs tests/pipe/test_faults.py (slow ones included), tests/pipe/test_trust.py
+Runs tests/pipe/run/test_faults.py (slow ones included), tests/pipe/run/test_resume_or_refuse.py
 (the trust cases of issue 8: changed data, foreign directories, half-made and
 damaged stores, lock races, plans too large for memory or disk) and the worker-kill test of
-tests/pipe/test_cluster.py with $DIFFOPS_FAULT_REPORT set, counts the bad-input
+tests/pipe/run/test_cluster.py with $DIFFOPS_FAULT_REPORT set, counts the bad-input
 tests (API, spec, CLI) that passed, and writes the ``faults`` section of
 benchmarks/RESULTS.md.
 """
@@ -30,10 +30,10 @@ BAD_INPUT_TESTS = [
     "tests/core/test_plan.py::test_parse_bytes_rejects",
     "tests/core/test_plan.py::test_parse_bytes_type",
     "tests/core/test_views.py::test_wrong_shape_says_what_to_pass",
-    "tests/pipe/test_pipeline.py::test_bad_arguments",
-    "tests/pipe/test_pipeline.py::test_store_of_another_computation_is_refused",
-    "tests/cli/test_cli.py::test_spec_errors_are_one_line_naming_the_field",
-    "tests/cli/test_cli.py::test_missing_spec_file_and_store",
+    "tests/pipe/run/test_embedded.py::test_bad_arguments",
+    "tests/pipe/run/test_embedded.py::test_store_of_another_computation_is_refused",
+    "tests/cli/test_commands.py::test_spec_errors_are_one_line_naming_the_field",
+    "tests/cli/test_commands.py::test_missing_spec_file_and_store",
 ]
 
 
@@ -54,9 +54,9 @@ def main():
     report = tempfile.mktemp(suffix=".jsonl")
     passed, failed, proc = pytest(
         [
-            "tests/pipe/test_faults.py",
-            "tests/pipe/test_trust.py",
-            "tests/pipe/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise",
+            "tests/pipe/run/test_faults.py",
+            "tests/pipe/run/test_resume_or_refuse.py",
+            "tests/pipe/run/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise",
         ],
         {"DIFFOPS_FAULT_REPORT": report},
     )

@@ -214,3 +214,38 @@ def residual_spec(tmp_path, monkeypatch, module, name="spec.yaml", text=None, **
     }
     path.write_text("".join(f"{k}: {v}\n" for k, v in data.items()))
     return str(path)
+
+
+# -- a stored SPD quadratic (the uncertainty and analysis tests) -----------------------
+
+SPD_N = 150
+
+
+def spd(n=SPD_N, seed=0, shift=0.05):
+    """A float32 SPD matrix, ``a aᵀ / n + shift I``."""
+    a = np.random.default_rng(seed).normal(size=(n, n))
+    return (a @ a.T / n + shift * np.eye(n)).astype(np.float32)
+
+
+def spd_x():
+    return {"a": jnp.ones((5, 10), jnp.float32), "b": jnp.zeros(SPD_N - 50, jnp.float32)}
+
+
+def spd_quadratic(P):
+    P = jnp.asarray(P)
+
+    def f(x):
+        v = jnp.concatenate([x["a"].ravel(), x["b"]])
+        return 0.5 * v @ P @ v
+
+    return f
+
+
+def spd_store(tmp_path, P=None, block_size=32, name="h.zarr"):
+    """``0.5 vᵀ P v`` (P = `spd()` by default) stored by `pipeline.hessian_to_zarr`."""
+    import pipeline
+
+    P = spd() if P is None else P
+    return pipeline.hessian_to_zarr(
+        spd_quadratic(P), spd_x(), str(tmp_path / name), block_size=block_size, progress=False
+    )

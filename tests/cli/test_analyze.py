@@ -1,8 +1,6 @@
 """``diffops analyze`` and `Result.analyze` (issue 11)."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -10,11 +8,11 @@ from click.testing import CliRunner
 
 import pipeline
 import pipeline.internal
+from helpers import SPD_N as N
 from helpers import mixed_out, mixed_x
+from helpers import spd as _spd
+from helpers import spd_store as _store
 from pipeline.cli import main
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pipe"))
-from test_uncertainty import N, _spd, _store
 
 
 def _analyze_cli(*args):

@@ -20,7 +20,7 @@ from helpers import mixed_loss, mixed_x, tol
 from pipeline.cli import main
 from pipeline.internal import RUNS_KEPT, Limits, ResultStore
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ROOMY = Limits(10**12, 0, 2, "test")
 
 

@@ -6,42 +6,18 @@ import subprocess
 import sys
 import textwrap
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import diffops_core as dc
 import pipeline
+from helpers import SPD_N as N
 from helpers import mixed_out, mixed_x
+from helpers import spd as _spd
+from helpers import spd_quadratic as _quadratic
+from helpers import spd_store as _store
+from helpers import spd_x as _x
 from pipeline.internal import factor_module
-
-N = 150
-
-
-def _spd(n=N, seed=0, shift=0.05):
-    a = np.random.default_rng(seed).normal(size=(n, n))
-    return (a @ a.T / n + shift * np.eye(n)).astype(np.float32)
-
-
-def _x():
-    return {"a": jnp.ones((5, 10), jnp.float32), "b": jnp.zeros(N - 50, jnp.float32)}
-
-
-def _quadratic(P):
-    P = jnp.asarray(P)
-
-    def f(x):
-        v = jnp.concatenate([x["a"].ravel(), x["b"]])
-        return 0.5 * v @ P @ v
-
-    return f
-
-
-def _store(tmp_path, P=None, block_size=32, name="h.zarr"):
-    P = _spd() if P is None else P
-    return pipeline.hessian_to_zarr(
-        _quadratic(P), _x(), str(tmp_path / name), block_size=block_size, progress=False
-    )
 
 
 def _in_memory(result, damping=0.0):

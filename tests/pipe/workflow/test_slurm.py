@@ -12,7 +12,7 @@ import pipeline
 
 pytest.importorskip("dask_jobqueue")  # in the test extra: installed wherever the tests run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 LOCAL = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
 
 

@@ -11,7 +11,7 @@ import diffops_core as dc
 import pipeline
 from helpers import log_fault, mixed_loss, mixed_out, mixed_x, tol
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from helpers import chunk_files, lock_is_free, log_fault, mixed_loss, mixed_x, w
 from pipeline.cli import main
 from pipeline.internal import RUN, ResultStore
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLOCK = 2  # mixed_x: 16 columns -> 8 blocks
 
 
