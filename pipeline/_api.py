@@ -277,9 +277,9 @@ def hessian_to_zarr(f: Callable, x: Any, store: Any, **options: Unpack[RunOption
     - `nbatches`, `block_size`, `memory_budget`, `inner_width`: the blocking, as
       in `diffops_core.hessian` (at most one of the first three). Default: about
       16 blocks with slabs of at most 256 MiB. `checkpoint`: `jax.checkpoint` f.
-    - `client`: a `distributed.Client` (default: the active one, else dask's
-      threaded scheduler here); `threads`: tasks at once on the embedded
-      default; `executor`: an `Executor` of your choice instead.
+    - `client`: a `distributed.Client` (default: the active one, else a
+      thread pool here); `threads`: tasks at once on the embedded default;
+      `executor`: an `Executor` of your choice instead.
     - `overwrite`: replace a store of ours holding a different result (the same
       computation still resumes); what is not a diffops store is never touched.
     - `progress`: a progress bar on stderr; `callbacks`: more `Callback`s (e.g.

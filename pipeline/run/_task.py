@@ -13,6 +13,7 @@ wrap them (fault injection lives in the tests, never here).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -43,15 +44,25 @@ __all__ = ["BlockTask"]
 @dataclasses.dataclass
 class _WorkerState:
     """What a process keeps for one run: the compiled kernel, the linearisation
-    (computed once), the open arrays, and the lock that lets one kernel run at a
-    time (XLA already uses every core, or the GPU, for one)."""
+    (computed once), the open arrays, and the kernel lock (`kernel_lock`)."""
 
     kernel: Callable
     lin: Any
     writer: SlabWriter
     records: SlabWriter
     inner_width: int
-    kernel_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    kernel_lock: Any = dataclasses.field(default_factory=contextlib.nullcontext)
+
+
+def kernel_lock(platform: str) -> Any:
+    """What a block holds while its kernel runs. On a GPU, a lock: one kernel at
+    a time (they share one stream anyway, and the plan counts one kernel's
+    device temporaries). On a CPU, nothing: two blocks' kernels at once keep
+    both cores busier than one kernel's own threads do (the PSF demo at block
+    64: 0.87x the in-memory call without the lock, 1.13x with it; the MLP the
+    same either way: benchmarks/RESULTS.md, pipeline overhead); the memory
+    plan counts every task's kernel already (`Limits.threads`)."""
+    return contextlib.nullcontext() if platform == "cpu" else threading.Lock()
 
 
 _STATES: dict[str, _WorkerState] = {}
@@ -113,9 +124,17 @@ class BlockTask:
     env: tuple[tuple[str, str], ...] = ()
     consts: tuple[str, ...] = ()
     """The driver's constants of ``f``, as ``dtype[shape]`` (for a mismatch message)."""
+    local: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """The driver's own traced kernels, for a task run in the driver's process
+    (the embedded default: tracing ``f`` again would find what the plan found).
+    Never pickled: a worker elsewhere traces ``f`` itself and checks it."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "local"}
 
     @classmethod
-    def from_plan(cls, plan: RunPlan) -> BlockTask:
+    def from_plan(cls, plan: RunPlan, local: bool = False) -> BlockTask:
+        """The task of ``plan``; ``local``: it runs in this process (`local`)."""
         identity = plan.kernels.traced.identity()
         return cls(
             token=plan.token,
@@ -134,6 +153,7 @@ class BlockTask:
             axis=plan.spec.axis,
             env=plan.env,
             consts=constant_avals(plan.kernels.traced),
+            local=plan.kernels if local else None,
         )
 
     def __call__(self, index: int) -> BlockEvent:
@@ -200,6 +220,8 @@ class BlockTask:
     def kernels(self):
         """``f`` traced in this process, with the run's environment set, and checked
         to be the driver's computation. **Raises:** `IdentityMismatch`."""
+        if self.local is not None:  # this process traced it for the plan
+            return self.local
         os.environ.update(dict(self.env))  # before f is traced: what it reads, it reads here
         # traced here, from the function as this process sees it; compiled
         # kernels are shared with every earlier run of the same program
@@ -219,6 +241,7 @@ class BlockTask:
             writer=SlabWriter(group["matrix"]),  # type: ignore[arg-type]
             records=SlabWriter(group["blocks"]),  # type: ignore[arg-type]
             inner_width=width,
+            kernel_lock=kernel_lock(jax.default_backend()),
         )
 
     def _check_identity(self, traced) -> None:

@@ -39,7 +39,7 @@ class BlockEvent:
     """One past its last column (row)."""
     compile_s: float = 0.0
     """Seconds before its kernel started: tracing, compiling and linearising on a
-    worker's first block, waiting for the kernel lock after that."""
+    worker's first block; after that, on a GPU, waiting for the kernel lock."""
     kernel_s: float = 0.0
     """Seconds in the block kernel."""
     d2h_s: float = 0.0

@@ -1,9 +1,13 @@
-"""Whole chunks of a matrix read and written as their bytes where zarr would
-only add cost (uncompressed local arrays), through zarr everywhere else."""
+"""Local files written and read as their bytes where zarr would only add cost:
+whole chunks of uncompressed arrays, and the metadata documents of a local
+store (zarr.json, consolidated metadata) that are ours to write. Each write is
+atomic, as zarr's local store's own: a ``.partial`` file renamed into place.
+Everything else goes through zarr."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -12,7 +16,77 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-__all__ = ["SlabWriter", "plain_bytes", "read_region"]
+__all__ = [
+    "SlabWriter",
+    "plain_bytes",
+    "read_json",
+    "read_region",
+    "write_file",
+    "write_json",
+    "write_plain_array",
+]
+
+
+def write_file(path: str, data) -> None:
+    """Write ``data`` (bytes, or an array's buffer) to ``path`` atomically: a
+    ``.partial`` file beside it (removed by `ResultStore.remove_partial_files` if
+    a crash leaves it), renamed into place, so a reader sees the old file or the
+    new one."""
+    import uuid
+
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(partial, "wb") as fh:
+            fh.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+
+
+def read_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_json(path: str, doc: dict) -> None:
+    # no indent: the C encoder (the indented one is pure Python, 10x slower)
+    write_file(path, json.dumps(doc, default=_plain).encode())
+
+
+def _plain(value):
+    """numpy scalars and arrays in a document as JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_plain_array(root: str, name: str, values: np.ndarray, attributes: dict,
+                      dimension: str) -> dict:  # fmt: skip
+    """A 1-d array of one uncompressed chunk at ``root/name`` (its zarr.json and
+    its chunk ``c/0``, little-endian bytes), as zarr v3 writes one; returns its
+    metadata document."""
+    dtype = np.dtype(values.dtype).newbyteorder("<")
+    doc = {
+        "shape": [int(values.size)],
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(values.size)]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": attributes,
+        "dimension_names": [dimension],
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    os.makedirs(os.path.join(root, name, "c"), exist_ok=True)
+    write_file(os.path.join(root, name, "c", "0"), np.ascontiguousarray(values, dtype).data)
+    write_json(os.path.join(root, name, "zarr.json"), doc)
+    return doc
 
 
 def plain_bytes(matrix: zarr.Array) -> bool:
@@ -150,21 +224,9 @@ class SlabWriter:
         sync(self.matrix.store.set(key, buf))
 
     def _put_file(self, path: str, data: np.ndarray) -> None:
-        """Write a local chunk as zarr's local store does: a ``.partial`` file
-        beside it (removed by `ResultStore.remove_partial_files` if a crash leaves
-        it), renamed into place, so a reader sees the old chunk or the new one."""
-        import uuid
-
+        """Write a local chunk as zarr's local store does (`write_file`)."""
         directory = os.path.dirname(path)
         if directory not in self._dirs:
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
-        partial = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(partial, "wb") as fh:
-                fh.write(data.data)
-            os.replace(partial, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(partial)
-            raise
+        write_file(path, data.data)

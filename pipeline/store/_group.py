@@ -17,9 +17,10 @@ from zarr.core.sync import sync
 from diffops_core.internal import BlockPlan, InputValueError, Layout, format_iec
 
 from .._errors import NotEnoughMemoryError, StoreError
-from ._chunks import plain_bytes, read_region
+from ._chunks import plain_bytes, read_json, read_region, write_json, write_plain_array
 from ._format import (
     CHECKSUM,
+    FACTOR,
     FORMAT,
     LOCK_NAME,
     NONFINITE,
@@ -164,8 +165,13 @@ class ResultStore:
             os.makedirs(path, exist_ok=True)
             group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
         _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
-        _write_coordinates(group, meta)
-        group.attrs["diffops"] = {**attrs["diffops"], "ready": True}
+        ready = {**attrs["diffops"], "ready": True}
+        if path is None:
+            _write_coordinates(group, meta)
+            group.attrs["diffops"] = ready
+        else:
+            _finish_local(path, meta, ready)
+            group = zarr.open_group(path, mode="r+", use_consolidated=False)
         return cls(group, location)
 
     # -- metadata -----------------------------------------------------------------
@@ -190,8 +196,21 @@ class ResultStore:
         """Write the metadata; with ``consolidate``, also the consolidated copy other
         readers (xarray) use. A run consolidates when it ends: a store killed
         mid-run reads fine without it, only more slowly."""
-        self.group.attrs["diffops"] = self.meta
-        if consolidate:
+        path = local_path(self.location)
+        if path is None:
+            self.group.attrs["diffops"] = self.meta
+            if consolidate:
+                _consolidate(self.location)
+            return
+        # the group's own document, rewritten whole (zarr would drop the
+        # consolidated metadata it holds, and cost a few ms more)
+        name = os.path.join(path, "zarr.json")
+        doc = read_json(name)
+        doc["attributes"] = {**doc.get("attributes", {}), "diffops": self.meta}
+        write_json(name, doc)
+        listed = (doc.get("consolidated_metadata") or {}).get("metadata") or {}
+        stale = not listed or (os.path.isdir(os.path.join(path, FACTOR)) and FACTOR not in listed)
+        if consolidate and stale:
             _consolidate(self.location)
 
     def start_run(self, blocks_todo: int) -> int:
@@ -494,11 +513,8 @@ def _leaf_coordinates(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     return leaf, index
 
 
-def _write_coordinates(group: zarr.Group, meta: dict) -> None:
-    """The coordinate arrays, created and written concurrently (one event loop
-    round instead of twelve sequential metadata and chunk writes)."""
-    import asyncio
-
+def _coordinate_arrays(meta: dict) -> list[tuple[str, str, np.ndarray, str]]:
+    """(name, dimension, values, description) of each coordinate array."""
     rows, cols = layouts(meta)
     arrays = []
     for axis, layout in (("row", rows), ("column", cols)):
@@ -513,6 +529,16 @@ def _write_coordinates(group: zarr.Group, meta: dict) -> None:
             ),
             (f"{axis}_index", axis, index, f"flat (C-order) index of each {axis} within its leaf"),
         ]
+    return arrays
+
+
+def _write_coordinates(group: zarr.Group, meta: dict) -> None:
+    """The coordinate arrays of a store that is not local, created and written
+    concurrently (one event loop round instead of twelve sequential metadata
+    and chunk writes)."""
+    import asyncio
+
+    arrays = _coordinate_arrays(meta)
 
     async def one(name, axis, values, description):
         array = await group._async_group.create_array(
@@ -530,6 +556,28 @@ def _write_coordinates(group: zarr.Group, meta: dict) -> None:
         await asyncio.gather(*(one(*spec) for spec in arrays))
 
     sync(all_of_them())
+
+
+def _finish_local(path: str, meta: dict, ready: dict) -> None:
+    """A new local store's coordinate arrays, then its group document in one
+    write: ``ready``, with the consolidated metadata of every array."""
+    children = _write_local_coordinates(path, meta)
+    for name in ("matrix", "blocks"):
+        children[name] = read_json(os.path.join(path, name, "zarr.json"))
+    doc = read_json(os.path.join(path, "zarr.json"))
+    doc["attributes"] = {**doc.get("attributes", {}), "diffops": ready}
+    doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False,
+                                    "metadata": children}  # fmt: skip
+    write_json(os.path.join(path, "zarr.json"), doc)
+
+
+def _write_local_coordinates(path: str, meta: dict) -> dict[str, dict]:
+    """The coordinate arrays of a new local store, written as their files; their
+    metadata documents by name."""
+    return {
+        name: write_plain_array(path, name, values, {"description": text}, axis)
+        for name, axis, values, text in _coordinate_arrays(meta)
+    }
 
 
 def _consolidate(location) -> None:
