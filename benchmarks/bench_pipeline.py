@@ -25,17 +25,10 @@ import time
 
 import numpy as np
 
+from diffops_core.internal import peak_rss as _peak_rss
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import mb, write_section
-
-
-def _peak_rss() -> int:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _row(*cells):
@@ -45,7 +38,7 @@ def _row(*cells):
 # -- overhead -----------------------------------------------------------------------
 
 
-def _overhead_case(problem, block, repeats, directory):
+def _overhead_case(problem, block, repeats, directory, dtype=None):
     """In-memory vs the embedded default on one problem, interleaved run by run
     (the machine is noisy: side by side, then medians)."""
     import jax
@@ -55,7 +48,9 @@ def _overhead_case(problem, block, repeats, directory):
     from problems import PROBLEMS
 
     f, x, _ = PROBLEMS[problem]()
-    x = jax.tree_util.tree_map(np.asarray, x)
+    # the problems build float32 points; the float64 rows cast them, as a spec's
+    # `dtype: float64` does (x64 alone leaves a float32 x, and so a float32 matrix)
+    x = jax.tree_util.tree_map(lambda v: np.asarray(v, dtype), x)
     tmp = tempfile.mkdtemp(prefix="diffops-bench-", dir=directory)
     memory, piped, timings = [], [], []
     try:
@@ -115,7 +110,8 @@ def overhead(args):
         x64 = problem.startswith("psf") and problem != "psf32"
         problem = "psf" if problem == "psf32" else problem
         with jax.enable_x64(x64):
-            memory, piped, timings = _overhead_case(problem, block, args.repeats, args.dir)
+            dtype = np.float64 if x64 else None
+            memory, piped, timings = _overhead_case(problem, block, args.repeats, args.dir, dtype)
         mem, pipe = statistics.median(memory), statistics.median(piped)
         ratios = [p / m for p, m in zip(piped, memory)]
         blocks = len(timings[0].events)

@@ -23,17 +23,10 @@ import jax.numpy as jnp
 import psutil
 from jax.flatten_util import ravel_pytree
 
+from diffops_core.internal import peak_rss as _peak_rss
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from problems import PROBLEMS
-
-
-def _peak_rss() -> int:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def make_call(impl, op, f, kwargs):

@@ -21,7 +21,14 @@ from ._errors import InputValueError
 from ._kernels import Kernels
 from ._plan import format_bytes, parse_bytes
 
-__all__ = ["Sizing", "auto_inner_width", "budget_block", "kernel_bytes"]
+__all__ = [
+    "Sizing",
+    "auto_inner_width",
+    "budget_block",
+    "kernel_bytes",
+    "peak_rss",
+    "vm_bytes",
+]
 
 #: Temporaries one micro-batch may hold, per platform. Measured on a 2-core CPU
 #: (benchmarks/RESULTS.md, inner-width sweep): the best width put 20-40 MB of
@@ -152,3 +159,23 @@ def budget_block(
         width = max(1, min(width, block) if scale > 0.5 else width // 2)
         width = min(width, block)
     return Sizing(1, 1, one)
+
+
+def vm_bytes(field: str = "VmHWM") -> int:
+    """A figure of this process from ``/proc/self/status``, in bytes: ``VmHWM``
+    (peak resident memory of this process image; unlike ``ru_maxrss`` it does not
+    survive exec, so a worker spawned by a large driver reports its own peak) or
+    ``VmRSS`` (resident now). 0 where there is no /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return 0
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM)."""
+    return vm_bytes("VmHWM")

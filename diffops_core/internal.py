@@ -7,7 +7,8 @@ is the top level of `diffops_core`.
 - Kernels: `get_kernels`, `Kernels`, `KernelSpec`, `clear_cache`,
   `jacobian_op`, `split_jacobian`.
 - Sizing: `choose_sizing`, `Sizing`, `Footprint`, `auto_inner_width`,
-  `budget_block`, `kernel_bytes`.
+  `budget_block`, `kernel_bytes`; this process's memory from /proc
+  (`vm_bytes`, `peak_rss`: VmHWM, which unlike ru_maxrss does not survive exec).
 - Input checks and errors: `check_flag`, `parse_bytes`, `format_bytes` (and
   `format_iec`, in powers of 1024),
   `InputError`, `InputValueError`, `InputTypeError`.
@@ -45,7 +46,15 @@ from ._plan import (
     plan_blocks,
     resolve_block_size,
 )
-from ._sizing import Footprint, Sizing, auto_inner_width, budget_block, kernel_bytes
+from ._sizing import (
+    Footprint,
+    Sizing,
+    auto_inner_width,
+    budget_block,
+    kernel_bytes,
+    peak_rss,
+    vm_bytes,
+)
 from ._trace import Identity, TracedFunction
 
 __all__ = [
@@ -76,8 +85,10 @@ __all__ = [
     "kernel_bytes",
     "not_positive_definite",
     "parse_bytes",
+    "peak_rss",
     "plan_blocks",
     "resolve_block_size",
     "split_jacobian",
+    "vm_bytes",
     "whitened_residuals",
 ]

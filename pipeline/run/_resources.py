@@ -8,6 +8,8 @@ from typing import Any
 
 import psutil
 
+from diffops_core.internal import peak_rss, vm_bytes
+
 from .._errors import StoreError
 
 __all__ = [
@@ -73,26 +75,6 @@ class Limits:
 
     def fits(self, task: int) -> bool:
         return not self.limit or self.peak(task) <= self.fraction * self.limit
-
-
-def vm_bytes(field: str = "VmHWM") -> int:
-    """A figure of this process from ``/proc/self/status``, in bytes: ``VmHWM``
-    (peak resident memory of this process image; unlike ``ru_maxrss`` it does not
-    survive exec, so a worker spawned by a large driver reports its own peak) or
-    ``VmRSS`` (resident now). 0 where there is no /proc."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return 0
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes (VmHWM)."""
-    return vm_bytes("VmHWM")
 
 
 def _baseline_rss() -> int:

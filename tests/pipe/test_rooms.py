@@ -173,7 +173,7 @@ def test_tqdm_crc32_and_vmhwm_each_live_in_one_module():
     assert rel == {
         "tqdm": ["pipeline/run/_callbacks.py"],
         "crc32": ["pipeline/store/_format.py"],
-        "VmHWM": ["pipeline/run/_resources.py"],
+        "VmHWM": ["diffops_core/_sizing.py"],
     }
 
 
