@@ -15,6 +15,22 @@ tasks on the run room's executors.
 
 A second stored format (compressed, sparse) gets its own module beside
 `_cholesky`, behind the same driver functions.
+
+**The tile algorithm** (`_cholesky`). The matrix ``A`` (plus the damping on
+the diagonal) is read as stored, column slabs one stored chunk at a time, so no
+square-chunked copy is made; the factor group holds ``L`` and ``W = L⁻¹`` in
+``(tile, tile)`` float64 chunks, ``diag(M⁻¹)`` and a record per tile and stage
+(``crc32 + 1`` of its data, written after the data; 0: not done). Left-looking,
+one tile per task: ``L[j,j] = chol(A[j,j] - Σ_{k<j} L[j,k] L[j,k]ᵀ)``, then
+``L[i,j] = (A[i,j] - Σ_{k<j} L[i,k] L[j,k]ᵀ) L[j,j]⁻ᵀ`` for ``i > j``; a tile
+column's off-diagonal tiles are independent (they run in parallel on a
+cluster). Then one task per tile column of ``W`` walks down it:
+``W[j,j] = L[j,j]⁻¹`` and ``W[i,j] = -L[i,i]⁻¹ Σ_{j<=k<i} L[i,k] W[k,j]``, and
+stores ``diag(M⁻¹)`` of its columns, the column sums of ``W²`` (``M⁻¹ = Wᵀ W``).
+Each task holds at most about five tiles (default tile 2048: 32 MiB each).
+Everything is float64. The factor's identity is the matrix's (its fingerprint
+and the checksums of its blocks), the damping and the tile: another one
+replaces it; a repair clears every tile that depends on a recomputed block.
 """
 
 from ._analysis import FULL_SPECTRUM_BYTES, Analysis, LeafStd, analyze, correlation, solvable

@@ -1,16 +1,6 @@
-"""The blocked Cholesky factorisation of a stored square matrix, tile by tile
-(the storage is `pipeline.store`'s factor group, `Tiles`).
-
-Left-looking, one tile per task: ``L[i,j] = (A[i,j] - Σ_{k<j} L[i,k] L[j,k]ᵀ)
-L[j,j]⁻ᵀ`` after ``L[j,j] = chol(A[j,j] - Σ_{k<j} L[j,k] L[j,k]ᵀ)``; a tile
-column's off-diagonal tiles are independent (they run in parallel on a
-cluster). Then one task per tile column of ``W = L⁻¹`` walks down it:
-``W[i,j] = -L[i,i]⁻¹ Σ_{j<=k<i} L[i,k] W[k,j]``, and stores ``diag(M⁻¹)`` of
-its columns (the column sums of ``W²``: ``M⁻¹ = Wᵀ W``). Each task holds at
-most about five tiles (default tile 2048: 32 MiB each in float64). Everything
-is float64. Tiles are read from the matrix as stored (column slabs, one stored
-chunk at a time), so no square-chunked copy is made.
-"""
+"""The blocked Cholesky factorisation of a stored square matrix, tile by tile,
+into the store's factor group (`Tiles`): the tile tasks and their order. The
+algorithm is described in `pipeline.linalg`'s docstring."""
 
 from __future__ import annotations
 
