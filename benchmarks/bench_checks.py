@@ -1,5 +1,5 @@
 """The check phase after a run: before (the matrix re-chunked to block x block
-tiles, as the previous release did) and after (`pipeline._scan`: one pass in
+tiles, as the previous release did) and after (`pipeline.report`'s scan: one pass in
 panels of stored chunks), side by side on the same stores, beside the blocks'
 time. Writes the ``checks`` section of RESULTS.md.
 
@@ -123,7 +123,7 @@ def main():
             "",
             "Checks are max|H - H^T| / max|H| and the non-finite count. Before: the stored",
             "matrix re-chunked to block x block tiles (each stored chunk read once per tile",
-            "row). After: one pass in panels of whole stored chunks (`pipeline._scan`). Both",
+            "row). After: one pass in panels of whole stored chunks (`pipeline.report`'s scan). Both",
             "on the same store, medians of the repeats. Blocks: the first run in the process",
             "(it compiles, as every `diffops run` does) and the median of as many more runs,",
             "each into a new store (compiled kernels cached). Shares: of the first run's",

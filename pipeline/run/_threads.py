@@ -50,15 +50,24 @@ class ThreadsExecutor:
 
     def map(self, fn: Callable, args: Sequence[tuple], on_done: Callable[[Any], None]) -> None:
         """``fn(*a)`` for each ``a``, ``on_done(result)`` (in this thread) as each
-        finishes; the first error stops the rest and is raised."""
+        finishes. A task that fails does not stop the others (each block is
+        whole on its own, so what finishes is kept for the next run); the first
+        error is raised once they are done. An interrupt cancels what has not
+        started and waits for what runs (whole writes)."""
         if self.threads == 1 or len(args) <= 1:
             for a in args:
                 on_done(fn(*a))
             return
         pool = _Pool(self.threads, thread_name_prefix="diffops-task")
+        failure: BaseException | None = None
         try:
-            futures = [pool.submit(fn, *a) for a in args]
-            for future in as_completed(futures):
-                on_done(future.result())
-        finally:  # on an error: nothing more starts; what runs finishes (whole writes)
+            for future in as_completed([pool.submit(fn, *a) for a in args]):
+                error = future.exception()
+                if error is None:
+                    on_done(future.result())
+                elif failure is None:
+                    failure = error
+        finally:  # interrupted: nothing more starts; what runs finishes
             pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
