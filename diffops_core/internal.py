@@ -17,6 +17,8 @@ is the top level of `diffops_core`.
   Cholesky factor, as words and as numbers).
 - Noise: `whitened_residuals` (``x -> A r(x)`` with ``AᵀA = W``: its
   ``"gauss_newton"`` kernels give ``Jᵀ W J``).
+- Sparsity: `hessian_pattern`, `jacobian_pattern` (global patterns read
+  from the jaxpr of the products).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
   constants, never the Python object).
 
@@ -55,6 +57,7 @@ from ._sizing import (
     peak_rss,
     vm_bytes,
 )
+from ._sparsity import hessian_pattern, jacobian_pattern
 from ._trace import Identity, TracedFunction
 
 __all__ = [
@@ -81,7 +84,9 @@ __all__ = [
     "format_bytes",
     "format_iec",
     "get_kernels",
+    "hessian_pattern",
     "jacobian_op",
+    "jacobian_pattern",
     "kernel_bytes",
     "not_positive_definite",
     "parse_bytes",
