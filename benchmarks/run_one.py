@@ -35,6 +35,11 @@ def make_call(impl, op, f, kwargs):
 
         fn = dc.hessian if op == "hessian" else dc.jacobian
         return lambda x: fn(f, x, **kwargs)[0]
+    if impl == "sparse":  # compressed products: a scipy sparse result
+        import diffops_core as dc
+
+        fn = dc.sparse_hessian if op == "hessian" else dc.sparse_jacobian
+        return lambda x: fn(f, x, **kwargs)[0]
     if impl == "zodiax":
         import zodiax
 

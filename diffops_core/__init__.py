@@ -3,24 +3,34 @@
 The user API, zodiax-compatible: `jacobian`, `hessian`, `hessian_to_pytree`,
 and `matrix_to_pytree` (the pytree view of any flat matrix); and what people
 compute those matrices for: `gauss_newton` (Fisher matrices with a noise
-model), `covariance`, `marginal_std` and `spectrum`. What executors
+model), `covariance`, `marginal_std` and `spectrum`. Sparse matrices from a
+few compressed products: `hessian_sparsity`/`jacobian_sparsity` (the global
+pattern read from the jaxpr, coloured), `sparse_hessian`/`sparse_jacobian`
+(scipy sparse results, checked), and ``sparsity="auto"`` on `hessian` and
+`jacobian`. What executors
 build on (layout, block planner, kernels, sizing) is `diffops_core.internal`.
 """
 
 from ._api import hessian, jacobian
 from ._curvature import Spectrum, covariance, gauss_newton, marginal_std, spectrum
+from ._sparse import Sparsity, hessian_sparsity, jacobian_sparsity, sparse_hessian, sparse_jacobian
 from ._version import __version__
 from ._views import hessian_to_pytree, matrix_to_pytree
 
 __all__ = [
+    "Sparsity",
     "Spectrum",
     "__version__",
     "covariance",
     "gauss_newton",
     "hessian",
+    "hessian_sparsity",
     "hessian_to_pytree",
     "jacobian",
+    "jacobian_sparsity",
     "marginal_std",
     "matrix_to_pytree",
+    "sparse_hessian",
+    "sparse_jacobian",
     "spectrum",
 ]

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from ._errors import InputTypeError, InputValueError
 from ._kernels import Kernels, get_kernels
 from ._plan import resolve_block_size
 from ._sizing import Sizing, auto_inner_width, budget_block
+from ._sparse import sparse_hessian, sparse_jacobian
 
 __all__ = ["choose_sizing", "hessian", "jacobian"]
 
@@ -98,6 +100,7 @@ def hessian(
     block_size: int | None = None,
     memory_budget: int | str | None = None,
     inner_width: int | None = None,
+    sparsity: Any = None,
 ) -> tuple[jax.Array, Callable]:
     """The Hessian of a scalar function of a pytree, in column blocks of HVPs.
 
@@ -121,6 +124,10 @@ def hessian(
     - `inner_width`: micro-batch width inside a block (default: sized from XLA's
       memory analysis; see the README). It can only narrow a block.
 
+    - `sparsity`: ``None`` (the dense path), ``"auto"`` (detect the pattern from
+      the jaxpr, star-colour it and compute one product per colour:
+      `sparse_hessian`) or a `Sparsity` to reuse. The result is the same dense H.
+
     At most one of ``nbatches`` (other than 1), ``block_size`` and ``memory_budget``.
 
     **Returns:** ``(H, unflatten)``: ``H`` of shape ``(n, n)`` over the flat
@@ -131,6 +138,8 @@ def hessian(
     `ValueError` for a non-scalar ``f``, bad block settings or a budget that
     cannot hold one column.
     """
+    if sparsity is not None:
+        return _dense_from_sparse("hessian", f, x, sparsity)
     return square_matrix(
         "hessian",
         f,
@@ -142,6 +151,22 @@ def hessian(
         memory_budget=memory_budget,
         inner_width=inner_width,
     )
+
+
+def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
+    """The zodiax-compatible dense result, computed from compressed products."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
+        raise InputValueError(
+            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
+            "jit, or pass sparsity=None"
+        )
+    if kind == "hessian":
+        matrix, unravel = sparse_hessian(f, x, sparsity)
+        return jnp.asarray(matrix.toarray()), unravel
+    matrix, unravel = sparse_jacobian(f, x, sparsity)
+    kernels = get_kernels(f, x, "jacfwd")[0]
+    dense = jnp.asarray(matrix.toarray())
+    return split_jacobian(dense, kernels.spec.out_layout, kernels.spec.n), unravel
 
 
 def square_matrix(
@@ -203,6 +228,7 @@ def jacobian(
     memory_budget: int | str | None = None,
     mode: str = "auto",
     inner_width: int | None = None,
+    sparsity: Any = None,
 ) -> tuple[Any, Callable]:
     """The Jacobian of ``f`` with respect to a pytree, in blocks of JVPs or VJPs.
 
@@ -215,8 +241,13 @@ def jacobian(
     (*y.shape, n)``; for a pytree output, a pytree like ``y`` whose leaves have
     shape ``leaf.shape + (n,)``, whatever the blocking.
 
+    With ``sparsity="auto"`` (or a `Sparsity`), from a few compressed products
+    instead (`sparse_jacobian`); the result is the same dense Jacobian.
+
     **Raises:** as `hessian`, plus `ValueError` for an unknown ``mode``.
     """
+    if sparsity is not None:
+        return _dense_from_sparse("jacobian", f, x, sparsity)
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
     if not isinstance(mode, str) or mode not in _MODES:

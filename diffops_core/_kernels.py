@@ -272,6 +272,22 @@ class Kernels:
             self._jit(("matrix", inner_width), lambda: self.matrix_fn(inner_width)), self.consts
         )
 
+    def products(self, count: int):
+        """``(x_flat, seeds) -> products``: the op's products of ``count`` seed
+        vectors at once (``seeds`` of shape ``(count, extent)``; the result
+        ``(count, other)``), vmapped, linearising once; compiled once per ``count``
+        for every trace with this compile key (the compressed products of a
+        colouring: each seed the sum of one colour's unit vectors)."""
+
+        def build():
+            def run(consts, x_flat, seeds):
+                lin = self._lin(consts, x_flat)
+                return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(seeds)
+
+            return run
+
+        return functools.partial(self._jit(("products", count), build), self.consts)
+
     def _prepare_jitted(self):
         return self._jit(("prepare",), lambda: self._lin)
 

@@ -311,7 +311,7 @@ def _concatenate(ctx, eqn, pats, vals, outs):
     for p in pats:
         stacked.append(jnp.asarray(_indices(p.shape)) + offset)
         offset += p.size
-    idx = np.asarray(lax.concatenate(stacked, eqn.params["dimension"]))
+    idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))  # concatenate, stack
     shared = pats[0].common
     for p in pats[1:]:
         shared = np.intersect1d(shared, p.common)
@@ -541,6 +541,7 @@ _RULES: dict[str, Callable] = {
         )
     },  # fmt: skip
     "concatenate": _concatenate,
+    "stack": _concatenate,
     "broadcast_in_dim": _broadcast_in_dim,
     **{
         name: _reduce

@@ -2,6 +2,8 @@
 `jax.hessian` / `jax.jacfwd`, at random points, lies inside the detected pattern,
 and the pattern is exact where the structure is known."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,3 +172,108 @@ def test_a_primitive_without_a_rule_is_dense_over_its_operands(caplog):
         sparsity._WARNED.discard("cumsum")
     dense = pattern.toarray()
     assert dense[:4, :4].all() and "cumsum" in caplog.text
+
+
+# -- compressed products (part C) -------------------------------------------------------
+
+
+def _tree_x():
+    return {"a": jnp.linspace(0.1, 0.9, 5, dtype=jnp.float32),
+            "b": jnp.linspace(-0.5, 0.5, 7, dtype=jnp.float32).reshape(7)}  # fmt: skip
+
+
+def _chain_loss(p):
+    v = jnp.concatenate([p["a"], p["b"]])
+    return jnp.sum((v[1:] - v[:-1] ** 2) ** 2) + jnp.sum(jnp.cos(v)) * v[0]
+
+
+def test_sparse_hessian_equals_jax_hessian_from_few_products():
+    import diffops_core as dc
+
+    x = _tree_x()
+    H, unravel = dc.sparse_hessian(_chain_loss, x)
+    flat, _ = jax.flatten_util.ravel_pytree(x)
+    dense = np.asarray(jax.hessian(lambda v: _chain_loss(unravel(v)))(flat))
+    np.testing.assert_allclose(H.toarray(), dense, rtol=1e-5, atol=1e-5)
+    found = dc.hessian_sparsity(_chain_loss, x)
+    assert found.mode == "star" and found.ncolors < flat.size and found.nnz == H.nnz
+    same, _ = dc.hessian(_chain_loss, x, sparsity="auto")
+    np.testing.assert_allclose(np.asarray(same), dense, rtol=1e-5, atol=1e-5)
+    again, _ = dc.hessian(_chain_loss, x, sparsity=found)  # reused
+    np.testing.assert_allclose(np.asarray(again), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_jacobian_equals_jacfwd_in_column_and_row_modes():
+    import diffops_core as dc
+
+    x = jnp.linspace(0.1, 1.0, N)
+    tall = lambda v: jnp.concatenate([v[1:] * v[:-1], jnp.fft.fft(v[:4]).real, v[:1] ** 3])
+    wide = lambda v: jnp.stack([jnp.sum(v[::2] ** 2), jnp.sum(jnp.sin(v[1::2]))])
+    for f, mode in ((tall, "column"), (wide, "row")):
+        J, _ = dc.sparse_jacobian(f, x)
+        np.testing.assert_allclose(J.toarray(), np.asarray(jax.jacfwd(f)(x)), rtol=1e-5, atol=1e-6)
+        assert dc.jacobian_sparsity(f, x).mode == mode
+        dense, _ = dc.jacobian(f, x, sparsity="auto")
+        np.testing.assert_allclose(np.asarray(dense), np.asarray(jax.jacfwd(f)(x)), rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
+
+
+def test_a_wrong_pattern_is_refused_not_returned():
+    import scipy.sparse as sparse
+
+    import diffops_core as dc
+
+    x = _tree_x()
+    found = dc.hessian_sparsity(_chain_loss, x)
+    diagonal = sparse.csr_array(sparse.identity(found.shape[0], dtype=bool, format="csr"))
+    wrong = dataclasses.replace(found, pattern=diagonal, colors=np.zeros(found.shape[0], int),
+                                ncolors=1)  # fmt: skip
+    with pytest.raises(ValueError, match="does not match two products of random vectors"):
+        dc.sparse_hessian(_chain_loss, x, sparsity=wrong)
+
+
+def test_sparsity_of_another_shape_or_a_bad_value_is_refused():
+    import diffops_core as dc
+
+    found = dc.hessian_sparsity(_chain_loss, _tree_x())
+    with pytest.raises(ValueError, match=r"sparsity is of a \(12, 12\) float32 matrix"):
+        dc.hessian(lambda v: jnp.sum(v**3), jnp.ones(4), sparsity=found)
+    with pytest.raises(ValueError, match="sparsity must be None, 'auto' or a Sparsity"):
+        dc.hessian(_chain_loss, _tree_x(), sparsity="yes")
+
+
+def test_detection_is_cached_on_the_computation():
+    import diffops_core as dc
+
+    first = dc.hessian_sparsity(_chain_loss, _tree_x())
+    assert dc.hessian_sparsity(_chain_loss, _tree_x()) is first  # same program and data
+    other = dc.hessian_sparsity(lambda p: 2 * _chain_loss(p), _tree_x())
+    assert other is not first
+
+
+@pytest.mark.parametrize(
+    "pattern,most",
+    [("arrowhead", 25), ("tridiagonal", 3), ("stencil", 6)],
+)
+def test_star_colouring_is_near_the_optimum(pattern, most):
+    import scipy.sparse as sparse
+
+    from diffops_core._coloring import recover_star, seeds, star_coloring
+
+    if pattern == "arrowhead":  # 24 globals beside a flat field: the PSF demo's shape
+        a = sparse.lil_array((600, 600), dtype=bool)
+        a.setdiag(True)
+        a[:24, :] = True
+        a[:, :24] = True
+    elif pattern == "tridiagonal":
+        a = sparse.diags_array([1, 1, 1], offsets=[-1, 0, 1], shape=(500, 500), dtype=bool)
+    else:
+        t = sparse.diags_array([1.0, 1.0, 1.0], offsets=[-1, 0, 1], shape=(20, 20))
+        a = sparse.kron(sparse.identity(20), t) + sparse.kron(t, sparse.identity(20))
+    a = sparse.csr_array(a, dtype=bool)
+    colors = star_coloring(a)
+    assert colors.max() + 1 <= most
+    h = sparse.csr_array(a, dtype=np.float64)
+    h.data = np.random.default_rng(1).normal(size=h.nnz)
+    h = sparse.csr_array(h + h.T)
+    np.testing.assert_allclose(recover_star(a, colors, h @ seeds(colors)).toarray(), h.toarray())

@@ -1,0 +1,159 @@
+"""Colourings of a sparsity pattern, and recovering the matrix from the
+compressed products (Gebremedhin, Manne & Pothen, "What color is your
+Jacobian?", SIAM Review 2005).
+
+- Jacobians: a column colouring (columns of one colour share no row: ``J S``
+  gives each nonzero directly) or a row colouring (rows of one colour share no
+  column: ``Sᵀ J``), whichever needs fewer; each is at least the densest row
+  (column) of the pattern, which decides which one to colour.
+- Hessians: a star colouring (a proper colouring in which every path on four
+  vertices uses at least three colours), so every nonzero is read directly from
+  one compressed product, using the symmetry. The greedy algorithm walks paths
+  of length three from each vertex; a dense row would make that quadratic, so
+  rows denser than the rest (the globals beside a flat field) take a colour of
+  their own each first: no two-coloured path can pass through a colour used
+  once, and the rest is coloured without looking through them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "column_coloring",
+    "recover_columns",
+    "recover_rows",
+    "recover_star",
+    "row_coloring",
+    "star_coloring",
+]  # fmt: skip
+
+
+def _greedy_distance2(pattern: sp.csr_array) -> np.ndarray:
+    """Colours of the columns of ``pattern`` such that two columns sharing a row
+    differ (1-based), in order of the columns."""
+    csc = sp.csc_array(pattern)
+    csr = sp.csr_array(pattern)
+    n = pattern.shape[1]
+    colors = np.zeros(n, np.int64)
+    mark = np.full(n + 2, -1, np.int64)
+    for j in range(n):
+        for r in csc.indices[csc.indptr[j] : csc.indptr[j + 1]]:
+            mark[colors[csr.indices[csr.indptr[r] : csr.indptr[r + 1]]]] = j
+        c = 1
+        while mark[c] == j:
+            c += 1
+        colors[j] = c
+    return colors
+
+
+def column_coloring(pattern: sp.csr_array) -> np.ndarray:
+    """0-based colours of the columns: no two columns of one colour share a row."""
+    return _greedy_distance2(pattern) - 1
+
+
+def row_coloring(pattern: sp.csr_array) -> np.ndarray:
+    """0-based colours of the rows: no two rows of one colour share a column."""
+    return _greedy_distance2(sp.csr_array(pattern.T)) - 1
+
+
+def _dense_vertices(adjacency: sp.csr_array) -> np.ndarray:
+    degree = np.diff(adjacency.indptr)
+    if degree.size == 0:
+        return np.zeros(0, np.int64)
+    threshold = max(4 * math.sqrt(max(adjacency.nnz, 1)), 10 * float(np.median(degree)), 16)
+    return np.flatnonzero(degree > threshold)
+
+
+def star_coloring(pattern: sp.csr_array) -> np.ndarray:
+    """0-based colours of a symmetric pattern's vertices, a star colouring:
+    adjacent vertices differ, and every path on four vertices has at least three
+    colours (GMP 2005, greedy star colouring), dense vertices one colour each."""
+    a = sp.csr_array(pattern + pattern.T, dtype=bool)
+    a.setdiag(False)
+    a.eliminate_zeros()
+    n = a.shape[0]
+    colors = np.zeros(n, np.int64)  # 0: not coloured yet
+    dense = _dense_vertices(a)
+    colors[dense] = np.arange(1, dense.size + 1)
+    base = dense.size
+    ptr, idx = a.indptr, a.indices
+    forbidden = np.full(n + base + 2, -1, np.int64)
+    for v in range(n):
+        if colors[v]:
+            continue
+        for w in idx[ptr[v] : ptr[v + 1]]:
+            cw = colors[w]
+            if cw:
+                forbidden[cw] = v
+            if cw and cw <= base:
+                continue  # a colour used once: no two-coloured path through w
+            for x in idx[ptr[w] : ptr[w + 1]]:
+                cx = colors[x]
+                if x == v or not cx:
+                    continue
+                if not cw:
+                    forbidden[cx] = v  # v - w - x with w uncoloured: v and x differ
+                elif _has_neighbour_of_color(ptr, idx, colors, x, w, cw):
+                    forbidden[cx] = v  # v - w - x - y with y coloured as w
+        c = base + 1
+        while forbidden[c] == v:
+            c += 1
+        colors[v] = c
+    return colors - 1
+
+
+def _has_neighbour_of_color(ptr, idx, colors, x, w, cw) -> bool:
+    for y in idx[ptr[x] : ptr[x + 1]]:
+        if y != w and colors[y] == cw:
+            return True
+    return False
+
+
+def seeds(colors: np.ndarray) -> np.ndarray:
+    """The (n x colours) 0/1 seed matrix: column k sums the unit vectors of colour k."""
+    out = np.zeros((colors.size, int(colors.max()) + 1 if colors.size else 0))
+    out[np.arange(colors.size), colors] = 1
+    return out
+
+
+def recover_columns(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
+    """``J`` from ``B = J S`` of a column colouring: ``J[i, j] = B[i, colour(j)]``."""
+    coo = sp.coo_array(pattern)
+    values = np.asarray(compressed)[coo.row, colors[coo.col]]
+    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
+
+
+def recover_rows(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
+    """``J`` from ``B = Sᵀ J`` of a row colouring: ``J[i, j] = B[colour(i), j]``."""
+    coo = sp.coo_array(pattern)
+    values = np.asarray(compressed)[colors[coo.row], coo.col]
+    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
+
+
+def recover_star(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
+    """``H`` from ``B = H S`` of a star colouring: ``H[i, j] = B[i, colour(j)]``
+    where ``j`` is the only neighbour of ``i`` (``i`` included) of its colour,
+    else ``B[j, colour(i)]`` (the star colouring makes one of them so).
+
+    **Raises:** `ValueError` when neither is (not a star colouring of it)."""
+    sym = sp.csr_array(pattern + pattern.T, dtype=bool)
+    coo = sp.coo_array(sym)
+    k = int(colors.max()) + 1
+    onehot = sp.csr_array((np.ones(colors.size), (np.arange(colors.size), colors)),
+                          shape=(colors.size, k))  # fmt: skip
+    counts = sp.csr_array(sym.astype(np.float64) @ onehot)
+    direct = np.asarray(counts[coo.row, colors[coo.col]]).reshape(-1) == 1
+    mirror = np.asarray(counts[coo.col, colors[coo.row]]).reshape(-1) == 1
+    if not np.all(direct | mirror):
+        bad = np.flatnonzero(~(direct | mirror))[:3]
+        raise ValueError(
+            f"the colouring is not a star colouring of the pattern: entries "
+            f"{[(int(coo.row[b]), int(coo.col[b])) for b in bad]} cannot be recovered"
+        )
+    b = np.asarray(compressed)
+    values = np.where(direct, b[coo.row, colors[coo.col]], b[coo.col, colors[coo.row]])
+    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)

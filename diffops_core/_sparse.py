@@ -1,0 +1,235 @@
+"""Sparse Hessians and Jacobians from a few compressed products.
+
+`hessian_sparsity` / `jacobian_sparsity` detect the global pattern from the
+jaxpr (`_sparsity`) and colour it (`_coloring`); `sparse_hessian` /
+`sparse_jacobian` compute one product per colour (the seed of a colour is the
+sum of its unit vectors), recover every nonzero directly, and check the result
+against two products of random vectors before returning it: a detection
+error is a refusal, never a wrong matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+from ._coloring import (
+    column_coloring,
+    recover_columns,
+    recover_rows,
+    recover_star,
+    row_coloring,
+    seeds,
+    star_coloring,
+)
+from ._errors import InputValueError
+from ._kernels import get_kernels
+from ._sparsity import Dense, hessian_pattern, jacobian_pattern
+
+__all__ = [
+    "Sparsity",
+    "hessian_sparsity",
+    "jacobian_sparsity",
+    "sparse_hessian",
+    "sparse_jacobian",
+]
+
+#: Colours computed in one vmapped call at most (their products' memory).
+_PRODUCTS_AT_ONCE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsity:
+    """A global sparsity pattern and its colouring.
+
+    **Attributes:** `shape` ``(m, n)`` over ``ravel_pytree(x)``; `pattern` (a
+    boolean `scipy.sparse.csr_array`); `colors` (per column, or per row in
+    ``"row"`` mode; every column its own when dense); `ncolors`; `mode` (``"star"``,
+    ``"column"``, ``"row"`` or ``"dense"``); `dtype` (of x); `seconds` (what
+    detection and colouring cost).
+    """
+
+    shape: tuple[int, int]
+    pattern: Any
+    colors: np.ndarray
+    ncolors: int
+    mode: str
+    dtype: str
+    seconds: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.pattern.nnz)
+
+
+_CACHE: dict[tuple, Sparsity] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
+    """(the Sparsity, the kernels, x flat) for ``kind`` (``"hessian"`` or
+    ``"jacobian"``), detected once per computation (what JAX traced)."""
+    op = "hessian" if kind == "hessian" else "jacfwd"
+    kernels, x_flat, _ = get_kernels(f, x, op)
+    identity = kernels.traced.identity()
+    key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
+    with _CACHE_LOCK:
+        found = _CACHE.get(key)
+    if found is not None:
+        return found, kernels, x_flat
+    t0 = time.perf_counter()
+    consts = kernels.consts
+    f_flat = lambda z: kernels.f_flat(consts, z)
+    m, n = kernels.spec.m, kernels.spec.n
+    try:
+        if kind == "hessian":
+            pattern = hessian_pattern(lambda z: f_flat(z).reshape(()), x_flat)
+        else:
+            pattern = jacobian_pattern(f_flat, x_flat)
+    except Dense:
+        pattern = None
+    t1 = time.perf_counter()
+    found = _color(kind, pattern, (m, n), str(jnp.result_type(x_flat)))
+    found = dataclasses.replace(
+        found, seconds={"detection": t1 - t0, "coloring": time.perf_counter() - t1}
+    )
+    with _CACHE_LOCK:
+        _CACHE[key] = found
+    return found, kernels, x_flat
+
+
+def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
+    m, n = shape
+    dense = pattern is None or pattern.nnz > 0.5 * m * n
+    if dense:  # every column its own colour: the dense products, recovered alike
+        if m * n > 1 << 26:
+            raise InputValueError(
+                f"the {kind} is (nearly) dense ({m}x{n}): a compressed product saves nothing and "
+                "the sparse result would not fit; compute it dense (sparsity=None), or out of "
+                "core with the pipeline"
+            )
+        full = sp.csr_array(np.ones((m, n), bool))
+        return Sparsity(shape, full, np.arange(n), n, "dense", dtype)
+    if kind == "hessian":
+        colors = star_coloring(pattern)
+        return Sparsity(shape, pattern, colors, int(colors.max()) + 1, "star", dtype)
+    rows_bound = int(np.diff(sp.csr_array(pattern).indptr).max(initial=0))  # columns >= this
+    cols_bound = int(np.diff(sp.csc_array(pattern).indptr).max(initial=0))  # rows >= this
+    if rows_bound <= cols_bound:
+        colors = column_coloring(pattern)
+        mode = "column"
+    else:
+        colors = row_coloring(pattern)
+        mode = "row"
+    return Sparsity(shape, pattern, colors, int(colors.max()) + 1, mode, dtype)
+
+
+def hessian_sparsity(f: Callable, x: Any) -> Sparsity:
+    """The Hessian's global pattern of scalar ``f`` at ``x``'s shape and dtype,
+    star-coloured. Cached on the computation (what JAX traced)."""
+    return _detect("hessian", f, x)[0]
+
+
+def jacobian_sparsity(f: Callable, x: Any) -> Sparsity:
+    """The Jacobian's global pattern of ``f`` at ``x``'s shape and dtype, with a
+    column or a row colouring (whichever needs fewer). Cached as above."""
+    return _detect("jacobian", f, x)[0]
+
+
+def _given(kind: str, sparsity, f, x) -> tuple[Sparsity, Any, Any]:
+    if isinstance(sparsity, Sparsity):
+        kernels, x_flat = get_kernels(f, x, "hessian" if kind == "hessian"
+                                                     else "jacfwd")[:2]  # fmt: skip
+        shape = (kernels.spec.m, kernels.spec.n)
+        dtype = str(jnp.result_type(x_flat))
+        if sparsity.shape != shape or sparsity.dtype != dtype:
+            raise InputValueError(
+                f"sparsity is of a {sparsity.shape} {sparsity.dtype} matrix, but this {kind} is "
+                f"{shape} {dtype}; detect it for this f and x (sparsity='auto')"
+            )
+        return sparsity, kernels, x_flat
+    if sparsity != "auto":
+        raise InputValueError(f"sparsity must be None, 'auto' or a Sparsity, got {sparsity!r}")
+    return _detect(kind, f, x)
+
+
+def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool) -> np.ndarray:
+    """The products of the seed vectors (columns of ``seed``), a chunk at a time."""
+    count = seed.shape[1]
+    parts = []
+    for start in range(0, count, _PRODUCTS_AT_ONCE):
+        chunk = seed[:, start : start + _PRODUCTS_AT_ONCE].T
+        width = chunk.shape[0]
+        if width < _PRODUCTS_AT_ONCE and count > _PRODUCTS_AT_ONCE:
+            chunk = np.concatenate([chunk, np.zeros((_PRODUCTS_AT_ONCE - width, chunk.shape[1]))])
+        run = kernels.products(chunk.shape[0])
+        parts.append(np.asarray(run(x_flat, jnp.asarray(chunk, x_flat.dtype)))[:width])
+    out = np.concatenate(parts) if parts else np.zeros((0, kernels.spec.m))
+    return out if transpose else out.T
+
+
+def _check(matrix: sp.csr_array, kernels, x_flat, op_rows: bool, what: str) -> None:
+    """``matrix`` against two products of random vectors: a detection or a
+    colouring error is refused, never returned. **Raises:** `ValueError`."""
+    rng = np.random.default_rng(0)
+    extent = matrix.shape[0] if op_rows else matrix.shape[1]
+    v = rng.standard_normal((2, extent))
+    got = np.asarray(kernels.products(2)(x_flat, jnp.asarray(v, x_flat.dtype)))
+    expected = (v @ matrix) if op_rows else (matrix @ v.T).T
+    eps = float(jnp.finfo(x_flat.dtype).eps)
+    scale = np.abs(matrix).sum(axis=1 if not op_rows else 0).max(initial=0.0)
+    tol = 1e3 * eps * max(float(scale), 1e-30) * np.sqrt(extent)
+    err = float(np.abs(got - expected).max(initial=0.0))
+    if err > tol:
+        raise InputValueError(
+            f"the compressed {what} does not match two products of random vectors (error "
+            f"{err:.3g}, tolerance {tol:.3g}): its detected sparsity misses entries; compute it "
+            "dense (sparsity=None), and report the model"
+        )
+
+
+def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
+    """The Hessian of scalar ``f`` at ``x`` as a `scipy.sparse.csr_array` over
+    ``ravel_pytree(x)``, from one Hessian-vector product per colour of its star
+    colouring (``sparsity``: ``"auto"`` detects it; a `Sparsity` reuses it),
+    checked against two products of random vectors. Never forms a dense n x n
+    (unless the pattern is dense).
+
+    **Returns:** ``(H, unflatten)``. **Raises:** `ValueError` for a sparsity of
+    another shape or dtype, or a result that does not check.
+    """
+    found, kernels, x_flat = _given("hessian", sparsity, f, x)
+    unravel = jax.flatten_util.ravel_pytree(x)[1]
+    compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
+    matrix = recover_star(found.pattern, found.colors, compressed)
+    _check(matrix, kernels, x_flat, op_rows=False, what="Hessian")
+    return matrix, unravel
+
+
+def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
+    """The Jacobian of ``f`` at ``x`` as a `scipy.sparse.csr_array` (``(m, n)``
+    over the flat output and ``ravel_pytree(x)``), from one product per colour
+    of a column colouring (JVPs) or a row colouring (VJPs), checked as
+    `sparse_hessian`'s.
+
+    **Returns:** ``(J, unflatten)`` (of x). **Raises:** as `sparse_hessian`.
+    """
+    found, kernels, x_flat = _given("jacobian", sparsity, f, x)
+    unravel = jax.flatten_util.ravel_pytree(x)[1]
+    if found.mode == "row":
+        rev = kernels.for_op("jacrev")
+        compressed = _compressed(rev, x_flat, seeds(found.colors), transpose=True)
+        matrix = recover_rows(found.pattern, found.colors, compressed)
+    else:
+        compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
+        matrix = recover_columns(found.pattern, found.colors, compressed)
+    _check(matrix, kernels, x_flat, op_rows=False, what="Jacobian")
+    return matrix, unravel
