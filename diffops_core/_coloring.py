@@ -82,7 +82,10 @@ def star_coloring(pattern: sp.csr_array) -> np.ndarray:
     base = dense.size
     ptr, idx = a.indptr, a.indices
     forbidden = np.full(n + base + 2, -1, np.int64)
-    for v in range(n):
+    # largest degree first: a vertex many others see is coloured before them, so
+    # they are not forced apart through it while it is uncoloured
+    order = np.argsort(-np.diff(ptr), kind="stable")
+    for v in order:
         if colors[v]:
             continue
         for w in idx[ptr[v] : ptr[v + 1]]:

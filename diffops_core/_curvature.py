@@ -230,6 +230,37 @@ def _square(M, name: str = "M"):
         )
 
 
+def _numpy_tree(flat: np.ndarray, x: Any, shape) -> Any:
+    """``flat`` (float64) as a pytree of numpy arrays like ``x``."""
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    sizes = [int(np.size(leaf)) for leaf in leaves]
+    if sum(sizes) != flat.size:
+        raise InputValueError(
+            f"x has {sum(sizes)} parameters but M is {shape}; pass the x M was computed at"
+        )
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    shaped = [p.reshape(np.shape(leaf)) for p, leaf in zip(parts, leaves, strict=True)]
+    return treedef.unflatten(shaped)
+
+
+def _sparse(M) -> bool:
+    return hasattr(M, "tocsr") and hasattr(M, "nnz")  # a scipy.sparse array or matrix
+
+
+def _dense_if_it_fits(M) -> np.ndarray:
+    import psutil
+
+    n = M.shape[0]
+    need, free = 3 * n * n * 8, psutil.virtual_memory().available  # M, its factor, the inverse
+    if need > 0.8 * free:
+        raise InputValueError(
+            f"the covariance of this {n}x{n} sparse matrix is dense: it needs about "
+            f"{need / 1e9:.1f} GB, and {free / 1e9:.1f} GB is available; use marginal_std "
+            "(exact, never dense) or a covariance of a subset of the parameters"
+        )
+    return np.asarray(M.toarray(), np.float64)
+
+
 def check_damping(damping) -> float:
     if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
         raise InputTypeError(f"damping must be a number, got {damping!r}")
@@ -278,10 +309,15 @@ def covariance(M: Any, *, damping: float = 0.0) -> Any:
     array. Under `jax.jit` a matrix that is not positive definite gives NaNs
     (JAX cannot raise on values); call it outside jit for the diagnostics.
 
+    A `scipy.sparse` ``M`` gives a dense numpy covariance when it fits in memory
+    and is refused, with the numbers, when it does not (use `marginal_std`).
+
     **Raises:** `ValueError` when ``M`` (plus damping) is not positive definite,
     giving its smallest eigenvalue, how many are not positive and the relative
     size of the worst; it never regularises unless you pass ``damping``.
     """
+    if _sparse(M):
+        M = _dense_if_it_fits(M)
     _square(M)
     inv_lower, xp = _inverse_factor(M, damping)
     return inv_lower.T @ inv_lower
@@ -289,10 +325,20 @@ def covariance(M: Any, *, damping: float = 0.0) -> Any:
 
 def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree like ``x``: each parameter's
-    standard deviation, the others marginalised. Errors as `covariance`."""
-    _square(M)
-    inv_lower, xp = _inverse_factor(M, damping)
-    std = xp.sqrt(xp.sum(inv_lower**2, axis=0))
+    standard deviation, the others marginalised. Errors as `covariance`.
+
+    A `scipy.sparse` ``M`` (from `sparse_hessian`) is never inverted or made
+    dense: exact variances by the Schur complement on its dense rows, or a sparse
+    factorisation (`diffops_core._sparse_linalg`); the result is numpy."""
+    if _sparse(M):
+        # deferred: the sparse path uses this module's checks and diagnostics
+        from ._sparse_linalg import sparse_marginal_variance
+
+        return _numpy_tree(np.sqrt(sparse_marginal_variance(M, damping)), x, M.shape)
+    else:
+        _square(M)
+        inv_lower, xp = _inverse_factor(M, damping)
+        std = xp.sqrt(xp.sum(inv_lower**2, axis=0))
     flat, unravel = ravel_pytree(x)
     if flat.shape[0] != M.shape[0]:
         raise InputValueError(

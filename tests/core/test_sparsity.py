@@ -277,3 +277,78 @@ def test_star_colouring_is_near_the_optimum(pattern, most):
     h.data = np.random.default_rng(1).normal(size=h.nnz)
     h = sparse.csr_array(h + h.T)
     np.testing.assert_allclose(recover_star(a, colors, h @ seeds(colors)).toarray(), h.toarray())
+
+
+# -- uncertainties of sparse matrices (part D) ------------------------------------------
+
+
+def _arrowhead(n=300, k=6, seed=0):
+    import scipy.sparse as sparse
+
+    rng = np.random.default_rng(seed)
+    a = sparse.lil_array((n, n))
+    a.setdiag(rng.uniform(2.0, 3.0, n))
+    border = rng.normal(size=(k, n)) * 0.05
+    a[:k, :] = border
+    a[:, :k] = border.T
+    dense = a.toarray()
+    dense[:k, :k] = np.eye(k) * 5 + 0.1
+    return sparse.csr_array(dense), dense
+
+
+def test_sparse_marginal_std_is_exact_without_the_inverse():
+    import scipy.sparse as sparse
+
+    import diffops_core as dc
+
+    S, dense = _arrowhead()
+    x = {"g": np.zeros(6), "pixels": np.zeros(294)}
+    std = dc.marginal_std(S, x)
+    expected = np.sqrt(np.diag(np.linalg.inv(dense)))
+    np.testing.assert_allclose(std["g"], expected[:6], rtol=1e-10)
+    np.testing.assert_allclose(std["pixels"], expected[6:], rtol=1e-10)
+    # a stencil (no dense border): the sparse factorisation
+    t = sparse.diags_array([-1.0, 4.2, -1.0], offsets=[-1, 0, 1], shape=(12, 12))
+    grid = sparse.csr_array(
+        sparse.kron(sparse.identity(12), t) + sparse.kron(t, sparse.identity(12))
+    )
+    std = dc.marginal_std(grid, np.zeros(144))
+    np.testing.assert_allclose(std, np.sqrt(np.diag(np.linalg.inv(grid.toarray()))), rtol=1e-10)
+    damped = dc.marginal_std(S, x, damping=2.0)
+    np.testing.assert_allclose(damped["g"], np.sqrt(np.diag(np.linalg.inv(dense + 2 * np.eye(300))))[:6],
+                               rtol=1e-10)  # fmt: skip
+
+
+def test_a_sparse_matrix_not_positive_definite_is_diagnosed():
+    import diffops_core as dc
+
+    S, dense = _arrowhead()
+    S = S.tolil()
+    S[0, 0] = -50.0
+    with pytest.raises(ValueError, match="not positive definite: its smallest eigenvalue is -5"):
+        dc.marginal_std(S.tocsr(), np.zeros(300))
+
+
+def test_a_sparse_covariance_is_dense_when_it_fits():
+    import diffops_core as dc
+
+    S, dense = _arrowhead(n=50, k=3)
+    np.testing.assert_allclose(dc.covariance(S), np.linalg.inv(dense), rtol=1e-10)
+
+
+def test_sparse_hessian_then_sigma_equals_the_dense_path():
+    import diffops_core as dc
+
+    def f(p):  # a flat field beside three globals: an arrowhead Hessian
+        model = (
+            p["g"][0] * jnp.exp(-(jnp.linspace(-1, 1, 40) ** 2) * p["g"][1]) * p["flat"] + p["g"][2]
+        )
+        data = jnp.linspace(1.0, 2.0, 40)
+        return jnp.sum(model - data * jnp.log(model)) + 0.5 * jnp.sum((p["flat"] - 1) ** 2)
+
+    x = {"flat": jnp.ones(40, jnp.float32), "g": jnp.asarray([1.5, 0.5, 0.2], jnp.float32)}
+    H, _ = dc.sparse_hessian(f, x)
+    assert dc.hessian_sparsity(f, x).ncolors == 4  # three globals, and all pixels as one
+    dense, _ = dc.hessian(f, x)
+    np.testing.assert_allclose(dc.marginal_std(H, x, damping=5.0)["flat"],
+                               dc.marginal_std(np.asarray(dense, np.float64), x, damping=5.0)["flat"], rtol=1e-4)  # fmt: skip
