@@ -240,7 +240,7 @@ def _numpy_tree(flat: np.ndarray, x: Any, shape) -> Any:
         )
     parts = np.split(flat, np.cumsum(sizes)[:-1])
     shaped = [p.reshape(np.shape(leaf)) for p, leaf in zip(parts, leaves, strict=True)]
-    return treedef.unflatten(shaped)
+    return jax.tree_util.tree_unflatten(treedef, shaped)
 
 
 def _sparse(M) -> bool:
