@@ -13,7 +13,15 @@ build on (layout, block planner, kernels, sizing) is `diffops_core.internal`.
 
 from ._api import hessian, jacobian
 from ._curvature import Spectrum, covariance, gauss_newton, marginal_std, spectrum
-from ._sparse import Sparsity, hessian_sparsity, jacobian_sparsity, sparse_hessian, sparse_jacobian
+from ._sparse import (
+    Sparsity,
+    gauss_newton_sparsity,
+    hessian_sparsity,
+    jacobian_sparsity,
+    sparse_gauss_newton,
+    sparse_hessian,
+    sparse_jacobian,
+)
 from ._version import __version__
 from ._views import hessian_to_pytree, matrix_to_pytree
 
@@ -23,6 +31,7 @@ __all__ = [
     "__version__",
     "covariance",
     "gauss_newton",
+    "gauss_newton_sparsity",
     "hessian",
     "hessian_sparsity",
     "hessian_to_pytree",
@@ -30,6 +39,7 @@ __all__ = [
     "jacobian_sparsity",
     "marginal_std",
     "matrix_to_pytree",
+    "sparse_gauss_newton",
     "sparse_hessian",
     "sparse_jacobian",
     "spectrum",

@@ -13,7 +13,6 @@ from ._errors import InputTypeError, InputValueError
 from ._kernels import Kernels, get_kernels
 from ._plan import resolve_block_size
 from ._sizing import Sizing, auto_inner_width, budget_block
-from ._sparse import sparse_hessian, sparse_jacobian
 
 __all__ = ["choose_sizing", "hessian", "jacobian"]
 
@@ -155,6 +154,9 @@ def hessian(
 
 def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
     """The zodiax-compatible dense result, computed from compressed products."""
+    # deferred: the sparse path imports _curvature, which imports this module
+    from ._sparse import sparse_hessian, sparse_jacobian
+
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
         raise InputValueError(
             "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "

@@ -30,12 +30,15 @@ from ._coloring import (
     seeds,
     star_coloring,
 )
+from ._curvature import whitened_residuals
 from ._errors import InputValueError
 from ._kernels import get_kernels
 from ._sparsity import Dense, hessian_pattern, jacobian_pattern
 
 __all__ = [
     "Sparsity",
+    "gauss_newton_sparsity",
+    "sparse_gauss_newton",
     "hessian_sparsity",
     "jacobian_sparsity",
     "sparse_hessian",
@@ -77,7 +80,7 @@ _CACHE_LOCK = threading.Lock()
 def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
     """(the Sparsity, the kernels, x flat) for ``kind`` (``"hessian"`` or
     ``"jacobian"``), detected once per computation (what JAX traced)."""
-    op = "hessian" if kind == "hessian" else "jacfwd"
+    op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
     kernels, x_flat, _ = get_kernels(f, x, op)
     identity = kernels.traced.identity()
     key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
@@ -92,6 +95,9 @@ def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
     try:
         if kind == "hessian":
             pattern = hessian_pattern(lambda z: f_flat(z).reshape(()), x_flat)
+        elif kind == "gauss_newton":  # G = Jᵀ W J of the whitened residuals: Jᵀ J's pattern
+            jac = sp.csr_array(jacobian_pattern(f_flat, x_flat), dtype=bool)
+            pattern = sp.csr_array(jac.T @ jac, dtype=bool)
         else:
             pattern = jacobian_pattern(f_flat, x_flat)
     except Dense:
@@ -118,7 +124,7 @@ def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
             )
         full = sp.csr_array(np.ones((m, n), bool))
         return Sparsity(shape, full, np.arange(n), n, "dense", dtype)
-    if kind == "hessian":
+    if kind in ("hessian", "gauss_newton"):
         colors = star_coloring(pattern)
         return Sparsity(shape, pattern, colors, int(colors.max()) + 1, "star", dtype)
     rows_bound = int(np.diff(sp.csr_array(pattern).indptr).max(initial=0))  # columns >= this
@@ -146,8 +152,8 @@ def jacobian_sparsity(f: Callable, x: Any) -> Sparsity:
 
 def _given(kind: str, sparsity, f, x) -> tuple[Sparsity, Any, Any]:
     if isinstance(sparsity, Sparsity):
-        kernels, x_flat = get_kernels(f, x, "hessian" if kind == "hessian"
-                                                     else "jacfwd")[:2]  # fmt: skip
+        op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
+        kernels, x_flat = get_kernels(f, x, op)[:2]
         shape = (kernels.spec.m, kernels.spec.n)
         dtype = str(jnp.result_type(x_flat))
         if sparsity.shape != shape or sparsity.dtype != dtype:
@@ -212,6 +218,40 @@ def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_
     matrix = recover_star(found.pattern, found.colors, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Hessian")
     return matrix, unravel
+
+
+def sparse_gauss_newton(
+    residuals: Callable,
+    x: Any,
+    *,
+    std: Any = None,
+    cov: Any = None,
+    inv_cov: Any = None,
+    sparsity: Any = "auto",
+) -> tuple[sp.csr_array, Callable]:
+    """The Gauss–Newton (Fisher) matrix ``Jᵀ W J`` of ``residuals`` at ``x`` as a
+    `scipy.sparse.csr_array`, from one product ``G s`` per colour of a star
+    colouring of ``Jᵀ J``'s pattern, checked as `sparse_hessian`'s. The noise
+    model is `gauss_newton`'s; a dense ``cov`` or ``inv_cov`` mixes every
+    residual, so ``G`` is dense and nothing is saved (the dense path is then
+    what runs, recovered alike).
+
+    **Returns:** ``(G, unflatten)``. **Raises:** as `sparse_hessian`, and the
+    noise model's errors.
+    """
+    whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
+    found, kernels, x_flat = _given("gauss_newton", sparsity, whitened, x)
+    unravel = jax.flatten_util.ravel_pytree(x)[1]
+    compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
+    matrix = recover_star(found.pattern, found.colors, compressed)
+    _check(matrix, kernels, x_flat, op_rows=False, what="Gauss-Newton matrix")
+    return matrix, unravel
+
+
+def gauss_newton_sparsity(residuals: Callable, x: Any, *, std=None, cov=None, inv_cov=None):
+    """The Gauss–Newton matrix's pattern (``Jᵀ J``'s, of the whitened residuals),
+    star-coloured; cached as `hessian_sparsity`."""
+    return _detect("gauss_newton", whitened_residuals(residuals, x, std, cov, inv_cov), x)[0]
 
 
 def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:

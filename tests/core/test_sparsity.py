@@ -352,3 +352,22 @@ def test_sparse_hessian_then_sigma_equals_the_dense_path():
     dense, _ = dc.hessian(f, x)
     np.testing.assert_allclose(dc.marginal_std(H, x, damping=5.0)["flat"],
                                dc.marginal_std(np.asarray(dense, np.float64), x, damping=5.0)["flat"], rtol=1e-4)  # fmt: skip
+
+
+def test_sparse_gauss_newton_equals_the_dense_fisher_matrix():
+    import diffops_core as dc
+
+    def residuals(p):  # each pixel's residual: its own flat value and two globals
+        model = p["g"][0] * jnp.exp(-(jnp.linspace(-1, 1, 30) ** 2) * p["g"][1]) * p["flat"]
+        return {"pixels": model - jnp.linspace(1.0, 2.0, 30), "prior": (p["flat"] - 1) / 0.1}
+
+    x = {"flat": jnp.ones(30, jnp.float32), "g": jnp.asarray([1.5, 0.5], jnp.float32)}
+    std = {"pixels": jnp.full(30, 0.2), "prior": jnp.ones(30)}
+    G, _ = dc.sparse_gauss_newton(residuals, x, std=std)
+    dense, _ = dc.gauss_newton(residuals, x, std=std)
+    np.testing.assert_allclose(G.toarray(), np.asarray(dense), rtol=1e-5, atol=1e-4)
+    found = dc.gauss_newton_sparsity(residuals, x, std=std)
+    assert found.ncolors == 3 and found.mode == "star"  # two globals, and all pixels as one
+    sigma = dc.marginal_std(G, x)
+    expected = dc.marginal_std(np.asarray(dense, np.float64), x)
+    np.testing.assert_allclose(sigma["flat"], expected["flat"], rtol=1e-4)

@@ -376,8 +376,10 @@ def test_the_front_doors_are_small():
             "Spectrum",
             # issue 18: sparse matrices from compressed products
             "Sparsity",
+            "gauss_newton_sparsity",
             "hessian_sparsity",
             "jacobian_sparsity",
+            "sparse_gauss_newton",
             "sparse_hessian",
             "sparse_jacobian",
         ]
