@@ -45,7 +45,7 @@ def _stages(repeats: int) -> list[str]:
     found = dc.hessian_sparsity(f, x)
     spent = {"products": [], "recovery": [], "check": []}
     originals = {
-        "products": _sparse._compressed, "recovery": _sparse.recover_star, "check": _sparse._check,
+        "products": _sparse._compressed, "recovery": _sparse.recover, "check": _sparse._check,
     }  # fmt: skip
 
     def timed(name):
@@ -57,7 +57,7 @@ def _stages(repeats: int) -> list[str]:
 
         return run
 
-    _sparse._compressed, _sparse.recover_star, _sparse._check = (
+    _sparse._compressed, _sparse.recover, _sparse._check = (
         timed("products"), timed("recovery"), timed("check"),
     )  # fmt: skip
     try:
@@ -67,7 +67,7 @@ def _stages(repeats: int) -> list[str]:
         for _ in range(repeats):
             dc.sparse_hessian(f, x)
     finally:
-        _sparse._compressed, _sparse.recover_star, _sparse._check = (
+        _sparse._compressed, _sparse.recover, _sparse._check = (
             originals["products"], originals["recovery"], originals["check"],
         )  # fmt: skip
     ms = {k: 1000 * statistics.median(v) for k, v in spent.items()}

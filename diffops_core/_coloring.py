@@ -24,11 +24,15 @@ import scipy.sparse as sp
 
 __all__ = [
     "column_coloring",
+    "column_plan",
+    "recover",
     "recover_columns",
     "recover_rows",
     "recover_star",
     "row_coloring",
+    "row_plan",
     "star_coloring",
+    "star_plan",
 ]  # fmt: skip
 
 
@@ -137,26 +141,60 @@ def recover_rows(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.cs
     return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
 
 
-def recover_star(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
-    """``H`` from ``B = H S`` of a star colouring: ``H[i, j] = B[i, colour(j)]``
-    where ``j`` is the only neighbour of ``i`` (``i`` included) of its colour,
-    else ``B[j, colour(i)]`` (the star colouring makes one of them so).
+def star_plan(pattern: sp.csr_array, colors: np.ndarray):
+    """Where each nonzero of a star-coloured symmetric pattern is read from
+    ``B = H S``: ``(indptr, indices, source rows, source columns)`` in CSR order,
+    ``H[i, j] = B[i, colour(j)]`` where ``j`` is the only neighbour of ``i``
+    (``i`` included) of its colour, else ``B[j, colour(i)]`` (the star colouring
+    makes one of them so). Made once per colouring; `recover` applies it.
 
     **Raises:** `ValueError` when neither is (not a star colouring of it)."""
     sym = sp.csr_array(pattern + pattern.T, dtype=bool)
-    coo = sp.coo_array(sym)
+    sym.sort_indices()
+    rows = np.repeat(np.arange(sym.shape[0]), np.diff(sym.indptr))
+    cols = sym.indices
     k = int(colors.max()) + 1
     onehot = sp.csr_array((np.ones(colors.size), (np.arange(colors.size), colors)),
                           shape=(colors.size, k))  # fmt: skip
     counts = sp.csr_array(sym.astype(np.float64) @ onehot)
-    direct = np.asarray(counts[coo.row, colors[coo.col]]).reshape(-1) == 1
-    mirror = np.asarray(counts[coo.col, colors[coo.row]]).reshape(-1) == 1
+    direct = np.asarray(counts[rows, colors[cols]]).reshape(-1) == 1
+    mirror = np.asarray(counts[cols, colors[rows]]).reshape(-1) == 1
     if not np.all(direct | mirror):
         bad = np.flatnonzero(~(direct | mirror))[:3]
         raise ValueError(
             f"the colouring is not a star colouring of the pattern: entries "
-            f"{[(int(coo.row[b]), int(coo.col[b])) for b in bad]} cannot be recovered"
+            f"{[(int(rows[b]), int(cols[b])) for b in bad]} cannot be recovered"
         )
-    b = np.asarray(compressed)
-    values = np.where(direct, b[coo.row, colors[coo.col]], b[coo.col, colors[coo.row]])
-    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
+    src_r = np.where(direct, rows, cols)
+    src_c = np.where(direct, colors[cols], colors[rows])
+    return sym.indptr, cols, src_r, src_c
+
+
+def column_plan(pattern: sp.csr_array, colors: np.ndarray):
+    """As `star_plan`, for a column colouring: ``J[i, j] = B[i, colour(j)]``."""
+    csr = sp.csr_array(pattern, dtype=bool)
+    csr.sort_indices()
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    return csr.indptr, csr.indices, rows, colors[csr.indices]
+
+
+def row_plan(pattern: sp.csr_array, colors: np.ndarray):
+    """As `star_plan`, for a row colouring of ``B = Sᵀ J``: ``J[i, j] = B[colour(i), j]``."""
+    csr = sp.csr_array(pattern, dtype=bool)
+    csr.sort_indices()
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    return csr.indptr, csr.indices, colors[rows], csr.indices
+
+
+def recover(plan, shape, compressed) -> sp.csr_array:
+    """The matrix whose nonzeros a plan reads from the compressed products."""
+    indptr, indices, src_r, src_c = plan
+    values = np.asarray(compressed)[src_r, src_c]
+    return sp.csr_array((values, indices, indptr), shape=shape)
+
+
+def recover_star(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
+    """``H`` from ``B = H S`` of a star colouring (`star_plan`, then `recover`).
+
+    **Raises:** `ValueError` when it is not a star colouring of the pattern."""
+    return recover(star_plan(pattern, colors), pattern.shape, compressed)

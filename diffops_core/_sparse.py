@@ -11,6 +11,7 @@ error is a refusal, never a wrong matrix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +24,13 @@ import scipy.sparse as sp
 
 from ._coloring import (
     column_coloring,
-    recover_columns,
-    recover_rows,
-    recover_star,
+    column_plan,
+    recover,
     row_coloring,
+    row_plan,
     seeds,
     star_coloring,
+    star_plan,
 )
 from ._curvature import whitened_residuals
 from ._errors import InputValueError
@@ -38,9 +40,9 @@ from ._sparsity import Dense, hessian_pattern, jacobian_pattern
 __all__ = [
     "Sparsity",
     "gauss_newton_sparsity",
-    "sparse_gauss_newton",
     "hessian_sparsity",
     "jacobian_sparsity",
+    "sparse_gauss_newton",
     "sparse_hessian",
     "sparse_jacobian",
 ]
@@ -71,6 +73,15 @@ class Sparsity:
     @property
     def nnz(self) -> int:
         return int(self.pattern.nnz)
+
+    @functools.cached_property
+    def plan(self):
+        """Where each nonzero is read from the compressed products (made once)."""
+        if self.mode == "row":
+            return row_plan(self.pattern, self.colors)
+        if self.mode == "column" or (self.mode == "dense" and self.shape[0] != self.shape[1]):
+            return column_plan(self.pattern, self.colors)
+        return star_plan(self.pattern, self.colors)
 
 
 _CACHE: dict[tuple, Sparsity] = {}
@@ -215,7 +226,7 @@ def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_
     found, kernels, x_flat = _given("hessian", sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-    matrix = recover_star(found.pattern, found.colors, compressed)
+    matrix = recover(found.plan, found.shape, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Hessian")
     return matrix, unravel
 
@@ -243,7 +254,7 @@ def sparse_gauss_newton(
     found, kernels, x_flat = _given("gauss_newton", sparsity, whitened, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-    matrix = recover_star(found.pattern, found.colors, compressed)
+    matrix = recover(found.plan, found.shape, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Gauss-Newton matrix")
     return matrix, unravel
 
@@ -267,9 +278,9 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
     if found.mode == "row":
         rev = kernels.for_op("jacrev")
         compressed = _compressed(rev, x_flat, seeds(found.colors), transpose=True)
-        matrix = recover_rows(found.pattern, found.colors, compressed)
+        matrix = recover(found.plan, found.shape, compressed)
     else:
         compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-        matrix = recover_columns(found.pattern, found.colors, compressed)
+        matrix = recover(found.plan, found.shape, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Jacobian")
     return matrix, unravel
