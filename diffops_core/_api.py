@@ -138,7 +138,9 @@ def hessian(
     cannot hold one column.
     """
     if sparsity is not None:
-        return _dense_from_sparse("hessian", f, x, sparsity)
+        found = _dense_from_sparse("hessian", f, x, sparsity)
+        if found is not None:
+            return found
     return square_matrix(
         "hessian",
         f,
@@ -153,15 +155,19 @@ def hessian(
 
 
 def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
-    """The zodiax-compatible dense result, computed from compressed products."""
+    """The zodiax-compatible dense result, computed from compressed products;
+    None when the pattern is dense (nothing to save: the dense path runs)."""
     # deferred: the sparse path imports _curvature, which imports this module
-    from ._sparse import sparse_hessian, sparse_jacobian
+    from ._sparse import hessian_sparsity, jacobian_sparsity, sparse_hessian, sparse_jacobian
 
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
         raise InputValueError(
             "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
             "jit, or pass sparsity=None"
         )
+    detect = hessian_sparsity if kind == "hessian" else jacobian_sparsity
+    if (sparsity == "auto" and detect(f, x).dense) or getattr(sparsity, "dense", False):
+        return None  # nothing to save: the caller runs the dense path
     if kind == "hessian":
         matrix, unravel = sparse_hessian(f, x, sparsity)
         return jnp.asarray(matrix.toarray()), unravel
@@ -249,7 +255,9 @@ def jacobian(
     **Raises:** as `hessian`, plus `ValueError` for an unknown ``mode``.
     """
     if sparsity is not None:
-        return _dense_from_sparse("jacobian", f, x, sparsity)
+        found = _dense_from_sparse("jacobian", f, x, sparsity)
+        if found is not None:
+            return found
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
     if not isinstance(mode, str) or mode not in _MODES:

@@ -35,6 +35,7 @@ from ._coloring import (
 from ._curvature import whitened_residuals
 from ._errors import InputValueError
 from ._kernels import get_kernels
+from ._sizing import auto_inner_width
 from ._sparsity import Dense, hessian_pattern, jacobian_pattern
 
 __all__ = [
@@ -73,6 +74,12 @@ class Sparsity:
     @property
     def nnz(self) -> int:
         return int(self.pattern.nnz)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the pattern is (nearly) dense: colouring saves nothing, and
+        `hessian(..., sparsity="auto")` runs the dense path."""
+        return self.mode == "dense"
 
     @functools.cached_property
     def plan(self):
@@ -126,14 +133,8 @@ def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
 def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
     m, n = shape
     dense = pattern is None or pattern.nnz > 0.5 * m * n
-    if dense:  # every column its own colour: the dense products, recovered alike
-        if m * n > 1 << 26:
-            raise InputValueError(
-                f"the {kind} is (nearly) dense ({m}x{n}): a compressed product saves nothing and "
-                "the sparse result would not fit; compute it dense (sparsity=None), or out of "
-                "core with the pipeline"
-            )
-        full = sp.csr_array(np.ones((m, n), bool))
+    if dense:  # nothing to save: the dense path computes it (`dense_matrix`)
+        full = sp.csr_array((m, n), dtype=bool) if pattern is None else pattern
         return Sparsity(shape, full, np.arange(n), n, "dense", dtype)
     if kind in ("hessian", "gauss_newton"):
         colors = star_coloring(pattern)
@@ -176,6 +177,19 @@ def _given(kind: str, sparsity, f, x) -> tuple[Sparsity, Any, Any]:
     if sparsity != "auto":
         raise InputValueError(f"sparsity must be None, 'auto' or a Sparsity, got {sparsity!r}")
     return _detect(kind, f, x)
+
+
+def _dense_matrix(kernels, x_flat, m: int, n: int) -> sp.csr_array:
+    """A dense pattern's matrix by the dense path (one jitted loop of products),
+    as CSR; refused when it would not fit."""
+    if m * n > 1 << 28:
+        raise InputValueError(
+            f"the matrix is (nearly) dense ({m}x{n}): a compressed product saves nothing and "
+            "a sparse result of it would not fit; compute it dense (sparsity=None), or out of "
+            "core with the pipeline"
+        )
+    matrix = kernels.matrix(auto_inner_width(kernels, kernels.spec.extent))(x_flat)
+    return sp.csr_array(np.asarray(matrix))
 
 
 def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool) -> np.ndarray:
@@ -225,6 +239,8 @@ def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_
     """
     found, kernels, x_flat = _given("hessian", sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
+    if found.dense:
+        return _dense_matrix(kernels, x_flat, *found.shape), unravel
     compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
     matrix = recover(found.plan, found.shape, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Hessian")
@@ -253,6 +269,8 @@ def sparse_gauss_newton(
     whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
     found, kernels, x_flat = _given("gauss_newton", sparsity, whitened, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
+    if found.dense:
+        return _dense_matrix(kernels, x_flat, *found.shape), unravel
     compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
     matrix = recover(found.plan, found.shape, compressed)
     _check(matrix, kernels, x_flat, op_rows=False, what="Gauss-Newton matrix")
@@ -275,6 +293,8 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
     """
     found, kernels, x_flat = _given("jacobian", sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
+    if found.dense:
+        return _dense_matrix(kernels, x_flat, *found.shape), unravel
     if found.mode == "row":
         rev = kernels.for_op("jacrev")
         compressed = _compressed(rev, x_flat, seeds(found.colors), transpose=True)

@@ -577,7 +577,8 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     n = int(np.size(x_flat))
     aval = jax.ShapeDtypeStruct(np.shape(x_flat), jnp.result_type(x_flat))
     closed = jax.make_jaxpr(product)(aval, aval)
-    ctx = _Context(n, budget if budget is not None else max(64 * n, 1 << 22))
+    # what any one array's pattern may hold before the matrix is taken as dense
+    ctx = _Context(n, budget if budget is not None else 64 * n + (1 << 20))
     eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     ins = [_empty(np.shape(x_flat)), Pattern((n,), eye, _NONE)]
     (out,) = _run(ctx, closed.jaxpr, closed.consts, ins, [None, None])

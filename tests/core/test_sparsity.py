@@ -371,3 +371,17 @@ def test_sparse_gauss_newton_equals_the_dense_fisher_matrix():
     sigma = dc.marginal_std(G, x)
     expected = dc.marginal_std(np.asarray(dense, np.float64), x)
     np.testing.assert_allclose(sigma["flat"], expected["flat"], rtol=1e-4)
+
+
+def test_a_dense_pattern_runs_the_dense_path():
+    import diffops_core as dc
+
+    W = jnp.linspace(-1, 1, 5 * N).reshape(5, N)
+    f = lambda v: jnp.sum(jnp.tanh(W @ v) ** 2)  # every parameter couples to every other
+    x = jnp.linspace(0.1, 0.5, N)
+    found = dc.hessian_sparsity(f, x)
+    assert found.dense and found.mode == "dense"
+    H, _ = dc.hessian(f, x, sparsity="auto")
+    np.testing.assert_allclose(np.asarray(H), np.asarray(jax.hessian(f)(x)), rtol=1e-5, atol=1e-6)
+    S, _ = dc.sparse_hessian(f, x)
+    np.testing.assert_allclose(S.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5, atol=1e-6)
