@@ -277,7 +277,9 @@ def sparse_gauss_newton(
     return matrix, unravel
 
 
-def gauss_newton_sparsity(residuals: Callable, x: Any, *, std=None, cov=None, inv_cov=None):
+def gauss_newton_sparsity(
+    residuals: Callable, x: Any, *, std: Any = None, cov: Any = None, inv_cov: Any = None
+) -> Sparsity:
     """The Gauss–Newton matrix's pattern (``Jᵀ J``'s, of the whitened residuals),
     star-coloured; cached as `hessian_sparsity`."""
     return _detect("gauss_newton", whitened_residuals(residuals, x, std, cov, inv_cov), x)[0]

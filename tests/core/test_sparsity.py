@@ -385,3 +385,20 @@ def test_a_dense_pattern_runs_the_dense_path():
     np.testing.assert_allclose(np.asarray(H), np.asarray(jax.hessian(f)(x)), rtol=1e-5, atol=1e-6)
     S, _ = dc.sparse_hessian(f, x)
     np.testing.assert_allclose(S.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_gauss_newton_takes_sparsity_auto():
+    import diffops_core as dc
+
+    def residuals(p):
+        return jnp.concatenate([p[1:] * p[:-1], jnp.sin(p[:3]) * p[0]])
+
+    x = jnp.linspace(0.2, 1.0, N)
+    dense, _ = dc.gauss_newton(residuals, x, std=0.5)
+    auto, _ = dc.gauss_newton(residuals, x, std=0.5, sparsity="auto")
+    np.testing.assert_allclose(np.asarray(auto), np.asarray(dense), rtol=1e-5, atol=1e-5)
+    cov = np.eye(N + 2) * 0.25 + 0.01  # mixes every residual: G is dense
+    mixed, _ = dc.gauss_newton(residuals, x, cov=cov, sparsity="auto")
+    np.testing.assert_allclose(np.asarray(mixed), np.asarray(dc.gauss_newton(residuals, x, cov=cov)[0]),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert dc.gauss_newton_sparsity(residuals, x, cov=cov).dense
