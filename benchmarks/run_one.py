@@ -84,6 +84,7 @@ def main(config: dict) -> dict:
         import diffops_core.internal as dci
 
         kw = dict(config.get("kwargs", {}))
+        kw.pop("sparsity", None)  # the blocking only
         op = "hessian" if config.get("op", "hessian") == "hessian" else None
         kernels, _, _ = dci.get_kernels(f, x, op or "jacfwd")
         if op is None:
