@@ -237,14 +237,7 @@ def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_
     **Returns:** ``(H, unflatten)``. **Raises:** `ValueError` for a sparsity of
     another shape or dtype, or a result that does not check.
     """
-    found, kernels, x_flat = _given("hessian", sparsity, f, x)
-    unravel = jax.flatten_util.ravel_pytree(x)[1]
-    if found.dense:
-        return _dense_matrix(kernels, x_flat, *found.shape), unravel
-    compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-    matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, op_rows=False, what="Hessian")
-    return matrix, unravel
+    return _from_products("hessian", f, x, sparsity, "Hessian")
 
 
 def sparse_gauss_newton(
@@ -267,14 +260,7 @@ def sparse_gauss_newton(
     noise model's errors.
     """
     whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
-    found, kernels, x_flat = _given("gauss_newton", sparsity, whitened, x)
-    unravel = jax.flatten_util.ravel_pytree(x)[1]
-    if found.dense:
-        return _dense_matrix(kernels, x_flat, *found.shape), unravel
-    compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-    matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, op_rows=False, what="Gauss-Newton matrix")
-    return matrix, unravel
+    return _from_products("gauss_newton", whitened, x, sparsity, "Gauss-Newton matrix")
 
 
 def gauss_newton_sparsity(
@@ -293,16 +279,21 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
 
     **Returns:** ``(J, unflatten)`` (of x). **Raises:** as `sparse_hessian`.
     """
-    found, kernels, x_flat = _given("jacobian", sparsity, f, x)
+    return _from_products("jacobian", f, x, sparsity, "Jacobian")
+
+
+def _from_products(kind: str, f: Callable, x: Any, sparsity: Any, what: str):
+    """``(matrix, unflatten)``: one product per colour (JVPs, HVPs or G products
+    of column seeds; VJPs of row seeds in ``"row"`` mode), recovered and checked;
+    a dense pattern by the dense path."""
+    found, kernels, x_flat = _given(kind, sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:
         return _dense_matrix(kernels, x_flat, *found.shape), unravel
     if found.mode == "row":
-        rev = kernels.for_op("jacrev")
-        compressed = _compressed(rev, x_flat, seeds(found.colors), transpose=True)
-        matrix = recover(found.plan, found.shape, compressed)
+        compressed = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
     else:
-        compressed = _compressed(kernels, x_flat, seeds(found.colors), transpose=False)
-        matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, op_rows=False, what="Jacobian")
+        compressed = _compressed(kernels, x_flat, seeds(found.colors), False)
+    matrix = recover(found.plan, found.shape, compressed)
+    _check(matrix, kernels, x_flat, op_rows=False, what=what)
     return matrix, unravel
