@@ -110,6 +110,11 @@ def _selection(idx: np.ndarray, in_size: int) -> sp.csr_array:
 def _take(ctx: _Context, p: Pattern, idx: np.ndarray) -> Pattern:
     """Each output element is the input element ``idx`` (-1: none)."""
     idx = np.asarray(idx)
+    if p.rows is not None:  # refuse before the product, from what it would hold at most
+        valid = idx.reshape(-1)
+        valid = valid[valid >= 0]
+        if int(np.diff(p.rows.indptr)[valid].sum()) > ctx.budget:
+            raise Dense
     if p.common.size and (idx < 0).any() and p.size * p.common.size <= ctx.budget // 4:
         # padding depends on nothing: spell the common part out where that is
         # cheap; else the padding keeps it (a superset, never smaller than the truth)
@@ -285,8 +290,31 @@ def _structural(ctx, eqn, pats, vals, outs):
     others = vals[1:]
     if any(v is None for v in others) or any(q.rows is not None or q.common.size for q in pats[1:]):
         return [_everything(ctx, pats, outs[0])]
-    idx = eqn.primitive.bind(jnp.asarray(_indices(p.shape)), *others, **_int_params(eqn))
+    idx = _numpy_structural(eqn, _indices(p.shape)) if not others else None
+    if idx is None:  # the primitive itself, eagerly (it compiles once per shape)
+        idx = eqn.primitive.bind(jnp.asarray(_indices(p.shape)), *others, **_int_params(eqn))
     return [_take(ctx, p, np.asarray(idx))]
+
+
+def _numpy_structural(eqn, idx: np.ndarray) -> np.ndarray | None:
+    """The common structural primitives on an index array in numpy (an eager jax
+    op compiles for every new shape: tens of milliseconds each); None for others."""
+    name, params = eqn.primitive.name, eqn.params
+    if name == "reshape" and params.get("dimensions") is None:
+        return idx.reshape(params["new_sizes"])
+    if name == "transpose":
+        return np.transpose(idx, params["permutation"])
+    if name == "squeeze":
+        return np.squeeze(idx, axis=tuple(params["dimensions"]))
+    if name == "expand_dims":
+        return np.expand_dims(idx, tuple(params["dimensions"]))
+    if name == "rev":
+        return np.flip(idx, axis=tuple(params["dimensions"]))
+    if name == "slice":
+        strides = params.get("strides") or (1,) * idx.ndim
+        bounds = zip(params["start_indices"], params["limit_indices"], strides, strict=True)
+        return idx[tuple(slice(a, b, c) for a, b, c in bounds)]
+    return None
 
 
 def _int_params(eqn) -> dict:
@@ -309,9 +337,12 @@ def _concatenate(ctx, eqn, pats, vals, outs):
     depend on different sets: a global's on everything, a pixel's on a few)."""
     stacked, offset = [], 0
     for p in pats:
-        stacked.append(jnp.asarray(_indices(p.shape)) + offset)
+        stacked.append(_indices(p.shape) + offset)
         offset += p.size
-    idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))  # concatenate, stack
+    if eqn.primitive.name == "concatenate":
+        idx = np.concatenate([np.asarray(a) for a in stacked], axis=eqn.params["dimension"])
+    else:  # stack, and what else shares this rule
+        idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))
     shared = pats[0].common
     for p in pats[1:]:
         shared = np.intersect1d(shared, p.common)
@@ -386,9 +417,12 @@ def _dot_general(ctx, eqn, pats, vals, outs):
 def _broadcast_in_dim(ctx, eqn, pats, vals, outs):
     if len(pats) > 1:  # dynamic shapes: no
         return [_everything(ctx, pats, outs[0])]
-    idx = lax.broadcast_in_dim(jnp.asarray(_indices(pats[0].shape)), outs[0],
-                               eqn.params["broadcast_dimensions"])  # fmt: skip
-    return [_take(ctx, pats[0], np.asarray(idx))]
+    dims = tuple(eqn.params["broadcast_dimensions"])
+    shape = [1] * len(outs[0])
+    for axis, size in zip(dims, pats[0].shape, strict=True):
+        shape[axis] = size
+    idx = np.broadcast_to(_indices(pats[0].shape).reshape(shape), outs[0])
+    return [_take(ctx, pats[0], idx)]
 
 
 def _select_n(ctx, eqn, pats, vals, outs):
@@ -453,9 +487,9 @@ def _same(a: Pattern, b: Pattern) -> bool:
 
 
 def _split(ctx, eqn, pats, vals, outs):
-    pieces = lax.split(jnp.asarray(_indices(pats[0].shape)), eqn.params["sizes"],
-                       eqn.params["axis"])  # fmt: skip
-    return [_take(ctx, pats[0], np.asarray(piece)) for piece in pieces]
+    cuts = np.cumsum(eqn.params["sizes"])[:-1]
+    pieces = np.split(_indices(pats[0].shape), cuts, axis=eqn.params["axis"])
+    return [_take(ctx, pats[0], piece) for piece in pieces]
 
 
 def _targets(eqn, vals, update_shape, out_shape) -> np.ndarray | None:
