@@ -158,22 +158,15 @@ def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
     """The zodiax-compatible dense result, computed from compressed products;
     None when the pattern is dense (nothing to save: the dense path runs)."""
     # deferred: the sparse path imports _curvature, which imports this module
-    from ._sparse import hessian_sparsity, jacobian_sparsity, sparse_hessian, sparse_jacobian
+    from ._sparse import matrix_from_products
 
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
-        raise InputValueError(
-            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
-            "jit, or pass sparsity=None"
-        )
-    detect = hessian_sparsity if kind == "hessian" else jacobian_sparsity
-    if (sparsity == "auto" and detect(f, x).dense) or getattr(sparsity, "dense", False):
-        return None  # nothing to save: the caller runs the dense path
-    if kind == "hessian":
-        matrix, unravel = sparse_hessian(f, x, sparsity)
-        return jnp.asarray(matrix.toarray()), unravel
-    matrix, unravel = sparse_jacobian(f, x, sparsity)
-    kernels = get_kernels(f, x, "jacfwd")[0]
+    found = matrix_from_products(kind, f, x, sparsity, dense_path=False)
+    if found is None:
+        return None
+    matrix, unravel, kernels = found
     dense = jnp.asarray(matrix.toarray())
+    if kind == "hessian":
+        return dense, unravel
     return split_jacobian(dense, kernels.spec.out_layout, kernels.spec.n), unravel
 
 

@@ -26,8 +26,6 @@ __all__ = [
     "column_coloring",
     "column_plan",
     "recover",
-    "recover_columns",
-    "recover_rows",
     "recover_star",
     "row_coloring",
     "row_plan",
@@ -125,20 +123,6 @@ def seeds(colors: np.ndarray) -> np.ndarray:
     out = np.zeros((colors.size, int(colors.max()) + 1 if colors.size else 0))
     out[np.arange(colors.size), colors] = 1
     return out
-
-
-def recover_columns(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
-    """``J`` from ``B = J S`` of a column colouring: ``J[i, j] = B[i, colour(j)]``."""
-    coo = sp.coo_array(pattern)
-    values = np.asarray(compressed)[coo.row, colors[coo.col]]
-    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
-
-
-def recover_rows(pattern: sp.csr_array, colors: np.ndarray, compressed) -> sp.csr_array:
-    """``J`` from ``B = Sᵀ J`` of a row colouring: ``J[i, j] = B[colour(i), j]``."""
-    coo = sp.coo_array(pattern)
-    values = np.asarray(compressed)[colors[coo.row], coo.col]
-    return sp.csr_array((values, (coo.row, coo.col)), shape=pattern.shape)
 
 
 def star_plan(pattern: sp.csr_array, colors: np.ndarray):

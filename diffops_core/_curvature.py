@@ -166,15 +166,14 @@ def gauss_newton(
     the wrong shape or not positive definite (with its smallest eigenvalues);
     the errors of `hessian` for the blocking.
     """
-    if sparsity is not None and not _dense_sparsity(residuals, x, std, cov, inv_cov, sparsity):
-        # deferred: the sparse path imports this module (its noise models)
-        from ._sparse import sparse_gauss_newton
-
-        G, unravel = sparse_gauss_newton(
-            residuals, x, std=std, cov=cov, inv_cov=inv_cov, sparsity=sparsity
-        )
-        return jnp.asarray(G.toarray()), unravel
     whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
+    if sparsity is not None:
+        # deferred: the sparse path imports this module (its noise models)
+        from ._sparse import matrix_from_products
+
+        found = matrix_from_products("gauss_newton", whitened, x, sparsity, dense_path=False)
+        if found is not None:  # else dense (a cov mixing every residual): the dense path
+            return jnp.asarray(found[0].toarray()), found[1]
     return square_matrix(
         "gauss_newton",
         whitened,
@@ -241,20 +240,6 @@ def _square(M, name: str = "M"):
             f"{' ...' if len(bad) > 4 else ''}; its inverse and spectrum would be meaningless. "
             "Find where the derivatives are not finite and fix the model or the point"
         )
-
-
-def _dense_sparsity(residuals, x, std, cov, inv_cov, sparsity) -> bool:
-    """Whether ``sparsity`` (``"auto"`` or a `Sparsity`) says G is dense."""
-    from ._sparse import gauss_newton_sparsity  # deferred, as in `gauss_newton`
-
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
-        raise InputValueError(
-            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
-            "jit, or pass sparsity=None"
-        )
-    if sparsity == "auto":
-        return gauss_newton_sparsity(residuals, x, std=std, cov=cov, inv_cov=inv_cov).dense
-    return bool(getattr(sparsity, "dense", False))
 
 
 def _numpy_tree(flat: np.ndarray, x: Any, shape) -> Any:

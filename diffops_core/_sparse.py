@@ -237,7 +237,7 @@ def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_
     **Returns:** ``(H, unflatten)``. **Raises:** `ValueError` for a sparsity of
     another shape or dtype, or a result that does not check.
     """
-    return _from_products("hessian", f, x, sparsity, "Hessian")
+    return matrix_from_products("hessian", f, x, sparsity)[:2]
 
 
 def sparse_gauss_newton(
@@ -260,7 +260,7 @@ def sparse_gauss_newton(
     noise model's errors.
     """
     whitened = whitened_residuals(residuals, x, std, cov, inv_cov)
-    return _from_products("gauss_newton", whitened, x, sparsity, "Gauss-Newton matrix")
+    return matrix_from_products("gauss_newton", whitened, x, sparsity)[:2]
 
 
 def gauss_newton_sparsity(
@@ -279,21 +279,36 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
 
     **Returns:** ``(J, unflatten)`` (of x). **Raises:** as `sparse_hessian`.
     """
-    return _from_products("jacobian", f, x, sparsity, "Jacobian")
+    return matrix_from_products("jacobian", f, x, sparsity)[:2]
 
 
-def _from_products(kind: str, f: Callable, x: Any, sparsity: Any, what: str):
-    """``(matrix, unflatten)``: one product per colour (JVPs, HVPs or G products
-    of column seeds; VJPs of row seeds in ``"row"`` mode), recovered and checked;
-    a dense pattern by the dense path."""
+_WHAT = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix", "jacobian": "Jacobian"}
+
+
+def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense_path: bool = True):
+    """``(matrix, unflatten, kernels)`` of ``kind`` (``"hessian"``, ``"jacobian"``
+    or ``"gauss_newton"`` of already whitened residuals): one product per colour
+    (JVPs, HVPs or G products of column seeds; VJPs of row seeds in ``"row"``
+    mode), recovered and checked. A dense pattern is computed by the dense path,
+    or, without ``dense_path``, left to the caller: None.
+
+    **Raises:** `ValueError` for a traced ``x`` (the pattern is coloured on the
+    host), a bad ``sparsity``, or a result that does not check."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
+        raise InputValueError(
+            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
+            "jit, or pass sparsity=None"
+        )
     found, kernels, x_flat = _given(kind, sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:
-        return _dense_matrix(kernels, x_flat, *found.shape), unravel
+        if not dense_path:
+            return None
+        return _dense_matrix(kernels, x_flat, *found.shape), unravel, kernels
     if found.mode == "row":
         compressed = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
     else:
         compressed = _compressed(kernels, x_flat, seeds(found.colors), False)
     matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, op_rows=False, what=what)
-    return matrix, unravel
+    _check(matrix, kernels, x_flat, op_rows=False, what=_WHAT[kind])
+    return matrix, unravel, kernels

@@ -148,8 +148,8 @@ def _to_zarr(
     _check_disk(run_plan, left, new=existing is None)
     listeners = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     with RunLock(location, break_lock=flags["break_lock"]):
-        result = _run(run_plan, executor, listeners, flags["overwrite"], redo, before_write)
-        computed = result.run_summary.reason != _NOTHING
+        result, computed = _run(run_plan, executor, listeners, flags["overwrite"], redo,
+                                before_write)  # fmt: skip
         result.run_summary = dataclasses.replace(
             result.run_summary, reason=reason if computed else _NOTHING
         )
@@ -165,13 +165,13 @@ def _run(
     overwrite: bool,
     redo: Sequence[int],
     before_write: Callable[[], None] | None,
-) -> Result:
+) -> tuple[Result, bool]:
     """Under the lock: open or create the store, compute what is left, and record
-    the run. A result with nothing left says so (`_NOTHING`: complete, perhaps
-    by another run since we looked)."""
+    the run. **Returns:** the result, and whether blocks were computed (none
+    left: complete, perhaps by another run since we looked)."""
     store, todo = _open_or_create(run_plan, overwrite, redo)
     if not todo:
-        return Result(store, RunSummary(reason=_NOTHING))
+        return Result(store, RunSummary()), False
     if before_write is not None:
         before_write()  # what was derived from the store goes before it changes
     run = store.start_run(len(todo))
@@ -181,7 +181,7 @@ def _run(
         store, run, start, lambda listeners: executor.run(planned, todo, listeners),
         callbacks, executor.name,
     )  # fmt: skip
-    return Result(store, summary.summary())
+    return Result(store, summary.summary()), True
 
 
 def _resumable(meta: dict) -> bool:

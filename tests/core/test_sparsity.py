@@ -402,3 +402,19 @@ def test_gauss_newton_takes_sparsity_auto():
     np.testing.assert_allclose(np.asarray(mixed), np.asarray(dc.gauss_newton(residuals, x, cov=cov)[0]),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
     assert dc.gauss_newton_sparsity(residuals, x, cov=cov).dense
+
+
+def test_a_steady_sparse_call_traces_f_once():
+    import diffops_core as dc
+
+    calls = []
+
+    def f(v):
+        calls.append(1)  # runs once per trace
+        return jnp.sum((v[1:] - v[:-1] ** 2) ** 2)
+
+    x = jnp.linspace(0.1, 1.0, N)
+    dc.hessian(f, x, sparsity="auto")  # detects, colours, compiles
+    calls.clear()
+    dc.hessian(f, x, sparsity="auto")
+    assert len(calls) == 1  # the identity's trace; detection and kernels are cached
