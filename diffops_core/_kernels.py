@@ -114,10 +114,13 @@ def _apply(op, lin, v):
     return lin(v)[0] if op == "jacrev" else lin(v)
 
 
-def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0):
+def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0, colors=None):
     """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
 
     ``lin`` is a callable of one basis vector (``e_i`` of length ``extent``).
+    With ``colors`` (an int array of length ``extent``, traced), ``i`` is a
+    colour and the vector is its seed: the sum of the unit vectors of that
+    colour (the compressed products of a colouring, one compile for all blocks).
 
     The window is covered by ``ceil(width / inner_width)`` micro-batches; the last one is
     shifted left to end at ``width`` (an overlap, never a pad), and
@@ -130,7 +133,11 @@ def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0)
 
     def body(j, slab):
         offset = jnp.minimum(j * inner_width, width - inner_width).astype(jnp.int32)
-        basis = jax.nn.one_hot(start + offset + lanes, extent, dtype=in_dtype)
+        index = start + offset + lanes
+        if colors is None:
+            basis = jax.nn.one_hot(index, extent, dtype=in_dtype)
+        else:
+            basis = (colors[None, :] == index[:, None]).astype(in_dtype)
         products = jax.vmap(lin)(basis)  # (inner_width, len of lin's output)
         if axis == 1:
             return jax.lax.dynamic_update_slice(
@@ -216,7 +223,7 @@ class Kernels:
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
-    def _fill(self, lin, start, width, inner_width, out, first=0):
+    def _fill(self, lin, start, width, inner_width, out, first=0, colors=None):
         spec = self.spec
         in_dtype = (
             jnp.dtype(spec.in_layout.dtype)
@@ -224,7 +231,9 @@ class Kernels:
             else jnp.dtype(spec.out_layout.dtype)
         )
         apply = lambda v: _apply(spec.op, lin, v)
-        return _fill(apply, start, width, inner_width, spec.extent, in_dtype, spec.axis, out, first)
+        return _fill(
+            apply, start, width, inner_width, spec.extent, in_dtype, spec.axis, out, first, colors
+        )
 
     def slab_fn(self, block_size: int, inner_width: int):
         """The un-jitted second stage: ``(lin, start) -> slab``."""
@@ -234,6 +243,19 @@ class Kernels:
         def slab(lin, start, first=0):
             out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
             return self._fill(lin, start, block_size, inner_width, out, first)
+
+        return slab
+
+    def seeded_slab_fn(self, ncolors: int, block_size: int, inner_width: int):
+        """The un-jitted compressed stage: ``(lin, colors, start, first) -> slab``
+        of the products of the seeds of colours ``start .. start + block_size``
+        (``colors``: each column's colour, each row's for ``jacrev``)."""
+        spec = self.spec
+        _check_widths(ncolors, block_size, inner_width)
+
+        def slab(lin, colors, start, first=0):
+            out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
+            return self._fill(lin, start, block_size, inner_width, out, first, colors)
 
         return slab
 
@@ -341,8 +363,29 @@ class Kernels:
 
         return self._compiled(("slab", block_size, inner_width), lower)
 
+    def compiled_seeded_block(self, ncolors: int, block_size: int, inner_width: int):
+        """`compiled_block` for the compressed products of a colouring of
+        ``ncolors`` colours: ``compiled(lin, colors, np.int32(block.window),
+        np.int32(block.first_batch(inner_width))) -> slab``, ``colors`` an int32
+        array over the extent (one compile for every block and colouring of
+        the same sizes)."""
 
-def _check_widths(extent, width, inner_width):
+        def lower():
+            lin_aval = jax.eval_shape(
+                self._prepare_jitted(), self._const_avals(), self._program.x_aval
+            )
+            start_aval = jax.ShapeDtypeStruct((), "int32")
+            colors_aval = jax.ShapeDtypeStruct((self.spec.extent,), "int32")
+            seeded = self._jit(
+                ("seeded", ncolors, block_size, inner_width),
+                lambda: self.seeded_slab_fn(ncolors, block_size, inner_width),
+            )
+            return seeded.lower(lin_aval, colors_aval, start_aval, start_aval)
+
+        return self._compiled(("seeded", ncolors, block_size, inner_width), lower)
+
+
+def _check_widths(extent, width, inner_width):  # extent: columns, rows or colours
     if not 1 <= width <= extent:
         raise InputValueError(f"block size must be in [1, {extent}], got {width}")
     if not 1 <= inner_width <= width:

@@ -52,11 +52,18 @@ class Footprint:
         return self.argument + self.output + self.temp - self.alias
 
 
-def kernel_bytes(kernels: Kernels, block_size: int, inner_width: int) -> Footprint:
-    """XLA's memory figures for ``kernels.compiled_block(block_size, inner_width)``: the
+def kernel_bytes(
+    kernels: Kernels, block_size: int, inner_width: int, ncolors: int | None = None
+) -> Footprint:
+    """XLA's memory figures for ``kernels.compiled_block(block_size, inner_width)``
+    (with ``ncolors``, the compressed products' `compiled_seeded_block`): the
     slab kernel compiled (never run) for abstract inputs, whose arguments include
     the linearisation's residuals. The compile is cached and reused by executors."""
-    stats = kernels.compiled_block(block_size, inner_width).memory_analysis()
+    if ncolors is None:
+        compiled = kernels.compiled_block(block_size, inner_width)
+    else:
+        compiled = kernels.compiled_seeded_block(ncolors, block_size, inner_width)
+    stats = compiled.memory_analysis()
     if stats is None:  # some backends give no analysis: treat as free
         return Footprint(0, 0, 0, 0)
     return Footprint(

@@ -207,9 +207,10 @@ def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool) -> np.ndarra
     return out if transpose else out.T
 
 
-def _check(matrix: sp.csr_array, kernels, x_flat, op_rows: bool, what: str) -> None:
+def _check(matrix: sp.csr_array, kernels, x_flat, op_rows: bool, what: str) -> dict:
     """``matrix`` against two products of random vectors: a detection or a
-    colouring error is refused, never returned. **Raises:** `ValueError`."""
+    colouring error is refused, never returned. **Returns:** ``error`` and
+    ``tolerance``. **Raises:** `ValueError`."""
     rng = np.random.default_rng(0)
     extent = matrix.shape[0] if op_rows else matrix.shape[1]
     v = rng.standard_normal((2, extent))
@@ -225,6 +226,7 @@ def _check(matrix: sp.csr_array, kernels, x_flat, op_rows: bool, what: str) -> N
             f"{err:.3g}, tolerance {tol:.3g}): its detected sparsity misses entries; compute it "
             "dense (sparsity=None), and report the model"
         )
+    return {"error": err, "tolerance": tol}
 
 
 def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
@@ -282,6 +284,34 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
     return matrix_from_products("jacobian", f, x, sparsity)[:2]
 
 
+def detect(kind: str, f: Callable, x: Any, sparsity: Any = "auto") -> Sparsity:
+    """The `Sparsity` of ``kind`` (``"hessian"``, ``"jacobian"`` or
+    ``"gauss_newton"`` of whitened residuals): detected and coloured (cached),
+    or ``sparsity`` checked against f and x. For executors (the pipeline).
+
+    **Raises:** `ValueError` as `matrix_from_products`."""
+    _refuse_traced(x)
+    return _given(kind, sparsity, f, x)[0]
+
+
+def check_sparse(kind: str, matrix: sp.csr_array, f: Callable, x: Any) -> dict:
+    """Check a recovered ``matrix`` of ``kind`` against two products of random
+    vectors of ``f`` at ``x`` (an executor's result, as `matrix_from_products`
+    checks its own). **Returns:** ``error``, ``tolerance``. **Raises:**
+    `ValueError` on a mismatch beyond the dtype's tolerance."""
+    op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
+    kernels, x_flat, _ = get_kernels(f, x, op)
+    return _check(matrix, kernels, x_flat, op_rows=False, what=_WHAT[kind])
+
+
+def _refuse_traced(x: Any) -> None:
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
+        raise InputValueError(
+            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
+            "jit, or pass sparsity=None"
+        )
+
+
 _WHAT = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix", "jacobian": "Jacobian"}
 
 
@@ -294,11 +324,7 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
 
     **Raises:** `ValueError` for a traced ``x`` (the pattern is coloured on the
     host), a bad ``sparsity``, or a result that does not check."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
-        raise InputValueError(
-            "sparsity= needs a concrete x (it colours a pattern on the host); call it outside "
-            "jit, or pass sparsity=None"
-        )
+    _refuse_traced(x)
     found, kernels, x_flat = _given(kind, sparsity, f, x)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:

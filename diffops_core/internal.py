@@ -18,7 +18,10 @@ is the top level of `diffops_core`.
 - Noise: `whitened_residuals` (``x -> A r(x)`` with ``AᵀA = W``: its
   ``"gauss_newton"`` kernels give ``Jᵀ W J``).
 - Sparsity: `hessian_pattern`, `jacobian_pattern` (global patterns read
-  from the jaxpr of the products).
+  from the jaxpr of the products); `detect_sparsity` (a `Sparsity` for an
+  executor), `recover` (a matrix from its compressed products and a plan),
+  `check_sparse` (a recovered matrix against two random products),
+  `sparse_marginal_variance` (exact ``diag(S⁻¹)`` of a sparse SPD matrix).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
   constants, never the Python object).
 
@@ -57,6 +60,10 @@ from ._sizing import (
     peak_rss,
     vm_bytes,
 )
+from ._coloring import recover
+from ._sparse import check_sparse
+from ._sparse import detect as detect_sparsity
+from ._sparse_linalg import sparse_marginal_variance
 from ._sparsity import hessian_pattern, jacobian_pattern
 from ._trace import Identity, TracedFunction
 
@@ -78,8 +85,10 @@ __all__ = [
     "budget_block",
     "check_damping",
     "check_flag",
+    "check_sparse",
     "choose_sizing",
     "clear_cache",
+    "detect_sparsity",
     "diagnose_not_positive_definite",
     "format_bytes",
     "format_iec",
@@ -92,7 +101,9 @@ __all__ = [
     "parse_bytes",
     "peak_rss",
     "plan_blocks",
+    "recover",
     "resolve_block_size",
+    "sparse_marginal_variance",
     "split_jacobian",
     "vm_bytes",
     "whitened_residuals",

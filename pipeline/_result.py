@@ -59,15 +59,36 @@ class Result:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._store.matrix.dtype)
+        return self._store.dtype
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the dense ``(m, n)`` matrix (a sparse result's too)."""
         return self._store.nbytes
 
     @property
+    def is_sparse(self) -> bool:
+        """Whether the store keeps the compressed products of a colouring."""
+        return self._store.is_sparse
+
+    @property
     def array(self) -> da.Array:
-        return da.from_zarr(self._store.matrix)
+        """A lazy dask array of the ``(m, n)`` matrix. For a sparse result, each
+        chunk is decompressed when it is computed (from `sparse`, read once),
+        never the whole dense matrix unless it is asked for."""
+        if not self._store.is_sparse:
+            return da.from_zarr(self._store.matrix)
+        return _dense_view(self._store)
+
+    def sparse(self):
+        """The matrix as a `scipy.sparse.csr_array`: a sparse result recovered
+        from its compressed products (every nonzero read from one of them),
+        once complete and checked against two products of random vectors; a
+        dense result converted (when it fits).
+
+        **Raises:** `ValueError` for an incomplete or unchecked result;
+        `StoreError` for a damaged pattern."""
+        return self._store.sparse()
 
     def status(self) -> dict:
         """``blocks_total``, ``blocks_done``, ``complete``, ``runs``, the blocks
@@ -248,6 +269,24 @@ class Result:
         if plot is not None:
             plot_analysis(store, analysis, task, plot, pixels)
         return analysis
+
+
+#: Edge of the chunks of a sparse result's dense view.
+_VIEW_CHUNK = 4096
+
+
+def _dense_view(store: ResultStore) -> da.Array:
+    """The dense ``(m, n)`` view of a sparse result: a dask array whose every
+    chunk is a slice of `ResultStore.sparse` made dense when it is computed."""
+    m, n = store.shape
+    chunks = da.core.normalize_chunks((_VIEW_CHUNK, _VIEW_CHUNK), (m, n))
+    dtype = store.dtype
+
+    def block(block_info=None):
+        (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        return store.sparse()[r0:r1, c0:c1].toarray().astype(dtype, copy=False)
+
+    return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=np.empty((0, 0), dtype))
 
 
 def open_result(store: Any) -> Result:

@@ -13,6 +13,7 @@ from diffops_core.internal import (
     InputValueError,
     check_damping,
     diagnose_not_positive_definite,
+    sparse_marginal_variance,
 )
 
 from .._errors import NotPositiveDefiniteError, NotPositiveDefiniteTile, StoreError
@@ -190,8 +191,18 @@ def _require_verified(store: ResultStore) -> None:
 
 def marginal_std(store: ResultStore, x: Any = None, **options: Any) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree of float64 numpy arrays;
-    ``options`` as `factor`'s."""
-    task = factor(store, **options)
-    std = np.sqrt(read_variance(task))
+    ``options`` as `factor`'s. A sparse result's variances come from its
+    recovered matrix in memory (nnz-sized, `diffops_core`'s sparse path: a
+    Schur complement on its dense rows, or a sparse factorisation); ``tile``
+    and ``client`` are then not used, and nothing is stored.
+
+    **Raises:** as `factor`; for a sparse result, `ValueError` with the same
+    diagnostics when it is not positive definite."""
+    if store.is_sparse:
+        require_square_complete(store, "marginal_std")
+        variance = sparse_marginal_variance(store.sparse(), options.get("damping", 0.0))
+        std = np.sqrt(variance)
+    else:
+        std = np.sqrt(read_variance(factor(store, **options)))
     _rows, cols = store.layouts(x)
     return cols.unflatten_list([std[leaf.slice].reshape(leaf.shape) for leaf in cols.leaves])

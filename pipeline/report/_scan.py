@@ -92,6 +92,8 @@ def scan(
 ) -> Scan:
     """Read the stored matrix once (see the module docstring) for its `Scan`;
     ``records``: the store's, when the caller has read them."""
+    if store.is_sparse:
+        return _sparse_scan(store)
     budget = budget or int(min(_PANEL_BYTES, psutil.virtual_memory().available // 4))
     m, n = (int(s) for s in store.matrix.shape)
     square = store.meta["operation"] in SQUARE
@@ -121,6 +123,20 @@ def scan(
     finally:
         listeners.on_run_end(RunEnd("complete", 0.0))
     return Scan(figures.rows, figures.diagonal, figures.top, figures.asym, reader.reads)
+
+
+def _sparse_scan(store: ResultStore) -> Scan:
+    """The `Scan` of a sparse result, from its recovered matrix (nnz-sized)."""
+    matrix = store.sparse().astype(np.float64)
+    rows = np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel()
+    finite = matrix.data[np.isfinite(matrix.data)]
+    top = float(np.abs(finite).max(initial=0.0))
+    if store.meta["operation"] not in SQUARE:
+        return Scan(rows, None, top, None, 1)
+    diff = abs(matrix - matrix.T).tocsr()
+    diff.data[~np.isfinite(diff.data)] = 0.0
+    asym = np.asarray(diff.max(axis=1).toarray()).ravel()
+    return Scan(rows, matrix.diagonal(), top, asym, 1)
 
 
 class _Figures:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -49,6 +50,8 @@ class StoreSummary:
     runs: int
     checks: dict
     leaves: tuple[LeafSummary, ...] = ()
+    sparsity: dict | None = None
+    """A sparse result's pattern and colouring (the store's ``sparsity`` metadata)."""
 
     def lines(self) -> list[str]:
         """The summary as text lines (what ``diffops show`` prints)."""
@@ -63,6 +66,8 @@ class StoreSummary:
             f"  fingerprint {self.fingerprint[:16]}  versions {self.versions}",
             f"  runs        {self.runs}; checks {self.checks}",
         ]
+        if self.sparsity:
+            out[1:3] = self._sparse_lines()
         if not self.complete:
             return [*out, "  (incomplete: no per-leaf summary)"]
         hessian = self.operation in SQUARE
@@ -79,6 +84,29 @@ class StoreSummary:
                 )
             out.append(line)
         return out
+
+
+    def _sparse_lines(self) -> list[str]:
+        info = self.sparsity or {}
+        m, n = self.shape
+        op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
+        extent = m if info.get("mode") == "row" else n
+        itemsize = np.dtype(self.dtype).itemsize
+        stored = math.prod(info["compressed_shape"]) * itemsize + 12 * info["nnz"]
+        check = info.get("check") or {}
+        if check.get("passed"):
+            verdict = f"passed (error {check['error']:.3g}, tolerance {check['tolerance']:.3g})"
+        else:
+            verdict = "FAILED" if check else "not yet (the store is incomplete)"
+        return [
+            f"  operation   {op}, shape {self.shape}, {self.dtype}, sparse: "
+            f"{format_iec(stored)} stored (dense {format_iec(self.nbytes)})",
+            f"  sparsity    {info['mode']} colouring: nnz {info['nnz']:,} "
+            f"({info['nnz'] / max(1, m * n):.3%}), {info['ncolors']} colours: "
+            f"{info['ncolors']} products instead of {extent}",
+            f"  blocks      {self.n_blocks} blocks of {self.block_size} colours; "
+            f"{self.blocks_done} done; check against 2 random products: {verdict}",
+        ]
 
 
 def checks(store: ResultStore, progress: bool = False) -> dict:
@@ -134,5 +162,6 @@ def summarise(store: ResultStore) -> StoreSummary:
         versions=parts.get("versions") or {},
         runs=status["runs"],
         checks=meta.get("checks", {}),
-        leaves=tuple(_leaf_figures(store)) if status["complete"] else (),
+        leaves=tuple(_leaf_figures(store)) if status["complete"] and store.checked else (),
+        sparsity=store.sparsity_meta,
     )

@@ -21,20 +21,23 @@ import numpy as np
 from diffops_core.internal import (
     BlockPlan,
     InputTypeError,
+    InputValueError,
     Kernels,
     KernelSpec,
     Sizing,
     auto_inner_width,
     budget_block,
     choose_sizing,
+    detect_sparsity,
     format_iec,
     get_kernels,
     jacobian_op,
     kernel_bytes,
+    resolve_block_size,
 )
 
 from .._errors import NotEnoughMemoryError
-from ..store import digest, sha256_json, store_meta
+from ..store import digest, sha256_json, sparsity_meta, store_meta
 from ._resources import Limits
 
 __all__ = [
@@ -80,6 +83,9 @@ class RunPlan:
     - `env`: environment variables each block task sets before it traces ``f``
       (a spec's ``env``, for workers started without it).
     - `run`, `token`: set by `for_run` once the store has recorded the run.
+    - `sparsity`: a sparse result's pattern and colouring (`diffops_core.Sparsity`;
+      the blocks then run over its colours, each product that of a colour's
+      seed); None for a dense one.
     """
 
     operation: str
@@ -100,14 +106,25 @@ class RunPlan:
     noise: str | None = None
     run: int = 0
     token: str = ""
+    sparsity: Any = None
+    sparsity_info: dict | None = None
 
     @property
     def spec(self) -> KernelSpec:
         return self.kernels.spec
 
+    @property
+    def stored_shape(self) -> tuple[int, int]:
+        """The blocked array's shape: the matrix's, or its compressed products'."""
+        if self.sparsity_info is None:
+            return self.spec.shape
+        m, c = self.sparsity_info["compressed_shape"]
+        return int(m), int(c)
+
     def store_meta(self) -> dict:
         """The metadata a new store of this result starts with."""
         spec = self.spec
+        more = {} if self.sparsity_info is None else {"sparsity": self.sparsity_info}
         return store_meta(
             operation=self.operation,
             op=spec.op,
@@ -123,6 +140,7 @@ class RunPlan:
             options=self.options,
             compressor=self.compressor,
             noise=self.noise,
+            **more,
         )
 
     def slab_bytes(self, size: int | None = None) -> int:
@@ -143,12 +161,13 @@ def default_block_size(extent: int, other: int, itemsize: int) -> int:
 
 
 def task_bytes(
-    kernels: Kernels, block_size: int, inner_width: int | None = None
+    kernels: Kernels, block_size: int, inner_width: int | None = None, ncolors: int | None = None
 ) -> tuple[int, str]:
     """(bytes one block task needs, how that was counted): XLA's compiled
-    footprint of the block kernel plus two host copies of the slab."""
+    footprint of the block kernel (of ``ncolors`` colours' compressed products)
+    plus two host copies of the slab."""
     width = inner_width or auto_inner_width(kernels, block_size)
-    footprint = kernel_bytes(kernels, block_size, width)
+    footprint = kernel_bytes(kernels, block_size, width, ncolors)
     spec = kernels.spec
     other = spec.m if spec.axis == 1 else spec.n
     slab = block_size * other * np.dtype(spec.dtype).itemsize
@@ -232,6 +251,51 @@ def _sizing(
     )
 
 
+def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: BlockPlan | None,
+                   nbatches=None, block_size=None, memory_budget=None,
+                   inner_width=None) -> Sizing:  # fmt: skip
+    """The blocking of a sparse result's products, over its colours: as asked
+    (``nbatches``, ``block_size``; ``memory_budget`` bounds the products in
+    flight), else half the colours a block (two, for two workers), at most 64
+    and a 256 MiB slab, shrunk until one task fits ``limits``."""
+    given = [name for name, v in (("nbatches", None if nbatches == 1 else nbatches),
+             ("block_size", block_size), ("memory_budget", memory_budget)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise InputValueError(
+            f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"
+        )
+    spec = kernels.spec
+    other = spec.m if spec.axis == 1 else spec.n
+    itemsize = np.dtype(spec.dtype).itemsize
+    if memory_budget is not None:
+        size = min(ncolors, budget_block(kernels, memory_budget, inner_width=inner_width)
+                   .block_size)  # fmt: skip
+    elif nbatches not in (None, 1) or block_size is not None:
+        size = resolve_block_size(ncolors, nbatches=nbatches, block_size=block_size) or ncolors
+    elif stored is not None and stored.extent == ncolors:
+        size = stored.block_size
+    else:
+        by_bytes = max(1, SLAB_TARGET_BYTES // max(1, other * itemsize))
+        size = max(1, min(math.ceil(ncolors / 2), 64, by_bytes))
+        while size > 1 and not limits.fits(task_bytes(kernels, size, inner_width, ncolors)[0]):
+            size = max(1, size // 2)
+    return Sizing(size, None if inner_width is None else min(inner_width, size))
+
+
+def _detected(operation: str, kernels: Kernels, f: Callable, x: Any, sparsity: Any):
+    """(the kernels, the Sparsity) of a sparse result; None for a dense pattern
+    (nothing to save: the dense result is computed, as the same computation),
+    or without ``sparsity``."""
+    if sparsity is None:
+        return kernels, None
+    found = detect_sparsity(operation, f, x, sparsity)
+    if found.dense:
+        return kernels, None
+    if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
+        kernels = kernels.for_op("jacrev" if found.mode == "row" else "jacfwd")
+    return kernels, found
+
+
 def _traced(operation: str, f: Callable, x: Any, mode: str | None, checkpoint: bool):
     """(kernels, flat x) of ``f`` at ``x`` for ``operation``, refusing a matrix
     dtype a store cannot hold."""
@@ -265,32 +329,33 @@ def plan(
     stored: BlockPlan | None = None,
     env: dict[str, str] | None = None,
     noise: str | None = None,
+    sparsity: Any = None,
     **blocking: Any,
 ) -> RunPlan:
     """Plan a run: trace, size, fingerprint, and check memory. **Arguments:** as
     `pipeline.hessian_to_zarr` (``blocking``: `nbatches`, `block_size`,
     `memory_budget`, `inner_width`); `limits`: where the tasks run; `stored`:
-    the block plan of a store at ``location`` (a default block resumes as is).
+    the block plan of a store at ``location`` (a default block resumes as is);
+    `sparsity`: ``None``, ``"auto"`` or a `diffops_core.Sparsity` (detected and
+    coloured here: the pattern and the colouring are part of the plan and of
+    the fingerprint).
 
     **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
     one block task cannot fit `limits`.
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
-    sizing = _sizing(kernels, limits, stored, **blocking)
-    blocks = BlockPlan(kernels.spec.extent, sizing.block_size)
-    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width)
+    kernels, found = _detected(operation, kernels, f, x_host, sparsity)
+    ncolors = None if found is None else found.ncolors
+    sizing = (_sizing(kernels, limits, stored, **blocking) if found is None else
+              _sparse_sizing(kernels, found.ncolors, limits, stored, **blocking))  # fmt: skip
+    blocks = BlockPlan(ncolors or kernels.spec.extent, sizing.block_size)
+    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors)
     if not limits.fits(per_task):
         raise _memory_error(per_task, detail, limits)
     x64 = bool(jax.config.read("jax_enable_x64"))
-    options = {
-        "op": kernels.spec.op,
-        "block_size": blocks.block_size,
-        "checkpoint": checkpoint,
-        "dtype": kernels.spec.dtype,
-        "x64": x64,
-        "inner_width": sizing.inner_width,
-    }
+    info = None if found is None else sparsity_meta(found)
+    options = _options(kernels, blocks, checkpoint, x64, sizing.inner_width, info)
     parts = fingerprint_parts(
         kernels.traced.identity(), np.asarray(x_flat), kernels.spec.in_layout.to_json(), options
     )
@@ -299,8 +364,24 @@ def plan(
         f=f, x=x_host, blocks=blocks, inner_width=sizing.inner_width, checkpoint=checkpoint,
         x64=x64, location=location, compressor=compressor, fingerprint=sha256_json(parts),
         fingerprint_parts=parts, options=options, env=tuple(sorted((env or {}).items())),
-        noise=noise,
+        noise=noise, sparsity=found, sparsity_info=info,
     )  # fmt: skip
+
+
+def _options(kernels: Kernels, blocks: BlockPlan, checkpoint: bool, x64: bool,
+             inner_width: int | None, sparsity: dict | None) -> dict:  # fmt: skip
+    """The options that change the stored result (part of its fingerprint)."""
+    options = {
+        "op": kernels.spec.op,
+        "block_size": blocks.block_size,
+        "checkpoint": checkpoint,
+        "dtype": kernels.spec.dtype,
+        "x64": x64,
+        "inner_width": inner_width,
+    }
+    if sparsity is not None:  # another pattern or colouring is another computation
+        options["sparsity"] = {k: sparsity[k] for k in ("mode", "ncolors", "pattern", "colors")}
+    return options
 
 
 def fingerprint_parts(identity, x_flat: np.ndarray, layout_json: dict, options: dict) -> dict:

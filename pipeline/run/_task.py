@@ -30,7 +30,7 @@ import zarr
 from diffops_core.internal import BlockPlan, auto_inner_width, get_kernels
 
 from .._errors import BlockError, IdentityMismatch
-from ..store import SlabWriter, checksum, record
+from ..store import SlabWriter, checksum, digest, record
 from ._types import BlockEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +52,7 @@ class _WorkerState:
     records: SlabWriter
     inner_width: int
     kernel_lock: Any = dataclasses.field(default_factory=contextlib.nullcontext)
+    colors: Any = None
 
 
 def kernel_lock(platform: str) -> Any:
@@ -124,6 +125,11 @@ class BlockTask:
     env: tuple[tuple[str, str], ...] = ()
     consts: tuple[str, ...] = ()
     """The driver's constants of ``f``, as ``dtype[shape]`` (for a mismatch message)."""
+    ncolors: int | None = None
+    """A sparse result: its colours (the blocks' extent); None for a dense one."""
+    colors: str = ""
+    """A sparse result: the digest of its colouring, which a worker reads from
+    the store and checks before it computes a product."""
     local: Any = dataclasses.field(default=None, compare=False, repr=False)
     """The driver's own traced kernels, for a task run in the driver's process
     (the embedded default: tracing ``f`` again would find what the plan found).
@@ -149,10 +155,12 @@ class BlockTask:
             location=plan.location,
             run=plan.run,
             x64=plan.x64,
-            extent=plan.spec.extent,
+            extent=plan.blocks.extent,
             axis=plan.spec.axis,
             env=plan.env,
             consts=constant_avals(plan.kernels.traced),
+            ncolors=None if plan.sparsity_info is None else plan.sparsity_info["ncolors"],
+            colors="" if plan.sparsity_info is None else plan.sparsity_info["colors"],
             local=plan.kernels if local else None,
         )
 
@@ -234,15 +242,33 @@ class BlockTask:
         x_flat = jax.flatten_util.ravel_pytree(self.x)[0]
         width = self.inner_width or auto_inner_width(kernels, self.block_size)
         group = zarr.open_group(self.location, mode="r+", use_consolidated=False)
+        colors = None
+        if self.ncolors is None:
+            kernel = kernels.compiled_block(self.block_size, width)
+        else:
+            kernel = kernels.compiled_seeded_block(self.ncolors, self.block_size, width)
+            colors = self._colors(group)
         return _WorkerState(
-            kernel=kernels.compiled_block(self.block_size, width),
+            kernel=kernel,
             # linearise once per run: every block reuses the residuals
             lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
-            writer=SlabWriter(group["matrix"]),  # type: ignore[arg-type]
+            writer=SlabWriter(group["compressed" if colors is not None else "matrix"]),  # type: ignore[arg-type]
             records=SlabWriter(group["blocks"]),  # type: ignore[arg-type]
             inner_width=width,
             kernel_lock=kernel_lock(jax.default_backend()),
+            colors=colors,
         )
+
+    def _colors(self, group) -> Any:
+        """The run's colouring, read from the store and checked against the
+        driver's digest of it (never a product of another colouring)."""
+        colors = np.asarray(group["colors"][...], np.int32)
+        if digest(colors) != self.colors:
+            raise IdentityMismatch(
+                "the colouring stored in the store differs from the driver's (the store was "
+                "replaced or damaged during the run); run it again"
+            )
+        return jax.device_put(colors)
 
     def _check_identity(self, traced) -> None:
         identity = traced.identity()
@@ -287,7 +313,10 @@ class BlockTask:
     def compute(self, state: _WorkerState, block: Block):
         """Run the block kernel; the slab on the device, finished."""
         first = block.first_batch(state.inner_width)
-        slab = state.kernel(state.lin, np.int32(block.window), np.int32(first))
+        if state.colors is not None:
+            slab = state.kernel(state.lin, state.colors, np.int32(block.window), np.int32(first))
+        else:
+            slab = state.kernel(state.lin, np.int32(block.window), np.int32(first))
         slab.block_until_ready()
         return slab
 

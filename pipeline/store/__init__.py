@@ -8,7 +8,9 @@ Layout of a result group:
   as NaN, never as zeros. Chunks are ``(rows, block_size)`` for column slabs
   (``(block_size, cols)`` for row slabs), so chunk edges along the block axis
   fall exactly on block edges: each task writes whole chunks that no other task
-  touches.
+  touches. A sparse result holds ``compressed`` (its products, blocked over
+  the colours the same way), ``pattern_indptr``, ``pattern_indices`` and
+  ``colors`` in its place (`_sparse`).
 - ``blocks``: the completion records, ``(n_blocks, 5)`` int64 with one chunk per
   block: ``[state, crc32 of the data written, milliseconds, run, non-finite count]``.
   A record is written only after the block's data. A block counts as complete
@@ -33,17 +35,16 @@ ever written into or deleted, even with ``overwrite``. Cleanup removes only the
 files zarr writes for us (metadata, chunk keys, ``.partial`` temporaries). No
 pickles are stored.
 
-Modules: `_format` (names, records, checksums, chunking, sizes), `_location`
-(what is at a location), `_lock`, `_chunks` (whole-chunk reads and writes),
+Modules: `_format` (names, records, checksums, chunking, sizes,
+fingerprints), `_location` (what is at a location), `_lock`, `_chunks` (whole-chunk reads and writes),
 `_group` (`ResultStore`), `_admission` (create, resume, replace or refuse),
-`_fingerprint` (comparing computations), `_derived` (files made from a store
-state), `_tiles` (the factor group).
+`_derived` (files made from a store state), `_sparse` (the compressed format
+of a sparse result), `_tiles` (the factor group).
 """
 
 from ._admission import admit
 from ._chunks import SlabWriter, read_region
 from ._derived import is_current, store_state, withdraw, write_derived
-from ._fingerprint import describe_difference, difference, digest, same_computation
 from ._format import (
     CHECKSUM,
     COORDINATES,
@@ -56,14 +57,19 @@ from ._format import (
     RECORD_FIELDS,
     RUN,
     RUNS_KEPT,
+    SPARSE_ARRAYS,
     SQUARE,
     STATE,
     checksum,
     chunk_shape,
+    describe_difference,
+    difference,
+    digest,
     factor_disk_bytes,
     layouts,
     leaf_label,
     record,
+    same_computation,
     sha256_json,
     store_disk_bytes,
     store_meta,
@@ -81,6 +87,7 @@ from ._location import (
     remove_ours,
 )
 from ._lock import RunLock, lock_is_free
+from ._sparse import compressed_shape, sparsity_meta
 from ._tiles import (
     DEFAULT_TILE,
     INVERSE,
@@ -112,6 +119,7 @@ __all__ = [
     "RECORD_FIELDS",
     "RUN",
     "RUNS_KEPT",
+    "SPARSE_ARRAYS",
     "SQUARE",
     "STATE",
     "VARIANCE",
@@ -124,6 +132,7 @@ __all__ = [
     "check_free",
     "checksum",
     "chunk_shape",
+    "compressed_shape",
     "describe_difference",
     "describe_foreign",
     "difference",
@@ -149,6 +158,7 @@ __all__ = [
     "remove_ours",
     "same_computation",
     "sha256_json",
+    "sparsity_meta",
     "store_disk_bytes",
     "store_meta",
     "store_state",

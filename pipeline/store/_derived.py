@@ -13,16 +13,12 @@ Before a run changes the store, the outputs are withdrawn: renamed to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
-import numpy as np
-
-from ._format import CHECKSUM, STATE
 from ._group import ResultStore
 
 __all__ = ["is_current", "store_state", "withdraw", "write_derived"]
@@ -34,11 +30,10 @@ STALE_SUFFIX = ".stale"
 def store_state(store: ResultStore) -> dict[str, Any]:
     """The state of a store's matrix: its fingerprint and a digest of every
     block's record (state and checksum)."""
-    records = np.ascontiguousarray(store.read_records()[:, [STATE, CHECKSUM]])
     return {
         "location": str(store.location),
         "fingerprint": store.meta.get("fingerprint"),
-        "blocks": hashlib.sha256(records.astype("<i8").tobytes()).hexdigest(),
+        "blocks": store.records_digest(),
     }
 
 

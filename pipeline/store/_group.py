@@ -42,6 +42,7 @@ from ._location import (
     remove_ours,
 )
 from ._lock import lock_is_free
+from ._sparse import COMPRESSED, pattern_arrays, read_sparsity, recover_matrix
 
 __all__ = ["ResultStore"]
 
@@ -69,8 +70,12 @@ class ResultStore:
                 "run the computation again to recreate it"
             )
         self.plan = BlockPlan.from_json(self.meta["plan"])
+        #: The sparse result's pattern and compressed format (None: dense).
+        self.sparsity_meta: dict | None = self.meta.get("sparsity")
+        self._sparse: Any = None
+        data = COMPRESSED if self.sparsity_meta else "matrix"
         arrays = {}
-        for name in ("matrix", "blocks"):
+        for name in (data, "blocks"):
             try:
                 arrays[name] = group[name]
             except Exception as err:  # noqa: BLE001 - missing or unreadable array metadata
@@ -78,26 +83,46 @@ class ResultStore:
                     f"cannot read {where}/{name}/zarr.json ({type(err).__name__}: {err}); the "
                     f"store's metadata is damaged: {_OVERWRITE_HINT}"
                 ) from None
-        self.matrix: zarr.Array = arrays["matrix"]  # type: ignore[assignment]
+        #: The blocked array: the matrix, or a sparse result's compressed products.
+        self.data: zarr.Array = arrays[data]  # type: ignore[assignment]
         self.records: zarr.Array = arrays["blocks"]  # type: ignore[assignment]
         self._check_arrays(where)
+
+    @property
+    def matrix(self) -> zarr.Array:
+        """The stored ``(m, n)`` matrix of a dense result.
+
+        **Raises:** `StoreError` for a sparse result, which holds no dense matrix
+        (read it with `sparse` or `assemble`)."""
+        if self.sparsity_meta:
+            raise StoreError(
+                f"{self.location!r} holds a sparse result (compressed products of a "
+                "colouring), not a dense matrix: read it with Result.sparse(), or the dense "
+                "views (Result.array, assemble, to_pytree)"
+            )
+        return self.data
+
+    @property
+    def is_sparse(self) -> bool:
+        return bool(self.sparsity_meta)
 
     def _check_arrays(self, where) -> None:
         """The arrays' own metadata agrees with the store's: shape, dtype, chunk
         edges on block edges, one record per block. **Raises:** `StoreError`."""
-        meta, plan = self.meta, self.plan
+        meta, plan, data = self.meta, self.plan, self.data
         shape = tuple(int(v) for v in meta.get("shape") or ())
+        if self.sparsity_meta:
+            shape = tuple(int(v) for v in self.sparsity_meta.get("compressed_shape") or ())
         axis = int(meta.get("axis", 1))
+        name = data.basename
         found = [] if len(shape) == 2 else [f"shape {shape} is not two numbers"]
-        if tuple(self.matrix.shape) != shape:
-            found.append(f"matrix shape {tuple(self.matrix.shape)}, not {shape}")
-        if np.dtype(self.matrix.dtype).name != meta.get("dtype"):
-            found.append(
-                f"matrix dtype {np.dtype(self.matrix.dtype).name}, not {meta.get('dtype')}"
-            )
+        if tuple(data.shape) != shape:
+            found.append(f"{name} shape {tuple(data.shape)}, not {shape}")
+        if np.dtype(data.dtype).name != meta.get("dtype"):
+            found.append(f"{name} dtype {np.dtype(data.dtype).name}, not {meta.get('dtype')}")
         off_plan = len(shape) == 2 and plan.extent != shape[axis]
-        if int(self.matrix.chunks[axis]) != plan.block_size or off_plan:
-            found.append(f"matrix chunks {tuple(self.matrix.chunks)} off the block plan")
+        if int(data.chunks[axis]) != plan.block_size or off_plan:
+            found.append(f"{name} chunks {tuple(data.chunks)} off the block plan")
         if tuple(self.records.shape) != (plan.n_blocks, len(RECORD_FIELDS)):
             found.append(f"records shape {tuple(self.records.shape)}, not ({plan.n_blocks}, 5)")
         if found:
@@ -139,12 +164,15 @@ class ResultStore:
         axis: int,
         block_size: int,
         compressor: str | None = None,
+        sparsity: Any = None,
     ) -> ResultStore:
         """Create a new result group where `inspect` found nothing, or ours.
 
         The caller holds the lock and has decided that what is there may go.
         The group and its metadata (``ready: false``) are written at once; the
-        arrays follow; ``ready`` turns true last.
+        arrays follow; ``ready`` turns true last. ``sparsity`` (a
+        `diffops_core.Sparsity`, with ``meta["sparsity"]``): a sparse result,
+        whose compressed products take the matrix's place (`_sparse`).
         """
         location = normalise_location(location)
         path = local_path(location)
@@ -166,11 +194,12 @@ class ResultStore:
             group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
         _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
         ready = {**attrs["diffops"], "ready": True}
+        extra = pattern_arrays(sparsity) if sparsity is not None else []
         if path is None:
-            _write_coordinates(group, meta)
+            _write_coordinates(group, meta, extra)
             group.attrs["diffops"] = ready
         else:
-            _finish_local(path, meta, ready)
+            _finish_local(path, meta, ready, extra)
             group = zarr.open_group(path, mode="r+", use_consolidated=False)
         return cls(group, location)
 
@@ -269,26 +298,26 @@ class ResultStore:
         return read_region(self.records, slice(None), slice(None))
 
     def _block_chunk_keys(self, index: int) -> list[str]:
-        grid = self.matrix._chunk_grid_shape
+        grid = self.data._chunk_grid_shape
         other = grid[1 - self.axis]
         coords = [(i, index) if self.axis == 1 else (index, i) for i in range(other)]
-        return [f"{self.matrix.path}/{self.matrix.metadata.encode_chunk_key(c)}" for c in coords]
+        return [f"{self.data.path}/{self.data.metadata.encode_chunk_key(c)}" for c in coords]
 
     def _present_keys(self) -> set[str]:
         """The matrix's chunk keys that hold a chunk: for an uncompressed local
         store, only files of a whole chunk's size (a truncated chunk is missing)."""
         path = local_path(self.location)
-        prefix = f"{self.matrix.path}/"
+        prefix = f"{self.data.path}/"
         if path is None:
-            store = self.matrix.store
+            store = self.data.store
 
             async def listing():
                 return {key async for key in store.list_prefix(prefix)}
 
             return sync(listing())
-        size = math.prod(self.matrix.chunks) * self.matrix.dtype.itemsize
-        exact = plain_bytes(self.matrix)
-        root = os.path.join(path, self.matrix.path)
+        size = math.prod(self.data.chunks) * self.data.dtype.itemsize
+        exact = plain_bytes(self.data)
+        root = os.path.join(path, self.data.path)
         found = set()
         for base, _dirs, files in os.walk(root):
             for name in files:
@@ -358,7 +387,7 @@ class ResultStore:
             if not present[index]:
                 return index
             try:
-                data = read_region(self.matrix, *self.block_region(index))
+                data = read_region(self.data, *self.block_region(index))
             except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
                 return index
             return None if checksum(data) == int(records[index, CHECKSUM]) else index
@@ -369,12 +398,87 @@ class ResultStore:
 
     @property
     def shape(self) -> tuple[int, int]:
-        m, n = self.matrix.shape
+        """The matrix's ``(m, n)`` (a sparse result's too: not its compressed products')."""
+        if self.sparsity_meta:
+            m, n = self.sparsity_meta["shape"]
+        else:
+            m, n = self.data.shape
         return int(m), int(n)
 
     @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.matrix.dtype).itemsize
+        """Bytes of the dense ``(m, n)`` matrix."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def records_digest(self) -> str:
+        """A digest of every block's record (state and checksum): the state of the data."""
+        import hashlib
+
+        records = np.ascontiguousarray(self.read_records()[:, [STATE, CHECKSUM]])
+        return hashlib.sha256(records.astype("<i8").tobytes()).hexdigest()
+
+    @property
+    def checked(self) -> bool:
+        """Whether the data needs no check before it is read: dense, or sparse
+        and checked against two random products for exactly the blocks stored
+        now."""
+        info = self.sparsity_meta
+        if not info:
+            return True
+        check = info.get("check") or {}
+        return bool(check.get("passed")) and check.get("blocks") == self.records_digest()
+
+    def sparsity(self):
+        """A sparse result's pattern and colouring (a `diffops_core.Sparsity`),
+        checked against the digests it was computed with.
+
+        **Raises:** `StoreError` for a dense result or a damaged pattern."""
+        if not self.sparsity_meta:
+            raise StoreError(f"{self.location!r} holds a dense result: it has no sparsity pattern")
+        return read_sparsity(self.group, self.meta, local_path(self.location) or self.location)
+
+    def sparse(self, checked: bool = True):
+        """The whole matrix as a `scipy.sparse.csr_array` (a dense result's too),
+        read once and kept: for a sparse result, recovered from its products,
+        only once every block is complete and the result has passed its check
+        against two random products for exactly the blocks stored now (without
+        ``checked``: for the check itself).
+
+        **Raises:** `ValueError` when blocks are missing or the check has not
+        passed; `StoreError` for a damaged pattern; `NotEnoughMemoryError` for a
+        dense result that would not fit."""
+        import scipy.sparse as sp
+
+        state = self.records_digest()
+        if self._sparse is not None and self._sparse[0] == state:
+            return self._sparse[1]
+        self._require_complete()
+        if not self.sparsity_meta:
+            return sp.csr_array(self.assemble())
+        check = self.sparsity_meta.get("check") or {}
+        if checked and (check.get("blocks") != state or not check.get("passed")):
+            raise InputValueError(
+                f"the sparse result at {self.location!r} has not passed its check against two "
+                "products of random vectors for the blocks stored now; run the computation "
+                "again (it checks a complete store before it reports it)"
+            )
+        compressed = read_region(self.data, slice(None), slice(None))
+        matrix = recover_matrix(self.sparsity(), compressed)
+        if checked:
+            self._sparse = (state, matrix)
+        return matrix
+
+    def _require_complete(self) -> None:
+        status = self.status()
+        if not status["complete"]:
+            raise InputValueError(
+                f"the result at {self.location!r} is incomplete ({status['blocks_done']}/"
+                f"{status['blocks_total']} blocks); run it again to finish it first"
+            )
 
     def assemble(self) -> np.ndarray:
         """The whole matrix in memory.
@@ -382,19 +486,16 @@ class ResultStore:
         **Raises:** `NotEnoughMemoryError` when it would not fit in available
         memory; `ValueError` when blocks are missing.
         """
-        status = self.status()
-        if not status["complete"]:
-            raise InputValueError(
-                f"the result at {self.location!r} is incomplete ({status['blocks_done']}/"
-                f"{status['blocks_total']} blocks); run it again to finish it first"
-            )
+        self._require_complete()
         available = psutil.virtual_memory().available
         if self.nbytes > 0.8 * available:
             raise NotEnoughMemoryError(
                 f"assembling needs {format_iec(self.nbytes)} but only {format_iec(available)} "
                 "is available; use .array (lazy, dask) or .to_pytree() to work block by block"
             )
-        return np.asarray(self.matrix[...])
+        if self.sparsity_meta:
+            return self.sparse().toarray()
+        return np.asarray(self.data[...])
 
     def layouts(self, x=None) -> tuple[Layout, Layout]:
         """The (row, column) flat layouts; with ``x``, its structure for the columns.
@@ -435,7 +536,7 @@ class ResultStore:
             for name in os.listdir(path)
             if name.startswith("zarr.") and PARTIAL.search(name)
         ]
-        for array in ("matrix", "blocks", "factor"):  # factor: `pipeline._factor`
+        for array in ("matrix", COMPRESSED, "blocks", "factor"):  # factor: `pipeline.linalg`
             for root, _dirs, files in os.walk(os.path.join(path, array)):
                 found += [os.path.join(root, name) for name in files if PARTIAL.search(name)]
         for name in found:
@@ -453,8 +554,10 @@ def _create_arrays(
     block_size: int,
     compressor: str | None,
 ) -> None:
-    """The matrix (fill value NaN) and the completion records of a new store."""
+    """The matrix (fill value NaN; a sparse result's compressed products in its
+    place) and the completion records of a new store."""
     n_blocks = meta["plan"]["n_blocks"]
+    sparse = meta.get("sparsity")
     chunks = chunk_shape(tuple(shape), axis, block_size, np.dtype(dtype).itemsize)
     compressors: Any = None
     if compressor:
@@ -463,15 +566,19 @@ def _create_arrays(
             if compressor == "zstd"
             else compressor
         )
+    if sparse:
+        dims = ("color", "column") if sparse["mode"] == "row" else ("row", "color")
+    else:
+        dims = ("row", "column")
     group.create_array(
-        "matrix",
+        COMPRESSED if sparse else "matrix",
         shape=tuple(shape),
         chunks=chunks,
         dtype=dtype,
         fill_value=float("nan"),
         compressors=compressors,
         config={"write_empty_chunks": True},
-        dimension_names=("row", "column"),
+        dimension_names=dims,
         attributes=_matrix_attrs(meta),
     )
     group.create_array(
@@ -494,6 +601,12 @@ def _matrix_attrs(meta: dict) -> dict:
         "gauss_newton": "Gauss-Newton matrix (J^T W J) of f",
         "covariance": "covariance (inverse) of a stored matrix",
     }.get(meta["operation"], "Jacobian of f")
+    sparse = meta.get("sparsity")
+    if sparse:
+        what = (
+            f"compressed products ({sparse['mode']} colouring, {sparse['ncolors']} colours) of "
+            f"the {what}; recover it with diffops (Result.sparse)"
+        )
     return {
         "long_name": f"{what}, {meta['op']} blocks of the flat parameters",
         "operation": meta["operation"],
@@ -532,13 +645,13 @@ def _coordinate_arrays(meta: dict) -> list[tuple[str, str, np.ndarray, str]]:
     return arrays
 
 
-def _write_coordinates(group: zarr.Group, meta: dict) -> None:
-    """The coordinate arrays of a store that is not local, created and written
-    concurrently (one event loop round instead of twelve sequential metadata
-    and chunk writes)."""
+def _write_coordinates(group: zarr.Group, meta: dict, extra: list) -> None:
+    """The coordinate arrays (and ``extra`` ones: a sparse result's pattern) of a
+    store that is not local, created and written concurrently (one event loop
+    round instead of twelve sequential metadata and chunk writes)."""
     import asyncio
 
-    arrays = _coordinate_arrays(meta)
+    arrays = _coordinate_arrays(meta) + list(extra)
 
     async def one(name, axis, values, description):
         array = await group._async_group.create_array(
@@ -558,11 +671,12 @@ def _write_coordinates(group: zarr.Group, meta: dict) -> None:
     sync(all_of_them())
 
 
-def _finish_local(path: str, meta: dict, ready: dict) -> None:
-    """A new local store's coordinate arrays, then its group document in one
-    write: ``ready``, with the consolidated metadata of every array."""
-    children = _write_local_coordinates(path, meta)
-    for name in ("matrix", "blocks"):
+def _finish_local(path: str, meta: dict, ready: dict, extra: list) -> None:
+    """A new local store's coordinate arrays (and ``extra`` ones), then its group
+    document in one write: ``ready``, with the consolidated metadata of every
+    array."""
+    children = _write_local_coordinates(path, meta, extra)
+    for name in (COMPRESSED if meta.get("sparsity") else "matrix", "blocks"):
         children[name] = read_json(os.path.join(path, name, "zarr.json"))
     doc = read_json(os.path.join(path, "zarr.json"))
     doc["attributes"] = {**doc.get("attributes", {}), "diffops": ready}
@@ -571,12 +685,12 @@ def _finish_local(path: str, meta: dict, ready: dict) -> None:
     write_json(os.path.join(path, "zarr.json"), doc)
 
 
-def _write_local_coordinates(path: str, meta: dict) -> dict[str, dict]:
-    """The coordinate arrays of a new local store, written as their files; their
-    metadata documents by name."""
+def _write_local_coordinates(path: str, meta: dict, extra: list) -> dict[str, dict]:
+    """The coordinate arrays (and ``extra`` ones) of a new local store, written
+    as their files; their metadata documents by name."""
     return {
         name: write_plain_array(path, name, values, {"description": text}, axis)
-        for name, axis, values, text in _coordinate_arrays(meta)
+        for name, axis, values, text in _coordinate_arrays(meta) + list(extra)
     }
 
 

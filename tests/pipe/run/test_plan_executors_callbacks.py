@@ -69,7 +69,7 @@ def test_plan_refuses_a_task_that_cannot_fit_with_the_numbers(tmp_path):
 def test_the_plan_and_events_import_no_executor_or_store():
     # the plan (and the events it is reported with) are pure: no zarr, no distributed,
     # no dask graphs; only dask.utils' byte formatting
-    for name in ("run/_plan.py", "run/_types.py", "run/_callbacks.py", "store/_fingerprint.py"):
+    for name in ("run/_plan.py", "run/_types.py", "run/_callbacks.py", "store/_format.py"):
         tree = ast.parse(_sources("pipeline")[name])
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
