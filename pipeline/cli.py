@@ -83,10 +83,20 @@ def _print_summary(summary) -> None:
     )
     if summary.reason:
         lines.append(f"  why         {summary.reason}")
+    info = summary.sparsity
+    if info:
+        m, n = summary.shape
+        extent = m if info["mode"] == "row" else n
+        check = info.get("check") or {}
+        verdict = f", checked (error {check['error']:.2g})" if check.get("passed") else ""
+        lines.append(
+            f"  sparse      {info['mode']} colouring: {info['ncolors']} products instead of "
+            f"{extent} (nnz {info['nnz']:,}, {info['nnz'] / max(1, m * n):.2%}){verdict}"
+        )
     if summary.blocks_computed:
         lines.append(
             f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "
-            f"{summary.columns_per_s:.0f} columns/s"
+            f"{summary.columns_per_s:.0f} {'products' if info else 'columns'}/s"
         )
     else:
         lines.append(f"  wall time   {summary.wall_s:.1f} s (nothing to do: already complete)")

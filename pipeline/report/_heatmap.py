@@ -75,6 +75,44 @@ def _leaf_image(store: ResultStore, row_axis: Axis, col_axis: Axis) -> np.ndarra
     return image
 
 
+def _cell_of(index: np.ndarray, size: int, cells: int) -> np.ndarray:
+    """The cell each index of a leaf of ``size`` falls in (`resample`'s cells)."""
+    starts = (np.arange(cells) * size) // cells
+    return np.searchsorted(starts, index, side="right") - 1
+
+
+def _sparse_image(store: ResultStore, row_axis: Axis, col_axis: Axis) -> tuple[np.ndarray, bool]:
+    """A sparse result's cells: the largest |entry| of each (0 where the pattern
+    has none), from the recovered matrix; the pattern alone (1 where it has an
+    entry) while the result is incomplete or unchecked. A leaf smaller than its
+    cells is widened, each entry repeated (as `resample` does). **Returns:**
+    (image, whether it holds values)."""
+    values = store.status()["complete"] and store.checked
+    matrix = (store.sparse() if values else store.sparsity().pattern).tocsr()
+    rows_eff = [min(c, leaf.size) for leaf, c in zip(row_axis.leaves, row_axis.cells, strict=True)]
+    cols_eff = [min(c, leaf.size) for leaf, c in zip(col_axis.leaves, col_axis.cells, strict=True)]
+    image = np.zeros((sum(rows_eff), sum(cols_eff)))
+    r_edges, c_edges = np.cumsum([0, *rows_eff]), np.cumsum([0, *cols_eff])
+    for rleaf, r0, rcells in zip(row_axis.leaves, r_edges, rows_eff, strict=False):
+        part = matrix[rleaf.slice].tocoo()
+        for cleaf, c0, ccells in zip(col_axis.leaves, c_edges, cols_eff, strict=False):
+            inside = (part.col >= cleaf.slice.start) & (part.col < cleaf.slice.stop)
+            rows = r0 + _cell_of(part.row[inside], rleaf.size, rcells)
+            cols = c0 + _cell_of(part.col[inside] - cleaf.slice.start, cleaf.size, ccells)
+            entry = np.abs(part.data[inside].astype(np.float64)) if values else 1.0
+            np.maximum.at(image, (rows, cols), entry)
+    return image[np.ix_(_widen(row_axis, r_edges), _widen(col_axis, c_edges))], values
+
+
+def _widen(axis: Axis, edges) -> np.ndarray:
+    """For each drawn cell of ``axis``, its cell at no more than one per entry."""
+    out = []
+    for leaf, start, cells in zip(axis.leaves, edges, axis.cells, strict=False):
+        own = (np.arange(cells) * leaf.size) // cells if cells > leaf.size else np.arange(cells)
+        out.append(start + own)
+    return np.concatenate(out)
+
+
 def _logged(image: np.ndarray):
     with np.errstate(divide="ignore"):
         logged = np.log10(image)
@@ -148,13 +186,17 @@ def plot(
         min_cells,
         _choose(cols_layout, leaves) if store.meta["operation"] in SQUARE else None,
     )
-    logged, lo = _logged(_leaf_image(store, row_axis, col_axis))
     fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
-    cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
-    im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
-    fig.colorbar(im, ax=ax, label="log10 |entry| (max over each cell)")
-    label_axis(ax, row_axis, "row")
-    label_axis(ax, col_axis, "col")
+    if store.is_sparse:
+        logged = _spy(store, ax, fig, row_axis, col_axis)
+    else:
+        logged, lo = _logged(_leaf_image(store, row_axis, col_axis))
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad="#9fc5e8")
+        im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
+        fig.colorbar(im, ax=ax, label="log10 |entry| (max over each cell)")
+    edge = "0.55" if store.is_sparse else "cyan"  # on white, or on the colour map
+    label_axis(ax, row_axis, "row", edge)
+    label_axis(ax, col_axis, "col", edge)
     status = store.status()
     ax.set_title(_title(store, status, logged), fontsize=9)
     fig.tight_layout()
@@ -167,8 +209,37 @@ def plot(
     }
 
 
+def _spy(store: ResultStore, ax, fig, row_axis: Axis, col_axis: Axis):
+    """A sparse result's spy plot: white where the pattern has no entry, else
+    log10 of the largest |entry| of the cell (the pattern alone, in one colour,
+    until the result is complete and checked). **Returns:** the masked image."""
+    import matplotlib
+
+    image, values = _sparse_image(store, row_axis, col_axis)
+    if values:
+        logged, lo = _logged(image)
+        logged = np.ma.masked_where(image == 0, logged)
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+        im = ax.imshow(logged, cmap=cmap, vmin=lo, interpolation="nearest", aspect="auto")
+        fig.colorbar(im, ax=ax, label="log10 |entry| (max over each cell); white: no entry")
+        return logged
+    spy = np.ma.masked_where(image == 0, image)
+    cmap = matplotlib.colormaps["Greys"].with_extremes(bad="white")
+    ax.imshow(spy, cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    return np.ma.masked_array(image, mask=np.zeros(image.shape, bool))
+
+
 def _title(store: ResultStore, status: dict, logged) -> str:
     m, n = store.shape
+    info = store.sparsity_meta
+    if info:
+        title = (
+            f"{store.meta['operation']} {m}x{n}, sparse: nnz {info['nnz']:,}, "
+            f"{info['ncolors']} colours ({info['mode']}); leaf widths not to scale"
+        )
+        if not (status["complete"] and store.checked):
+            title += "\nthe pattern only: the result is incomplete or not yet checked"
+        return title
     title = f"{store.meta['operation']} {m}x{n}: log10|M|, leaf widths not to scale"
     if not status["complete"]:
         title += (

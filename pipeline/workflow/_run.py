@@ -58,6 +58,8 @@ class WorkflowSummary:
     """Why this run computed what it did (`RunSummary.reason`)."""
     checks_s: float | None = None
     """Seconds the checks took (None: the stored ones were of this store state)."""
+    sparsity: dict | None = None
+    """A sparse result's pattern, colouring and check (the store's ``sparsity``)."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,6 +201,7 @@ def _run_spec(
             overwrite=overwrite,
             progress=progress,
             compressor=spec.compressor,
+            sparsity=spec.sparsity,
             break_lock=break_lock,
             redo=redo,
             env=spec.env,
@@ -262,4 +265,5 @@ def _summary(spec: Spec, result: Result, seconds: float, worker_peak) -> Workflo
         symmetry_error=found.get("symmetry_error"),
         nonfinite_blocks=tuple(status["nonfinite_blocks"]),
         finalize_npy=spec.finalize.npy,
+        sparsity=result.store.sparsity_meta,
     )

@@ -12,7 +12,8 @@ cluster: {workers: 2}           # or {scheduler: tcp://host:8786}; omitted: embe
 Optional keys, with their defaults: ``noise: {}`` (gauss_newton: ``{std: 0.1}``
 or a ``.npy``, ``{cov: c.npy}``, ``{inv_cov: w.npy}``), ``mode: auto``,
 ``dtype: float32`` (``float64`` turns on JAX's x64 and casts x), ``checkpoint: false``,
-``compressor: none`` (or ``zstd``), ``finalize: {npy: null, std: null}`` (paths: also write the
+``compressor: none`` (or ``zstd``), ``sparsity: none`` (or ``auto``: detect the
+pattern, colour it, and compute and store only one product per colour), ``finalize: {npy: null, std: null}`` (paths: also write the
 assembled matrix as ``.npy``, and the per-leaf marginal standard deviations as
 ``.npz``, when the matrix fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
@@ -124,6 +125,14 @@ def _compressor(value):
         return None
     if value != "zstd":
         raise ValueError(f"must be none or zstd, got {value!r}")
+    return value
+
+
+def _sparsity(value):
+    if value in (None, "none"):
+        return None
+    if value != "auto":
+        raise ValueError(f"must be none or auto, got {value!r}")
     return value
 
 
@@ -271,6 +280,7 @@ class Spec(_Model):
     ] = "float32"
     checkpoint: Annotated[bool, BeforeValidator(_flag)] = False
     compressor: Annotated[str | None, BeforeValidator(_compressor)] = None
+    sparsity: Annotated[str | None, BeforeValidator(_sparsity)] = None
     finalize: Finalize = Finalize()
     noise: Noise = Noise()
     python_path: Annotated[tuple[str, ...], BeforeValidator(_dirs)] = ()
