@@ -141,13 +141,22 @@ def _union(ctx: _Context, parts: Sequence[Pattern], shape) -> Pattern:
     size = int(np.prod(shape, dtype=np.int64))
     rows, common = None, _NONE
     for p in parts:
-        if p.rows is not None and p.size != size:  # a scalar (a literal's shape) broadcast
-            p = _take(ctx, p, np.zeros(shape, np.int64))
+        if p.rows is not None and tuple(p.shape) != shape:
+            # broadcast as numpy does (a scalar, or size-1 axes: JAX's elementwise
+            # ops take [12, 1] * [1, 12]); each output element reads its own operand
+            # element, never element 0 of a smaller operand
+            idx = np.broadcast_to(_indices(_aligned(p.shape, len(shape))), shape)
+            p = _take(ctx, p, np.ascontiguousarray(idx, np.int64))
         if p.rows is not None:
             rows = p.rows if rows is None else rows + p.rows
         if p.common.size:
             common = np.union1d(common, p.common).astype(np.int64)
     return ctx.check(Pattern(shape, rows, common))
+
+
+def _aligned(shape, rank: int) -> tuple:
+    """``shape`` with leading 1s up to ``rank`` (numpy's broadcasting alignment)."""
+    return (1,) * (rank - len(shape)) + tuple(shape)
 
 
 def _everything(ctx: _Context, parts: Sequence[Pattern], shape) -> Pattern:

@@ -75,6 +75,9 @@ HESSIANS = [
     ("complex", lambda v: jnp.sum(jnp.abs(v[:6] + 1j * v[6:]) ** 3), None),
     ("dynamic_slice", lambda v: jnp.sum(jax.lax.dynamic_slice(v, (2,), (5,)) ** 3), None),
     ("remat", lambda v: jnp.sum(jax.checkpoint(lambda u: jnp.sin(u) * u[::-1])(v) ** 2), None),
+    # a defect: JAX's mul takes [n, 1] * [1, n]; each output element was read as
+    # depending on the smaller operand's element 0 (a diagonal pattern, not dense)
+    ("outer product (implicit broadcast)", lambda v: jnp.sum(jnp.outer(v, v) ** 2), None),
 ]
 
 
@@ -104,6 +107,7 @@ JACOBIANS = [
     ("fft", lambda v: jnp.abs(jnp.fft.fft(v[:8])), None),
     ("scatter-add", lambda v: jnp.zeros(5).at[jnp.array([0, 2, 2, 4])].add(v[:4] ** 2), None),
     ("sort", lambda v: jnp.sort(v)[:3], None),
+    ("broadcast rows and columns", lambda v: (v[:3, None] * v[None, 3:7] + v[7]).ravel(), None),
 ]
 
 
