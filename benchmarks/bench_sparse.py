@@ -7,6 +7,7 @@ VmHWM); then the sparse call's stages, measured in this process.
     python benchmarks/bench_sparse.py [--repeats 5]        # the PSF demo, side by side
     python benchmarks/bench_sparse.py sweep --npix 64 128 256 512 1024
     python benchmarks/bench_sparse.py mlp                  # a dense function: no cost
+    python benchmarks/bench_sparse.py pipeline [--repeats 3]   # the demo spec, sparse and dense
 
 ``sweep`` grows the flat field (n = npix² + 24) and computes, each size in a
 fresh process, the Hessian and the Gauss–Newton (Fisher) matrix of the PSF
@@ -28,6 +29,8 @@ import time
 import jax
 import numpy as np
 from report import mb, run_fresh, write_section
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _row(*cells):
@@ -184,7 +187,106 @@ def dense_mlp(repeats: int) -> None:
     print(body)
 
 
+_PIPELINE_CASES = [
+    ("sparse, embedded", {"sparsity": "auto"}, None),
+    ("sparse, --workers 2", {"sparsity": "auto"}, 2),
+    ("dense (block 256), embedded", {"blocks": "{block_size: 256}"}, None),
+]
+
+
+def _demo_spec(directory: str, fields: dict, name: str) -> str:
+    """The demo's spec (float64 PSF Hessian) with ``fields``, its output in ``directory``."""
+    workflows = os.path.join(os.path.dirname(HERE), "workflows")
+    data = {"operation": "hessian", "function": "models.psf:loss", "point": "models.psf:best_fit",
+            "output": os.path.join(directory, f"{name}.zarr"), "dtype": "float64",
+            "python_path": f"[{workflows}]", **fields}  # fmt: skip
+    path = os.path.join(directory, f"{name}.yaml")
+    with open(path, "w") as fh:
+        fh.write("".join(f"{k}: {v}\n" for k, v in data.items()))
+    return path
+
+
+def pipeline_one(case: int, repeats: int) -> dict:
+    """One case of `pipeline_runs` in this (fresh) process: a first run, then
+    ``repeats`` more, each into a new store (what `diffops run` does each time)."""
+    import shutil
+    import tempfile
+
+    import pipeline
+    from diffops_core.internal import peak_rss
+
+    _name, fields, workers = _PIPELINE_CASES[case]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="diffops-bench-") as tmp:
+        for i in range(repeats + 1):
+            spec = pipeline.load_spec(_demo_spec(tmp, fields, f"run{i}"))
+            t0 = time.perf_counter()
+            summary = pipeline.run_spec(spec, workers=workers, progress=False)
+            wall = time.perf_counter() - t0
+            assert summary.complete
+            runs.append({"wall": wall, "blocks_s": summary.pipeline_s,
+                         "blocks": summary.blocks_total, "worker": summary.peak_rss_worker,
+                         "sparsity": summary.sparsity})  # fmt: skip
+            shutil.rmtree(spec.output, ignore_errors=True)
+    steady = runs[1:]
+    return {
+        "first": runs[0]["wall"],
+        "steady": statistics.median(r["wall"] for r in steady),
+        "blocks_s": statistics.median(r["blocks_s"] for r in steady),
+        "blocks": runs[0]["blocks"],
+        "products": (runs[0]["sparsity"] or {}).get("ncolors", 4120),
+        "driver_peak": peak_rss(),
+        "worker_peak": max((r["worker"] or 0) for r in runs) or None,
+    }
+
+
+def pipeline_runs(repeats: int) -> None:
+    """The demo spec through the pipeline, sparse (embedded and two local
+    workers) beside dense, each case in a fresh process."""
+    results = []
+    for case, (name, _fields, _workers) in enumerate(_PIPELINE_CASES):
+        proc = subprocess.run([sys.executable, __file__, "pipeline-one", str(case), str(repeats)],
+                              capture_output=True, text=True, timeout=3600)  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: {proc.stderr.strip().splitlines()[-1]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(name, res, file=sys.stderr)
+        results.append((name, res))
+    dense = results[-1][1]["steady"]
+    lines = [
+        _row("run", "products", "blocks", "first run s", "steady run s (median)",
+             "blocks s (median)", "vs dense", "driver peak MB", "worker peak MB"),  # fmt: skip
+        _row(*["---"] * 9),
+    ]
+    for name, res in results:
+        worker = mb(res["worker_peak"]) if res["worker_peak"] else "-"
+        lines.append(_row(name, res["products"], res["blocks"], f"{res['first']:.2f}",
+                          f"{res['steady']:.2f}", f"{res['blocks_s']:.2f}",
+                          f"{dense / res['steady']:.1f}x faster", mb(res["driver_peak"]),
+                          worker))  # fmt: skip
+    body = (
+        "### The pipeline on the sparse PSF demo (n = 4120, float64 Hessian)\n\n"
+        "`pipeline.run_spec` of the demo spec (no finalize), each case in a fresh process: "
+        f"the first run, then the median of {repeats} more, each into a new store (with "
+        "`--workers 2`, each run starts its local cluster, as `diffops run --workers 2` "
+        "does). Blocks s: the blocks' share of the run (trace, detection, colouring, the "
+        "self-check and the checks are the rest). Peaks by VmHWM.\n\n" + "\n".join(lines)
+    )
+    write_section("sparse-pipeline", body,
+                  f"python benchmarks/bench_sparse.py pipeline --repeats {repeats}")  # fmt: skip
+    print(body)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "pipeline-one":
+        print(json.dumps(pipeline_one(int(sys.argv[2]), int(sys.argv[3]))))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "pipeline":
+        p = argparse.ArgumentParser()
+        p.add_argument("what")
+        p.add_argument("--repeats", type=int, default=3)
+        pipeline_runs(p.parse_args().repeats)
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "mlp":
         p = argparse.ArgumentParser()
         p.add_argument("what")

@@ -88,10 +88,15 @@ def _print_summary(summary) -> None:
         m, n = summary.shape
         extent = m if info["mode"] == "row" else n
         check = info.get("check") or {}
-        verdict = f", checked (error {check['error']:.2g})" if check.get("passed") else ""
+        verdict = (
+            f"; checked against 2 random products (error {check['error']:.2g}, tolerance "
+            f"{check['tolerance']:.2g})"
+            if check.get("passed")
+            else ""
+        )
         lines.append(
             f"  sparse      {info['mode']} colouring: {info['ncolors']} products instead of "
-            f"{extent} (nnz {info['nnz']:,}, {info['nnz'] / max(1, m * n):.2%}){verdict}"
+            f"{extent} (nnz {info['nnz']:,}, {100 * info['nnz'] / max(1, m * n):.2g}%){verdict}"
         )
     if summary.blocks_computed:
         lines.append(

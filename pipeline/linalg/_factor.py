@@ -51,9 +51,17 @@ def bars(progress: bool) -> list:
     return [ProgressBar()] if progress else []
 
 
-def require_square_complete(store: ResultStore, what: str) -> None:
+def require_square_complete(store: ResultStore, what: str, sparse_ok: bool = False) -> None:
     """Refuse, in words, a Jacobian store, an incomplete one or one holding
-    non-finite entries (from the records)."""
+    non-finite entries (from the records), and, unless ``sparse_ok``, a sparse
+    result (the tiled factor reads a dense matrix)."""
+    if store.is_sparse and not sparse_ok:
+        raise InputValueError(
+            f"{what} reads a dense stored matrix, but {store.location!r} holds a sparse result "
+            "(compressed products); its marginal standard deviations come from "
+            "Result.marginal_std(), and Result.sparse() gives the scipy matrix for the rest "
+            "(diffops_core.covariance of it, scipy.sparse.linalg.eigsh)"
+        )
     operation = store.meta["operation"]
     if operation not in CURVATURE:
         raise InputValueError(
@@ -199,7 +207,7 @@ def marginal_std(store: ResultStore, x: Any = None, **options: Any) -> Any:
     **Raises:** as `factor`; for a sparse result, `ValueError` with the same
     diagnostics when it is not positive definite."""
     if store.is_sparse:
-        require_square_complete(store, "marginal_std")
+        require_square_complete(store, "marginal_std", sparse_ok=True)
         variance = sparse_marginal_variance(store.sparse(), options.get("damping", 0.0))
         std = np.sqrt(variance)
     else:

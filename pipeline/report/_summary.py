@@ -102,7 +102,7 @@ class StoreSummary:
             f"  operation   {op}, shape {self.shape}, {self.dtype}, sparse: "
             f"{format_iec(stored)} stored (dense {format_iec(self.nbytes)})",
             f"  sparsity    {info['mode']} colouring: nnz {info['nnz']:,} "
-            f"({info['nnz'] / max(1, m * n):.3%}), {info['ncolors']} colours: "
+            f"({100 * info['nnz'] / max(1, m * n):.2g}%), {info['ncolors']} colours: "
             f"{info['ncolors']} products instead of {extent}",
             f"  blocks      {self.n_blocks} blocks of {self.block_size} colours; "
             f"{self.blocks_done} done; check against 2 random products: {verdict}",

@@ -257,7 +257,8 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
     """The blocking of a sparse result's products, over its colours: as asked
     (``nbatches``, ``block_size``; ``memory_budget`` bounds the products in
     flight), else half the colours a block (two, for two workers), at most 64
-    and a 256 MiB slab, shrunk until one task fits ``limits``."""
+    and a 256 MiB slab, shrunk until one task fits ``limits``; the products of a
+    block's colours all at once (``inner_width`` may narrow that)."""
     given = [name for name, v in (("nbatches", None if nbatches == 1 else nbatches),
              ("block_size", block_size), ("memory_budget", memory_budget)) if v is not None]  # fmt: skip
     if len(given) > 1:
@@ -277,9 +278,12 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
     else:
         by_bytes = max(1, SLAB_TARGET_BYTES // max(1, other * itemsize))
         size = max(1, min(math.ceil(ncolors / 2), 64, by_bytes))
-        while size > 1 and not limits.fits(task_bytes(kernels, size, inner_width, ncolors)[0]):
+        while size > 1 and not limits.fits(
+            task_bytes(kernels, size, inner_width or size, ncolors)[0]
+        ):
             size = max(1, size // 2)
-    return Sizing(size, None if inner_width is None else min(inner_width, size))
+    # a block's colours at once unless asked (they are few; no probe compile to size them)
+    return Sizing(size, size if inner_width is None else min(inner_width, size))
 
 
 def _detected(operation: str, kernels: Kernels, f: Callable, x: Any, sparsity: Any):

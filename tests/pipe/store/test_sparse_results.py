@@ -1,0 +1,233 @@
+"""Sparse results in the store (issue 18, part E): the blocks compute the
+compressed products of their colours, the store keeps them with the pattern
+and the colours, and every reader gives the matrix `jax.hessian` /
+`jax.jacfwd` give, or refuses."""
+
+import dataclasses
+import os
+import warnings
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import diffops_core as dc
+import pipeline
+from pipeline.internal import BlockTask, Limits
+
+NPIX, NGLOBAL = 40, 3
+
+
+def arrow_x():
+    return {
+        "flat": jnp.linspace(0.9, 1.1, NPIX, dtype=jnp.float32),
+        "globals": jnp.array([0.3, -0.2, 0.5], jnp.float32),
+    }
+
+
+def arrow_loss(p):
+    """Each pixel couples only to itself and the globals: an arrowhead Hessian."""
+    shape = jnp.exp(-((jnp.arange(NPIX) - 20.0 * p["globals"][0]) ** 2) / 50.0)
+    model = p["flat"] * (1.0 + shape * p["globals"][1]) + p["globals"][2] ** 2
+    return jnp.sum((model - 1.0) ** 2) + jnp.sum(p["flat"] ** 4) + jnp.sum(p["globals"] ** 2)
+
+
+def arrow_residuals(p):
+    shape = jnp.exp(-((jnp.arange(NPIX) - 20.0 * p["globals"][0]) ** 2) / 50.0)
+    model = p["flat"] * (1.0 + shape * p["globals"][1]) + p["globals"][2]
+    return {"pixels": model - 1.0, "prior": jnp.concatenate([p["flat"] - 1.0, p["globals"]])}
+
+
+def _flat(f, x):
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+    return (lambda v: f(unravel(v))), flat
+
+
+def _dense_hessian(f, x):
+    g, flat = _flat(f, x)
+    return np.asarray(jax.hessian(g)(flat))
+
+
+def test_a_sparse_hessian_store_holds_few_products_and_reads_as_jax_hessian(tmp_path):
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", progress=False)
+    info = result.meta["sparsity"]
+    n = NPIX + NGLOBAL
+    assert info["mode"] == "star" and info["ncolors"] == NGLOBAL + 1  # the optimum
+    assert result.store.data.shape == (n, info["ncolors"])  # the products, not n columns
+    assert not os.path.exists(os.path.join(store, "matrix"))
+    expected = _dense_hessian(arrow_loss, x)
+    S = result.sparse()
+    assert isinstance(S, sp.csr_array) and S.nnz == info["nnz"] < n * n
+    np.testing.assert_allclose(S.toarray(), expected, rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(result.array.compute(), expected, rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(result.assemble(), expected, rtol=2e-5, atol=2e-4)
+    blocks = result.to_pytree(x)
+    np.testing.assert_allclose(np.asarray(blocks["flat"]["globals"]), expected[:NPIX, NPIX:],
+                               rtol=2e-5, atol=2e-4)  # fmt: skip
+    zodiax_like = dc.hessian_to_pytree(dc.hessian(arrow_loss, x)[0], x)
+    np.testing.assert_allclose(np.asarray(blocks["globals"]["globals"]),
+                               np.asarray(zodiax_like["globals"]["globals"]), rtol=2e-5, atol=2e-4)  # fmt: skip
+    assert result.verify() == [] and result.shape == (n, n)
+    assert info["check"]["passed"] and info["check"]["error"] <= info["check"]["tolerance"]
+    again = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", progress=False)
+    assert again.run_summary.reason == "complete: nothing to do"
+
+
+def test_the_last_ragged_block_of_colours_verifies(tmp_path):
+    # 4 colours in blocks of 3: the last block's window starts early; its record
+    # must be of its own colour only (a defect: it was of the whole window)
+    result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), str(tmp_path / "h.zarr"),
+                                      sparsity="auto", block_size=3, progress=False)  # fmt: skip
+    assert result.store.plan.n_blocks == 2 and result.verify() == []
+
+
+def test_sparse_jacobians_in_column_and_row_modes(tmp_path):
+    x = jnp.linspace(0.1, 1.0, 30)
+    tall = lambda v: jnp.concatenate([v[1:] * v[:-1], v[:1] ** 3])
+    wide = lambda v: jnp.stack([jnp.sum(v[::2] ** 2), jnp.sum(jnp.sin(v[1::2]))])
+    for f, mode, shape in ((tall, "column", (30, None)), (wide, "row", (None, 30))):
+        result = pipeline.jacobian_to_zarr(f, x, str(tmp_path / f"{mode}.zarr"),
+                                           sparsity="auto", progress=False)  # fmt: skip
+        info = result.meta["sparsity"]
+        assert info["mode"] == mode
+        stored = result.store.data.shape
+        assert stored == ((30, info["ncolors"]) if mode == "column" else (info["ncolors"], 30))
+        np.testing.assert_allclose(result.sparse().toarray(), np.asarray(jax.jacfwd(f)(x)),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_sparse_fisher_matrix_and_its_sigma_equal_the_dense_ones(tmp_path):
+    x = arrow_x()
+    sparse = pipeline.gauss_newton_to_zarr(arrow_residuals, x, str(tmp_path / "s.zarr"), std=0.1,
+                                           sparsity="auto", progress=False)  # fmt: skip
+    dense = pipeline.gauss_newton_to_zarr(arrow_residuals, x, str(tmp_path / "d.zarr"), std=0.1,
+                                          progress=False)  # fmt: skip
+    assert sparse.meta["sparsity"]["ncolors"] == NGLOBAL + 1
+    np.testing.assert_allclose(sparse.assemble(), dense.assemble(), rtol=1e-5, atol=1e-3)
+    got, want = sparse.marginal_std(x), dense.marginal_std(x)
+    for key in ("flat", "globals"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4)
+    G = dc.gauss_newton(arrow_residuals, x, std=0.1)[0]
+    expected = dc.marginal_std(np.asarray(G, np.float64), x)
+    np.testing.assert_allclose(got["globals"], expected["globals"], rtol=1e-4)
+
+
+def test_a_dense_function_with_auto_is_the_dense_computation(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    f = lambda v: jnp.sum(jnp.outer(v, v) ** 2)
+    x = jnp.linspace(0.1, 1.0, 12)
+    first = pipeline.hessian_to_zarr(f, x, store, sparsity="auto", progress=False)
+    assert "sparsity" not in first.meta and os.path.isdir(os.path.join(store, "matrix"))
+    again = pipeline.hessian_to_zarr(f, x, store, progress=False)  # the same computation
+    assert again.run_summary.reason == "complete: nothing to do"
+
+
+def test_a_dense_store_is_not_replaced_by_a_sparse_run_without_overwrite(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    x = arrow_x()
+    pipeline.hessian_to_zarr(arrow_loss, x, store, progress=False)
+    with pytest.raises(pipeline.StoreError, match="options"):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", progress=False)
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", overwrite=True,
+                                      progress=False)  # fmt: skip
+    assert result.store.is_sparse and not os.path.exists(os.path.join(store, "matrix"))
+
+
+def test_a_wrong_pattern_fails_its_check_and_is_never_read(tmp_path):
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    found = dc.hessian_sparsity(arrow_loss, x)
+    n = found.shape[0]
+    diagonal = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
+    wrong = dataclasses.replace(found, pattern=diagonal, colors=np.zeros(n, int), ncolors=1)
+    with pytest.raises(ValueError, match="does not match two products of random vectors"):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity=wrong, progress=False)
+    result = pipeline.open_result(store)
+    assert result.status()["complete"]  # the blocks are there, but the result failed
+    assert result.meta["sparsity"]["check"]["passed"] is False
+    for read in (result.sparse, result.assemble, lambda: result.array.compute()):
+        with pytest.raises(ValueError, match="has not passed its check"):
+            read()
+    assert "FAILED" in "\n".join(result.summary().lines())
+
+
+def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, monkeypatch):
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    original = BlockTask.write_record
+
+    def dies_on_block_1(self, state, block, record):
+        if block.index == 1:
+            raise OSError("injected: killed before the record")
+        return original(self, state, block, record)
+
+    monkeypatch.setattr(BlockTask, "write_record", dies_on_block_1)
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    partial = pipeline.open_result(store)
+    assert partial.missing_blocks() == [1]
+    with pytest.raises(ValueError, match="incomplete"):
+        partial.sparse()
+    monkeypatch.setattr(BlockTask, "write_record", original)
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                      progress=False)  # fmt: skip
+    assert result.run_summary.blocks_computed == 1
+    np.testing.assert_allclose(result.assemble(), _dense_hessian(arrow_loss, x), rtol=2e-5,
+                               atol=2e-4)  # fmt: skip
+
+
+def test_a_damaged_pattern_is_refused_naming_it(tmp_path):
+    store = str(tmp_path / "h.zarr")
+    result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), store, sparsity="auto",
+                                      progress=False)  # fmt: skip
+    chunk = os.path.join(store, "colors", "c", "0")
+    values = np.fromfile(chunk, dtype="<i4")
+    values[0] = values[0] + 1
+    values.tofile(chunk)
+    fresh = pipeline.open_result(store)
+    with pytest.raises(pipeline.StoreError, match="colors stored at .* differ"):
+        fresh.sparse()
+    assert result is not None
+
+
+def test_a_sparse_store_has_no_dense_matrix_to_factorise(tmp_path):
+    result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), str(tmp_path / "h.zarr"),
+                                      sparsity="auto", progress=False)  # fmt: skip
+    for call in (lambda: result.covariance(str(tmp_path / "c.zarr"), progress=False),
+                 lambda: result.spectrum(progress=False),
+                 lambda: result.analyze(progress=False)):  # fmt: skip
+        with pytest.raises(ValueError, match="holds a sparse result"):
+            call()
+    assert not os.path.exists(tmp_path / "c.zarr")
+
+
+def test_a_worker_refuses_a_colouring_other_than_the_drivers(tmp_path):
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", progress=False)
+    plan = pipeline.internal.plan("hessian", arrow_loss, x, store, sparsity="auto",
+                                  limits=Limits(10**12, 0, 1, "test"))  # fmt: skip
+    task = dataclasses.replace(BlockTask.from_plan(plan.for_run(2, "t")), colors="0" * 64)
+    with pytest.raises(pipeline.BlockError, match="colouring stored in the store differs"):
+        task(0)
+    assert result.verify() == []  # nothing was written
+
+
+def test_xarray_opens_a_sparse_store_and_show_names_the_saving(tmp_path):
+    xr = pytest.importorskip("xarray")
+    store = str(tmp_path / "h.zarr")
+    result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), store, sparsity="auto",
+                                      progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(store)
+    assert ds.compressed.dims == ("row", "color") and ds.compressed.shape == (43, 4)
+    assert ds.colors.shape == (43,)
+    text = "\n".join(result.summary().lines())
+    assert "4 products instead of 43" in text and "passed" in text
