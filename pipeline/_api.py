@@ -213,6 +213,7 @@ def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
                      "passed": True, "blocks": blocks,
                      "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     store.save_meta()
+    store.keep_checked(matrix)  # what this run reports next reads it (σ, checks, finalize)
 
 
 def _resumable(meta: dict) -> bool:

@@ -73,6 +73,7 @@ class ResultStore:
         #: The sparse result's pattern and compressed format (None: dense).
         self.sparsity_meta: dict | None = self.meta.get("sparsity")
         self._sparse: Any = None
+        self._sparsity: Any = None
         data = COMPRESSED if self.sparsity_meta else "matrix"
         arrays = {}
         for name in (data, "blocks"):
@@ -439,7 +440,14 @@ class ResultStore:
         **Raises:** `StoreError` for a dense result or a damaged pattern."""
         if not self.sparsity_meta:
             raise StoreError(f"{self.location!r} holds a dense result: it has no sparsity pattern")
-        return read_sparsity(self.group, self.meta, local_path(self.location) or self.location)
+        if self._sparsity is None:  # written once, at creation: read once (its plan kept)
+            where = local_path(self.location) or self.location
+            self._sparsity = read_sparsity(self.group, self.meta, where)
+        return self._sparsity
+
+    def keep_checked(self, matrix) -> None:
+        """Keep ``matrix``, just checked for the blocks stored now, for `sparse`."""
+        self._sparse = (self.records_digest(), matrix)
 
     def sparse(self, checked: bool = True):
         """The whole matrix as a `scipy.sparse.csr_array` (a dense result's too),

@@ -85,6 +85,8 @@ def sparsity_meta(sparsity: Sparsity) -> dict:
         "dtype": sparsity.dtype,
         "pattern": _pattern_digest(indptr, indices),
         "colors": digest(colors),
+        # what detection and colouring cost when they ran (not part of the fingerprint)
+        "seconds": {k: round(float(v), 3) for k, v in sparsity.seconds.items()},
     }
 
 
