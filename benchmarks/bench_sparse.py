@@ -274,9 +274,17 @@ def pipeline_runs(repeats: int) -> None:
         results.append((name, res))
     dense = results[-1][1]["steady"]
     lines = [
-        _row("run", "products", "blocks", "first run s", "steady run s (median)",
-             "blocks s (median)", "dense steady / this", "driver peak MB",
-             "worker peak MB"),  # fmt: skip
+        _row(
+            "run",
+            "products",
+            "blocks",
+            "first run s",
+            "steady run s (median)",
+            "blocks s (median)",
+            "dense steady / this",
+            "driver peak MB",
+            "worker peak MB",
+        ),  # fmt: skip
         _row(*["---"] * 9),
     ]
     for name, res in results:
@@ -309,7 +317,9 @@ def spec1m_one() -> dict:
     from diffops_core.internal import peak_rss
 
     workflows = os.path.join(os.path.dirname(HERE), "workflows")
-    with tempfile.TemporaryDirectory(prefix="diffops-bench-", dir=os.path.join(HERE, "_out")) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="diffops-bench-", dir=os.path.join(HERE, "_out")
+    ) as tmp:
         spec = pipeline.load_spec(os.path.join(workflows, "fisher_1m.yaml"))
         finalize = spec.finalize.model_copy(update={"std": os.path.join(tmp, "std.npz")})
         spec = spec.model_copy(update={"output": os.path.join(tmp, "f.zarr"),
@@ -341,14 +351,37 @@ def spec1m() -> None:
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     dense = r["n"] ** 2 * (4 if r["dtype"] == "float32" else 8)
     lines = [
-        _row("n", "nnz", "colours", "detect s", "colour s", "blocks s", "self-check s",
-             "checks s", "run s (all, σ included)", "σ s (cold)", "peak MB", "store MB",
-             "dense would be"),  # fmt: skip
+        _row(
+            "n",
+            "nnz",
+            "colours",
+            "detect s",
+            "colour s",
+            "blocks s",
+            "self-check s",
+            "checks s",
+            "run s (all, σ included)",
+            "σ s (cold)",
+            "peak MB",
+            "store MB",
+            "dense would be",
+        ),  # fmt: skip
         _row(*["---"] * 13),
-        _row(f"{r['n']:,}", f"{r['nnz']:,}", r["colours"], f"{r['detect_s']:.1f}",
-             f"{r['colour_s']:.1f}", f"{r['blocks_s']:.1f}", f"{r['check_s']:.1f}",
-             f"{r['checks_s']:.1f}", f"{r['run_s']:.1f}", f"{r['sigma_s']:.1f}", mb(r["peak"]),
-             mb(r["disk"]), f"{dense / 1e12:.1f} TB"),  # fmt: skip
+        _row(
+            f"{r['n']:,}",
+            f"{r['nnz']:,}",
+            r["colours"],
+            f"{r['detect_s']:.1f}",
+            f"{r['colour_s']:.1f}",
+            f"{r['blocks_s']:.1f}",
+            f"{r['check_s']:.1f}",
+            f"{r['checks_s']:.1f}",
+            f"{r['run_s']:.1f}",
+            f"{r['sigma_s']:.1f}",
+            mb(r["peak"]),
+            mb(r["disk"]),
+            f"{dense / 1e12:.1f} TB",
+        ),  # fmt: skip
     ]
     body = (
         "### The 10⁶-parameter spec: `workflows/fisher_1m.yaml` on this machine\n\n"
@@ -374,6 +407,7 @@ def _colour_cases():
         chain = lambda v: jnp.sum((v[1:] - v[:-1] ** 2) ** 2)
         cases.append((f"chain, n = {n:,} (tridiagonal Hessian)", chain, jnp.ones(n), "hessian", 3))
     for side in (32, 316, 1000):
+
         def grid(v, side=side):
             u = v.reshape(side, side)
             return jnp.sum((u[1:] - u[:-1]) ** 4) + jnp.sum((u[:, 1:] - u[:, :-1]) ** 4)

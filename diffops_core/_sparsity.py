@@ -138,7 +138,6 @@ def _group(ctx: _Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
 
 def _union(ctx: _Context, parts: Sequence[Pattern], shape) -> Pattern:
     shape = tuple(shape)
-    size = int(np.prod(shape, dtype=np.int64))
     rows, common = None, _NONE
     for p in parts:
         if p.rows is not None and tuple(p.shape) != shape:

@@ -33,6 +33,7 @@ vmapped at once inside a block.
 """
 
 from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
+from ._coloring import recover
 from ._curvature import (
     check_damping,
     diagnose_not_positive_definite,
@@ -60,7 +61,6 @@ from ._sizing import (
     peak_rss,
     vm_bytes,
 )
-from ._coloring import recover
 from ._sparse import check_sparse
 from ._sparse import detect as detect_sparsity
 from ._sparse_linalg import sparse_marginal_variance

@@ -188,9 +188,10 @@ def _run(
 
 
 def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
-    """A complete sparse store not checked for the blocks it holds, recovered and checked against two products of
-    random vectors before it is reported; the outcome is recorded with the
-    state of the blocks it was made from (a repair or a resume redoes it).
+    """A complete sparse store not checked for the blocks it holds, recovered
+    and checked against two products of random vectors before it is reported;
+    the outcome is recorded with the state of the blocks it was made from (a
+    repair or a resume redoes it).
 
     **Raises:** `ValueError` on a mismatch: the store stays, marked failed, and
     no reader returns its matrix."""

@@ -13,6 +13,7 @@ import numpy as np
 from diffops_core import matrix_to_pytree
 from diffops_core.internal import Layout
 
+from ._errors import MissingDependencyError
 from .linalg import Analysis, analyze, covariance, marginal_std, spectrum
 from .report import StoreSummary, plot, plot_analysis, summarise
 from .run import RunSummary
@@ -79,6 +80,24 @@ class Result:
         if not self._store.is_sparse:
             return da.from_zarr(self._store.matrix)
         return _dense_view(self._store)
+
+    def to_xarray(self):
+        """The ``(m, n)`` matrix as a lazy `xarray.DataArray` (dims ``row`` and
+        ``column``, the leaf coordinates ``row_leaf``, ``row_index``,
+        ``column_leaf``, ``column_index``, the leaves named in its attributes),
+        over `array`: a sparse result's dense view, decompressed a chunk at a
+        time. (``xarray.open_zarr`` of the store reads what is stored: a sparse
+        result's compressed products.)
+
+        **Raises:** `MissingDependencyError` without xarray."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise MissingDependencyError("to_xarray needs xarray: pip install xarray") from None
+        coords = {name: (dim, values, {"description": text})
+                  for name, dim, values, text in self._store.coordinates()}  # fmt: skip
+        return xr.DataArray(self.array, dims=("row", "column"), coords=coords,
+                            attrs=self._store.matrix_attrs(), name="matrix")  # fmt: skip
 
     def sparse(self):
         """The matrix as a `scipy.sparse.csr_array`: a sparse result recovered

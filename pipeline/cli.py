@@ -73,6 +73,23 @@ def main(debug):
     """Dense Jacobians and Hessians of JAX functions, in column blocks, into Zarr."""
 
 
+def _sparse_line(shape, info: dict) -> str:
+    """A sparse result's colouring, products and check, in one line."""
+    m, n = shape
+    extent = m if info["mode"] == "row" else n
+    check = info.get("check") or {}
+    verdict = (
+        f"; checked against 2 random products (error {check['error']:.2g}, tolerance "
+        f"{check['tolerance']:.2g})"
+        if check.get("passed")
+        else ""
+    )
+    return (
+        f"  sparse      {info['mode']} colouring: {info['ncolors']} products instead of "
+        f"{extent} (nnz {info['nnz']:,}, {100 * info['nnz'] / max(1, m * n):.2g}%){verdict}"
+    )
+
+
 def _print_summary(summary) -> None:
     shape = "x".join(str(s) for s in summary.shape)
     lines = [f"{summary.operation} {shape} {summary.dtype} -> {summary.output}"]
@@ -85,19 +102,7 @@ def _print_summary(summary) -> None:
         lines.append(f"  why         {summary.reason}")
     info = summary.sparsity
     if info:
-        m, n = summary.shape
-        extent = m if info["mode"] == "row" else n
-        check = info.get("check") or {}
-        verdict = (
-            f"; checked against 2 random products (error {check['error']:.2g}, tolerance "
-            f"{check['tolerance']:.2g})"
-            if check.get("passed")
-            else ""
-        )
-        lines.append(
-            f"  sparse      {info['mode']} colouring: {info['ncolors']} products instead of "
-            f"{extent} (nnz {info['nnz']:,}, {100 * info['nnz'] / max(1, m * n):.2g}%){verdict}"
-        )
+        lines.append(_sparse_line(summary.shape, info))
     if summary.blocks_computed:
         lines.append(
             f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "

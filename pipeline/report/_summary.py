@@ -85,7 +85,6 @@ class StoreSummary:
             out.append(line)
         return out
 
-
     def _sparse_lines(self) -> list[str]:
         info = self.sparsity or {}
         m, n = self.shape

@@ -259,8 +259,9 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
     flight), else half the colours a block (two, for two workers), at most 64
     and a 256 MiB slab, shrunk until one task fits ``limits``; the products of a
     block's colours all at once (``inner_width`` may narrow that)."""
-    given = [name for name, v in (("nbatches", None if nbatches == 1 else nbatches),
-             ("block_size", block_size), ("memory_budget", memory_budget)) if v is not None]  # fmt: skip
+    asked = (("nbatches", None if nbatches == 1 else nbatches), ("block_size", block_size),
+             ("memory_budget", memory_budget))  # fmt: skip
+    given = [name for name, value in asked if value is not None]
     if len(given) > 1:
         raise InputValueError(
             f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"

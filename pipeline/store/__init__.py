@@ -36,9 +36,10 @@ files zarr writes for us (metadata, chunk keys, ``.partial`` temporaries). No
 pickles are stored.
 
 Modules: `_format` (names, records, checksums, chunking, sizes,
-fingerprints), `_location` (what is at a location), `_lock`, `_chunks` (whole-chunk reads and writes),
-`_group` (`ResultStore`), `_admission` (create, resume, replace or refuse),
-`_derived` (files made from a store state), `_sparse` (the compressed format
+fingerprints), `_location` (what is at a location), `_lock`, `_chunks`
+(whole-chunk reads and writes), `_group` (`ResultStore`), `_admission`
+(create, resume, replace or refuse), `_derived` (files made from a store
+state), `_sparse` (the compressed format
 of a sparse result), `_tiles` (the factor group).
 """
 

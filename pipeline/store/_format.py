@@ -5,12 +5,13 @@ fingerprint), compared. Pure: numpy only.
 
 Fingerprints: a stored one is compared with a new one, and the difference
 told in words a user can act on. The function's part is what JAX traces
-(`diffops_core.Identity`): a digest of the traced program and a digest of the bytes of every constant it reads, so an
-edited function, new data a module loaded, another object's attributes or a new
-closure all count as another computation, and nothing rests on a Python
-object's name or ``id()``. With it: ``x``'s bytes and layout, the options and
-the library versions (`pipeline.run` makes the parts); for a sparse result,
-its pattern and colouring.
+(`diffops_core.Identity`): a digest of the traced program and a digest of
+the bytes of every constant it reads, so an edited function, new data a
+module loaded, another object's attributes or a new closure all count as
+another computation, and nothing rests on a Python object's name or
+``id()``. With it: ``x``'s bytes and layout, the options and the library
+versions (`pipeline.run` makes the parts); for a sparse result, its pattern
+and colouring.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def factor_disk_bytes(n: int, tile: int) -> int:
         + 3 * t * t * pages(8)
         + METADATA_BYTES
     )
+
 
 #: What each fingerprint part means, for a refusal a user can act on.
 _MEANING = {

@@ -378,7 +378,9 @@ class ResultStore:
         """Re-read every block recorded complete and compare its checksum.
 
         **Returns:** the indices of blocks whose data no longer match their record
-        (unreadable blocks and missing chunks count as bad).
+        (unreadable blocks and missing chunks count as bad). **Raises:**
+        `StoreError` for a sparse result whose stored pattern or colours are not
+        those it was computed with (no block repair mends them).
         """
         records = self.read_records()
         done = np.flatnonzero(self.recorded_mask(records))
@@ -395,6 +397,8 @@ class ResultStore:
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             bad = [i for i in pool.map(check, (int(i) for i in done)) if i is not None]
+        if self.sparsity_meta:  # the pattern and colours, against their digests (raises)
+            read_sparsity(self.group, self.meta, local_path(self.location) or self.location)
         return sorted(bad)
 
     @property
@@ -523,6 +527,15 @@ class ResultStore:
                 f"{_describe(ours)}; pass an x with the same key paths and shapes, or none"
             )
         return (given if self.meta["operation"] in SQUARE else rows), given
+
+    def coordinates(self) -> list[tuple[str, str, np.ndarray, str]]:
+        """(name, dimension, values, description) of the coordinate arrays of
+        the ``(m, n)`` matrix (those stored beside it, for readers without us)."""
+        return _coordinate_arrays(self.meta)
+
+    def matrix_attrs(self) -> dict:
+        """The plain attributes of the ``(m, n)`` matrix (leaf names and shapes)."""
+        return _matrix_attrs({**self.meta, "sparsity": None})
 
     def block_region(self, index: int):
         block = self.plan.block(index)

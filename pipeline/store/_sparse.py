@@ -80,8 +80,9 @@ def sparsity_meta(sparsity: Sparsity) -> dict:
         "ncolors": int(sparsity.ncolors),
         "nnz": int(indices.size),
         "shape": [int(s) for s in sparsity.shape],
-        "compressed_shape": list(compressed_shape(sparsity.mode, sparsity.shape,
-                                                  sparsity.ncolors)),  # fmt: skip
+        "compressed_shape": list(
+            compressed_shape(sparsity.mode, sparsity.shape, sparsity.ncolors)
+        ),  # fmt: skip
         "dtype": sparsity.dtype,
         "pattern": _pattern_digest(indptr, indices),
         "colors": digest(colors),
@@ -131,7 +132,8 @@ def read_sparsity(group: zarr.Group, meta: dict, where: Any) -> Sparsity:
             "computed with (their digests in the metadata): the store is damaged; recompute "
             "the result (overwrite=True)"
         )
-    shape = tuple(int(s) for s in info["shape"])
+    m, n = (int(s) for s in info["shape"])
+    shape = (m, n)
     ones = np.ones(indices.size, dtype=bool)
     pattern = sp.csr_array((ones, indices, indptr), shape=shape)
     return Sparsity(shape, pattern, colors, int(info["ncolors"]), info["mode"], info["dtype"])

@@ -12,10 +12,11 @@ cluster: {workers: 2}           # or {scheduler: tcp://host:8786}; omitted: embe
 Optional keys, with their defaults: ``noise: {}`` (gauss_newton: ``{std: 0.1}``
 or a ``.npy``, ``{cov: c.npy}``, ``{inv_cov: w.npy}``), ``mode: auto``,
 ``dtype: float32`` (``float64`` turns on JAX's x64 and casts x), ``checkpoint: false``,
-``compressor: none`` (or ``zstd``), ``sparsity: none`` (or ``auto``: detect the
-pattern, colour it, and compute and store only one product per colour), ``finalize: {npy: null, std: null}`` (paths: also write the
-assembled matrix as ``.npy``, and the per-leaf marginal standard deviations as
-``.npz``, when the matrix fits in memory), ``python_path: []`` (more directories to
+``compressor: none`` (or ``zstd``), ``sparsity: none`` (or ``auto``: detect
+the pattern, colour it, and compute and store only one product per colour),
+``finalize: {npy: null, std: null}`` (paths: also write the assembled matrix
+as ``.npy``, and the per-leaf marginal standard deviations as ``.npz``, when
+the matrix fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
 variables set before the function is imported, on the driver and on local
 workers), and ``cluster.threads_per_worker: 1``, ``cluster.memory_limit: auto``.

@@ -38,6 +38,11 @@ def needs_a_driver_module(p):
     return only_on_driver.scale * jnp.sum(p["a"] ** 2) * jnp.sum(p["b"])
 
 
+def arrow(p):
+    # every entry of a couples only to itself and b[0, 0]: an arrowhead Hessian
+    return jnp.sum(p["a"] ** 4) + jnp.sum(p["a"]) * p["b"][0, 0] ** 2 + jnp.sum(p["b"] ** 4)
+
+
 def best_fit():
     return {"a": np.linspace(0.1, 1.0, 7).astype(np.float32),
             "b": np.full((2, 2), 0.4, np.float32)}
@@ -203,3 +208,19 @@ def test_a_module_only_the_driver_has_is_refused_in_one_line(cluster, tmp_path):
         not (tmp_path / "out.zarr" / "blocks").exists()
         or not ResultStore.open(str(tmp_path / "out.zarr")).done_mask().any()
     )
+
+
+def test_a_sparse_spec_runs_on_external_workers_reading_the_stored_colours(cluster, tmp_path):
+    import jax.numpy as jnp
+
+    proc = _run(_spec(tmp_path, function="extmodel:arrow", sparsity="auto"), cluster)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["complete"] and summary["sparsity"]["ncolors"] == 2
+    assert summary["sparsity"]["check"]["passed"]
+    store = ResultStore.open(str(tmp_path / "out.zarr"))
+    x = {"a": np.linspace(0.1, 1.0, 7).astype(np.float32), "b": np.full((2, 2), 0.4, np.float32)}
+    f = lambda p: (jnp.sum(p["a"] ** 4) + jnp.sum(p["a"]) * p["b"][0, 0] ** 2
+                   + jnp.sum(p["b"] ** 4))  # fmt: skip
+    np.testing.assert_allclose(store.sparse().toarray(), np.asarray(dc.hessian(f, x)[0]),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
