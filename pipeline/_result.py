@@ -180,7 +180,8 @@ class Result:
         as ``flux`` or ``shape/rho``: draw only those rows and columns), `min_cells`
         (the fewest cells a leaf gets; default 3% of ``pixels``).
 
-        **Returns:** what was drawn (``cells``, ``leaves``, ``missing_blocks``).
+        **Returns:** what was drawn (``cells``, ``leaves``, ``missing_blocks``,
+        ``sparse``: a spy plot of a sparse result).
         **Raises:** `InputError` (an `ImportError`) without matplotlib; a
         `ValueError` naming the leaves for an unknown leaf.
         """

@@ -287,10 +287,11 @@ def plot(store, output, pixels, leaves, min_width):
     chosen = [name.strip() for name in leaves.split(",") if name.strip()] if leaves else None
     drawn = _open(store).plot(output, pixels=pixels, leaves=chosen, min_cells=min_width)
     rows, cols = drawn["cells"]
+    how = "the pattern only" if drawn["sparse"] else "drawn blue"
     note = (
         ""
         if not drawn["missing_blocks"]
-        else f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, drawn blue"
+        else f"; INCOMPLETE, {drawn['missing_blocks']} block(s) missing, {how}"
     )
     click.echo(f"wrote {output} ({rows}x{cols} cells; leaves {', '.join(drawn['leaves'])}{note})")
 

@@ -206,6 +206,7 @@ def plot(
         "cells": tuple(logged.shape),
         "leaves": [leaf_label(leaf.path) for leaf in row_axis.leaves],
         "missing_blocks": status["blocks_total"] - status["blocks_done"],
+        "sparse": store.is_sparse,
     }
 
 

@@ -1,0 +1,85 @@
+"""The ``diffops`` command on a sparse result (issue 18, part E): ``run`` and
+``show`` name the colouring and the saving, ``plot`` draws a spy plot (white
+where the pattern has no entry), ``verify`` checks the stored products."""
+
+import json
+import textwrap
+
+import numpy as np
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.internal import BlockTask
+
+ARROW_MODEL = """
+import jax.numpy as jnp
+import numpy as np
+
+def loss(p):
+    # each pixel couples only to itself and the two globals
+    model = p["flat"] * (1.0 + p["g"][0] * jnp.linspace(0, 1, 60)) + p["g"][1] ** 2
+    return jnp.sum((model - 1.0) ** 2) + jnp.sum(p["flat"] ** 4)
+
+def best_fit():
+    return {"flat": np.linspace(0.9, 1.1, 60).astype(np.float32),
+            "g": np.array([0.2, 0.3], np.float32)}
+"""
+
+
+def _spec(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "arrowmodel.py").write_text(ARROW_MODEL)
+    text = """
+        operation: hessian
+        function: arrowmodel:loss
+        point: arrowmodel:best_fit
+        output: out.zarr
+        sparsity: auto
+        blocks: {block_size: 1}
+    """
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_run_show_plot_verify_of_a_sparse_store(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch)
+    res = invoke("run", spec, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "star colouring: 3 products instead of 62" in res.output and "checked" in res.output
+    store = str(tmp_path / "out.zarr")
+    show = invoke("show", store)
+    assert show.exit_code == 0 and "3 products instead of 62" in show.output
+    assert "passed" in show.output and "['flat']" in show.output
+    png = str(tmp_path / "spy.png")
+    res = invoke("plot", store, "-o", png)
+    assert res.exit_code == 0, res.output
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]
+    white = np.all(image > 0.98, axis=-1).mean()
+    assert white > 0.5  # the flat field's off-diagonal is no entry: white, not small values
+    res = invoke("verify", store)
+    assert res.exit_code == 0, res.output
+    status = json.loads(invoke("status", store, "--json").output)
+    assert status["complete"]
+
+
+def test_plot_of_an_incomplete_sparse_store_draws_the_pattern_and_says_so(tmp_path, monkeypatch):
+    spec = _spec(tmp_path, monkeypatch)
+    original = BlockTask.write_record
+
+    def fails(self, state, block, record):
+        if block.index == 1:
+            raise OSError("injected")
+        return original(self, state, block, record)
+
+    monkeypatch.setattr(BlockTask, "write_record", fails)
+    assert invoke("run", spec, "--no-progress").exit_code == 1
+    res = invoke("plot", str(tmp_path / "out.zarr"), "-o", str(tmp_path / "p.png"))
+    assert res.exit_code == 0, res.output
+    assert "INCOMPLETE" in res.output and "the pattern only" in res.output
