@@ -12,7 +12,9 @@ Jacobian?", SIAM Review 2005).
   of length three from each vertex; a dense row would make that quadratic, so
   rows denser than the rest (the globals beside a flat field) take a colour of
   their own each first: no two-coloured path can pass through a colour used
-  once, and the rest is coloured without looking through them.
+  once, and the rest is coloured without looking through them. Vertices whose
+  neighbours are all dense (every pixel of a flat field) then share one
+  colour, in one vectorised step; the greedy loop visits only the others.
 """
 
 from __future__ import annotations
@@ -83,10 +85,18 @@ def star_coloring(pattern: sp.csr_array) -> np.ndarray:
     colors[dense] = np.arange(1, dense.size + 1)
     base = dense.size
     ptr, idx = a.indptr, a.indices
+    if base:  # neighbours only among the dense vertices (a pixel beside its globals):
+        # no path through them is two-coloured, so all share the next colour at once
+        rest = np.ones(n, bool)
+        rest[dense] = False
+        owner = np.repeat(np.arange(n), np.diff(ptr))
+        others = np.bincount(owner, weights=rest[idx], minlength=n)  # non-dense neighbours
+        colors[rest & (others == 0)] = base + 1
     forbidden = np.full(n + base + 2, -1, np.int64)
     # largest degree first: a vertex many others see is coloured before them, so
     # they are not forced apart through it while it is uncoloured
     order = np.argsort(-np.diff(ptr), kind="stable")
+    order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
     for v in order:
         if colors[v]:
             continue

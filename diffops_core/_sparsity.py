@@ -92,7 +92,7 @@ class _Context:
             if p.rows.nnz == 0:
                 p.rows = None
             elif p.size == 1:
-                p.common = np.union1d(p.common, p.rows.indices).astype(np.int64)
+                p.common = _merge(p.common, _sorted_set(p.rows.indices))
                 p.rows = None
             elif p.rows.nnz > self.budget:
                 raise Dense
@@ -149,8 +149,37 @@ def _union(ctx: _Context, parts: Sequence[Pattern], shape) -> Pattern:
         if p.rows is not None:
             rows = p.rows if rows is None else rows + p.rows
         if p.common.size:
-            common = np.union1d(common, p.common).astype(np.int64)
+            common = _merge(common, p.common)
     return ctx.check(Pattern(shape, rows, common))
+
+
+def _sorted_set(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` as int64, by a sort (numpy's hashing unique is
+    several times slower on large index arrays)."""
+    out = np.sort(np.asarray(values, np.int64))
+    if out.size < 2:
+        return out
+    keep = np.empty(out.size, bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return out[keep]
+
+
+def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The union of two sorted sets of indices (int64, each without repeats),
+    sorted: a merge of two sorted runs, not the hashing ``np.union1d`` (many
+    elementwise ops unite the same large common set: the flat field's pixels
+    behind a scalar)."""
+    if a.size == 0 or a is b:
+        return b
+    if b.size == 0 or (a.size == b.size and np.array_equal(a, b)):
+        return a
+    both = np.concatenate([a, b])
+    both.sort(kind="stable")  # two sorted runs: a merge
+    keep = np.empty(both.size, bool)
+    keep[0] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
 
 
 def _aligned(shape, rank: int) -> tuple:
@@ -353,10 +382,10 @@ def _concatenate(ctx, eqn, pats, vals, outs):
         idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))
     shared = pats[0].common
     for p in pats[1:]:
-        shared = np.intersect1d(shared, p.common)
+        shared = np.intersect1d(shared, p.common, assume_unique=True)
     rows = []
     for p in pats:
-        own = np.setdiff1d(p.common, shared)
+        own = np.setdiff1d(p.common, shared, assume_unique=True)
         rows.append(Pattern(p.shape, p.rows, own.astype(np.int64)).matrix(ctx.n))
     whole = Pattern((offset,), sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool), shared)
     return [_take(ctx, whole, idx)]

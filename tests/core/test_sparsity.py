@@ -257,7 +257,7 @@ def test_detection_is_cached_on_the_computation():
 
 @pytest.mark.parametrize(
     "pattern,most",
-    [("arrowhead", 25), ("tridiagonal", 3), ("stencil", 6)],
+    [("arrowhead", 25), ("tridiagonal", 3), ("stencil", 6), ("arrowhead with pairs", 26)],
 )
 def test_star_colouring_is_near_the_optimum(pattern, most):
     import scipy.sparse as sparse
@@ -269,6 +269,15 @@ def test_star_colouring_is_near_the_optimum(pattern, most):
         a.setdiag(True)
         a[:24, :] = True
         a[:, :24] = True
+    elif pattern == "arrowhead with pairs":
+        # the globals' neighbours coloured at once, but not the pixels coupled to
+        # another pixel: those must still be star-coloured among themselves
+        a = sparse.lil_array((600, 600), dtype=bool)
+        a.setdiag(True)
+        a[:24, :] = True
+        a[:, :24] = True
+        for i in range(100, 200, 3):
+            a[i, i + 1] = a[i + 1, i] = a[i + 1, i + 2] = a[i + 2, i + 1] = True
     elif pattern == "tridiagonal":
         a = sparse.diags_array([1, 1, 1], offsets=[-1, 0, 1], shape=(500, 500), dtype=bool)
     else:
