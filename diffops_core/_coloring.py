@@ -135,6 +135,11 @@ def seeds(colors: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Vertices x colours up to which `star_plan` counts in a dense table (int64:
+#: 512 MiB at most; 25 colours of 10⁶ vertices take 200 MB).
+_DENSE_COUNTS = 2**26
+
+
 def star_plan(pattern: sp.csr_array, colors: np.ndarray):
     """Where each nonzero of a star-coloured symmetric pattern is read from
     ``B = H S``: ``(indptr, indices, source rows, source columns)`` in CSR order,
@@ -145,14 +150,26 @@ def star_plan(pattern: sp.csr_array, colors: np.ndarray):
     **Raises:** `ValueError` when neither is (not a star colouring of it)."""
     sym = sp.csr_array(pattern + pattern.T, dtype=bool)
     sym.sort_indices()
-    rows = np.repeat(np.arange(sym.shape[0]), np.diff(sym.indptr))
+    n = sym.shape[0]
+    small = np.int32 if n < 2**31 else np.int64  # half the memory traffic at 10⁷ nonzeros
+    rows = np.repeat(np.arange(n, dtype=small), np.diff(sym.indptr))
     cols = sym.indices
     k = int(colors.max()) + 1
-    onehot = sp.csr_array((np.ones(colors.size), (np.arange(colors.size), colors)),
-                          shape=(colors.size, k))  # fmt: skip
-    counts = sp.csr_array(sym.astype(np.float64) @ onehot)
-    direct = np.asarray(counts[rows, colors[cols]]).reshape(-1) == 1
-    mirror = np.asarray(counts[cols, colors[rows]]).reshape(-1) == 1
+    colors = np.asarray(colors, small)
+    col_colors, row_colors = colors[cols], colors[rows]
+    if n * k <= _DENSE_COUNTS:  # neighbours of each colour per vertex, as a dense table
+        flat = rows * small(k)
+        flat += col_colors
+        counts = np.bincount(flat, minlength=n * k)
+        counts = np.minimum(counts, 2).astype(np.uint8).reshape(n, k)  # only "one" matters
+        direct = counts[rows, col_colors] == 1
+        mirror = counts[cols, row_colors] == 1
+    else:  # many colours: the table as a sparse matrix
+        onehot = sp.csr_array((np.ones(colors.size), (np.arange(colors.size), colors)),
+                              shape=(colors.size, k))  # fmt: skip
+        table = sp.csr_array(sym.astype(np.float64) @ onehot)
+        direct = np.asarray(table[rows, col_colors]).reshape(-1) == 1
+        mirror = np.asarray(table[cols, row_colors]).reshape(-1) == 1
     if not np.all(direct | mirror):
         bad = np.flatnonzero(~(direct | mirror))[:3]
         raise ValueError(
@@ -160,7 +177,7 @@ def star_plan(pattern: sp.csr_array, colors: np.ndarray):
             f"{[(int(rows[b]), int(cols[b])) for b in bad]} cannot be recovered"
         )
     src_r = np.where(direct, rows, cols)
-    src_c = np.where(direct, colors[cols], colors[rows])
+    src_c = np.where(direct, col_colors, row_colors)
     return sym.indptr, cols, src_r, src_c
 
 
