@@ -117,10 +117,11 @@ def cluster(tmp_path_factory):
         assert hosts == {"127.0.0.1"}
         yield address
     finally:
-        for proc in procs:
+        # the workers first, while their scheduler is there to hear them leave (a
+        # worker whose scheduler has gone waits out its reconnect timeout: 30 s)
+        for proc in reversed(procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
