@@ -170,8 +170,8 @@ def star_plan(pattern: sp.csr_array, colors: np.ndarray):
     if n * k <= _DENSE_COUNTS:  # neighbours of each colour per vertex, as a dense table
         flat = rows * small(k)
         flat += col_colors
-        counts = np.bincount(flat, minlength=n * k)
-        counts = np.minimum(counts, 2).astype(np.uint8).reshape(n, k)  # only "one" matters
+        tally = np.bincount(flat, minlength=n * k)
+        counts = np.minimum(tally, 2).astype(np.uint8).reshape(n, k)  # only "one" matters
         direct = counts[rows, col_colors] == 1
         mirror = counts[cols, row_colors] == 1
     else:  # many colours: the table as a sparse matrix
