@@ -9,7 +9,6 @@ import numpy as np
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.internal import BlockTask
 
 ARROW_MODEL = """
 import jax.numpy as jnp
@@ -69,16 +68,11 @@ def test_run_show_plot_verify_of_a_sparse_store(tmp_path, monkeypatch):
     assert status["complete"]
 
 
-def test_plot_of_an_incomplete_sparse_store_draws_the_pattern_and_says_so(tmp_path, monkeypatch):
+def test_plot_of_an_incomplete_sparse_store_draws_the_pattern_and_says_so(
+    tmp_path, monkeypatch, inject
+):
     spec = _spec(tmp_path, monkeypatch)
-    original = BlockTask.write_record
-
-    def fails(self, state, block, record):
-        if block.index == 1:
-            raise OSError("injected")
-        return original(self, state, block, record)
-
-    monkeypatch.setattr(BlockTask, "write_record", fails)
+    inject([{"block": 1, "kind": "raise", "at": "write"}])  # killed before its record
     assert invoke("run", spec, "--no-progress").exit_code == 1
     res = invoke("plot", str(tmp_path / "out.zarr"), "-o", str(tmp_path / "p.png"))
     assert res.exit_code == 0, res.output

@@ -156,17 +156,10 @@ def test_a_wrong_pattern_fails_its_check_and_is_never_read(tmp_path):
     assert "FAILED" in "\n".join(result.summary().lines())
 
 
-def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, monkeypatch):
+def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, inject):
     x = arrow_x()
     store = str(tmp_path / "h.zarr")
-    original = BlockTask.write_record
-
-    def dies_on_block_1(self, state, block, record):
-        if block.index == 1:
-            raise OSError("injected: killed before the record")
-        return original(self, state, block, record)
-
-    monkeypatch.setattr(BlockTask, "write_record", dies_on_block_1)
+    inject([{"block": 1, "kind": "raise", "at": "write"}])  # its products written, no record
     with pytest.raises(pipeline.BlockError):
         pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
                                  progress=False)  # fmt: skip
@@ -174,7 +167,7 @@ def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, monkeypa
     assert partial.missing_blocks() == [1]
     with pytest.raises(ValueError, match="incomplete"):
         partial.sparse()
-    monkeypatch.setattr(BlockTask, "write_record", original)
+    inject.clear()
     result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
                                       progress=False)  # fmt: skip
     assert result.run_summary.blocks_computed == 1
