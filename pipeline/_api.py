@@ -323,6 +323,12 @@ def hessian_to_zarr(f: Callable, x: Any, store: Any, **options: Unpack[RunOption
     - `progress`: a progress bar on stderr; `callbacks`: more `Callback`s (e.g.
       `Timings`); `compressor`: ``None`` (default) or ``"zstd"``; `break_lock`:
       take over the lock of a run that is gone but whose host still holds it.
+    - `sparsity`: ``None`` (default: the dense matrix), ``"auto"`` (detect the
+      global pattern, colour it, and compute and store one product per colour:
+      `Result.sparse`; a dense pattern stores the dense matrix) or a
+      `diffops_core.Sparsity` to reuse. The pattern and the colouring are part
+      of the fingerprint; a complete sparse store is checked against two
+      products of random vectors before it is returned.
 
     **Returns:** a `Result`. **Raises:** `StoreError` (not ours; another result,
     saying what differs; locked; a disk too small); `NotEnoughMemoryError` when
