@@ -203,6 +203,9 @@ class Result:
         `marginal_std` does) when the matrix is positive definite: Lanczos on the
         small end of an ill-conditioned matrix does not converge.
 
+        A sparse result's come from its recovered matrix in memory (nnz-sized):
+        Lanczos, and shift-invert on its sparse LU when it is positive definite.
+
         **Returns:** ``largest``, ``smallest`` (``k`` each, as ``which`` asks),
         ``condition``, ``positive_definite``, ``matvecs``.
         **Raises:** `ValueError` for a Jacobian or an incomplete store.

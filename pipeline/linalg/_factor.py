@@ -58,9 +58,9 @@ def require_square_complete(store: ResultStore, what: str, sparse_ok: bool = Fal
     if store.is_sparse and not sparse_ok:
         raise InputValueError(
             f"{what} reads a dense stored matrix, but {store.location!r} holds a sparse result "
-            "(compressed products); its marginal standard deviations come from "
-            "Result.marginal_std(), and Result.sparse() gives the scipy matrix for the rest "
-            "(diffops_core.covariance of it, scipy.sparse.linalg.eigsh)"
+            "(compressed products): Result.marginal_std() and Result.spectrum() take it, and "
+            "Result.sparse() gives the scipy matrix for the rest (diffops_core.covariance "
+            "of it, when it fits)"
         )
     operation = store.meta["operation"]
     if operation not in CURVATURE:

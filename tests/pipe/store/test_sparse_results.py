@@ -195,7 +195,6 @@ def test_a_sparse_store_has_no_dense_matrix_to_factorise(tmp_path):
     result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), str(tmp_path / "h.zarr"),
                                       sparsity="auto", progress=False)  # fmt: skip
     for call in (lambda: result.covariance(str(tmp_path / "c.zarr"), progress=False),
-                 lambda: result.spectrum(progress=False),
                  lambda: result.analyze(progress=False)):  # fmt: skip
         with pytest.raises(ValueError, match="holds a sparse result"):
             call()
@@ -234,3 +233,23 @@ def test_xarray_opens_a_sparse_store_and_show_names_the_saving(tmp_path):
                                rtol=2e-5, atol=2e-4)  # fmt: skip
     text = "\n".join(result.summary().lines())
     assert "4 products instead of 43" in text and "passed" in text
+
+
+def test_the_spectrum_of_a_sparse_store_is_the_dense_matrixs(tmp_path):
+    x = arrow_x()
+    fisher = pipeline.gauss_newton_to_zarr(arrow_residuals, x, str(tmp_path / "g.zarr"), std=0.1,
+                                           sparsity="auto", progress=False)  # fmt: skip
+    hessian = pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "h.zarr"), sparsity="auto",
+                                       progress=False)  # fmt: skip
+    chain = pipeline.hessian_to_zarr(lambda v: jnp.sum(v[1:] * v[:-1] ** 2) - jnp.sum(v**2),
+                                     jnp.linspace(-1.0, 1.0, 40), str(tmp_path / "c.zarr"),
+                                     sparsity="auto", progress=False)  # fmt: skip
+    assert chain.meta["sparsity"]["ncolors"] == 3
+    for result in (fisher, hessian, chain):  # positive definite twice, then indefinite
+        dense = result.assemble().astype(np.float64)
+        exact = np.linalg.eigvalsh((dense + dense.T) / 2)
+        found = result.spectrum(k=3, progress=False)
+        np.testing.assert_allclose(found["largest"], exact[::-1][:3], rtol=1e-5)
+        np.testing.assert_allclose(found["smallest"], exact[:3], rtol=1e-4, atol=1e-6)
+        assert found["positive_definite"] == bool(exact[0] > 0) and found["matvecs"] > 0
+    assert not found["positive_definite"]  # the chain's: the small end by Lanczos on it
