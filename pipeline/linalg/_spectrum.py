@@ -93,7 +93,7 @@ def _sparse_extremes(store: ResultStore, k: int, which: str, tol: float) -> dict
             out["smallest"] = extremes(op, k, "SA", tol)
         else:
             mu = extremes(counted(lu.solve), k, "LA", tol)
-            out["smallest"] = sorted(1.0 / np.asarray(mu))
+            out["smallest"] = sorted(float(v) for v in 1.0 / np.asarray(mu))
     out["matvecs"] = calls[0]
     return out
 
