@@ -331,6 +331,9 @@ def spec1m_one() -> dict:
         t1 = time.perf_counter()
         std = result.marginal_std()
         t_sigma = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        eig = result.spectrum(k=3, progress=False)
+        t_spectrum = time.perf_counter() - t2
         info = result.meta["sparsity"]
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(spec.output)
                    for f in fs)  # fmt: skip
@@ -339,7 +342,8 @@ def spec1m_one() -> dict:
                 "blocks_s": summary.pipeline_s, "check_s": info["check"]["seconds"],
                 "checks_s": summary.checks_s, "run_s": t_run, "sigma_s": t_sigma,
                 "peak": peak_rss(), "disk": disk, "dtype": str(result.dtype),
-                "flux_sigma": float(std["flux"])}  # fmt: skip
+                "flux_sigma": float(std["flux"]), "spectrum_s": t_spectrum,
+                "condition": eig["condition"], "matvecs": eig["matvecs"]}  # fmt: skip
 
 
 def spec1m() -> None:
@@ -362,11 +366,13 @@ def spec1m() -> None:
             "checks s",
             "run s (all, σ included)",
             "σ s (cold)",
+            "spectrum s (k=3)",
+            "condition",
             "peak MB",
             "store MB",
             "dense would be",
         ),  # fmt: skip
-        _row(*["---"] * 13),
+        _row(*["---"] * 15),
         _row(
             f"{r['n']:,}",
             f"{r['nnz']:,}",
@@ -378,6 +384,8 @@ def spec1m() -> None:
             f"{r['checks_s']:.1f}",
             f"{r['run_s']:.1f}",
             f"{r['sigma_s']:.1f}",
+            f"{r['spectrum_s']:.1f} ({r['matvecs']} products)",
+            f"{r['condition']:.2g}",
             mb(r["peak"]),
             mb(r["disk"]),
             f"{dense / 1e12:.1f} TB",
@@ -391,8 +399,9 @@ def spec1m() -> None:
         "the whole spec: importing the model, tracing, detection, colouring, the blocks, the "
         "self-check against two random products, the checks and the finalize σ file (from "
         "the matrix the self-check recovered). σ cold: `open_result(store).marginal_std()` "
-        "afterwards (reading and recovering the matrix again). Peak by VmHWM over all of "
-        "it.\n\n" + "\n".join(lines)
+        "afterwards (reading and recovering the matrix again); then `Result.spectrum(k=3)` "
+        "(Lanczos on the recovered matrix, the small end by shift-invert on its sparse LU). "
+        "Peak by VmHWM over all of it.\n\n" + "\n".join(lines)
     )
     write_section("sparse-spec-1m", body, "python benchmarks/bench_sparse.py spec1m")
     print(body)
