@@ -273,6 +273,8 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
         size = min(ncolors, budget_block(kernels, memory_budget, inner_width=inner_width)
                    .block_size)  # fmt: skip
     elif nbatches not in (None, 1) or block_size is not None:
+        if isinstance(nbatches, int) and not isinstance(nbatches, bool) and nbatches > ncolors:
+            nbatches = ncolors  # more batches than products: one colour a block
         size = resolve_block_size(ncolors, nbatches=nbatches, block_size=block_size) or ncolors
     elif stored is not None and stored.extent == ncolors:
         size = stored.block_size

@@ -253,3 +253,15 @@ def test_the_spectrum_of_a_sparse_store_is_the_dense_matrixs(tmp_path):
         np.testing.assert_allclose(found["smallest"], exact[:3], rtol=1e-4, atol=1e-6)
         assert found["positive_definite"] == bool(exact[0] > 0) and found["matvecs"] > 0
     assert not found["positive_definite"]  # the chain's: the small end by Lanczos on it
+
+
+def test_the_blocking_counts_colours(tmp_path):
+    x = arrow_x()
+    for i, (options, blocks) in enumerate((({"nbatches": 64}, 4), ({"block_size": 100}, 1),
+                                           ({"nbatches": 2}, 2))):  # fmt: skip
+        result = pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / f"h{i}.zarr"),
+                                          sparsity="auto", progress=False, **options)  # fmt: skip
+        assert result.store.plan.n_blocks == blocks, options
+    with pytest.raises(ValueError, match="at most one of nbatches, block_size"):
+        pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "bad.zarr"), sparsity="auto",
+                                 nbatches=2, block_size=2, progress=False)  # fmt: skip
