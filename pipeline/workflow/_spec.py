@@ -121,20 +121,21 @@ def _memory_budget(value):
     return value
 
 
-def _compressor(value):
-    if value in (None, "none"):
-        return None
-    if value != "zstd":
-        raise ValueError(f"must be none or zstd, got {value!r}")
-    return value
+def _none_or(word: str):
+    """A field that is ``none`` (None) or ``word``."""
+
+    def check(value):
+        if value in (None, "none"):
+            return None
+        if value != word:
+            raise ValueError(f"must be none or {word}, got {value!r}")
+        return value
+
+    return check
 
 
-def _sparsity(value):
-    if value in (None, "none"):
-        return None
-    if value != "auto":
-        raise ValueError(f"must be none or auto, got {value!r}")
-    return value
+_compressor = _none_or("zstd")
+_sparsity = _none_or("auto")
 
 
 def _dirs(value):
