@@ -34,12 +34,15 @@ def choose_sizing(
     memory_budget=None,
     inner_width=None,
     auto_width=True,
+    extent=None,
 ) -> Sizing:
     """Resolve the blocking knobs into a block size and micro-batch width.
 
     At most one of ``nbatches`` (zodiax's meaning; 1 counts as not given),
     ``block_size`` and ``memory_budget`` may be given; it bounds the products in
     flight at once. ``inner_width`` (default: `auto_inner_width`) may only narrow that.
+    ``extent``: the products to block (default: the kernels' columns, or rows;
+    a colouring's colours for compressed products).
 
     **Raises:** `TypeError`/`ValueError` naming the offending argument.
     """
@@ -65,15 +68,20 @@ def choose_sizing(
         ):
             raise InputTypeError(f"inner_width must be a positive int or None, got {inner_width!r}")
     if memory_budget is not None:
-        return budget_block(kernels, memory_budget, inner_width=inner_width)
-    if nbatches is not None and spec.op == "jacrev":
+        sizing = budget_block(kernels, memory_budget, inner_width=inner_width)
+        if extent is None or sizing.block_size <= extent:
+            return sizing
+        width = None if sizing.inner_width is None else min(sizing.inner_width, extent)
+        return Sizing(extent, width, sizing.footprint)
+    if nbatches is not None and spec.op == "jacrev" and extent is None:
         # nbatches keeps zodiax's meaning in either mode: at most ceil(n / nbatches)
         # products in flight (checked against the n parameters); in rev mode those
         # products are VJP rows, and a block holds at most the m rows there are.
         size = resolve_block_size(spec.n, nbatches=nbatches)
         nbatches, block_size = None, None if size is None else min(size, spec.extent)
-    size = resolve_block_size(spec.extent, nbatches=nbatches, block_size=block_size)
-    size = size or spec.extent
+    extent = spec.extent if extent is None else extent
+    size = resolve_block_size(extent, nbatches=nbatches, block_size=block_size)
+    size = size or extent
     if inner_width is not None:
         return Sizing(size, min(inner_width, size))
     return Sizing(size, auto_inner_width(kernels, size) if auto_width else None)

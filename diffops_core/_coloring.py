@@ -67,10 +67,9 @@ def row_coloring(pattern: sp.csr_array) -> np.ndarray:
 def _dense_vertices(adjacency: sp.csr_array) -> np.ndarray:
     """Vertices of more than 10x the median degree (and 16), each of which will
     take a colour of its own; at most sqrt(nnz) of them, the densest (a colour
-    each is the price: it stays below the square root of the work it saves).
-    A defect: the bound was a degree of 4 sqrt(nnz), which a small arrowhead's
-    globals (599 neighbours beside 680) missed, and the greedy walk through them
-    took 50 s for 600 vertices."""
+    each is the price: it stays below the square root of the work it saves; a
+    bound on the degree instead missed a small arrowhead's globals, and the
+    greedy walk through them was quadratic)."""
     degree = np.diff(adjacency.indptr)
     if degree.size == 0:
         return np.zeros(0, np.int64)
@@ -108,8 +107,6 @@ def star_coloring(pattern: sp.csr_array) -> np.ndarray:
     order = np.argsort(-np.diff(ptr), kind="stable")
     order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
     for v in order:
-        if colors[v]:
-            continue
         for w in idx[ptr[v] : ptr[v + 1]]:
             cw = colors[w]
             if cw:

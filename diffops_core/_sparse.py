@@ -95,17 +95,32 @@ _CACHE: dict[tuple, Sparsity] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
-    """(the Sparsity, the kernels, x flat) for ``kind`` (``"hessian"`` or
-    ``"jacobian"``), detected once per computation (what JAX traced)."""
-    op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
-    kernels, x_flat, _ = get_kernels(f, x, op)
+#: The kernels' op whose matrix each kind is (a Jacobian's pattern is its JVPs').
+_OP = {"hessian": "hessian", "gauss_newton": "gauss_newton", "jacobian": "jacfwd"}
+
+
+def _traced(kind: str, f: Callable, x: Any) -> tuple[Any, Any]:
+    """(kernels, x flat) of ``f`` at ``x`` for ``kind``: one trace."""
+    kernels, x_flat, _ = get_kernels(f, x, _OP[kind])
+    return kernels, x_flat
+
+
+def _detect(kind: str, f: Callable, x: Any) -> Sparsity:
+    """The Sparsity of ``kind`` of ``f`` at ``x``, detected once per computation
+    (what JAX traced)."""
+    return _detected(kind, *_traced(kind, f, x))
+
+
+def _detected(kind: str, kernels, x_flat) -> Sparsity:
+    """The Sparsity of ``kind`` of a traced function (``kernels``, of any op),
+    cached on what JAX traced."""
+    kernels = kernels.for_op(_OP[kind])
     identity = kernels.traced.identity()
     key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
     with _CACHE_LOCK:
         found = _CACHE.get(key)
     if found is not None:
-        return found, kernels, x_flat
+        return found
     t0 = time.perf_counter()
     consts = kernels.consts
     f_flat = lambda z: kernels.f_flat(consts, z)
@@ -127,7 +142,7 @@ def _detect(kind: str, f: Callable, x: Any) -> tuple[Sparsity, Any, Any]:
     )
     with _CACHE_LOCK:
         _CACHE[key] = found
-    return found, kernels, x_flat
+    return found
 
 
 def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
@@ -153,30 +168,30 @@ def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
 def hessian_sparsity(f: Callable, x: Any) -> Sparsity:
     """The Hessian's global pattern of scalar ``f`` at ``x``'s shape and dtype,
     star-coloured. Cached on the computation (what JAX traced)."""
-    return _detect("hessian", f, x)[0]
+    return _detect("hessian", f, x)
 
 
 def jacobian_sparsity(f: Callable, x: Any) -> Sparsity:
     """The Jacobian's global pattern of ``f`` at ``x``'s shape and dtype, with a
     column or a row colouring (whichever needs fewer). Cached as above."""
-    return _detect("jacobian", f, x)[0]
+    return _detect("jacobian", f, x)
 
 
-def _given(kind: str, sparsity, f, x) -> tuple[Sparsity, Any, Any]:
+def _given(kind: str, sparsity, kernels, x_flat) -> Sparsity:
+    """``sparsity`` checked against the traced function (``"auto"``: detected)."""
     if isinstance(sparsity, Sparsity):
-        op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
-        kernels, x_flat = get_kernels(f, x, op)[:2]
-        shape = (kernels.spec.m, kernels.spec.n)
+        spec = kernels.for_op(_OP[kind]).spec
+        shape = (spec.m, spec.n)
         dtype = str(jnp.result_type(x_flat))
         if sparsity.shape != shape or sparsity.dtype != dtype:
             raise InputValueError(
                 f"sparsity is of a {sparsity.shape} {sparsity.dtype} matrix, but this {kind} is "
                 f"{shape} {dtype}; detect it for this f and x (sparsity='auto')"
             )
-        return sparsity, kernels, x_flat
+        return sparsity
     if sparsity != "auto":
         raise InputValueError(f"sparsity must be None, 'auto' or a Sparsity, got {sparsity!r}")
-    return _detect(kind, f, x)
+    return _detected(kind, kernels, x_flat)
 
 
 def _dense_matrix(kernels, x_flat, m: int, n: int) -> sp.csr_array:
@@ -207,17 +222,18 @@ def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool) -> np.ndarra
     return out if transpose else out.T
 
 
-def _check(matrix: sp.csr_array, kernels, x_flat, op_rows: bool, what: str) -> dict:
-    """``matrix`` against two products of random vectors: a detection or a
-    colouring error is refused, never returned. **Returns:** ``error`` and
-    ``tolerance``. **Raises:** `ValueError`."""
+def _check(matrix: sp.csr_array, kernels, x_flat, what: str) -> dict:
+    """``matrix`` against two products ``M v`` of random vectors (``kernels``:
+    the column products' op): a detection or a colouring error is refused,
+    never returned. **Returns:** ``error`` and ``tolerance``. **Raises:**
+    `ValueError`."""
     rng = np.random.default_rng(0)
-    extent = matrix.shape[0] if op_rows else matrix.shape[1]
+    extent = matrix.shape[1]
     v = rng.standard_normal((2, extent))
     got = np.asarray(kernels.products(2)(x_flat, jnp.asarray(v, x_flat.dtype)))
-    expected = (v @ matrix) if op_rows else (matrix @ v.T).T
+    expected = (matrix @ v.T).T
     eps = float(jnp.finfo(x_flat.dtype).eps)
-    scale = np.abs(matrix).sum(axis=1 if not op_rows else 0).max(initial=0.0)
+    scale = np.abs(matrix).sum(axis=1).max(initial=0.0)
     tol = 1e3 * eps * max(float(scale), 1e-30) * np.sqrt(extent)
     err = float(np.abs(got - expected).max(initial=0.0))
     if err > tol:
@@ -270,7 +286,7 @@ def gauss_newton_sparsity(
 ) -> Sparsity:
     """The Gauss–Newton matrix's pattern (``Jᵀ J``'s, of the whitened residuals),
     star-coloured; cached as `hessian_sparsity`."""
-    return _detect("gauss_newton", whitened_residuals(residuals, x, std, cov, inv_cov), x)[0]
+    return _detect("gauss_newton", whitened_residuals(residuals, x, std, cov, inv_cov), x)
 
 
 def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
@@ -284,24 +300,24 @@ def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr
     return matrix_from_products("jacobian", f, x, sparsity)[:2]
 
 
-def detect(kind: str, f: Callable, x: Any, sparsity: Any = "auto") -> Sparsity:
+def detect(kind: str, kernels, x_flat, sparsity: Any = "auto") -> Sparsity:
     """The `Sparsity` of ``kind`` (``"hessian"``, ``"jacobian"`` or
-    ``"gauss_newton"`` of whitened residuals): detected and coloured (cached),
-    or ``sparsity`` checked against f and x. For executors (the pipeline).
+    ``"gauss_newton"`` of whitened residuals) of an executor's traced function
+    (``kernels`` of any op, and the flat concrete ``x``; nothing is traced
+    again): detected and coloured (cached), or ``sparsity`` checked against it.
 
     **Raises:** `ValueError` as `matrix_from_products`."""
-    _refuse_traced(x)
-    return _given(kind, sparsity, f, x)[0]
+    _refuse_traced(x_flat)
+    return _given(kind, sparsity, kernels, x_flat)
 
 
-def check_sparse(kind: str, matrix: sp.csr_array, f: Callable, x: Any) -> dict:
+def check_sparse(kind: str, matrix: sp.csr_array, kernels, x_flat) -> dict:
     """Check a recovered ``matrix`` of ``kind`` against two products of random
-    vectors of ``f`` at ``x`` (an executor's result, as `matrix_from_products`
-    checks its own). **Returns:** ``error``, ``tolerance``. **Raises:**
-    `ValueError` on a mismatch beyond the dtype's tolerance."""
-    op = {"hessian": "hessian", "gauss_newton": "gauss_newton"}.get(kind, "jacfwd")
-    kernels, x_flat, _ = get_kernels(f, x, op)
-    return _check(matrix, kernels, x_flat, op_rows=False, what=_WHAT[kind])
+    vectors of the traced function (``kernels`` of any op, at ``x_flat``): an
+    executor's result, as `matrix_from_products` checks its own. **Returns:**
+    ``error``, ``tolerance``. **Raises:** `ValueError` on a mismatch beyond the
+    dtype's tolerance."""
+    return _check(matrix, kernels.for_op(_OP[kind]), x_flat, what=_WHAT[kind])
 
 
 def _refuse_traced(x: Any) -> None:
@@ -325,7 +341,8 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     **Raises:** `ValueError` for a traced ``x`` (the pattern is coloured on the
     host), a bad ``sparsity``, or a result that does not check."""
     _refuse_traced(x)
-    found, kernels, x_flat = _given(kind, sparsity, f, x)
+    kernels, x_flat = _traced(kind, f, x)
+    found = _given(kind, sparsity, kernels, x_flat)
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:
         if not dense_path:
@@ -336,5 +353,5 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     else:
         compressed = _compressed(kernels, x_flat, seeds(found.colors), False)
     matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, op_rows=False, what=_WHAT[kind])
+    _check(matrix, kernels, x_flat, what=_WHAT[kind])
     return matrix, unravel, kernels

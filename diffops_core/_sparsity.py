@@ -153,16 +153,20 @@ def _union(ctx: _Context, parts: Sequence[Pattern], shape) -> Pattern:
     return ctx.check(Pattern(shape, rows, common))
 
 
+def _distinct(ordered: np.ndarray) -> np.ndarray:
+    """A sorted array without its repeats."""
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.size, bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def _sorted_set(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)`` as int64, by a sort (numpy's hashing unique is
     several times slower on large index arrays)."""
-    out = np.sort(np.asarray(values, np.int64))
-    if out.size < 2:
-        return out
-    keep = np.empty(out.size, bool)
-    keep[0] = True
-    np.not_equal(out[1:], out[:-1], out=keep[1:])
-    return out[keep]
+    return _distinct(np.sort(np.asarray(values, np.int64)))
 
 
 def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -176,10 +180,7 @@ def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a
     both = np.concatenate([a, b])
     both.sort(kind="stable")  # two sorted runs: a merge
-    keep = np.empty(both.size, bool)
-    keep[0] = True
-    np.not_equal(both[1:], both[:-1], out=keep[1:])
-    return both[keep]
+    return _distinct(both)
 
 
 def _aligned(shape, rank: int) -> tuple:

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, Unpack
 
+import jax
+import jax.flatten_util
 import numpy as np
 
 from diffops_core.internal import (
@@ -50,6 +52,7 @@ from .store import (
     difference,
     invalidate,
     normalise_location,
+    pattern_bytes,
     peek,
     same_computation,
     store_disk_bytes,
@@ -205,7 +208,8 @@ def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
     info = store.sparsity_meta
     assert info is not None
     try:
-        found = check_sparse(run_plan.operation, matrix, run_plan.f, run_plan.x)
+        x_flat = jax.flatten_util.ravel_pytree(run_plan.x)[0]  # the plan's trace, not another
+        found = check_sparse(run_plan.operation, matrix, run_plan.kernels, x_flat)
     except InputValueError as err:
         info["check"] = {"passed": False, "blocks": blocks, "error": str(err)}
         store.save_meta()
@@ -295,7 +299,7 @@ def _check_disk(run_plan: RunPlan, todo: Sequence[int], new: bool) -> None:
     what = "uncompressed; zstd may need less" if run_plan.compressor else "uncompressed"
     if run_plan.sparsity_info is not None:
         info = run_plan.sparsity_info
-        need += 12 * info["nnz"] + 8 * (spec.m + spec.n) if new else 0  # the pattern, colours
+        need += pattern_bytes(info) if new else 0  # the pattern and colours
         what = f"compressed products of {info['ncolors']} colours, {what}"
     check_free(run_plan.location, need, f"the {spec.m}x{spec.n} {spec.dtype} result ({what})")
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from diffops_core.internal import format_iec
 
-from ..store import NONFINITE, SQUARE, ResultStore
+from ..store import NONFINITE, SQUARE, ResultStore, pattern_bytes
 from ._scan import scan
 
 __all__ = ["LeafSummary", "StoreSummary", "checks", "summarise"]
@@ -91,7 +91,7 @@ class StoreSummary:
         op = self.operation if self.op == self.operation else f"{self.operation} ({self.op})"
         extent = m if info.get("mode") == "row" else n
         itemsize = np.dtype(self.dtype).itemsize
-        stored = math.prod(info["compressed_shape"]) * itemsize + 12 * info["nnz"]
+        stored = math.prod(info["compressed_shape"]) * itemsize + pattern_bytes(info)
         check = info.get("check") or {}
         if check.get("passed"):
             verdict = f"passed (error {check['error']:.3g}, tolerance {check['tolerance']:.3g})"

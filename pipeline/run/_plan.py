@@ -21,7 +21,6 @@ import numpy as np
 from diffops_core.internal import (
     BlockPlan,
     InputTypeError,
-    InputValueError,
     Kernels,
     KernelSpec,
     Sizing,
@@ -33,7 +32,6 @@ from diffops_core.internal import (
     get_kernels,
     jacobian_op,
     kernel_bytes,
-    resolve_block_size,
 )
 
 from .._errors import NotEnoughMemoryError
@@ -255,27 +253,21 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
                    nbatches=None, block_size=None, memory_budget=None,
                    inner_width=None) -> Sizing:  # fmt: skip
     """The blocking of a sparse result's products, over its colours: as asked
-    (``nbatches``, ``block_size``; ``memory_budget`` bounds the products in
-    flight), else half the colours a block (two, for two workers), at most 64
-    and a 256 MiB slab, shrunk until one task fits ``limits``; the products of a
-    block's colours all at once (``inner_width`` may narrow that)."""
-    asked = (("nbatches", None if nbatches == 1 else nbatches), ("block_size", block_size),
-             ("memory_budget", memory_budget))  # fmt: skip
-    given = [name for name, value in asked if value is not None]
-    if len(given) > 1:
-        raise InputValueError(
-            f"give at most one of nbatches, block_size and memory_budget; got {' and '.join(given)}"
-        )
+    (`choose_sizing` over the colours; more ``nbatches`` than colours is one
+    colour a block), else half the colours a block (two, for two workers), at
+    most 64 and a 256 MiB slab, shrunk until one task fits ``limits``; the
+    products of a block's colours all at once (``inner_width`` may narrow
+    that)."""
     spec = kernels.spec
     other = spec.m if spec.axis == 1 else spec.n
     itemsize = np.dtype(spec.dtype).itemsize
-    if memory_budget is not None:
-        size = min(ncolors, budget_block(kernels, memory_budget, inner_width=inner_width)
-                   .block_size)  # fmt: skip
-    elif nbatches not in (None, 1) or block_size is not None:
+    batched = nbatches is not None and (nbatches != 1 or isinstance(nbatches, bool))
+    if batched or block_size is not None or memory_budget is not None:
         if isinstance(nbatches, int) and not isinstance(nbatches, bool) and nbatches > ncolors:
             nbatches = ncolors  # more batches than products: one colour a block
-        size = resolve_block_size(ncolors, nbatches=nbatches, block_size=block_size) or ncolors
+        size = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
+                             memory_budget=memory_budget, inner_width=inner_width,
+                             auto_width=False, extent=ncolors).block_size  # fmt: skip
     elif stored is not None and stored.extent == ncolors:
         size = stored.block_size
     else:
@@ -289,13 +281,13 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
     return Sizing(size, size if inner_width is None else min(inner_width, size))
 
 
-def _detected(operation: str, kernels: Kernels, f: Callable, x: Any, sparsity: Any):
-    """(the kernels, the Sparsity) of a sparse result; None for a dense pattern
-    (nothing to save: the dense result is computed, as the same computation),
-    or without ``sparsity``."""
+def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any):
+    """(the kernels, the Sparsity) of a sparse result, from the plan's trace;
+    None for a dense pattern (nothing to save: the dense result is computed, as
+    the same computation), or without ``sparsity``."""
     if sparsity is None:
         return kernels, None
-    found = detect_sparsity(operation, f, x, sparsity)
+    found = detect_sparsity(operation, kernels, x_flat, sparsity)
     if found.dense:
         return kernels, None
     if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
@@ -352,7 +344,7 @@ def plan(
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
-    kernels, found = _detected(operation, kernels, f, x_host, sparsity)
+    kernels, found = _detected(operation, kernels, x_flat, sparsity)
     ncolors = None if found is None else found.ncolors
     sizing = (_sizing(kernels, limits, stored, **blocking) if found is None else
               _sparse_sizing(kernels, found.ncolors, limits, stored, **blocking))  # fmt: skip

@@ -30,7 +30,7 @@ import zarr
 from diffops_core.internal import BlockPlan, auto_inner_width, get_kernels
 
 from .._errors import BlockError, IdentityMismatch
-from ..store import SlabWriter, checksum, digest, record
+from ..store import COLORS, COMPRESSED, SlabWriter, checksum, digest, record
 from ._types import BlockEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,7 +252,7 @@ class BlockTask:
             kernel=kernel,
             # linearise once per run: every block reuses the residuals
             lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
-            writer=SlabWriter(group["compressed" if colors is not None else "matrix"]),  # type: ignore[arg-type]
+            writer=SlabWriter(group[COMPRESSED if colors is not None else "matrix"]),  # type: ignore[arg-type]
             records=SlabWriter(group["blocks"]),  # type: ignore[arg-type]
             inner_width=width,
             kernel_lock=kernel_lock(jax.default_backend()),
@@ -262,7 +262,7 @@ class BlockTask:
     def _colors(self, group) -> Any:
         """The run's colouring, read from the store and checked against the
         driver's digest of it (never a product of another colouring)."""
-        colors = np.asarray(group["colors"][...], np.int32)
+        colors = np.asarray(group[COLORS][...], np.int32)
         if digest(colors) != self.colors:
             raise IdentityMismatch(
                 "the colouring stored in the store differs from the driver's (the store was "

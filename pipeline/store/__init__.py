@@ -39,8 +39,8 @@ Modules: `_format` (names, records, checksums, chunking, sizes,
 fingerprints), `_location` (what is at a location), `_lock`, `_chunks`
 (whole-chunk reads and writes), `_group` (`ResultStore`), `_admission`
 (create, resume, replace or refuse), `_derived` (files made from a store
-state), `_sparse` (the compressed format
-of a sparse result), `_tiles` (the factor group).
+state), `_sparse` (the compressed format of a sparse result), `_tiles` (the
+factor group).
 """
 
 from ._admission import admit
@@ -88,7 +88,7 @@ from ._location import (
     remove_ours,
 )
 from ._lock import RunLock, lock_is_free
-from ._sparse import compressed_shape, sparsity_meta
+from ._sparse import COLORS, COMPRESSED, compressed_shape, pattern_bytes, sparsity_meta
 from ._tiles import (
     DEFAULT_TILE,
     INVERSE,
@@ -107,6 +107,8 @@ from ._tiles import (
 
 __all__ = [
     "CHECKSUM",
+    "COLORS",
+    "COMPRESSED",
     "COORDINATES",
     "CURVATURE",
     "DEFAULT_TILE",
@@ -150,6 +152,7 @@ __all__ = [
     "normalise_location",
     "open_or_create",
     "overlapping",
+    "pattern_bytes",
     "peek",
     "read_meta",
     "read_region",

@@ -431,11 +431,12 @@ class ResultStore:
         """Whether the data needs no check before it is read: dense, or sparse
         and checked against two random products for exactly the blocks stored
         now."""
-        info = self.sparsity_meta
-        if not info:
-            return True
-        check = info.get("check") or {}
-        return bool(check.get("passed")) and check.get("blocks") == self.records_digest()
+        return not self.sparsity_meta or self._passed(self.records_digest())
+
+    def _passed(self, state: str) -> bool:
+        """Whether a sparse result's check passed for the block records ``state``."""
+        check = (self.sparsity_meta or {}).get("check") or {}
+        return bool(check.get("passed")) and check.get("blocks") == state
 
     def sparsity(self):
         """A sparse result's pattern and colouring (a `diffops_core.Sparsity`),
@@ -471,8 +472,7 @@ class ResultStore:
         self._require_complete()
         if not self.sparsity_meta:
             return sp.csr_array(self.assemble())
-        check = self.sparsity_meta.get("check") or {}
-        if checked and (check.get("blocks") != state or not check.get("passed")):
+        if checked and not self._passed(state):
             raise InputValueError(
                 f"the sparse result at {self.location!r} has not passed its check against two "
                 "products of random vectors for the blocks stored now; run the computation "

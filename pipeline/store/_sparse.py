@@ -42,6 +42,7 @@ __all__ = [
     "INDPTR",
     "compressed_shape",
     "pattern_arrays",
+    "pattern_bytes",
     "read_sparsity",
     "recover_matrix",
     "sparsity_meta",
@@ -70,6 +71,14 @@ def compressed_shape(mode: str, shape, ncolors: int) -> tuple[int, int]:
     a row colouring."""
     m, n = (int(v) for v in shape)
     return (int(ncolors), n) if mode == "row" else (m, int(ncolors))
+
+
+def pattern_bytes(info: dict) -> int:
+    """Bytes of the stored pattern and colours of a sparse result's ``sparsity``
+    metadata (`_parts`' dtypes)."""
+    m, n = (int(s) for s in info["shape"])
+    index = 4 if n <= 2**31 - 1 else 8
+    return index * int(info["nnz"]) + 8 * (m + 1) + 4 * (m if info["mode"] == "row" else n)
 
 
 def sparsity_meta(sparsity: Sparsity) -> dict:
