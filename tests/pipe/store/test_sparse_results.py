@@ -265,3 +265,17 @@ def test_the_blocking_counts_colours(tmp_path):
     with pytest.raises(ValueError, match="at most one of nbatches, block_size"):
         pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "bad.zarr"), sparsity="auto",
                                  nbatches=2, block_size=2, progress=False)  # fmt: skip
+
+
+def test_a_sparse_run_traces_f_once(tmp_path):
+    # detection and the self-check read the plan's trace (a defect: f was traced
+    # three times, by the plan, the detection and the check)
+    traces = []
+
+    def counted(p):
+        traces.append(1)  # runs when f is traced, never when a kernel runs
+        return arrow_loss(p)
+
+    pipeline.hessian_to_zarr(counted, arrow_x(), str(tmp_path / "h.zarr"), sparsity="auto",
+                             progress=False)  # fmt: skip
+    assert len(traces) == 1
