@@ -9,11 +9,26 @@ pattern read from the jaxpr, coloured), `sparse_hessian`/`sparse_jacobian`
 (scipy sparse results, checked), and ``sparsity="auto"`` on `hessian` and
 `jacobian`. What executors
 build on (layout, block planner, kernels, sizing) is `diffops_core.internal`.
+
+Rooms, from the bottom up, each importing only those below it: `_errors`;
+`dense` (trace, layout, block plan, kernels, sizing); `curvature` (noise
+models, dense inverses and spectra); `sparse` (detection, colouring,
+compressed products, sparse linear algebra); `api` (the user functions).
 """
 
-from ._api import hessian, jacobian
-from ._curvature import Spectrum, covariance, gauss_newton, marginal_std, spectrum
-from ._sparse import (
+from ._version import __version__
+from .api import (
+    Spectrum,
+    covariance,
+    gauss_newton,
+    hessian,
+    hessian_to_pytree,
+    jacobian,
+    marginal_std,
+    matrix_to_pytree,
+    spectrum,
+)
+from .sparse import (
     Sparsity,
     gauss_newton_sparsity,
     hessian_sparsity,
@@ -22,8 +37,6 @@ from ._sparse import (
     sparse_hessian,
     sparse_jacobian,
 )
-from ._version import __version__
-from ._views import hessian_to_pytree, matrix_to_pytree
 
 __all__ = [
     "Sparsity",

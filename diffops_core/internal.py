@@ -32,40 +32,49 @@ Hessian), `extent` the axis the blocks split (``n``, or ``m`` for VJP rows),
 vmapped at once inside a block.
 """
 
-from ._api import check_flag, choose_sizing, jacobian_op, split_jacobian
-from ._coloring import recover
-from ._curvature import (
+from ._errors import InputError, InputTypeError, InputValueError
+from .curvature import (
     check_damping,
     diagnose_not_positive_definite,
     not_positive_definite,
     whitened_residuals,
 )
-from ._errors import InputError, InputTypeError, InputValueError
-from ._kernels import Kernels, KernelSpec, clear_cache, get_kernels
-from ._layout import Layout, LeafSpec
-from ._plan import (
+from .dense import (
     Block,
     BlockPlan,
-    format_bytes,
-    format_iec,
-    parse_bytes,
-    plan_blocks,
-    resolve_block_size,
-)
-from ._sizing import (
     Footprint,
+    Identity,
+    Kernels,
+    KernelSpec,
+    Layout,
+    LeafSpec,
     Sizing,
+    TracedFunction,
     auto_inner_width,
     budget_block,
+    check_flag,
+    choose_sizing,
+    clear_cache,
+    format_bytes,
+    format_iec,
+    get_kernels,
+    jacobian_op,
     kernel_bytes,
+    parse_bytes,
     peak_rss,
+    plan_blocks,
+    resolve_block_size,
+    split_jacobian,
     vm_bytes,
 )
-from ._sparse import check_sparse
-from ._sparse import detect as detect_sparsity
-from ._sparse_linalg import sparse_marginal_variance
-from ._sparsity import hessian_pattern, jacobian_pattern
-from ._trace import Identity, TracedFunction
+from .sparse import (
+    check_sparse,
+    hessian_pattern,
+    jacobian_pattern,
+    recover,
+    sparse_marginal_variance,
+)
+from .sparse import detect as detect_sparsity
 
 __all__ = [
     "Block",

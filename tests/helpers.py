@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +252,128 @@ def spd_store(tmp_path, P=None, block_size=32, name="h.zarr"):
     return pipeline.hessian_to_zarr(
         spd_quadratic(P), spd_x(), str(tmp_path / name), block_size=block_size, progress=False
     )
+
+
+# -- the shape of a package: its modules and the imports between them ------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def package_modules(package: str) -> dict[str, str]:
+    """{dotted name: path} of every module of ``package`` (a top-level folder)."""
+    found = {}
+    for base, _dirs, files in os.walk(os.path.join(ROOT, package)):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(base, name)
+                parts = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(node) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def module_imports(path: str, module: str, package: bool, *, names: bool = False) -> set:
+    """The modules of ``module``'s own top-level package that it imports, anywhere
+    in its body (an ``if TYPE_CHECKING:`` block is left out: it never runs).
+    With ``names``: ``(target, name, inside a function)`` for each imported name."""
+    tree = ast.parse(open(path).read())
+    top = module.split(".")[0]
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    inner = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inner |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    base = module.split(".") if package else module.split(".")[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == top:
+                    out.add((a.name, None, id(node) in inner) if names else a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                stem = ".".join(base[: len(base) - node.level + 1])
+                target = f"{stem}.{node.module}" if node.module else stem
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != top:
+                continue
+            if names:
+                out |= {(target, a.name, id(node) in inner) for a in node.names}
+                continue
+            if node.module:  # `from . import _x` imports _x, not the package (already there)
+                out.add(target)
+            out |= {f"{target}.{a.name}" for a in node.names}
+    return out
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """{module: the modules of ``package`` it imports}."""
+    modules = package_modules(package)
+    graph = {}
+    for name, path in modules.items():
+        is_package = path.endswith("__init__.py")
+        graph[name] = {
+            m for m in module_imports(path, name, is_package) if m in modules and m != name
+        }
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of ``graph`` meets (none: an empty list)."""
+    state, cycles = {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt) :] + [nxt])
+            elif state.get(nxt) is None:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node, [node])
+    return cycles
+
+
+def room(module: str) -> str:
+    """The room of a module: the first name below its package (``__init__`` for
+    the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def rooms_pointing_up(package: str, layers: tuple[str, ...]) -> list[str]:
+    """The imports of ``package`` from a room to one above it in ``layers``."""
+    wrong = []
+    for module, targets in import_graph(package).items():
+        here = layers.index(room(module))
+        for target in targets:
+            if layers.index(room(target)) > here:
+                wrong.append(f"{module} imports {target}")
+    return wrong
+
+
+def folders_over(package: str, most: int = 10) -> list[tuple[str, list[str]]]:
+    """The folders of ``package`` holding more than ``most`` modules."""
+    out = []
+    for base, _dirs, files in os.walk(os.path.join(ROOT, package)):
+        modules = [f for f in files if f.endswith(".py")]
+        if len(modules) > most:
+            out.append((base, modules))
+    return out

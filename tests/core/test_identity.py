@@ -16,7 +16,7 @@ import zodiax
 
 import diffops_core as dc
 import diffops_core.internal as dci
-from diffops_core._trace import trace
+from diffops_core.dense import trace
 from helpers import CompileCounter, mixed_loss, mixed_x, reference_hessian, reference_jacobian
 
 DATA = jnp.arange(1.0, 4.0)

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffops_core.internal import hessian_pattern, jacobian_pattern
+from diffops_core.sparse import recover_star, seeds, star_coloring
+from diffops_core.sparse.detect import RULES, WARNED
 
 N = 12
 GRID = (3, 4)
@@ -165,15 +167,13 @@ def test_the_psf_demo_is_an_arrowhead():
 
 
 def test_a_primitive_without_a_rule_is_dense_over_its_operands(caplog):
-    import diffops_core._sparsity as sparsity
-
-    rule = sparsity._RULES.pop("cumsum")
+    rule = RULES.pop("cumsum")
     try:
         pattern = hessian_pattern(lambda v: jnp.sum(jnp.cumsum(v[:4]) ** 2) + jnp.sum(v**3),
                                   jnp.zeros(N, jnp.float32))  # fmt: skip
     finally:
-        sparsity._RULES["cumsum"] = rule
-        sparsity._WARNED.discard("cumsum")
+        RULES["cumsum"] = rule
+        WARNED.discard("cumsum")
     dense = pattern.toarray()
     assert dense[:4, :4].all() and "cumsum" in caplog.text
 
@@ -261,8 +261,6 @@ def test_detection_is_cached_on_the_computation():
 )
 def test_star_colouring_is_near_the_optimum(pattern, most):
     import scipy.sparse as sparse
-
-    from diffops_core._coloring import recover_star, seeds, star_coloring
 
     if pattern == "arrowhead":  # 24 globals beside a flat field: the PSF demo's shape
         a = sparse.lil_array((600, 600), dtype=bool)

@@ -11,9 +11,14 @@ import os
 
 import pipeline
 import pipeline.internal
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PIPELINE = os.path.join(ROOT, "pipeline")
+from helpers import (
+    ROOT,
+    folders_over,
+    import_cycles,
+    import_graph,
+    module_imports,
+    rooms_pointing_up,
+)
 
 #: The rooms from the bottom up: each imports only those before it (and itself).
 LAYERS = (
@@ -31,109 +36,23 @@ LAYERS = (
 )
 
 
-def _modules():
-    """{dotted name: path} of every module of the pipeline package."""
-    found = {}
-    for base, _dirs, files in os.walk(PIPELINE):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(base, name)
-                parts = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
-                if parts[-1] == "__init__":
-                    parts = parts[:-1]
-                found[".".join(parts)] = path
-    return found
-
-
-def _is_type_checking(node) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(path: str, module: str, package: bool) -> set[str]:
-    """The pipeline modules ``module`` imports, anywhere in its body."""
-    tree = ast.parse(open(path).read())
-    skip = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    base = module.split(".") if package else module.split(".")[:-1]
-    out = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == "pipeline"}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                stem = ".".join(base[: len(base) - node.level + 1])
-                target = f"{stem}.{node.module}" if node.module else stem
-            else:
-                target = node.module or ""
-            if target.split(".")[0] != "pipeline":
-                continue
-            if node.module:  # `from . import _x` imports _x, not the package (already there)
-                out.add(target)
-            out |= {f"{target}.{a.name}" for a in node.names}
-    return out
-
-
-def _graph():
-    modules = _modules()
-    graph = {}
-    for name, path in modules.items():
-        package = path.endswith("__init__.py")
-        graph[name] = {m for m in _imports(path, name, package) if m in modules and m != name}
-    return graph
-
-
-def _room(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
-
-
 def test_every_import_points_down_the_rooms():
-    wrong = []
-    for module, targets in _graph().items():
-        here = LAYERS.index(_room(module))
-        for target in targets:
-            if LAYERS.index(_room(target)) > here:
-                wrong.append(f"{module} imports {target}")
-    assert wrong == []
+    assert rooms_pointing_up("pipeline", LAYERS) == []
 
 
 def test_no_import_cycle_counting_imports_inside_functions():
-    graph = _graph()
-    state, cycles = {}, []
-
-    def visit(node, path):
-        state[node] = "open"
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                cycles.append(path[path.index(nxt) :] + [nxt])
-            elif state.get(nxt) is None:
-                visit(nxt, [*path, nxt])
-        state[node] = "done"
-
-    for node in sorted(graph):
-        if state.get(node) is None:
-            visit(node, [node])
-    assert cycles == []
+    assert import_cycles(import_graph("pipeline")) == []
 
 
 def test_the_layering_test_sees_imports_inside_functions(tmp_path):
     source = "def f():\n    from ..linalg import factor\n    return factor\n"
     path = tmp_path / "m.py"
     path.write_text(source)
-    assert "pipeline.linalg" in _imports(str(path), "pipeline.store._m", package=False)
+    assert "pipeline.linalg" in module_imports(str(path), "pipeline.store._m", package=False)
 
 
 def test_no_folder_holds_more_than_ten_modules():
-    for base, _dirs, files in os.walk(PIPELINE):
-        modules = [f for f in files if f.endswith(".py")]
-        assert len(modules) <= 10, (base, modules)
+    assert folders_over("pipeline") == []
 
 
 def _code_strings(tree):
@@ -173,7 +92,7 @@ def test_tqdm_crc32_and_vmhwm_each_live_in_one_module():
     assert rel == {
         "tqdm": ["pipeline/run/_callbacks.py"],
         "crc32": ["pipeline/store/_format.py"],
-        "VmHWM": ["diffops_core/_sizing.py"],
+        "VmHWM": ["diffops_core/dense/_sizing.py"],
     }
 
 

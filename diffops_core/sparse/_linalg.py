@@ -28,9 +28,9 @@ import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ._coloring import _dense_vertices
-from ._curvature import check_damping, diagnose_not_positive_definite
-from ._errors import InputValueError
+from .._errors import InputValueError
+from ..curvature import check_damping, diagnose_not_positive_definite
+from ._coloring import dense_vertices
 
 __all__ = ["sparse_marginal_variance"]
 
@@ -132,7 +132,7 @@ def sparse_marginal_variance(S: Any, damping: Any = 0.0) -> np.ndarray:
     if damping:
         S = sp.csr_array(S + damping * sp.identity(S.shape[0], format="csr"))
     adjacency = sp.csr_array(S != 0)
-    border = _dense_vertices(adjacency)
+    border = dense_vertices(adjacency)
     variance = _schur(S, border)
     if variance is None:
         variance = _by_solves(S)

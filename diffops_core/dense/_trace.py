@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 
-from ._errors import InputTypeError
+from .._errors import InputTypeError
 
 __all__ = ["Identity", "TracedFunction", "const_spec", "eval_flat", "trace"]
 

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 __all__ = [
     "column_coloring",
     "column_plan",
+    "dense_vertices",
     "recover",
     "recover_star",
     "row_coloring",
@@ -64,7 +65,7 @@ def row_coloring(pattern: sp.csr_array) -> np.ndarray:
     return _greedy_distance2(sp.csr_array(pattern.T)) - 1
 
 
-def _dense_vertices(adjacency: sp.csr_array) -> np.ndarray:
+def dense_vertices(adjacency: sp.csr_array) -> np.ndarray:
     """Vertices of more than 10x the median degree (and 16), each of which will
     take a colour of its own; at most sqrt(nnz) of them, the densest (a colour
     each is the price: it stays below the square root of the work it saves; a
@@ -90,7 +91,7 @@ def star_coloring(pattern: sp.csr_array) -> np.ndarray:
     a.eliminate_zeros()
     n = a.shape[0]
     colors = np.zeros(n, np.int64)  # 0: not coloured yet
-    dense = _dense_vertices(a)
+    dense = dense_vertices(a)
     colors[dense] = np.arange(1, dense.size + 1)
     base = dense.size
     ptr, idx = a.indptr, a.indices

@@ -17,7 +17,7 @@ import dataclasses
 
 import jax
 
-from ._errors import InputValueError
+from .._errors import InputValueError
 from ._kernels import Kernels
 from ._plan import format_bytes, parse_bytes
 

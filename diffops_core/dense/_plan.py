@@ -15,7 +15,7 @@ import math
 import numbers
 import re
 
-from ._errors import InputTypeError, InputValueError
+from .._errors import InputTypeError, InputValueError
 
 __all__ = [
     "Block",

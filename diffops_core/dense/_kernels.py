@@ -30,11 +30,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InputTypeError, InputValueError
+from .._errors import InputTypeError, InputValueError
 from ._layout import Layout
 from ._trace import TracedFunction, const_spec, eval_flat, trace
 
-__all__ = ["OPS", "KernelSpec", "Kernels", "get_kernels"]
+__all__ = ["OPS", "KernelSpec", "Kernels", "clear_cache", "get_kernels", "ravel_output"]
 
 #: op -> (axis along which the slab is cut, what the kernel applies)
 OPS = {"hessian": 1, "jacfwd": 1, "jacrev": 0, "gauss_newton": 1}
@@ -79,7 +79,7 @@ class KernelSpec:
         return (self.m, width) if self.axis == 1 else (width, self.n)
 
 
-def _ravel_output(y):
+def ravel_output(y):
     leaves = jax.tree_util.tree_leaves(y)
     if len(leaves) == 1:
         return jnp.ravel(leaves[0])
@@ -212,7 +212,7 @@ class Kernels:
 
     def f_flat(self, consts, z):
         """``f`` on the flat input with constants ``consts``, raveled to one vector."""
-        return _ravel_output(eval_flat(self._program.jaxpr, consts, z))
+        return ravel_output(eval_flat(self._program.jaxpr, consts, z))
 
     def _lin(self, consts, x_flat):
         f_flat = functools.partial(self.f_flat, consts)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InputTypeError, InputValueError
+from .._errors import InputTypeError, InputValueError
 
 __all__ = ["Layout", "LeafSpec"]
 

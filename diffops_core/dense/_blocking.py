@@ -1,4 +1,6 @@
-"""The in-memory, zodiax-compatible API: `jacobian` and `hessian`."""
+"""Blocking in memory: the knobs (``nbatches``, ``block_size``,
+``memory_budget``, ``inner_width``) resolved into a `Sizing`, and the dense
+matrices of the in-memory API computed in one jitted loop of products."""
 
 from __future__ import annotations
 
@@ -7,14 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from ._errors import InputTypeError, InputValueError
+from .._errors import InputTypeError, InputValueError
 from ._kernels import Kernels, get_kernels
 from ._plan import resolve_block_size
 from ._sizing import Sizing, auto_inner_width, budget_block
 
-__all__ = ["choose_sizing", "hessian", "jacobian"]
+__all__ = [
+    "check_flag",
+    "choose_sizing",
+    "jacobian_matrix",
+    "jacobian_op",
+    "split_jacobian",
+    "square_matrix",
+]
 
 _MODES = ("auto", "fwd", "rev")
 
@@ -97,87 +105,6 @@ def _run_matrix(kernels: Kernels, x_flat, inner_width: int | None, jit: bool):
         return kernels.matrix_fn(inner_width)(kernels.consts, x_flat)
 
 
-def hessian(
-    f: Callable,
-    x: Any,
-    nbatches: int = 1,
-    jit: bool = True,
-    checkpoint: bool = False,
-    *,
-    block_size: int | None = None,
-    memory_budget: int | str | None = None,
-    inner_width: int | None = None,
-    sparsity: Any = None,
-) -> tuple[jax.Array, Callable]:
-    """The Hessian of a scalar function of a pytree, in column blocks of HVPs.
-
-    Drop-in for `zodiax.diffops.hessian`: the positional signature and return
-    values are the same. Columns are forward-over-reverse Hessian-vector products
-    of one-hot vectors, computed a micro-batch at a time inside one jitted loop
-    that linearises ``grad f`` once. Every call traces ``f`` once (what JAX
-    traces is the computation's identity); the compiled loop is cached on that
-    trace and input shapes, so a later call of the same program compiles nothing.
-
-    **Arguments:**
-
-    - `f`: ``f(x) -> scalar``.
-    - `x`: a pytree of float arrays and/or Python floats.
-    - `nbatches`: zodiax's knob: at most ``ceil(n / nbatches)`` columns in flight.
-    - `jit`: ``False`` runs op by op (debugging; slow).
-    - `checkpoint`: wrap ``f`` in `jax.checkpoint` (less memory, more compute).
-    - `block_size`: at most this many columns in flight.
-    - `memory_budget`: bytes or a string (``"512MB"``, ``"2GiB"``): the largest
-      block whose compiled kernel fits (the result ``H`` itself is not counted).
-    - `inner_width`: micro-batch width inside a block (default: sized from XLA's
-      memory analysis; see the README). It can only narrow a block.
-
-    - `sparsity`: ``None`` (the dense path), ``"auto"`` (detect the pattern from
-      the jaxpr, star-colour it and compute one product per colour:
-      `sparse_hessian`) or a `Sparsity` to reuse. The result is the same dense H.
-
-    At most one of ``nbatches`` (other than 1), ``block_size`` and ``memory_budget``.
-
-    **Returns:** ``(H, unflatten)``: ``H`` of shape ``(n, n)`` over the flat
-    parameters (`jax.flatten_util.ravel_pytree` order) and the function mapping a
-    flat vector back to a pytree like ``x``.
-
-    **Raises:** `TypeError` for non-float leaves or bad argument types;
-    `ValueError` for a non-scalar ``f``, bad block settings or a budget that
-    cannot hold one column.
-    """
-    if sparsity is not None:
-        found = _dense_from_sparse("hessian", f, x, sparsity)
-        if found is not None:
-            return found
-    return square_matrix(
-        "hessian",
-        f,
-        x,
-        nbatches,
-        jit,
-        checkpoint,
-        block_size=block_size,
-        memory_budget=memory_budget,
-        inner_width=inner_width,
-    )
-
-
-def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
-    """The zodiax-compatible dense result, computed from compressed products;
-    None when the pattern is dense (nothing to save: the dense path runs)."""
-    # deferred: the sparse path imports _curvature, which imports this module
-    from ._sparse import matrix_from_products
-
-    found = matrix_from_products(kind, f, x, sparsity, dense_path=False)
-    if found is None:
-        return None
-    matrix, unravel, kernels = found
-    dense = jnp.asarray(matrix.toarray())
-    if kind == "hessian":
-        return dense, unravel
-    return split_jacobian(dense, kernels.spec.out_layout, kernels.spec.n), unravel
-
-
 def square_matrix(
     op: str,
     f: Callable,
@@ -226,39 +153,20 @@ def split_jacobian(J, out_layout, n: int):
     )
 
 
-def jacobian(
+def jacobian_matrix(
     f: Callable,
     x: Any,
-    nbatches: int = 1,
-    jit: bool = True,
-    checkpoint: bool = False,
+    nbatches,
+    jit,
+    checkpoint,
     *,
-    block_size: int | None = None,
-    memory_budget: int | str | None = None,
-    mode: str = "auto",
-    inner_width: int | None = None,
-    sparsity: Any = None,
+    block_size,
+    memory_budget,
+    mode,
+    inner_width,
 ) -> tuple[Any, Callable]:
-    """The Jacobian of ``f`` with respect to a pytree, in blocks of JVPs or VJPs.
-
-    Drop-in for `zodiax.diffops.jacobian`. ``mode="fwd"`` computes column blocks
-    of JVPs, ``"rev"`` row blocks of VJPs, ``"auto"`` whichever needs fewer
-    products (rows ``m`` vs columns ``n``). The blocking knobs mean the same as in
-    `hessian` and count products (columns in fwd mode, rows in rev mode).
-
-    **Returns:** ``(J, unflatten)``. For an array output ``y``, ``J.shape ==
-    (*y.shape, n)``; for a pytree output, a pytree like ``y`` whose leaves have
-    shape ``leaf.shape + (n,)``, whatever the blocking.
-
-    With ``sparsity="auto"`` (or a `Sparsity`), from a few compressed products
-    instead (`sparse_jacobian`); the result is the same dense Jacobian.
-
-    **Raises:** as `hessian`, plus `ValueError` for an unknown ``mode``.
-    """
-    if sparsity is not None:
-        found = _dense_from_sparse("jacobian", f, x, sparsity)
-        if found is not None:
-            return found
+    """The dense Jacobian of ``f`` at ``x`` in the output's structure (`split_jacobian`),
+    and the unravel function: what `jacobian` runs without ``sparsity``."""
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
     if not isinstance(mode, str) or mode not in _MODES:

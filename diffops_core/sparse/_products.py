@@ -1,7 +1,7 @@
 """Sparse Hessians and Jacobians from a few compressed products.
 
 `hessian_sparsity` / `jacobian_sparsity` detect the global pattern from the
-jaxpr (`_sparsity`) and colour it (`_coloring`); `sparse_hessian` /
+jaxpr (`detect`) and colour it (`_coloring`); `sparse_hessian` /
 `sparse_jacobian` compute one product per colour (the seed of a colour is the
 sum of its unit vectors), recover every nonzero directly, and check the result
 against two products of random vectors before returning it: a detection
@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from .._errors import InputValueError
+from ..curvature import whitened_residuals
+from ..dense import auto_inner_width, get_kernels
 from ._coloring import (
     column_coloring,
     column_plan,
@@ -32,17 +35,16 @@ from ._coloring import (
     star_coloring,
     star_plan,
 )
-from ._curvature import whitened_residuals
-from ._errors import InputValueError
-from ._kernels import get_kernels
-from ._sizing import auto_inner_width
-from ._sparsity import Dense, hessian_pattern, jacobian_pattern
+from .detect import Dense, hessian_pattern, jacobian_pattern
 
 __all__ = [
     "Sparsity",
+    "check_sparse",
+    "detect",
     "gauss_newton_sparsity",
     "hessian_sparsity",
     "jacobian_sparsity",
+    "matrix_from_products",
     "sparse_gauss_newton",
     "sparse_hessian",
     "sparse_jacobian",

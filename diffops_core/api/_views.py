@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InputValueError
-from ._layout import Layout
+from .._errors import InputValueError
+from ..dense import Layout
 
 __all__ = ["hessian_to_pytree", "matrix_to_pytree"]
 

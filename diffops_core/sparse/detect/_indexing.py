@@ -1,0 +1,98 @@
+"""Indexing primitives: ``gather`` and ``dynamic_slice`` (each output element
+a copy of the operand element its index names) and ``scatter`` and its kin
+(each output element unites its operand element and every update landing on
+it). Indices known without ``x`` give exact patterns; unknown ones, every
+element the operation could reach."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._pattern import Pattern, everything, group, indices, take, union
+from ._structural import copies
+
+__all__ = ["RULES"]
+
+
+def _int_params(eqn) -> dict:
+    params = dict(eqn.params)
+    if eqn.primitive.name == "gather":
+        params["fill_value"] = -1
+        params["mode"] = lax.GatherScatterMode.FILL_OR_DROP
+    return params
+
+
+def _targets(eqn, vals, update_shape, out_shape) -> np.ndarray | None:
+    """For each element of a scatter's updates, the output element it lands on
+    (-1: dropped), from the transpose of the scatter (a gather) applied to the
+    output's element indices; None when the indices are not known."""
+    where = vals[1]
+    if where is None:
+        return None
+    params = {k: v for k, v in eqn.params.items() if k not in ("update_jaxpr", "update_consts")}
+    dtype = jnp.float32
+
+    def scatter(u):
+        zeros = jnp.zeros(out_shape, dtype)
+        return lax.scatter_add_p.bind(zeros, where, u, update_jaxpr=None, update_consts=(),
+                                      **{k: v for k, v in params.items()})  # fmt: skip
+
+    transpose = jax.linear_transpose(scatter, jax.ShapeDtypeStruct(update_shape, dtype))
+    flat = indices(out_shape).astype(np.int64) + 1  # 0: dropped
+    high, low = flat // 4096, flat % 4096  # each exact in float32
+    (h,) = transpose(jnp.asarray(high, dtype))
+    (lo,) = transpose(jnp.asarray(low, dtype))
+    return (
+        np.rint(np.asarray(h)).astype(np.int64) * 4096 + np.rint(np.asarray(lo)).astype(np.int64)
+    ) - 1
+
+
+def _scatter(ctx, eqn, pats, vals, outs):
+    """scatter, scatter-add and kin: each output element unites its operand
+    element and every update that lands on it (known indices), else every update."""
+    operand, updates = pats[0], pats[2]
+    target = _targets(eqn, vals, updates.shape, outs[0])
+    if target is None:
+        return [union(ctx, [operand, everything(ctx, [updates], outs[0])], outs[0])]
+    keep = target.reshape(-1) >= 0
+    if updates.rows is not None:
+        updates = Pattern((int(keep.sum()),), updates.rows[np.flatnonzero(keep)], updates.common)
+    else:
+        updates = Pattern((int(keep.sum()),), None, updates.common)
+    size = int(np.prod(outs[0], dtype=np.int64))
+    landed = group(ctx, updates, target.reshape(-1)[keep], (size,))
+    if updates.common.size:  # only where something landed
+        hit = np.zeros(size, bool)
+        hit[target.reshape(-1)[keep]] = True
+        landed = take(ctx, landed, np.where(hit, np.arange(size), -1))
+    landed = Pattern(tuple(outs[0]), landed.rows, landed.common)
+    return [union(ctx, [operand, landed], outs[0])]
+
+
+def _gather(ctx, eqn, pats, vals, outs):
+    return copies(ctx, eqn, pats, vals, outs, _int_params(eqn))
+
+
+RULES: dict[str, Callable] = {
+    "gather": _gather,
+    "dynamic_slice": _gather,
+    **{
+        name: _scatter
+        for name in (
+            "scatter",
+            "scatter-add",
+            "scatter_add",
+            "scatter-mul",
+            "scatter_mul",
+            "scatter-min",
+            "scatter_min",
+            "scatter-max",
+            "scatter_max",
+        )
+    },
+}

@@ -1,0 +1,184 @@
+"""Sparsity patterns of Jacobians and Hessians, read from the jaxpr.
+
+The pattern is *global*: it holds for every ``x`` of that shape and dtype. It
+comes from the linear map itself: the Jacobian's pattern is how the tangent
+output of ``jax.jvp(f, (x,), (t,))`` depends on ``t``, the Hessian's how that
+of ``jax.jvp(grad f, (x,), (t,))`` (a Hessian-vector product) does. Tracing
+the product, not ``f``, follows the derivative rules differentiation really
+uses (``custom_jvp``, ``custom_vjp``) and leaves out what depends only on ``x``
+(it is a constant of the linear map). The Hessian is the Jacobian of the
+gradient: one set of first-order rules serves both, where a second-order
+propagation would need a second rule per primitive, and the structure of the
+gradient is exactly what the Hessian's columns can be.
+
+Each array of the traced program carries, for each of its elements, the set of
+``t``'s entries it depends on: a sparse boolean matrix (elements x n) plus a set
+shared by every element (what an FFT or a reduction spreads over a whole
+array stays one set, never n copies of it). One rule per primitive:
+elementwise ops unite; structural ones (reshape, transpose, slicing, pad,
+concatenate, broadcast, gather with known indices) move rows, computed by
+applying the primitive itself to arrays of element indices; reductions,
+contractions and FFTs unite over the axes they reduce or transform. Control
+flow (``cond``, ``while``, ``scan``) unites its branches and iterates its
+carry to a fixed point. A primitive without a rule is dense over its operands
+(always safe, never smaller than the truth) and logged once, naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax.extend import core as jcore
+
+from . import _control, _elementwise, _indexing, _reductions, _structural
+from ._elementwise import ELEMENTWISE
+from ._pattern import NONE, Context, Pattern, empty, everything, shape_of, union
+
+__all__ = ["RULES", "WARNED", "hessian_pattern", "jacobian_pattern", "run", "tangent_pattern"]
+
+_log = logging.getLogger("diffops")
+WARNED: set[str] = set()
+
+#: Every rule, by primitive name: one family a module.
+RULES: dict[str, Callable] = {
+    **_elementwise.RULES,
+    **_structural.RULES,
+    **_indexing.RULES,
+    **_reductions.RULES,
+    **_control.RULES,
+}
+
+_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
+          "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin")  # fmt: skip
+
+
+class _Env:
+    """Per variable: its pattern, and its value when known without x or t."""
+
+    def __init__(self):
+        self.patterns: dict[Any, Pattern] = {}
+        self.values: dict[Any, Any] = {}
+
+    def pattern(self, var) -> Pattern:
+        if isinstance(var, jcore.Literal):
+            return empty(np.shape(var.val))
+        return self.patterns.get(var) or empty(shape_of(var))
+
+    def value(self, var):
+        if isinstance(var, jcore.Literal):
+            return var.val
+        return self.values.get(var)
+
+
+def run(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
+    """The patterns of ``jaxpr``'s outputs given those of its inputs (``known``:
+    their values where known, else None)."""
+    env = _Env()
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
+        env.values[var] = value
+    for var, p, value in zip(jaxpr.invars, ins, known, strict=True):
+        env.patterns[var] = p
+        if value is not None:
+            env.values[var] = value
+    for eqn in jaxpr.eqns:
+        pats = [env.pattern(v) for v in eqn.invars]
+        vals = [env.value(v) for v in eqn.invars]
+        depends = any(p.rows is not None or p.common.size for p in pats)
+        if not depends and all(v is not None for v in vals) and _foldable(eqn):
+            outs = eqn.primitive.bind(*vals, **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+            for var, value in zip(eqn.outvars, outs, strict=True):
+                env.values[var] = value
+            continue
+        if not depends:
+            continue  # a function of x alone: a constant of the linear map
+        outs = _rule(ctx, eqn, pats, vals)
+        for var, p in zip(eqn.outvars, outs, strict=True):
+            env.patterns[var] = p
+    return [env.pattern(v) for v in jaxpr.outvars]
+
+
+def _foldable(eqn) -> bool:
+    """Whether to evaluate an equation whose inputs are all known: what indices
+    and shapes are made of (small), not calls or loops (which may be large)."""
+    name = eqn.primitive.name
+    if name in _CALLS or name in ("while", "scan", "cond") or "callback" in name:
+        return False
+    size = sum(int(np.prod(shape_of(v), dtype=np.int64)) for v in eqn.outvars)
+    return size <= 1 << 24
+
+
+def _sub_jaxpr(params: dict):
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        if key in params:
+            value = params[key]
+            if hasattr(value, "eqns"):
+                return value, ()
+            return value.jaxpr, value.consts
+    return None, ()
+
+
+def _rule(ctx: Context, eqn, pats: list[Pattern], vals: list) -> list[Pattern]:
+    name = eqn.primitive.name
+    outs = [shape_of(v) for v in eqn.outvars]
+    rule = RULES.get(name)
+    if rule is not None:
+        return rule(ctx, eqn, pats, vals, outs)
+    if name in _CALLS:
+        jaxpr, consts = _sub_jaxpr(eqn.params)
+        if jaxpr is not None:
+            ins = pats[-len(jaxpr.invars) :] if len(pats) > len(jaxpr.invars) else pats
+            known = vals[-len(jaxpr.invars) :] if len(vals) > len(jaxpr.invars) else vals
+            return ctx.run(jaxpr, consts, ins, known)
+    if name in ELEMENTWISE or _all_same_shape(eqn):
+        return [union(ctx, pats, shape) for shape in outs]
+    if name not in WARNED:
+        WARNED.add(name)
+        _log.warning(
+            "sparsity: no rule for the primitive %r; its outputs are taken to depend on "
+            "everything its operands depend on (safe, possibly denser than the truth)",
+            name,
+        )
+    return [everything(ctx, pats, shape) for shape in outs]
+
+
+def _all_same_shape(eqn) -> bool:
+    """An elementwise op by shape: one output, every operand its shape or a scalar."""
+    if len(eqn.outvars) != 1:
+        return False
+    out = shape_of(eqn.outvars[0])
+    return eqn.primitive.name in ELEMENTWISE and all(shape_of(v) in (out, ()) for v in eqn.invars)
+
+
+def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.csr_array:
+    """The (m x n) pattern of the linear map ``t -> product(x, t)`` (flat arrays),
+    valid for every ``x`` of ``x_flat``'s shape and dtype.
+
+    **Raises:** `Dense` when the pattern is found (nearly) dense on the way.
+    """
+    n = int(np.size(x_flat))
+    aval = jax.ShapeDtypeStruct(np.shape(x_flat), jnp.result_type(x_flat))
+    closed = jax.make_jaxpr(product)(aval, aval)
+    # what any one array's pattern may hold before the matrix is taken as dense
+    ctx = Context(n, budget if budget is not None else 64 * n + (1 << 20), run)
+    eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
+    ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
+    (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])
+    return out.matrix(n)
+
+
+def jacobian_pattern(f_flat: Callable, x_flat, budget: int | None = None) -> sp.csr_array:
+    """The pattern of the Jacobian of ``f_flat`` (flat in, flat out)."""
+    return tangent_pattern(lambda x, t: jax.jvp(f_flat, (x,), (t,))[1], x_flat, budget)
+
+
+def hessian_pattern(f_flat: Callable, x_flat, budget: int | None = None) -> sp.csr_array:
+    """The pattern of the Hessian of scalar ``f_flat``: the Jacobian's of its gradient."""
+    grad = jax.grad(f_flat)
+    return tangent_pattern(lambda x, t: jax.jvp(grad, (x,), (t,))[1], x_flat, budget)

@@ -1,0 +1,206 @@
+"""The pattern algebra: what each element of an array depends on, and the
+moves every rule is made of (take elements, group them, unite operands).
+
+An array's `Pattern` is a sparse boolean matrix (elements x n) plus a set shared
+by every element (what an FFT or a reduction spreads over a whole array stays
+one set, never n copies of it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "NONE",
+    "Context",
+    "Dense",
+    "Pattern",
+    "aligned",
+    "distinct",
+    "empty",
+    "everything",
+    "group",
+    "indices",
+    "merge",
+    "selection",
+    "shape_of",
+    "sorted_set",
+    "take",
+    "union",
+]
+
+
+class Dense(Exception):
+    """The pattern would be (nearly) dense: detection stops early."""
+
+
+@dataclasses.dataclass
+class Pattern:
+    """What each element of an array depends on: ``rows`` (a boolean CSR matrix,
+    elements x n, or None for nothing) and ``common`` (sorted indices every
+    element depends on)."""
+
+    shape: tuple[int, ...]
+    rows: Any
+    common: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def matrix(self, n: int) -> sp.csr_array:
+        """The full (elements x n) boolean pattern."""
+        out = self.rows if self.rows is not None else sp.csr_array((self.size, n), dtype=bool)
+        if self.common.size:
+            block = sp.csr_array(
+                (np.ones(self.size * self.common.size, bool),
+                 np.tile(self.common, self.size),
+                 np.arange(0, self.size * self.common.size + 1, self.common.size)),
+                shape=(self.size, n),
+            )  # fmt: skip
+            out = out + block
+        return sp.csr_array(out, dtype=bool)
+
+
+NONE = np.zeros(0, np.int64)
+
+
+def empty(shape) -> Pattern:
+    return Pattern(tuple(shape), None, NONE)
+
+
+class Context:
+    """One detection: ``n`` (the tangent's size), ``budget`` (the entries any one
+    array's pattern may hold before the matrix is taken as dense) and ``run``
+    (the interpreter, for rules of primitives that hold jaxprs)."""
+
+    def __init__(self, n: int, budget: int, run: Callable):
+        self.n, self.budget, self._run = n, budget, run
+
+    def run(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
+        """The patterns of ``jaxpr``'s outputs given its inputs' (``known``: their
+        values where known without ``x``, else None)."""
+        return self._run(self, jaxpr, consts, ins, known)
+
+    def check(self, p: Pattern) -> Pattern:
+        if p.rows is not None:
+            if p.rows.nnz == 0:
+                p.rows = None
+            elif p.size == 1:
+                p.common = merge(p.common, sorted_set(p.rows.indices))
+                p.rows = None
+            elif p.rows.nnz > self.budget:
+                raise Dense
+        return p
+
+
+def selection(idx: np.ndarray, in_size: int) -> sp.csr_array:
+    """(out x in) matrix with a one at (o, idx[o]) where idx[o] >= 0."""
+    flat = np.asarray(idx, np.int64).reshape(-1)
+    valid = flat >= 0
+    rows = np.flatnonzero(valid)
+    return sp.csr_array((np.ones(rows.size, bool), (rows, flat[valid])), shape=(flat.size, in_size))
+
+
+def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
+    """Each output element is the input element ``idx`` (-1: none)."""
+    idx = np.asarray(idx)
+    if p.rows is not None:  # refuse before the product, from what it would hold at most
+        valid = idx.reshape(-1)
+        valid = valid[valid >= 0]
+        if int(np.diff(p.rows.indptr)[valid].sum()) > ctx.budget:
+            raise Dense
+    if p.common.size and (idx < 0).any() and p.size * p.common.size <= ctx.budget // 4:
+        # padding depends on nothing: spell the common part out where that is
+        # cheap; else the padding keeps it (a superset, never smaller than the truth)
+        p = Pattern(p.shape, p.matrix(ctx.n), NONE)
+    rows = None if p.rows is None else selection(idx, p.size) @ p.rows
+    return ctx.check(Pattern(idx.shape, rows, p.common))
+
+
+def group(ctx: Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
+    """Output element ``g`` is the union of the input elements ``groups == g``."""
+    out = empty(out_shape)
+    out.common = p.common
+    if p.rows is not None:
+        flat = np.asarray(groups, np.int64).reshape(-1)
+        g = sp.csr_array(
+            (np.ones(flat.size, bool), (flat, np.arange(flat.size))), shape=(out.size, p.size)
+        )
+        out.rows = g @ p.rows
+    return ctx.check(out)
+
+
+def union(ctx: Context, parts: Sequence[Pattern], shape) -> Pattern:
+    shape = tuple(shape)
+    rows, common = None, NONE
+    for p in parts:
+        if p.rows is not None and tuple(p.shape) != shape:
+            # broadcast as numpy does (a scalar, or size-1 axes: JAX's elementwise
+            # ops take [12, 1] * [1, 12]); each output element reads its own operand
+            # element, never element 0 of a smaller operand
+            idx = np.broadcast_to(indices(aligned(p.shape, len(shape))), shape)
+            p = take(ctx, p, np.ascontiguousarray(idx, np.int64))
+        if p.rows is not None:
+            rows = p.rows if rows is None else rows + p.rows
+        if p.common.size:
+            common = merge(common, p.common)
+    return ctx.check(Pattern(shape, rows, common))
+
+
+def distinct(ordered: np.ndarray) -> np.ndarray:
+    """A sorted array without its repeats."""
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.size, bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def sorted_set(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` as int64, by a sort (numpy's hashing unique is
+    several times slower on large index arrays)."""
+    return distinct(np.sort(np.asarray(values, np.int64)))
+
+
+def merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The union of two sorted sets of indices (int64, each without repeats),
+    sorted: a merge of two sorted runs, not the hashing ``np.union1d`` (many
+    elementwise ops unite the same large common set: the flat field's pixels
+    behind a scalar)."""
+    if a.size == 0 or a is b:
+        return b
+    if b.size == 0 or (a.size == b.size and np.array_equal(a, b)):
+        return a
+    both = np.concatenate([a, b])
+    both.sort(kind="stable")  # two sorted runs: a merge
+    return distinct(both)
+
+
+def aligned(shape, rank: int) -> tuple:
+    """``shape`` with leading 1s up to ``rank`` (numpy's broadcasting alignment)."""
+    return (1,) * (rank - len(shape)) + tuple(shape)
+
+
+def everything(ctx: Context, parts: Sequence[Pattern], shape) -> Pattern:
+    """Every output element depends on every dependency of every operand."""
+    common = NONE
+    for p in parts:
+        if p.rows is not None:
+            common = np.union1d(common, p.rows.indices)
+        common = np.union1d(common, p.common)
+    return ctx.check(Pattern(tuple(shape), None, common.astype(np.int64)))
+
+
+def indices(shape) -> np.ndarray:
+    return np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int32).reshape(shape)
+
+
+def shape_of(var) -> tuple[int, ...]:
+    return tuple(getattr(var.aval, "shape", ()))

@@ -1,0 +1,91 @@
+"""Reductions and contractions: reductions, cumulative ops, FFTs and
+``dot_general`` unite, for each output element, the input elements it reduces,
+accumulates, transforms or contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._pattern import group, indices, take, union
+
+__all__ = ["RULES"]
+
+
+def _reduce(ctx, eqn, pats, vals, outs):
+    """Reductions over ``axes``: each output element unites the elements it reduces."""
+    axes = tuple(eqn.params["axes"])
+    p = pats[0]
+    keep = [d for d in range(len(p.shape)) if d not in axes]
+    groups = indices([p.shape[d] for d in keep]) if keep else np.zeros((), np.int64)
+    index = np.broadcast_to(np.expand_dims(groups, axes), p.shape) if keep else np.zeros(p.shape)
+    return [group(ctx, p, index, outs[0]) for _ in outs]
+
+
+def _cumulative(ctx, eqn, pats, vals, outs):
+    """cumsum and its kin: along the axis, each element unites the whole axis
+    (a superset of its prefix)."""
+    p, axis = pats[0], eqn.params["axis"]
+    others = [d for d in range(len(p.shape)) if d != axis]
+    reduced = indices([p.shape[d] for d in others]) if others else np.zeros((), np.int64)
+    index = np.broadcast_to(np.expand_dims(reduced, axis), p.shape)
+    grouped = group(ctx, p, index, reduced.shape)
+    back = np.broadcast_to(np.expand_dims(indices(reduced.shape), axis), p.shape)
+    return [take(ctx, grouped, back)]
+
+
+def _fft(ctx, eqn, pats, vals, outs):
+    """Linear: each output element depends on every input element along the
+    transformed (last) axes, and on nothing else."""
+    p, k = pats[0], len(eqn.params["fft_lengths"])
+    lead = p.shape[: len(p.shape) - k]
+    groups = np.broadcast_to(indices(lead).reshape(lead + (1,) * k), p.shape)
+    grouped = group(ctx, p, groups, lead)
+    shape = outs[0]
+    back = np.broadcast_to(indices(lead).reshape(lead + (1,) * k), shape)
+    return [take(ctx, grouped, back)]
+
+
+def _dot_general(ctx, eqn, pats, vals, outs):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    out_shape = outs[0]
+    parts = []
+    for p, contract, batch, side in ((pats[0], lc, lb, "lhs"), (pats[1], rc, rb, "rhs")):
+        if p.rows is None and not p.common.size:
+            continue
+        free = [d for d in range(len(p.shape)) if d not in contract and d not in batch]
+        kept = list(batch) + free
+        reduced = indices([p.shape[d] for d in kept]) if kept else np.zeros((), np.int64)
+        perm = np.argsort(kept + list(contract))
+        expanded = reduced.reshape(reduced.shape + (1,) * len(contract))
+        index = np.broadcast_to(expanded, reduced.shape + tuple(p.shape[d] for d in contract))
+        grouped = group(ctx, p, np.transpose(index, perm), reduced.shape)
+        # out = batch..., lhs free..., rhs free...
+        nb = len(batch)
+        lhs_free = len(pats[0].shape) - len(lc) - len(lb)
+        out_idx = indices(reduced.shape)
+        if side == "lhs":
+            shape = out_idx.shape + (1,) * (len(out_shape) - out_idx.ndim)
+        else:
+            shape = out_idx.shape[:nb] + (1,) * lhs_free + out_idx.shape[nb:]
+        parts.append(take(ctx, grouped, np.broadcast_to(out_idx.reshape(shape), out_shape)))
+    return [union(ctx, parts, out_shape)]
+
+
+RULES: dict[str, Callable] = {
+    **{
+        name: _reduce
+        for name in (
+            "reduce_sum",
+            "reduce_max",
+            "reduce_min",
+            "reduce_prod",
+            "reduce_and",
+            "reduce_or",
+        )
+    },
+    **{name: _cumulative for name in ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")},
+    "fft": _fft,
+    "dot_general": _dot_general,
+}

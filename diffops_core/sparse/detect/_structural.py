@@ -1,0 +1,115 @@
+"""Structural primitives: output elements are copies of operand elements
+(reshape, transpose, slicing, pad, concatenate, broadcast, split), moved by
+applying the primitive itself to arrays of element indices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax import lax
+
+from ._pattern import Pattern, everything, indices, take, union
+
+__all__ = ["RULES", "copies"]
+
+
+def copies(ctx, eqn, pats, vals, outs, params=None):
+    """Output elements are copies of operand elements: apply the primitive to the
+    operand's element indices (the other operands' values must be known;
+    ``params``: the equation's, changed for an index array where it must be)."""
+    p = pats[0]
+    others = vals[1:]
+    if any(v is None for v in others) or any(q.rows is not None or q.common.size for q in pats[1:]):
+        return [everything(ctx, pats, outs[0])]
+    idx = _numpy_structural(eqn, indices(p.shape)) if not others else None
+    if idx is None:  # the primitive itself, eagerly (it compiles once per shape)
+        params = eqn.params if params is None else params
+        idx = eqn.primitive.bind(jnp.asarray(indices(p.shape)), *others, **params)
+    return [take(ctx, p, np.asarray(idx))]
+
+
+def _numpy_structural(eqn, idx: np.ndarray) -> np.ndarray | None:
+    """The common structural primitives on an index array in numpy (an eager jax
+    op compiles for every new shape: tens of milliseconds each); None for others."""
+    name, params = eqn.primitive.name, eqn.params
+    if name == "reshape" and params.get("dimensions") is None:
+        return idx.reshape(params["new_sizes"])
+    if name == "transpose":
+        return np.transpose(idx, params["permutation"])
+    if name == "squeeze":
+        return np.squeeze(idx, axis=tuple(params["dimensions"]))
+    if name == "expand_dims":
+        return np.expand_dims(idx, tuple(params["dimensions"]))
+    if name == "rev":
+        return np.flip(idx, axis=tuple(params["dimensions"]))
+    if name == "slice":
+        strides = params.get("strides") or (1,) * idx.ndim
+        bounds = zip(params["start_indices"], params["limit_indices"], strides, strict=True)
+        return idx[tuple(slice(a, b, c) for a, b, c in bounds)]
+    return None
+
+
+def _pad(ctx, eqn, pats, vals, outs):
+    idx = lax.pad(jnp.asarray(indices(pats[0].shape)), np.int32(-1), eqn.params["padding_config"])
+    padded = take(ctx, pats[0], np.asarray(idx))
+    return [union(ctx, [padded, pats[1]], outs[0])]  # the padding value's own pattern
+
+
+def _concatenate(ctx, eqn, pats, vals, outs):
+    """The operands stacked; what all share stays common, the rest of each
+    operand's common part is spelled out on its own rows (a gradient's parts
+    depend on different sets: a global's on everything, a pixel's on a few)."""
+    stacked, offset = [], 0
+    for p in pats:
+        stacked.append(indices(p.shape) + offset)
+        offset += p.size
+    if eqn.primitive.name == "concatenate":
+        idx = np.concatenate([np.asarray(a) for a in stacked], axis=eqn.params["dimension"])
+    else:  # stack, and what else shares this rule
+        idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))
+    shared = pats[0].common
+    for p in pats[1:]:
+        shared = np.intersect1d(shared, p.common, assume_unique=True)
+    rows = []
+    for p in pats:
+        own = np.setdiff1d(p.common, shared, assume_unique=True)
+        rows.append(Pattern(p.shape, p.rows, own.astype(np.int64)).matrix(ctx.n))
+    whole = Pattern((offset,), sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool), shared)
+    return [take(ctx, whole, idx)]
+
+
+def _broadcast_in_dim(ctx, eqn, pats, vals, outs):
+    if len(pats) > 1:  # dynamic shapes: no
+        return [everything(ctx, pats, outs[0])]
+    dims = tuple(eqn.params["broadcast_dimensions"])
+    shape = [1] * len(outs[0])
+    for axis, size in zip(dims, pats[0].shape, strict=True):
+        shape[axis] = size
+    idx = np.broadcast_to(indices(pats[0].shape).reshape(shape), outs[0])
+    return [take(ctx, pats[0], idx)]
+
+
+def _split(ctx, eqn, pats, vals, outs):
+    cuts = np.cumsum(eqn.params["sizes"])[:-1]
+    pieces = np.split(indices(pats[0].shape), cuts, axis=eqn.params["axis"])
+    return [take(ctx, pats[0], piece) for piece in pieces]
+
+
+def _copies(ctx, eqn, pats, vals, outs):
+    return copies(ctx, eqn, pats, vals, outs)
+
+
+RULES: dict[str, Callable] = {
+    **{
+        name: _copies
+        for name in ("reshape", "transpose", "squeeze", "expand_dims", "rev", "slice", "copy")
+    },
+    "pad": _pad,
+    "split": _split,
+    "concatenate": _concatenate,
+    "stack": _concatenate,
+    "broadcast_in_dim": _broadcast_in_dim,
+}
