@@ -20,10 +20,18 @@ __all__ = ["RULES"]
 
 
 def _int_params(eqn) -> dict:
+    """The gather's parameters for an array of element indices, in the mode the
+    equation carries: out-of-range starts are clamped in ``CLIP`` mode, and in
+    ``PROMISE_IN_BOUNDS`` too (what XLA does with them), so the clamped element
+    is a real dependency; only ``FILL_OR_DROP`` reads nothing there (-1). Any
+    other mode is read as ``CLIP``, a superset of what it can read."""
     params = dict(eqn.params)
     if eqn.primitive.name == "gather":
-        params["fill_value"] = -1
-        params["mode"] = lax.GatherScatterMode.FILL_OR_DROP
+        if params.get("mode") == lax.GatherScatterMode.FILL_OR_DROP:
+            params["fill_value"] = -1
+        else:
+            params["mode"] = lax.GatherScatterMode.CLIP
+            params["fill_value"] = None
     return params
 
 

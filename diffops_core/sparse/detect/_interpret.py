@@ -104,11 +104,20 @@ def run(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Se
     return [env.pattern(v) for v in jaxpr.outvars]
 
 
+#: Calls evaluated when every input is known without ``x`` or ``t``: the
+#: index arithmetic jnp's helpers wrap in a nested jit (``jnp.take``'s
+#: normalisation of negative indices, ``jnp.where``) stays known, and the gather
+#: that uses it is exact. What they compute ``f`` computes anyway.
+_FOLDED_CALLS = ("pjit", "jit", "closed_call", "core_call")
+
+
 def _foldable(eqn) -> bool:
     """Whether to evaluate an equation whose inputs are all known: what indices
-    and shapes are made of (small), not calls or loops (which may be large)."""
+    and shapes are made of (small), not loops (which may be long) or callbacks."""
     name = eqn.primitive.name
-    if name in _CALLS or name in ("while", "scan", "cond") or "callback" in name:
+    if name in _CALLS and name not in _FOLDED_CALLS:
+        return False
+    if name in ("while", "scan", "cond") or "callback" in name:
         return False
     size = sum(int(np.prod(shape_of(v), dtype=np.int64)) for v in eqn.outvars)
     return size <= 1 << 24
