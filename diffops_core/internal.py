@@ -20,7 +20,7 @@ is the top level of `diffops_core`.
 - Sparsity: `hessian_pattern`, `jacobian_pattern` (global patterns read
   from the jaxpr of the products); `detect_sparsity` (a `Sparsity` for an
   executor), `recover` (a matrix from its compressed products and a plan),
-  `check_sparse` (a recovered matrix against two random products),
+  `check_sparse` (a recovered matrix against products of random vectors),
   `sparse_marginal_variance` (exact ``diag(S⁻¹)`` of a sparse SPD matrix).
 - Identity: `Identity`, `TracedFunction` (what JAX traced: the jaxpr and its
   constants, never the Python object).

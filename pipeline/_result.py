@@ -102,7 +102,7 @@ class Result:
     def sparse(self):
         """The matrix as a `scipy.sparse.csr_array`: a sparse result recovered
         from its compressed products (every nonzero read from one of them),
-        once complete and checked against two products of random vectors; a
+        once complete and checked against products of random vectors (row by row); a
         dense result converted (when it fits).
 
         **Raises:** `ValueError` for an incomplete or unchecked result;

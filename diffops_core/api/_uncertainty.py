@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import InputTypeError
 from ..curvature import Spectrum, is_sparse, numpy_tree
 from ..curvature import covariance as _dense_covariance
 from ..curvature import marginal_std as _dense_marginal_std
@@ -37,6 +38,12 @@ def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
 
 
 def spectrum(M: Any) -> Spectrum:
+    if is_sparse(M):
+        raise InputTypeError(
+            f"spectrum takes a dense matrix, got a scipy.sparse {M.shape[0]}x{M.shape[1]}; pass "
+            "M.toarray() when it fits, or scipy.sparse.linalg.eigsh for a few eigenvalues "
+            "(a pipeline store: Result.spectrum)"
+        )
     return _dense_spectrum(M)
 
 

@@ -97,7 +97,8 @@ def _schur(S: sp.csr_array, border: np.ndarray) -> np.ndarray | None:
     out = np.empty(n)
     out[border] = np.diag(m_inv)
     w = db @ inv_lower.T  # (D⁻¹ B) L⁻ᵀ: its row norms squared are the correction
-    out[rest] = 1 / d + np.einsum("ij,ij->i", w, w)
+    with np.errstate(over="ignore", divide="ignore"):  # an overflow is refused by the caller
+        out[rest] = 1 / d + np.einsum("ij,ij->i", w, w)
     return out
 
 
@@ -136,6 +137,13 @@ def sparse_marginal_variance(S: Any, damping: Any = 0.0) -> np.ndarray:
     variance = _schur(S, border)
     if variance is None:
         variance = _by_solves(S)
-    if (variance <= 0).any() or not np.isfinite(variance).all():
+    if (variance <= 0).any():
         raise _not_positive_definite(S, "a variance came out not positive")
+    if not np.isfinite(variance).all():
+        worst = int(np.flatnonzero(~np.isfinite(variance))[0])
+        raise InputValueError(
+            f"the variance of parameter {worst} overflows float64: the matrix is singular to "
+            f"working precision there (its diagonal entry is {S.diagonal()[worst]:.3g}). Pass "
+            "damping= (added to the diagonal), or rescale or fix that parameter"
+        )
     return variance

@@ -4,14 +4,16 @@
 jaxpr (`detect`) and colour it (`_coloring`); `sparse_hessian` /
 `sparse_jacobian` compute one product per colour (the seed of a colour is the
 sum of its unit vectors), recover every nonzero directly, and check the result
-against two products of random vectors before returning it: a detection
+against products of random vectors (row by row) before returning it: a detection
 error is a refusal, never a wrong matrix.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import InputValueError
+from .._errors import InputTypeError, InputValueError
 from ..curvature import whitened_residuals
 from ..dense import auto_inner_width, get_kernels
+from ._check import PROBES, check_products, compute_eps, probe_vectors
 from ._coloring import (
     column_coloring,
     column_plan,
@@ -75,7 +78,9 @@ class Sparsity:
 
     @property
     def nnz(self) -> int:
-        return int(self.pattern.nnz)
+        """Nonzeros of the pattern; ``m·n`` for a dense one (detection may
+        have stopped before it spelled the pattern out)."""
+        return self.shape[0] * self.shape[1] if self.dense else int(self.pattern.nnz)
 
     @property
     def dense(self) -> bool:
@@ -93,8 +98,31 @@ class Sparsity:
         return star_plan(self.pattern, self.colors)
 
 
-_CACHE: dict[tuple, Sparsity] = {}
+#: Detected sparsities, least recently used first, and the bytes they hold at
+#: most (a pattern of 10⁷ nonzeros takes about 50 MB with its recovery plan):
+#: the same model on many data sets shares one entry, another model evicts the
+#: oldest.
+_CACHE: collections.OrderedDict[tuple, Sparsity] = collections.OrderedDict()
+_CACHE_BYTES = 256 << 20
 _CACHE_LOCK = threading.Lock()
+
+
+def _nbytes(found: Sparsity) -> int:
+    """What a cached `Sparsity` holds: its pattern and colours, and its recovery
+    plan (four arrays of about the pattern's size, made on first use)."""
+    pattern = sp.csr_array(found.pattern)
+    own = pattern.data.nbytes + pattern.indices.nbytes + pattern.indptr.nbytes
+    return 5 * own + np.asarray(found.colors).nbytes
+
+
+def _remember(key: tuple, found: Sparsity) -> None:
+    with _CACHE_LOCK:
+        _CACHE[key] = found
+        _CACHE.move_to_end(key)
+        total = sum(_nbytes(s) for s in _CACHE.values())
+        while total > _CACHE_BYTES and len(_CACHE) > 1:
+            _, dropped = _CACHE.popitem(last=False)
+            total -= _nbytes(dropped)
 
 
 #: The kernels' op whose matrix each kind is (a Jacobian's pattern is its JVPs').
@@ -121,6 +149,8 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
     with _CACHE_LOCK:
         found = _CACHE.get(key)
+        if found is not None:
+            _CACHE.move_to_end(key)
     if found is not None:
         return found
     t0 = time.perf_counter()
@@ -142,8 +172,7 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     found = dataclasses.replace(
         found, seconds={"detection": t1 - t0, "coloring": time.perf_counter() - t1}
     )
-    with _CACHE_LOCK:
-        _CACHE[key] = found
+    _remember(key, found)
     return found
 
 
@@ -190,10 +219,41 @@ def _given(kind: str, sparsity, kernels, x_flat) -> Sparsity:
                 f"sparsity is of a {sparsity.shape} {sparsity.dtype} matrix, but this {kind} is "
                 f"{shape} {dtype}; detect it for this f and x (sparsity='auto')"
             )
+        _check_colors(sparsity)
         return sparsity
+    if sparsity is None:
+        raise InputValueError(
+            f"sparsity=None asks for the dense {_WHAT[kind]}: call the dense function "
+            "(hessian, jacobian or gauss_newton), or pass sparsity='auto' or a Sparsity"
+        )
+    if not isinstance(sparsity, str):
+        raise InputTypeError(
+            f"sparsity must be 'auto' or a Sparsity, got a {type(sparsity).__name__}; a known "
+            "pattern goes in a Sparsity (shape, pattern, colors, ncolors, mode, dtype), or "
+            "let it be detected with sparsity='auto'"
+        )
     if sparsity != "auto":
         raise InputValueError(f"sparsity must be None, 'auto' or a Sparsity, got {sparsity!r}")
     return _detected(kind, kernels, x_flat)
+
+
+def _check_colors(found: Sparsity) -> None:
+    """A hand-made `Sparsity`'s colours: one per column (per row in ``"row"``
+    mode), each in ``[0, ncolors)``."""
+    m, n = found.shape
+    extent = m if found.mode == "row" else n
+    colors = np.asarray(found.colors)
+    if colors.shape != (extent,) or not np.issubdtype(colors.dtype, np.integer):
+        raise InputValueError(
+            f"sparsity.colors must be {extent} integers (one per "
+            f"{'row' if found.mode == 'row' else 'column'} of the {m}x{n} matrix), got "
+            f"{colors.dtype} of shape {colors.shape}"
+        )
+    if extent and (colors.min() < 0 or colors.max() >= found.ncolors):
+        raise InputValueError(
+            f"sparsity.colors must lie in [0, ncolors={found.ncolors}), got "
+            f"[{colors.min()}, {colors.max()}]"
+        )
 
 
 def _dense_matrix(kernels, x_flat, m: int, n: int) -> sp.csr_array:
@@ -209,49 +269,58 @@ def _dense_matrix(kernels, x_flat, m: int, n: int) -> sp.csr_array:
     return sp.csr_array(np.asarray(matrix))
 
 
-def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool) -> np.ndarray:
-    """The products of the seed vectors (columns of ``seed``), a chunk at a time."""
+def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool, extra=None):
+    """The products of the seed vectors (columns of ``seed``), a chunk at a time,
+    and those of the ``extra`` vectors (rows; the check's probes), which ride in
+    the same compiled calls: ``(compressed, extra products or None)``."""
     count = seed.shape[1]
+    vectors = seed.T if extra is None else np.concatenate([seed.T, extra])
+    total = vectors.shape[0]
     parts = []
-    for start in range(0, count, _PRODUCTS_AT_ONCE):
-        chunk = seed[:, start : start + _PRODUCTS_AT_ONCE].T
+    for start in range(0, total, _PRODUCTS_AT_ONCE):
+        chunk = vectors[start : start + _PRODUCTS_AT_ONCE]
         width = chunk.shape[0]
-        if width < _PRODUCTS_AT_ONCE and count > _PRODUCTS_AT_ONCE:
+        if width < _PRODUCTS_AT_ONCE and total > _PRODUCTS_AT_ONCE:
             chunk = np.concatenate([chunk, np.zeros((_PRODUCTS_AT_ONCE - width, chunk.shape[1]))])
         run = kernels.products(chunk.shape[0])
         parts.append(np.asarray(run(x_flat, jnp.asarray(chunk, x_flat.dtype)))[:width])
     out = np.concatenate(parts) if parts else np.zeros((0, kernels.spec.m))
-    return out if transpose else out.T
+    found, probes = out[:count], (None if extra is None else out[count:])
+    return (found if transpose else found.T), probes
 
 
-def _check(matrix: sp.csr_array, kernels, x_flat, what: str) -> dict:
-    """``matrix`` against two products ``M v`` of random vectors (``kernels``:
-    the column products' op): a detection or a colouring error is refused,
-    never returned. **Returns:** ``error`` and ``tolerance``. **Raises:**
-    `ValueError`."""
-    rng = np.random.default_rng(0)
-    extent = matrix.shape[1]
-    v = rng.standard_normal((2, extent))
-    got = np.asarray(kernels.products(2)(x_flat, jnp.asarray(v, x_flat.dtype)))
-    expected = (matrix @ v.T).T
-    eps = float(jnp.finfo(x_flat.dtype).eps)
-    scale = np.abs(matrix).sum(axis=1).max(initial=0.0)
-    tol = 1e3 * eps * max(float(scale), 1e-30) * np.sqrt(extent)
-    err = float(np.abs(got - expected).max(initial=0.0))
-    if err > tol:
-        raise InputValueError(
-            f"the compressed {what} does not match two products of random vectors (error "
-            f"{err:.3g}, tolerance {tol:.3g}): its detected sparsity misses entries; compute it "
-            "dense (sparsity=None), and report the model"
-        )
-    return {"error": err, "tolerance": tol}
+def _row_groups(kernels) -> list[slice]:
+    """The rows of each leaf of the matrix (the gradient's for a Hessian or a
+    Gauss–Newton matrix, the output's for a Jacobian)."""
+    spec = kernels.spec
+    layout = spec.out_layout if spec.op == "jacfwd" else spec.in_layout
+    return [leaf.slice for leaf in layout.leaves]
+
+
+def _check(matrix: sp.csr_array, kernels, x_flat, what: str, probes=None, products=None) -> dict:
+    """``matrix`` against the products ``M v`` of random probe vectors
+    (``kernels``: the column products' op; ``probes`` and their ``products`` when
+    they rode with the colours' products, else computed here): a detection or
+    a colouring error is refused, never returned (`_check.check_products`).
+
+    **Returns:** ``error``, ``tolerance``, ``ratio``, ``row``, ``eps``, ``seed``.
+    **Raises:** `ValueError`."""
+    seed = None
+    if probes is None:
+        seed = secrets.randbits(32)
+        probes = probe_vectors(matrix.shape[1], seed)
+        run = kernels.products(PROBES)
+        products = np.asarray(run(x_flat, jnp.asarray(probes, x_flat.dtype)))
+    eps = compute_eps(kernels.traced.jaxpr, np.dtype(jnp.result_type(x_flat)))
+    found = check_products(matrix, probes, products, eps, _row_groups(kernels), what)
+    return {**found, "seed": seed}
 
 
 def sparse_hessian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
     """The Hessian of scalar ``f`` at ``x`` as a `scipy.sparse.csr_array` over
     ``ravel_pytree(x)``, from one Hessian-vector product per colour of its star
     colouring (``sparsity``: ``"auto"`` detects it; a `Sparsity` reuses it),
-    checked against two products of random vectors. Never forms a dense n x n
+    checked against products of random vectors (row by row). Never forms a dense n x n
     (unless the pattern is dense).
 
     **Returns:** ``(H, unflatten)``. **Raises:** `ValueError` for a sparsity of
@@ -350,10 +419,13 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
         if not dense_path:
             return None
         return _dense_matrix(kernels, x_flat, *found.shape), unravel, kernels
-    if found.mode == "row":
-        compressed = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
+    if found.mode == "row":  # VJPs: the probes (JVPs or HVPs) are another op's call
+        compressed, _ = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
+        probes, products = None, None
     else:
-        compressed = _compressed(kernels, x_flat, seeds(found.colors), False)
+        seed = secrets.randbits(32)
+        probes = probe_vectors(found.shape[1], seed)
+        compressed, products = _compressed(kernels, x_flat, seeds(found.colors), False, probes)
     matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, what=_WHAT[kind])
+    _check(matrix, kernels, x_flat, _WHAT[kind], probes, products)
     return matrix, unravel, kernels

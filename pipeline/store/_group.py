@@ -429,7 +429,7 @@ class ResultStore:
     @property
     def checked(self) -> bool:
         """Whether the data needs no check before it is read: dense, or sparse
-        and checked against two random products for exactly the blocks stored
+        and checked against products of random vectors for exactly the blocks stored
         now."""
         return not self.sparsity_meta or self._passed(self.records_digest())
 
@@ -458,7 +458,7 @@ class ResultStore:
         """The whole matrix as a `scipy.sparse.csr_array` (a dense result's too),
         read once and kept: for a sparse result, recovered from its products,
         only once every block is complete and the result has passed its check
-        against two random products for exactly the blocks stored now (without
+        against products of random vectors for exactly the blocks stored now (without
         ``checked``: for the check itself).
 
         **Raises:** `ValueError` when blocks are missing or the check has not

@@ -87,3 +87,148 @@ def test_a_fisher_matrix_through_clipped_bins_is_exact_and_its_sigma_too():
     sigma = dc.marginal_std(G, x)["gain"]
     reference = dc.marginal_std(np.asarray(dense, np.float64), x)["gain"]
     np.testing.assert_allclose(sigma, reference, rtol=1e-3)
+
+
+# -- the check's power: one entry dropped, of a chosen size --------------------------------
+
+GLOBALS = 5
+
+
+def _structured(kind: str, n: int):
+    """``(f0, scales)``: a scalar function whose Hessian is an arrowhead (5
+    global rows of scale ~n beside a diagonal of scale ~1) or a band of 7
+    diagonals, and a coupling ``(p, q)`` of two rows that ``f0`` leaves apart."""
+    rng = np.random.default_rng(3)
+    c = jnp.asarray(1 + rng.random(n))
+    if kind == "arrowhead":
+        w = jnp.asarray(rng.random((GLOBALS, n - GLOBALS)))
+
+        def f0(x):
+            g, rest = x[:GLOBALS], x[GLOBALS:]
+            return 0.5 * jnp.sum(c * x**2) + jnp.sum(g * (w @ rest))
+
+    else:
+        b = jnp.asarray(0.3 * rng.random((3, n)))
+
+        def f0(x):
+            return 0.5 * jnp.sum(c * x**2) + sum(
+                jnp.sum(b[d - 1, : n - d] * x[: n - d] * x[d:]) for d in (1, 2, 3)
+            )
+
+    return f0, (n // 2, n // 2 + 40)
+
+
+@pytest.mark.parametrize("kind", ["arrowhead", "band"])
+@pytest.mark.parametrize("n", [1000, 100_000])
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_one_dropped_entry_of_a_chosen_size_is_refused(kind, n, x64):
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        f0, (p, q) = _structured(kind, n)
+        x = jnp.asarray(np.random.default_rng(4).standard_normal(n), dtype)
+        row_scale = float(np.abs(np.asarray(jax.grad(lambda z: jax.grad(f0)(z)[p])(x))).sum())
+        wrong = dc.hessian_sparsity(f0, x)  # f's pattern but for the coupling
+        relative = 1e-10 if x64 else 1e-4
+        h = relative * row_scale
+        f = lambda x: f0(x) + h * x[p] * x[q]
+        truth = dc.hessian_sparsity(f, x)
+        assert truth.nnz == wrong.nnz + 2
+        H, _ = dc.sparse_hessian(f, x, sparsity=truth)  # the true pattern passes
+        assert float(H[[p], [q]][0]) == pytest.approx(h, rel=1e-3 if x64 else 0.05)
+        for _ in range(3):  # probes drawn afresh each call: refused every time
+            with pytest.raises(ValueError, match="does not match products of random vectors"):
+                dc.sparse_hessian(f, x, sparsity=wrong)
+
+
+def test_a_float32_computation_inside_an_x64_run_is_checked_at_float32():
+    with jax.enable_x64(True):
+        f0, _ = _structured("band", 1000)
+        x = jnp.asarray(np.random.default_rng(4).standard_normal(1000))
+        f = lambda x: f0(x.astype(jnp.float32)).astype(jnp.float64)
+        H, _ = dc.sparse_hessian(f, x)
+        dense = np.asarray(jax.hessian(f)(x))
+        np.testing.assert_allclose(H.toarray(), dense, rtol=1e-5, atol=1e-6)
+        g = lambda x: f0(lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10))
+        H, _ = dc.sparse_hessian(g, x)
+        np.testing.assert_allclose(H.toarray(), np.asarray(jax.hessian(g)(x)), atol=1e-9)
+
+
+def test_a_nan_in_one_row_is_refused_by_name():
+    x = jnp.linspace(0.1, 1.2, 12, dtype=jnp.float32)
+    f = lambda x: jnp.sum(x**2) + jnp.sqrt(x[4] - 1.0) * x[7]  # x[4] < 1: NaN in rows 4, 7
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        dc.sparse_hessian(f, x)
+
+
+def test_the_sparsity_cache_is_bounded_by_bytes(monkeypatch):
+    import diffops_core.sparse._products as products
+
+    monkeypatch.setattr(products, "_CACHE", type(products._CACHE)())
+    n = 20_000
+    first = dc.hessian_sparsity(lambda x: jnp.sum(x**2) * 1.0, jnp.ones(n, jnp.float32))
+    one = products._nbytes(first)
+    monkeypatch.setattr(products, "_CACHE_BYTES", 4 * one)
+    for k in range(12):  # the same model on 12 data sets: 12 computations
+        data = jnp.full(n, float(k + 2), jnp.float32)
+        dc.hessian_sparsity(lambda x, data=data: jnp.sum((x - data) ** 2), jnp.ones(n, jnp.float32))
+    assert sum(products._nbytes(s) for s in products._CACHE.values()) <= 4 * one
+    assert 1 <= len(products._CACHE) <= 4
+
+
+# -- one line instead of a traceback or a wrong word ---------------------------------------
+
+
+def _tri(x):
+    return jnp.sum(x**2) + jnp.sum(x[1:] * x[:-1])
+
+
+def test_sparsity_of_the_wrong_type_is_one_line():
+    x = jnp.ones(8, jnp.float32)
+    for given in (np.ones((8, 8), bool), __import__("scipy.sparse").sparse.eye(8).tocsr()):
+        with pytest.raises(TypeError, match="sparsity must be 'auto' or a Sparsity, got a"):
+            dc.sparse_hessian(_tri, x, sparsity=given)
+    with pytest.raises(ValueError, match="sparsity=None asks for the dense Hessian"):
+        dc.sparse_hessian(_tri, x, sparsity=None)
+
+
+def test_a_hand_made_sparsity_with_too_few_colours_is_one_line():
+    import dataclasses
+
+    x = jnp.ones(8, jnp.float32)
+    found = dc.hessian_sparsity(_tri, x)
+    short = dataclasses.replace(found, colors=found.colors[:5])
+    with pytest.raises(ValueError, match="sparsity.colors must be 8 integers"):
+        dc.sparse_hessian(_tri, x, sparsity=short)
+    beyond = dataclasses.replace(found, colors=found.colors + found.ncolors)
+    with pytest.raises(ValueError, match=r"must lie in \[0, ncolors"):
+        dc.sparse_hessian(_tri, x, sparsity=beyond)
+
+
+def test_spectrum_of_a_scipy_sparse_matrix_is_one_line():
+    import scipy.sparse as sp
+
+    with pytest.raises(TypeError, match="spectrum takes a dense matrix"):
+        dc.spectrum(sp.eye(4).tocsr())
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_x_works_as_the_dense_path_does(dtype):
+    x = jnp.linspace(0.5, 1.5, 8).astype(dtype)
+    H, _ = dc.sparse_hessian(_tri, x)
+    dense, _ = dc.hessian(_tri, x)
+    np.testing.assert_allclose(H.toarray(), np.asarray(dense, np.float32), atol=1e-2)
+
+
+def test_a_variance_that_overflows_says_so():
+    import scipy.sparse as sp
+
+    with pytest.raises(ValueError, match="overflows float64") as err:
+        dc.marginal_std(sp.csr_array(np.diag([1e-320, 1.0])), jnp.ones(2))
+    assert "0 of 2 eigenvalues" not in str(err.value)
+
+
+def test_a_pattern_found_dense_early_says_dense():
+    n = 64
+    x = jnp.ones(n, jnp.float32)
+    found = dc.hessian_sparsity(lambda x: jnp.sum(x) ** 2 + jnp.sum(jnp.outer(x, x) ** 2), x)
+    assert found.dense and found.nnz == n * n

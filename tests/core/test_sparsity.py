@@ -232,7 +232,7 @@ def test_a_wrong_pattern_is_refused_not_returned():
     diagonal = sparse.csr_array(sparse.identity(found.shape[0], dtype=bool, format="csr"))
     wrong = dataclasses.replace(found, pattern=diagonal, colors=np.zeros(found.shape[0], int),
                                 ncolors=1)  # fmt: skip
-    with pytest.raises(ValueError, match="does not match two products of random vectors"):
+    with pytest.raises(ValueError, match="does not match products of random vectors"):
         dc.sparse_hessian(_chain_loss, x, sparsity=wrong)
 
 

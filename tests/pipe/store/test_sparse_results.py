@@ -145,7 +145,7 @@ def test_a_wrong_pattern_fails_its_check_and_is_never_read(tmp_path):
     n = found.shape[0]
     diagonal = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     wrong = dataclasses.replace(found, pattern=diagonal, colors=np.zeros(n, int), ncolors=1)
-    with pytest.raises(ValueError, match="does not match two products of random vectors"):
+    with pytest.raises(ValueError, match="does not match products of random vectors"):
         pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity=wrong, progress=False)
     result = pipeline.open_result(store)
     assert result.status()["complete"]  # the blocks are there, but the result failed

@@ -1,0 +1,155 @@
+"""The self-check of a matrix recovered from compressed products, with known
+power.
+
+A recovered ``M`` is compared with products ``P(v) = M_true v`` of four probe
+vectors computed by the kernels themselves: ``v₁``, ``v₂`` (Gaussian, drawn
+afresh on every call; quantised to multiples of 1/256 so that ``v₃ = v₁ + v₂``
+and ``v₄ = v₁ − v₂`` are exact), ``v₃`` and ``v₄``. Row ``i`` of product ``k``
+passes when
+
+    |P(v_k)_i − (M v_k)_i| <= 16 eps log2(nnz_i + 2) (Σ_j |M_ij| |v_kj| + |P(v_k)_i|)
+                              + 16 noise_i
+
+- ``eps`` is that of the lowest precision ``f`` computes in (a float32 cast or
+  a ``reduce_precision`` inside an x64 run counts), not x's;
+- ``noise_i`` is the products' own rounding, measured: the linearity defects
+  ``|P(v₁) + P(v₂) − P(v₃)|`` and ``|P(v₁) − P(v₂) − P(v₄)|`` of row ``i``
+  (never larger for a missing entry: the true map is linear), and at least
+  their root mean square over the row's leaf (rounding spread by an FFT is
+  shared by a whole leaf, and one sample of it can be small by chance).
+
+Each row has its own tolerance, so rows much smaller than the largest are
+checked at their own scale. A missing entry ``h`` at ``(i, j)`` moves row ``i``
+of each product by ``h v_j`` (or ``h (v_j − v_l)`` when ``j`` shares a colour
+with ``i``'s neighbour ``l``), so it is refused once ``0.1 |h|`` is above the
+row's tolerance in any product; each Gaussian ``|v_j| < 0.1`` has probability
+0.08, so a miss needs that to happen in all four products together
+(measured: benchmarks/RESULTS.md, the check's power). A NaN or an infinity in
+the products or in ``M`` is refused by name: it would turn a comparison off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._errors import InputValueError
+
+__all__ = ["PROBES", "check_products", "compute_eps", "probe_vectors"]
+
+#: Probe vectors a check uses (they ride in the colours' products where they can).
+PROBES = 4
+_ROUNDING = 16.0
+_NOISE = 16.0
+
+
+def probe_vectors(extent: int, seed: int) -> np.ndarray:
+    """``(PROBES, extent)`` float64: ``v₁``, ``v₂`` (Gaussian, multiples of 1/256,
+    drawn from ``seed``), ``v₁ + v₂`` and ``v₁ − v₂`` (all exact in float16 and up)."""
+    rng = np.random.default_rng(seed)
+    v = np.clip(np.round(rng.standard_normal((2, extent)) * 256) / 256, -7.0, 7.0)
+    return np.stack([v[0], v[1], v[0] + v[1], v[0] - v[1]])
+
+
+def _sub_jaxprs(value):
+    if hasattr(value, "eqns"):
+        yield value
+    elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+        yield value.jaxpr
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _sub_jaxprs(item)
+
+
+def compute_eps(jaxpr, dtype) -> float:
+    """The machine epsilon of the lowest floating precision ``jaxpr`` computes
+    in (nested jaxprs and ``reduce_precision`` included), and at least ``dtype``'s."""
+    eps = float(np.finfo(np.dtype(dtype)).eps) if np.issubdtype(dtype, np.floating) else 0.0
+    todo, seen = [jaxpr], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for eqn in current.eqns:
+            if eqn.primitive.name == "reduce_precision":
+                eps = max(eps, 2.0 ** -int(eqn.params["mantissa_bits"]))
+            for var in eqn.outvars:
+                dt = getattr(getattr(var, "aval", None), "dtype", None)
+                if dt is not None and np.issubdtype(dt, np.floating):
+                    eps = max(eps, float(np.finfo(dt).eps))
+            for value in eqn.params.values():
+                todo.extend(_sub_jaxprs(value))
+    return eps
+
+
+def _not_finite(name: str, values: np.ndarray, what: str) -> InputValueError:
+    rows = np.flatnonzero(~np.isfinite(values).all(axis=0 if values.ndim == 2 else None))
+    where = ", ".join(str(int(r)) for r in rows[:4]) + (" ..." if rows.size > 4 else "")
+    return InputValueError(
+        f"the compressed {what}'s {name} hold NaN or infinite values (rows {where}): the "
+        "check cannot vouch for it. Find where the derivatives are not finite at this x, "
+        "or compute it dense (sparsity=None)"
+    )
+
+
+def check_products(
+    matrix: sp.csr_array,
+    probes: np.ndarray,
+    products: np.ndarray,
+    eps: float,
+    row_groups: list[slice],
+    what: str,
+) -> dict:
+    """Check ``matrix`` (``(m, n)``) against ``products`` (``(PROBES, m)``, the
+    kernels' ``M_true v`` of ``probes``), row by row (see the module's docstring).
+
+    **Returns:** ``error`` and ``tolerance`` of the row closest to failing,
+    ``ratio`` (error / tolerance there), ``row`` and ``eps``.
+
+    **Raises:** `ValueError` naming the worst row on a mismatch, or naming the
+    non-finite rows."""
+    products = np.asarray(products, np.float64)
+    if not np.isfinite(products).all():
+        raise _not_finite("products of random vectors", products, what)
+    values = np.asarray(matrix.data, np.float64)
+    if not np.isfinite(values).all():
+        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        bad = np.unique(rows[~np.isfinite(values)])
+        mask = np.ones((1, matrix.shape[0]), bool)
+        mask[0, bad] = False
+        raise _not_finite("recovered entries", np.where(mask, 0.0, np.nan), what)
+    M = sp.csr_array(matrix, dtype=np.float64)
+    expected = (M @ probes.T).T
+    scale = (abs(M) @ np.abs(probes).T).T
+    count = np.diff(M.indptr)
+    rounding = _ROUNDING * eps * np.log2(count + 2) * (scale + np.abs(products))
+    defect = np.maximum(
+        np.abs(products[0] + products[1] - products[2]),
+        np.abs(products[0] - products[1] - products[3]),
+    )
+    noise = defect.copy()
+    for rows in row_groups:
+        part = defect[rows]
+        if part.size:
+            noise[rows] = np.maximum(part, np.sqrt(np.mean(part**2)))
+    tolerance = rounding + _NOISE * noise
+    error = np.abs(products - expected)
+    ratio = error / np.maximum(tolerance, np.finfo(np.float64).tiny)
+    k, row = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    found = {
+        "error": float(error[k, row]),
+        "tolerance": float(tolerance[k, row]),
+        "ratio": float(ratio[k, row]),
+        "row": int(row),
+        "eps": eps,
+    }
+    if found["ratio"] > 1:
+        failing = int(np.sum((ratio > 1).any(axis=0)))
+        raise InputValueError(
+            f"the compressed {what} does not match products of random vectors: {failing} "
+            f"rows differ beyond their rounding, row {found['row']} by {found['error']:.3g} "
+            f"(its tolerance {found['tolerance']:.3g}); its sparsity misses entries. Compute "
+            "it dense (sparsity=None), and report the model"
+        )
+    return found
