@@ -129,10 +129,10 @@ def check_products(
         np.abs(products[0] - products[1] - products[3]),
     )
     noise = defect.copy()
-    for rows in row_groups:
-        part = defect[rows]
+    for group in row_groups:
+        part = defect[group]
         if part.size:
-            noise[rows] = np.maximum(part, np.sqrt(np.mean(part**2)))
+            noise[group] = np.maximum(part, np.sqrt(np.mean(part**2)))
     tolerance = rounding + _NOISE * noise
     error = np.abs(products - expected)
     ratio = error / np.maximum(tolerance, np.finfo(np.float64).tiny)
