@@ -478,11 +478,40 @@ class ResultStore:
                 "products of random vectors for the blocks stored now; run the computation "
                 "again (it checks a complete store before it reports it)"
             )
-        compressed = read_region(self.data, slice(None), slice(None))
+        compressed = self._verified_products()
         matrix = recover_matrix(self.sparsity(), compressed)
         if checked:
             self._sparse = (state, matrix)
         return matrix
+
+    def _verified_products(self) -> np.ndarray:
+        """A sparse result's compressed products, block by block, each compared
+        with its record's checksum as the dense readers do: a block rewritten
+        since, or whose chunk no longer decodes, is refused, never read.
+
+        **Raises:** `StoreError` naming the blocks and the way out."""
+        records = self.read_records()
+        out = np.empty(self.data.shape, np.dtype(self.data.dtype))
+        bad = []
+        for index in range(self.plan.n_blocks):
+            region = self.block_region(index)
+            try:
+                data = read_region(self.data, *region)
+            except Exception:  # noqa: BLE001 - a chunk that no longer decodes is bad
+                bad.append(index)
+                continue
+            if checksum(data) != int(records[index, CHECKSUM]):
+                bad.append(index)
+                continue
+            out[region] = data
+        if bad:
+            raise StoreError(
+                f"blocks {bad[:8]}{' ...' if len(bad) > 8 else ''} of {self.location!r} no "
+                "longer match their checksums (or no longer decode), so the sparse matrix is "
+                "not recovered from them; run diffops verify --repair on the store, then try "
+                "again"
+            )
+        return out
 
     def _require_complete(self) -> None:
         status = self.status()

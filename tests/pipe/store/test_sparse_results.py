@@ -279,3 +279,23 @@ def test_a_sparse_run_traces_f_once(tmp_path):
     pipeline.hessian_to_zarr(counted, arrow_x(), str(tmp_path / "h.zarr"), sparsity="auto",
                              progress=False)  # fmt: skip
     assert len(traces) == 1
+
+
+def _fisher_store(tmp_path):
+    store = str(tmp_path / "f.zarr")
+    pipeline.gauss_newton_to_zarr(arrow_residuals, arrow_x(), store, std=0.1, sparsity="auto",
+                                  progress=False)  # fmt: skip
+    return store
+
+
+def test_sparse_readers_compare_checksums_as_dense_readers_do(tmp_path):
+    import zarr
+
+    store = _fisher_store(tmp_path)
+    products = zarr.open_array(os.path.join(store, "compressed"), mode="r+")
+    products[:, :1] = np.asarray(products[:, :1]) * 1.5  # valid bytes, other values
+    result = pipeline.open_result(store)
+    with pytest.raises(pipeline.StoreError, match="no longer match their checksums"):
+        result.marginal_std()
+    with pytest.raises(pipeline.StoreError, match="verify --repair"):
+        pipeline.open_result(store).sparse()
