@@ -16,7 +16,9 @@ The metadata's ``sparsity`` says the mode, the number of colours, nnz, the
 compressed shape, and digests of the pattern and of the colours, which are
 part of the fingerprint (another pattern or colouring is another
 computation) and are checked whenever the arrays are read: a damaged pattern
-is refused, never used. The matrix is recovered from the products by
+is refused, never used. Its ``digest`` covers everything recovery reads of
+the metadata (mode, colours, nnz, the shapes, dtype and the two digests), so an
+edited mode or shape is refused too. The matrix is recovered from the products by
 `diffops_core.internal.recover` (every nonzero read from one product).
 """
 
@@ -33,7 +35,7 @@ from diffops_core import Sparsity
 from diffops_core.internal import recover
 
 from .._errors import StoreError
-from ._format import SPARSE_ARRAYS, digest
+from ._format import SPARSE_ARRAYS, digest, sha256_json
 
 __all__ = [
     "COLORS",
@@ -81,10 +83,28 @@ def pattern_bytes(info: dict) -> int:
     return index * int(info["nnz"]) + 8 * (m + 1) + 4 * (m if info["mode"] == "row" else n)
 
 
+#: What recovery reads of the metadata: covered by its ``digest``.
+_RECOVERY_KEYS = (
+    "mode",
+    "ncolors",
+    "nnz",
+    "shape",
+    "compressed_shape",
+    "dtype",
+    "pattern",
+    "colors",
+)
+
+
+def _meta_digest(info: dict) -> str:
+    return sha256_json({key: info.get(key) for key in _RECOVERY_KEYS})
+
+
 def sparsity_meta(sparsity: Sparsity) -> dict:
-    """What the metadata (and the fingerprint) say of a pattern and its colouring."""
+    """What the metadata (and the fingerprint) say of a pattern and its colouring,
+    with the ``digest`` of everything recovery reads of it."""
     indptr, indices, colors = _parts(sparsity)
-    return {
+    info = {
         "mode": sparsity.mode,
         "ncolors": int(sparsity.ncolors),
         "nnz": int(indices.size),
@@ -98,6 +118,7 @@ def sparsity_meta(sparsity: Sparsity) -> dict:
         # what detection and colouring cost when they ran (not part of the fingerprint)
         "seconds": {k: round(float(v), 3) for k, v in sparsity.seconds.items()},
     }
+    return {**info, "digest": _meta_digest(info)}
 
 
 def pattern_arrays(sparsity: Sparsity) -> list[tuple[str, str, np.ndarray, str]]:
@@ -116,7 +137,13 @@ def read_sparsity(group: zarr.Group, meta: dict, where: Any) -> Sparsity:
     """The stored pattern and colouring, checked against the digests of the
     metadata. **Raises:** `StoreError` naming the array when one is unreadable
     or is not what the result was computed with."""
-    info = meta["sparsity"]
+    info = meta.get("sparsity")
+    if not isinstance(info, dict) or info.get("digest") != _meta_digest(info):
+        raise StoreError(
+            f"the sparsity metadata at {where} ({', '.join(_RECOVERY_KEYS)}) is not what the "
+            "result was written with (its digest differs, or it has none: a store of an older "
+            "diffops): the store is damaged; recompute the result (overwrite=True)"
+        )
     values = {}
     for name in (INDPTR, INDICES, COLORS):
         try:

@@ -77,3 +77,33 @@ def test_plot_of_an_incomplete_sparse_store_draws_the_pattern_and_says_so(
     res = invoke("plot", str(tmp_path / "out.zarr"), "-o", str(tmp_path / "p.png"))
     assert res.exit_code == 0, res.output
     assert "INCOMPLETE" in res.output and "the pattern only" in res.output
+
+
+def _edit_sparsity(store, **changes):
+    import zarr
+
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    meta = dict(group.attrs["diffops"])
+    meta["sparsity"] = {**meta["sparsity"], **changes}
+    group.attrs["diffops"] = meta
+
+
+def test_edited_sparsity_metadata_is_refused_in_one_line(tmp_path, monkeypatch):
+    import pytest
+
+    import pipeline
+
+    spec = _spec(tmp_path, monkeypatch)
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    for changes in ({"mode": "column"}, {"mode": "row"}, {"shape": [62, 61]}):
+        _edit_sparsity(store, **changes)
+        with pytest.raises(pipeline.StoreError, match="sparsity metadata .* is not what"):
+            pipeline.open_result(store).sparse()
+        with pytest.raises(pipeline.StoreError, match="recompute the result"):
+            pipeline.open_result(store).verify()
+        res = CliRunner().invoke(main, ["verify", store])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert "is not what the result was written with" in res.output
+        _edit_sparsity(store, mode="star", shape=[62, 62])  # back as written
+    assert pipeline.open_result(store).sparse().shape == (62, 62)
