@@ -232,3 +232,41 @@ def test_a_pattern_found_dense_early_says_dense():
     x = jnp.ones(n, jnp.float32)
     found = dc.hessian_sparsity(lambda x: jnp.sum(x) ** 2 + jnp.sum(jnp.outer(x, x) ** 2), x)
     assert found.dense and found.nnz == n * n
+
+
+# -- detection in memory near the pattern's size --------------------------------------------
+
+
+def test_a_pattern_over_budget_is_dense_before_it_is_spelled_out():
+    from diffops_core.sparse.detect import Dense, Pattern
+
+    n = 100_000
+    spread = Pattern((n,), None, np.arange(n, dtype=np.int64))  # every row, every column
+    with pytest.raises(Dense):
+        spread.matrix(n, budget=64 * n)
+
+
+@pytest.mark.parametrize("kind", ["take", "map"])
+def test_detection_that_spreads_a_shared_set_stays_small(kind):
+    import tracemalloc
+
+    n = 20_000
+    idx = jnp.arange(n)
+    if kind == "take":  # a tridiagonal written with jnp.take: exact
+        f = lambda x: jnp.sum(x**2) + jnp.sum(jnp.take(x, idx[1:]) * jnp.take(x, idx[:-1]))
+    else:  # lax.map over dynamic_update_slice: dense, found in bounded memory
+        f = lambda x: jnp.sum(lax.map(lambda i: x[i] * x[i + 1], jnp.arange(n - 1))) + jnp.sum(
+            x**2
+        )
+    x = jnp.linspace(0.1, 1.0, n, dtype=jnp.float32)
+    tracemalloc.start()
+    try:
+        found = dc.hessian_sparsity(f, x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 400e6  # 7.3 GB before: the n x n pattern spelled out
+    if kind == "take":
+        assert found.mode == "star" and found.ncolors == 3 and found.nnz == 3 * n - 2
+    else:
+        assert found.dense

@@ -79,6 +79,12 @@ class _Env:
 def run(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
     """The patterns of ``jaxpr``'s outputs given those of its inputs (``known``:
     their values where known, else None)."""
+    return _evaluate(ctx, jaxpr, consts, ins, known)[0]
+
+
+def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
+    """``(patterns, values)`` of ``jaxpr``'s outputs: `run`, with the values known
+    without ``x`` or ``t`` (a nested call's index arithmetic comes back out)."""
     env = _Env()
     for var, value in zip(jaxpr.constvars, consts, strict=True):
         env.values[var] = value
@@ -96,12 +102,34 @@ def run(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Se
             for var, value in zip(eqn.outvars, outs, strict=True):
                 env.values[var] = value
             continue
+        called = (
+            _call(ctx, eqn, pats, vals) if depends or any(v is not None for v in vals) else None
+        )
+        if called is not None:  # a call: patterns, and what it computes of known values
+            for var, p, value in zip(eqn.outvars, *called, strict=True):
+                env.patterns[var] = p
+                if value is not None:
+                    env.values[var] = value
+            continue
         if not depends:
             continue  # a function of x alone: a constant of the linear map
         outs = _rule(ctx, eqn, pats, vals)
         for var, p in zip(eqn.outvars, outs, strict=True):
             env.patterns[var] = p
-    return [env.pattern(v) for v in jaxpr.outvars]
+    return [env.pattern(v) for v in jaxpr.outvars], [env.value(v) for v in jaxpr.outvars]
+
+
+def _call(ctx: Context, eqn, pats: list[Pattern], vals: list):
+    """``(patterns, values)`` of a call's outputs (its jaxpr walked into), or
+    None when ``eqn`` is not a call with a jaxpr."""
+    if eqn.primitive.name not in _CALLS:
+        return None
+    jaxpr, consts = _sub_jaxpr(eqn.params)
+    if jaxpr is None:
+        return None
+    ins = pats[-len(jaxpr.invars) :] if len(pats) > len(jaxpr.invars) else pats
+    known = vals[-len(jaxpr.invars) :] if len(vals) > len(jaxpr.invars) else vals
+    return _evaluate(ctx, jaxpr, consts, ins, known)
 
 
 #: Calls evaluated when every input is known without ``x`` or ``t``: the
@@ -139,12 +167,6 @@ def _rule(ctx: Context, eqn, pats: list[Pattern], vals: list) -> list[Pattern]:
     rule = RULES.get(name)
     if rule is not None:
         return rule(ctx, eqn, pats, vals, outs)
-    if name in _CALLS:
-        jaxpr, consts = _sub_jaxpr(eqn.params)
-        if jaxpr is not None:
-            ins = pats[-len(jaxpr.invars) :] if len(pats) > len(jaxpr.invars) else pats
-            known = vals[-len(jaxpr.invars) :] if len(vals) > len(jaxpr.invars) else vals
-            return ctx.run(jaxpr, consts, ins, known)
     if name in ELEMENTWISE or _all_same_shape(eqn):
         return [union(ctx, pats, shape) for shape in outs]
     if name not in WARNED:
@@ -179,7 +201,7 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
     (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])
-    return out.matrix(n)
+    return out.matrix(n, ctx.budget)
 
 
 def jacobian_pattern(f_flat: Callable, x_flat, budget: int | None = None) -> sp.csr_array:

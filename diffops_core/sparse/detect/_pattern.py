@@ -53,8 +53,14 @@ class Pattern:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
-    def matrix(self, n: int) -> sp.csr_array:
-        """The full (elements x n) boolean pattern."""
+    def matrix(self, n: int, budget: int) -> sp.csr_array:
+        """The full (elements x n) boolean pattern, the common set spelled out on
+        every row. **Raises:** `Dense` before it is built when it would hold more
+        than ``budget`` entries (a common set spread over many rows is what
+        made detection take n² memory)."""
+        rows = 0 if self.rows is None else self.rows.nnz
+        if rows + self.size * self.common.size > budget:
+            raise Dense
         out = self.rows if self.rows is not None else sp.csr_array((self.size, n), dtype=bool)
         if self.common.size:
             block = sp.csr_array(
@@ -118,7 +124,7 @@ def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
     if p.common.size and (idx < 0).any() and p.size * p.common.size <= ctx.budget // 4:
         # padding depends on nothing: spell the common part out where that is
         # cheap; else the padding keeps it (a superset, never smaller than the truth)
-        p = Pattern(p.shape, p.matrix(ctx.n), NONE)
+        p = Pattern(p.shape, p.matrix(ctx.n, ctx.budget), NONE)
     rows = None if p.rows is None else selection(idx, p.size) @ p.rows
     return ctx.check(Pattern(idx.shape, rows, p.common))
 

@@ -76,7 +76,7 @@ def _concatenate(ctx, eqn, pats, vals, outs):
     rows = []
     for p in pats:
         own = np.setdiff1d(p.common, shared, assume_unique=True)
-        rows.append(Pattern(p.shape, p.rows, own.astype(np.int64)).matrix(ctx.n))
+        rows.append(Pattern(p.shape, p.rows, own.astype(np.int64)).matrix(ctx.n, ctx.budget))
     whole = Pattern((offset,), sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool), shared)
     return [take(ctx, whole, idx)]
 
