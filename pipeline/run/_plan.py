@@ -35,7 +35,7 @@ from diffops_core.internal import (
 )
 
 from .._errors import NotEnoughMemoryError
-from ..store import digest, sha256_json, sparsity_meta, store_meta
+from ..store import ResultStore, digest, sha256_json, sparsity_meta, store_meta
 from ._resources import Limits
 
 __all__ = [
@@ -281,13 +281,42 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
     return Sizing(size, size if inner_width is None else min(inner_width, size))
 
 
-def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any):
-    """(the kernels, the Sparsity) of a sparse result, from the plan's trace;
-    None for a dense pattern (nothing to save: the dense result is computed, as
-    the same computation), or without ``sparsity``."""
+def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any,
+                     stored: dict | None, location: Any, options: dict):  # fmt: skip
+    """The pattern and colouring a store at ``location`` holds for this very
+    computation (what JAX traced, x, its layout, the op, dtype and versions all
+    as stored), read back (digests checked) instead of detecting and colouring
+    again: a resume or a run with nothing to do. None when the store is of
+    another computation, has no sparsity, or cannot give it."""
+    if not (isinstance(sparsity, str) and sparsity == "auto") or not stored:
+        return None
+    parts, info = stored.get("fingerprint_parts") or {}, stored.get("sparsity")
+    if not info or stored.get("operation") != operation:
+        return None
+    identity = kernels.traced.identity()
+    same = {"function": identity.program, "data": identity.data, "x": digest(np.asarray(x_flat)),
+            "x_layout": kernels.spec.in_layout.to_json()}  # fmt: skip
+    if any(parts.get(k) != v for k, v in same.items()):
+        return None
+    was = parts.get("options") or {}
+    if any(was.get(k) != v for k, v in options.items()):
+        return None
+    if parts.get("versions") != fingerprint_parts(identity, np.asarray(x_flat), {}, {})["versions"]:
+        return None
+    try:
+        return ResultStore.open(location).sparsity()
+    except Exception:  # noqa: BLE001 - damaged or unreadable: detect, and let admission decide
+        return None
+
+
+def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any, reuse=None):
+    """(the kernels, the Sparsity) of a sparse result, from the plan's trace (or
+    ``reuse``: the store's, for the same computation); None for a dense pattern
+    (nothing to save: the dense result is computed, as the same computation),
+    or without ``sparsity``."""
     if sparsity is None:
         return kernels, None
-    found = detect_sparsity(operation, kernels, x_flat, sparsity)
+    found = reuse if reuse is not None else detect_sparsity(operation, kernels, x_flat, sparsity)
     if found.dense:
         return kernels, None
     if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
@@ -326,6 +355,7 @@ def plan(
     checkpoint: bool = False,
     compressor: str | None = None,
     stored: BlockPlan | None = None,
+    stored_meta: dict | None = None,
     env: dict[str, str] | None = None,
     noise: str | None = None,
     sparsity: Any = None,
@@ -337,14 +367,19 @@ def plan(
     the block plan of a store at ``location`` (a default block resumes as is);
     `sparsity`: ``None``, ``"auto"`` or a `diffops_core.Sparsity` (detected and
     coloured here: the pattern and the colouring are part of the plan and of
-    the fingerprint).
+    the fingerprint; `stored_meta`, the metadata of a store at ``location``:
+    when it is of this very computation, its pattern and colouring are read
+    back instead, as a resume needs them).
 
     **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
     one block task cannot fit `limits`.
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
-    kernels, found = _detected(operation, kernels, x_flat, sparsity)
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    same = {"checkpoint": checkpoint, "dtype": kernels.spec.dtype, "x64": x64}
+    reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored_meta, location, same)
+    kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse)
     ncolors = None if found is None else found.ncolors
     sizing = (_sizing(kernels, limits, stored, **blocking) if found is None else
               _sparse_sizing(kernels, found.ncolors, limits, stored, **blocking))  # fmt: skip
@@ -352,7 +387,6 @@ def plan(
     per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors)
     if not limits.fits(per_task):
         raise _memory_error(per_task, detail, limits)
-    x64 = bool(jax.config.read("jax_enable_x64"))
     info = None if found is None else sparsity_meta(found)
     options = _options(kernels, blocks, checkpoint, x64, sizing.inner_width, info)
     parts = fingerprint_parts(

@@ -255,9 +255,7 @@ def test_detection_that_spreads_a_shared_set_stays_small(kind):
     if kind == "take":  # a tridiagonal written with jnp.take: exact
         f = lambda x: jnp.sum(x**2) + jnp.sum(jnp.take(x, idx[1:]) * jnp.take(x, idx[:-1]))
     else:  # lax.map over dynamic_update_slice: dense, found in bounded memory
-        f = lambda x: jnp.sum(lax.map(lambda i: x[i] * x[i + 1], jnp.arange(n - 1))) + jnp.sum(
-            x**2
-        )
+        f = lambda x: jnp.sum(lax.map(lambda i: x[i] * x[i + 1], jnp.arange(n - 1))) + jnp.sum(x**2)
     x = jnp.linspace(0.1, 1.0, n, dtype=jnp.float32)
     tracemalloc.start()
     try:

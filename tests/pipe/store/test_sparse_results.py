@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import diffops_core as dc
+import diffops_core.internal
 import pipeline
 from pipeline.internal import BlockTask, Limits
 
@@ -299,3 +300,36 @@ def test_sparse_readers_compare_checksums_as_dense_readers_do(tmp_path):
         result.marginal_std()
     with pytest.raises(pipeline.StoreError, match="verify --repair"):
         pipeline.open_result(store).sparse()
+
+
+def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
+    tmp_path, inject, monkeypatch
+):
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    inject([{"block": 1, "kind": "raise", "at": "write"}])
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    inject.clear()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return dc.internal.detect_sparsity(*args, **kwargs)
+
+    monkeypatch.setattr("pipeline.run._plan.detect_sparsity", counted)
+    resumed = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                       progress=False)  # fmt: skip
+    assert resumed.run_summary.blocks_computed == 1 and calls == []
+    again = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                     progress=False)  # fmt: skip
+    assert again.run_summary.blocks_computed == 0 and calls == []
+    np.testing.assert_allclose(again.assemble(), _dense_hessian(arrow_loss, x), rtol=2e-5,
+                               atol=2e-4)  # fmt: skip
+    other = lambda p: arrow_loss(p) + jnp.sum(p["flat"][1:] * p["flat"][:-1])  # another pattern
+    replaced = pipeline.hessian_to_zarr(other, x, store, sparsity="auto", block_size=2,
+                                        overwrite=True, progress=False)  # fmt: skip
+    assert calls == ["hessian"]  # another computation: detected, never the stored pattern
+    np.testing.assert_allclose(replaced.assemble(), _dense_hessian(other, x), rtol=2e-5,
+                               atol=2e-4)  # fmt: skip
