@@ -206,8 +206,10 @@ class Result:
         A sparse result's come from its recovered matrix in memory (nnz-sized):
         Lanczos, and shift-invert on its sparse LU when it is positive definite.
 
-        **Returns:** ``largest``, ``smallest`` (``k`` each, as ``which`` asks),
-        ``condition``, ``positive_definite``, ``matvecs``.
+        **Returns:** ``largest``, ``smallest`` (``k`` each, as ``which`` asks,
+        or fewer where Lanczos did not converge: then ``unconverged`` says how
+        many are missing at which end), ``asked``, ``condition``,
+        ``positive_definite``, ``matvecs``.
         **Raises:** `ValueError` for a Jacobian or an incomplete store.
         """
         return spectrum(self._store, k, which, tol=tol, client=client, progress=progress)

@@ -36,8 +36,10 @@ def spectrum(
     **Returns:** ``{"largest": [...], "smallest": [...], "condition": float,
     "positive_definite": bool, "matvecs": int}`` (``largest`` descending,
     ``smallest`` ascending; only those asked for by ``which``; up to ``k`` each:
-    those that converged, see `extremes`). The condition number and the verdict
-    need both ends: with ``which="both"`` only.
+    those that converged, see `extremes`), ``asked`` (``k``) and, when an end
+    has fewer than ``k``, ``unconverged`` (``{"smallest": 1}``: how many are
+    missing). The condition number and the verdict need both ends: with
+    ``which="both"`` only.
     """
     require_square_complete(store, "the spectrum", sparse_ok=True)
     if which not in ("both", "largest", "smallest"):
@@ -47,18 +49,28 @@ def spectrum(
         raise InputValueError(f"k must be an int in [1, {n - 1}] for n={n}, got {k!r}")
     if store.is_sparse:
         out = _sparse_extremes(store, k, which, tol)
-        if which == "both":
-            out.update(verdict(out["largest"], out["smallest"]))
-        return out
-    task = None
-    if which != "largest":
-        try:
-            task = factor(store, client=client, progress=progress)
-        except NotPositiveDefiniteError:
-            task = None  # the small end from the matrix itself
-    out = streamed_extremes(store, k, which, task, progress, tol)
+    else:
+        task = None
+        if which != "largest":
+            try:
+                task = factor(store, client=client, progress=progress)
+            except NotPositiveDefiniteError:
+                task = None  # the small end from the matrix itself
+        out = streamed_extremes(store, k, which, task, progress, tol)
     if which == "both":
         out.update(verdict(out["largest"], out["smallest"]))
+    return _say_what_is_missing(out, k)
+
+
+def _say_what_is_missing(out: dict[str, Any], k: int) -> dict[str, Any]:
+    """``asked`` (k), and ``unconverged``: how many of the ``k`` asked for at each
+    end Lanczos did not resolve (absent when none), so a shorter list is never
+    taken for the whole answer."""
+    missing = {end: k - len(out[end]) for end in ("largest", "smallest")
+               if end in out and len(out[end]) < k}  # fmt: skip
+    out["asked"] = k
+    if missing:
+        out["unconverged"] = missing
     return out
 
 

@@ -333,3 +333,15 @@ def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
     assert calls == ["hessian"]  # another computation: detected, never the stored pattern
     np.testing.assert_allclose(replaced.assemble(), _dense_hessian(other, x), rtol=2e-5,
                                atol=2e-4)  # fmt: skip
+
+
+def test_a_spectrum_short_of_k_says_how_many_are_missing(tmp_path):
+    chain = pipeline.hessian_to_zarr(lambda v: jnp.sum(v[1:] * v[:-1] ** 2) - jnp.sum(v**2),
+                                     jnp.linspace(-1.0, 1.0, 3000), str(tmp_path / "c.zarr"),
+                                     sparsity="auto", progress=False)  # fmt: skip
+    found = chain.spectrum(k=4, tol=1e-300, progress=False)  # a tolerance Lanczos cannot meet
+    assert found["asked"] == 4
+    short = {end: 4 - len(found[end]) for end in ("largest", "smallest") if len(found[end]) < 4}
+    assert short and found["unconverged"] == short
+    complete = chain.spectrum(k=3, progress=False)
+    assert "unconverged" not in complete and len(complete["largest"]) == 3
