@@ -145,10 +145,14 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     """The Sparsity of ``kind`` of a traced function (``kernels``, of any op),
     cached on what JAX traced."""
     kernels = kernels.for_op(_OP[kind])
-    identity = kernels.traced.identity()
-    key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
+    try:
+        identity = kernels.traced.identity()
+    except InputTypeError:  # host callbacks: no identity to cache on; detected every call
+        key = None
+    else:
+        key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
     with _CACHE_LOCK:
-        found = _CACHE.get(key)
+        found = None if key is None else _CACHE.get(key)
         if found is not None:
             _CACHE.move_to_end(key)
     if found is not None:
@@ -172,7 +176,8 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     found = dataclasses.replace(
         found, seconds={"detection": t1 - t0, "coloring": time.perf_counter() - t1}
     )
-    _remember(key, found)
+    if key is not None:
+        _remember(key, found)
     return found
 
 

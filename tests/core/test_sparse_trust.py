@@ -268,3 +268,23 @@ def test_detection_that_spreads_a_shared_set_stays_small(kind):
         assert found.mode == "star" and found.ncolors == 3 and found.nnz == 3 * n - 2
     else:
         assert found.dense
+
+
+def test_a_host_callback_in_sparse_hessian_is_computed_not_sent_to_the_in_memory_api():
+    def host_square(v):
+        return jax.pure_callback(
+            lambda a: np.asarray(a) ** 2,
+            jax.ShapeDtypeStruct(v.shape, v.dtype),
+            v,
+            vmap_method="expand_dims",
+        )
+
+    weights = jnp.linspace(1.0, 2.0, 6, dtype=jnp.float32)
+    f = lambda x: jnp.sum(x**3 * host_square(weights)) + x[0] * x[1]  # host code reads data
+    x = jnp.linspace(0.5, 1.5, 6, dtype=jnp.float32)
+    try:
+        H, _ = dc.sparse_hessian(f, x)
+    except Exception as err:  # noqa: BLE001 - what it says, if it refuses
+        assert "in-memory API" not in str(err), str(err)
+        raise
+    np.testing.assert_allclose(H.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5)
