@@ -10,6 +10,7 @@ import numpy as np
 
 from diffops_core.internal import format_iec
 
+from .._errors import StoreError
 from ..store import NONFINITE, SQUARE, ResultStore, pattern_bytes
 from ._scan import scan
 
@@ -52,6 +53,8 @@ class StoreSummary:
     leaves: tuple[LeafSummary, ...] = ()
     sparsity: dict | None = None
     """A sparse result's pattern and colouring (the store's ``sparsity`` metadata)."""
+    check: str = ""
+    """A sparse result's check, in words, for the store as it is now."""
 
     def lines(self) -> list[str]:
         """The summary as text lines (what ``diffops show`` prints)."""
@@ -92,11 +95,7 @@ class StoreSummary:
         extent = m if info.get("mode") == "row" else n
         itemsize = np.dtype(self.dtype).itemsize
         stored = math.prod(info["compressed_shape"]) * itemsize + pattern_bytes(info)
-        check = info.get("check") or {}
-        if check.get("passed"):
-            verdict = f"passed (error {check['error']:.3g}, tolerance {check['tolerance']:.3g})"
-        else:
-            verdict = "FAILED" if check else "not yet (the store is incomplete)"
+        verdict = self.check
         return [
             f"  operation   {op}, shape {self.shape}, {self.dtype}, sparse: "
             f"{format_iec(stored)} stored (dense {format_iec(self.nbytes)})",
@@ -143,6 +142,9 @@ def _leaf_figures(store: ResultStore, progress: bool = False) -> list:
 def summarise(store: ResultStore) -> StoreSummary:
     meta = store.meta
     status = store.status()
+    check, readable = "", status["complete"] and store.checked
+    if store.sparsity_meta:
+        check, readable = _check_words(store, status["complete"])
     parts = meta.get("fingerprint_parts", {})
     return StoreSummary(
         location=str(store.location),
@@ -161,6 +163,31 @@ def summarise(store: ResultStore) -> StoreSummary:
         versions=parts.get("versions") or {},
         runs=status["runs"],
         checks=meta.get("checks", {}),
-        leaves=tuple(_leaf_figures(store)) if status["complete"] and store.checked else (),
+        leaves=tuple(_leaf_figures(store)) if readable else (),
         sparsity=store.sparsity_meta,
+        check=check,
     )
+
+
+def _check_words(store: ResultStore, complete: bool) -> tuple[str, bool]:
+    """A sparse result's check in words for the store as it is now, and whether
+    its readers will read it (they refuse in every other case)."""
+    check = (store.sparsity_meta or {}).get("check") or {}
+    if check and not check.get("passed"):
+        return "FAILED", False
+    if not complete:
+        return "not yet (the store is incomplete)", False
+    if not check:
+        return ("not yet: the store is complete but was never checked (a run stopped during its "
+                "check); run the computation again", False)  # fmt: skip
+    if not store.checked:
+        return ("out of date: it passed for other blocks than those stored now; run the "
+                "computation again", False)  # fmt: skip
+    try:
+        bad = store.verify()
+    except StoreError as err:
+        return f"refused: {err}", False
+    if bad:
+        return (f"passed once, but blocks {bad[:8]} no longer match their checksums, so readers "
+                "refuse; run diffops verify --repair", False)  # fmt: skip
+    return f"passed (error {check['error']:.3g}, tolerance {check['tolerance']:.3g})", True

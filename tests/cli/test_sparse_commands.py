@@ -107,3 +107,27 @@ def test_edited_sparsity_metadata_is_refused_in_one_line(tmp_path, monkeypatch):
         assert "is not what the result was written with" in res.output
         _edit_sparsity(store, mode="star", shape=[62, 62])  # back as written
     assert pipeline.open_result(store).sparse().shape == (62, 62)
+
+
+def test_show_says_what_readers_will_do(tmp_path, monkeypatch):
+    import zarr
+
+    spec = _spec(tmp_path, monkeypatch)
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    assert "check against 4 random products: passed" in invoke("show", store).output
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    meta = dict(group.attrs["diffops"])
+    check = meta["sparsity"]["check"]
+    products = zarr.open_array(f"{store}/compressed", mode="r+")
+    saved = np.asarray(products[:, :1])
+    products[:, :1] = saved * 1.5  # valid bytes, other values
+    res = invoke("show", store)
+    assert res.exit_code == 0 and "no longer match their checksums" in res.output
+    assert "passed (" not in res.output
+    products[:, :1] = saved
+    _edit_sparsity(store, check={**check, "blocks": "another state"})
+    assert "out of date" in invoke("show", store).output
+    _edit_sparsity(store, check=None)  # complete, killed during its check
+    res = invoke("show", store)
+    assert "never checked" in res.output and "incomplete" not in res.output
