@@ -108,10 +108,17 @@ class Analysis:
                     else "the raw figure is mostly unit scaling)"
                 )
             )
-        if self.positive_definite and self.condition * np.finfo(np.float64).eps > 1e-4:
+        # σ are invariant to each parameter's units: their accuracy follows the
+        # unit-free (correlation) condition number, not the raw one
+        unit_free = np.isfinite(self.correlation_condition)
+        accuracy = (self.correlation_condition if unit_free else self.condition) * np.finfo(
+            np.float64
+        ).eps
+        if self.positive_definite and accuracy > 1e-4:
+            what = "correlation condition" if unit_free else "condition"
             out.append(
                 f"  ill-conditioned: the σ of the weakest directions are good to about "
-                f"{self.condition * np.finfo(np.float64).eps:.1g} relative (condition x eps)"
+                f"{accuracy:.1g} relative ({what} x eps)"
             )
         if self.damping:
             out.append(

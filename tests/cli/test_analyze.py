@@ -131,3 +131,14 @@ def test_an_end_lanczos_cannot_resolve_is_solved_in_memory_when_it_fits(tmp_path
     monkeypatch.setattr(pipeline.internal.analysis_module, "FULL_SPECTRUM_BYTES", 1)
     with pytest.raises(ValueError, match="Lanczos found no eigenvalue at one end"):
         result.analyze(k=3, progress=False)
+
+
+def test_units_alone_do_not_make_sigma_inaccurate(tmp_path):
+    C = _spd()  # well conditioned
+    d = np.logspace(0, 7, N)  # parameters in units 10⁷ apart: the raw condition ~1e14
+    result = _store(tmp_path, P=(C * d[:, None] * d[None, :]).astype(np.float64))
+    analysis = result.analyze(k=3, progress=False)
+    assert analysis.condition * np.finfo(np.float64).eps > 1e-4  # the raw figure is huge
+    assert analysis.correlation_condition < 1e6
+    text = "\n".join(analysis.lines())
+    assert "mostly unit scaling" in text and "ill-conditioned" not in text
