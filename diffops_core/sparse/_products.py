@@ -65,7 +65,8 @@ class Sparsity:
     boolean `scipy.sparse.csr_array`); `colors` (per column, or per row in
     ``"row"`` mode; every column its own when dense); `ncolors`; `mode` (``"star"``,
     ``"column"``, ``"row"`` or ``"dense"``); `dtype` (of x); `seconds` (what
-    detection and colouring cost).
+    detection and colouring cost); `why` (for a dense one: the primitive and
+    line where detection gave up, or that the pattern is half full).
     """
 
     shape: tuple[int, int]
@@ -75,6 +76,7 @@ class Sparsity:
     mode: str
     dtype: str
     seconds: dict = dataclasses.field(default_factory=dict, compare=False)
+    why: str = dataclasses.field(default="", compare=False)
 
     @property
     def nnz(self) -> int:
@@ -169,12 +171,16 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
             pattern = sp.csr_array(jac.T @ jac, dtype=bool)
         else:
             pattern = jacobian_pattern(f_flat, x_flat)
-    except Dense:
-        pattern = None
+    except Dense as err:
+        pattern, why = None, str(err)
+    else:
+        why = "its pattern has more than half of its entries"
     t1 = time.perf_counter()
     found = _color(kind, pattern, (m, n), str(jnp.result_type(x_flat)))
     found = dataclasses.replace(
-        found, seconds={"detection": t1 - t0, "coloring": time.perf_counter() - t1}
+        found,
+        seconds={"detection": t1 - t0, "coloring": time.perf_counter() - t1},
+        why=why if found.dense else "",
     )
     if key is not None:
         _remember(key, found)
@@ -261,14 +267,16 @@ def _check_colors(found: Sparsity) -> None:
         )
 
 
-def _dense_matrix(kernels, x_flat, m: int, n: int) -> sp.csr_array:
+def _dense_matrix(kernels, x_flat, found: Sparsity) -> sp.csr_array:
     """A dense pattern's matrix by the dense path (one jitted loop of products),
     as CSR; refused when it would not fit."""
+    m, n = found.shape
     if m * n > 1 << 28:
         raise InputValueError(
-            f"the matrix is (nearly) dense ({m}x{n}): a compressed product saves nothing and "
-            "a sparse result of it would not fit; compute it dense (sparsity=None), or out of "
-            "core with the pipeline"
+            f"sparsity detection found this {m}x{n} matrix dense ({found.why or 'dense'}): a "
+            "sparse result of a dense matrix would not fit. If the matrix is sparse, the "
+            "structure was lost there: give the pattern (a Sparsity); else compute it dense "
+            "(sparsity=None), or out of core with the pipeline"
         )
     matrix = kernels.matrix(auto_inner_width(kernels, kernels.spec.extent))(x_flat)
     return sp.csr_array(np.asarray(matrix))
@@ -423,7 +431,7 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     if found.dense:
         if not dense_path:
             return None
-        return _dense_matrix(kernels, x_flat, *found.shape), unravel, kernels
+        return _dense_matrix(kernels, x_flat, found), unravel, kernels
     if found.mode == "row":  # VJPs: the probes (JVPs or HVPs) are another op's call
         compressed, _ = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
         probes, products = None, None

@@ -35,12 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax.extend import core as jcore
+from jax.extend import source_info_util
 
 from . import _control, _elementwise, _indexing, _reductions, _structural
 from ._elementwise import ELEMENTWISE
-from ._pattern import NONE, Context, Pattern, empty, everything, shape_of, union
+from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union
 
-__all__ = ["RULES", "WARNED", "hessian_pattern", "jacobian_pattern", "run", "tangent_pattern"]
+__all__ = [
+    "RULES",
+    "WARNED",
+    "hessian_pattern",
+    "jacobian_pattern",
+    "run",
+    "tangent_pattern",
+    "where",
+]
 
 _log = logging.getLogger("diffops")
 WARNED: set[str] = set()
@@ -113,10 +122,32 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
             continue
         if not depends:
             continue  # a function of x alone: a constant of the linear map
-        outs = _rule(ctx, eqn, pats, vals)
+        try:
+            outs = _rule(ctx, eqn, pats, vals)
+        except Dense as err:
+            if err.args:  # said where already, deeper in
+                raise
+            raise Dense(
+                f"the pattern of {eqn.primitive.name} at {where(eqn)} would hold more than "
+                f"{ctx.budget:,} entries{_lost(ctx)}"
+            ) from None
         for var, p in zip(eqn.outvars, outs, strict=True):
             env.patterns[var] = p
     return [env.pattern(v) for v in jaxpr.outvars], [env.value(v) for v in jaxpr.outvars]
+
+
+def where(eqn) -> str:
+    """The line of user code an equation came from."""
+    return source_info_util.summarize(eqn.source_info)
+
+
+def _lost(ctx: Context) -> str:
+    """Where detection already gave up on structure before, if it did."""
+    if not ctx.lost:
+        return ""
+    return f", after {ctx.lost[0]}" + (
+        f" and {len(ctx.lost) - 1} more" if len(ctx.lost) > 1 else ""
+    )
 
 
 def _call(ctx: Context, eqn, pats: list[Pattern], vals: list):
@@ -169,6 +200,7 @@ def _rule(ctx: Context, eqn, pats: list[Pattern], vals: list) -> list[Pattern]:
         return rule(ctx, eqn, pats, vals, outs)
     if name in ELEMENTWISE or _all_same_shape(eqn):
         return [union(ctx, pats, shape) for shape in outs]
+    ctx.lost.append(f"{name} at {where(eqn)} (no rule: dense over its operands)")
     if name not in WARNED:
         WARNED.add(name)
         _log.warning(
@@ -201,7 +233,11 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
     (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])
-    return out.matrix(n, ctx.budget)
+    try:
+        return out.matrix(n, ctx.budget)
+    except Dense:
+        raise Dense(f"the matrix's pattern would hold more than {ctx.budget:,} entries"
+                    f"{_lost(ctx)}") from None  # fmt: skip
 
 
 def jacobian_pattern(f_flat: Callable, x_flat, budget: int | None = None) -> sp.csr_array:

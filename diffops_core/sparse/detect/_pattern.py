@@ -36,7 +36,8 @@ __all__ = [
 
 
 class Dense(Exception):
-    """The pattern would be (nearly) dense: detection stops early."""
+    """The pattern would be (nearly) dense: detection stops early. Its message,
+    once the interpreter has added it, says at which primitive and line."""
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ class Context:
 
     def __init__(self, n: int, budget: int, run: Callable):
         self.n, self.budget, self._run = n, budget, run
+        self.lost: list[str] = []  # where structure was given up (primitives without a rule)
 
     def run(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
         """The patterns of ``jaxpr``'s outputs given its inputs' (``known``: their
