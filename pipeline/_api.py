@@ -143,8 +143,7 @@ def _to_zarr(
     stored = peek(location) or {}
     run_plan = plan(
         operation, f, x, location, limits=executor_limits(executor),
-        stored=BlockPlan.from_json(stored["plan"]) if _resumable(stored) else None,
-        stored_meta=stored if _resumable(stored) else None, **options,
+        stored=stored if _resumable(stored) else None, **options,
     )  # fmt: skip
     reason = _reason(run_plan, redo, stored)  # before anything is replaced: what is there now
     existing = _existing(run_plan, flags["overwrite"])

@@ -155,7 +155,7 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
         key = (kind, identity.program, identity.data, str(jnp.result_type(x_flat)), x_flat.shape)
     with _CACHE_LOCK:
         found = None if key is None else _CACHE.get(key)
-        if found is not None:
+        if key is not None and found is not None:
             _CACHE.move_to_end(key)
     if found is not None:
         return found

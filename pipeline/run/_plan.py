@@ -282,7 +282,7 @@ def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: Block
 
 
 def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any,
-                     stored: dict | None, location: Any, options: dict):  # fmt: skip
+                     stored: dict | None, location: Any, checkpoint: bool):  # fmt: skip
     """The pattern and colouring a store at ``location`` holds for this very
     computation (what JAX traced, x, its layout, the op, dtype and versions all
     as stored), read back (digests checked) instead of detecting and colouring
@@ -299,6 +299,8 @@ def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: An
     if any(parts.get(k) != v for k, v in same.items()):
         return None
     was = parts.get("options") or {}
+    options = {"checkpoint": checkpoint, "dtype": kernels.spec.dtype,
+               "x64": bool(jax.config.read("jax_enable_x64"))}  # fmt: skip
     if any(was.get(k) != v for k, v in options.items()):
         return None
     if parts.get("versions") != fingerprint_parts(identity, np.asarray(x_flat), {}, {})["versions"]:
@@ -354,8 +356,7 @@ def plan(
     mode: str | None = None,
     checkpoint: bool = False,
     compressor: str | None = None,
-    stored: BlockPlan | None = None,
-    stored_meta: dict | None = None,
+    stored: dict | None = None,
     env: dict[str, str] | None = None,
     noise: str | None = None,
     sparsity: Any = None,
@@ -364,25 +365,21 @@ def plan(
     """Plan a run: trace, size, fingerprint, and check memory. **Arguments:** as
     `pipeline.hessian_to_zarr` (``blocking``: `nbatches`, `block_size`,
     `memory_budget`, `inner_width`); `limits`: where the tasks run; `stored`:
-    the block plan of a store at ``location`` (a default block resumes as is);
-    `sparsity`: ``None``, ``"auto"`` or a `diffops_core.Sparsity` (detected and
-    coloured here: the pattern and the colouring are part of the plan and of
-    the fingerprint; `stored_meta`, the metadata of a store at ``location``:
-    when it is of this very computation, its pattern and colouring are read
-    back instead, as a resume needs them).
-
-    **Raises:** the in-memory API's errors for bad input; `NotEnoughMemoryError` when
-    one block task cannot fit `limits`.
+    the metadata of a resumable store at ``location`` (its block resumes as
+    is); `sparsity`: ``None``, ``"auto"`` or a `diffops_core.Sparsity`
+    (detected and coloured, or the store's for this very computation: part of
+    the plan and of the fingerprint). **Raises:** the in-memory API's errors
+    for bad input; `NotEnoughMemoryError` when a block task cannot fit `limits`.
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
     x64 = bool(jax.config.read("jax_enable_x64"))
-    same = {"checkpoint": checkpoint, "dtype": kernels.spec.dtype, "x64": x64}
-    reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored_meta, location, same)
+    reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored, location, checkpoint)
     kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse)
     ncolors = None if found is None else found.ncolors
-    sizing = (_sizing(kernels, limits, stored, **blocking) if found is None else
-              _sparse_sizing(kernels, found.ncolors, limits, stored, **blocking))  # fmt: skip
+    was = BlockPlan.from_json(stored["plan"]) if stored else None
+    sizing = (_sizing(kernels, limits, was, **blocking) if found is None else
+              _sparse_sizing(kernels, found.ncolors, limits, was, **blocking))  # fmt: skip
     blocks = BlockPlan(ncolors or kernels.spec.extent, sizing.block_size)
     per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors)
     if not limits.fits(per_task):
