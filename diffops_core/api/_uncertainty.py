@@ -25,15 +25,20 @@ def covariance(M: Any, *, damping: float = 0.0) -> Any:
 covariance.__doc__ = _dense_covariance.__doc__
 
 
-def marginal_std(M: Any, x: Any, *, damping: float = 0.0) -> Any:
+def marginal_std(
+    M: Any, x: Any, *, damping: float = 0.0, max_seconds: float | None = 600.0
+) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree like ``x``: each parameter's
     standard deviation, the others marginalised. Errors as `covariance`.
 
     A `scipy.sparse` ``M`` (from `sparse_hessian`) is never inverted or made
-    dense: exact variances by the Schur complement on its dense rows, or a sparse
-    factorisation (`diffops_core.sparse`); the result is numpy."""
+    dense: exact variances by the Schur complement on its dense rows, or by
+    selected inversion of its sparse factorisation (`diffops_core.sparse`); the
+    result is numpy. What that would take longer than ``max_seconds`` (an
+    estimate from the factor; None: no limit) is refused before the work."""
     if is_sparse(M):
-        return numpy_tree(np.sqrt(sparse_marginal_variance(M, damping)), x, M.shape)
+        variance = sparse_marginal_variance(M, damping, max_seconds)
+        return numpy_tree(np.sqrt(variance), x, M.shape)
     return _dense_marginal_std(M, x, damping=damping)
 
 

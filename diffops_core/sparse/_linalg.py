@@ -10,13 +10,14 @@ diagonal), ``M = C - Bᵀ D⁻¹ B`` (``k x k``, dense) and
 - ``diag(S⁻¹)`` on the border is ``diag(M⁻¹)``;
 - on the rest, ``1/D_ii + ((D⁻¹ B) M⁻¹ (D⁻¹ B)ᵀ)_ii``.
 
-Anything else is factorised by scipy's sparse LU (SuperLU, a fill-reducing
-column order, no pivoting off the diagonal: an SPD matrix needs none) and
-``diag(S⁻¹)`` is read from solves against blocks of unit vectors. The first
-is what a flat field beside a few dozen globals needs at a million parameters;
-the second is exact for any sparse SPD matrix of moderate size. Chosen by
-measurement: on the PSF demo's arrowhead (n = 4120) the Schur complement takes
-milliseconds where the solves take seconds (benchmarks/RESULTS.md, sparse PSF).
+Anything else (a band, a grid, blocks) is factorised by scipy's sparse LU
+(SuperLU, a fill-reducing symmetric order, no pivoting off the diagonal: an
+SPD matrix needs none) and ``diag(S⁻¹)`` is read off the factor by selected
+inversion (`_selinv`), in about ``Σ_j |I_j|²`` operations for the rows ``I_j``
+of the factor's columns. Its cost is known once the factor is: what would take
+longer than ``max_seconds`` is refused up front, with the estimate. (Solves
+against unit vectors, as before, grew as n²: 42 s for a tridiagonal at
+n = 4·10⁴, where selected inversion takes milliseconds; benchmarks/RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from .._errors import InputValueError
+from .._errors import InputTypeError, InputValueError
 from ..curvature import check_damping, diagnose_not_positive_definite
 from ._coloring import dense_vertices
+from ._selinv import selected_inverse_diagonal, takahashi_cost
 
 __all__ = ["sparse_marginal_variance"]
 
@@ -102,8 +104,13 @@ def _schur(S: sp.csr_array, border: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def _by_solves(S: sp.csr_array, batch: int = 256) -> np.ndarray:
-    n = S.shape[0]
+#: Operations of selected inversion a second, measured on this project's
+#: 2-core CPU (a 5-point grid at n = 10⁶: 1.6e10 in 42 s); estimates use a
+#: slower rate, so a refusal is never optimistic.
+_OPS_PER_SECOND = 2e8
+
+
+def _by_selected_inversion(S: sp.csr_array, max_seconds: float | None) -> np.ndarray:
     try:
         lu = spla.splu(sp.csc_array(S), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                        options={"SymmetricMode": True})  # fmt: skip
@@ -111,24 +118,36 @@ def _by_solves(S: sp.csr_array, batch: int = 256) -> np.ndarray:
         raise _not_positive_definite(S, "its sparse factorisation failed") from None
     if (lu.U.diagonal() <= 0).any():
         raise _not_positive_definite(S, "a pivot of its factorisation is not positive")
-    out = np.empty(n)
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        e = np.zeros((n, stop - start))
-        e[np.arange(start, stop), np.arange(stop - start)] = 1
-        out[start:stop] = lu.solve(e)[np.arange(start, stop), np.arange(stop - start)]
-    return out
+    cost = takahashi_cost(lu.L)
+    if max_seconds is not None and cost / _OPS_PER_SECOND > max_seconds:
+        raise InputValueError(
+            f"the exact variances of this {S.shape[0]}x{S.shape[0]} sparse matrix would take "
+            f"about {cost / _OPS_PER_SECOND:.3g} s (selected inversion: {cost:.3g} operations "
+            f"on a factor of {lu.L.nnz:,} nonzeros), more than max_seconds={max_seconds:g}; "
+            "pass a larger max_seconds (or None) to allow it"
+        )
+    try:
+        return selected_inverse_diagonal(lu)
+    except ValueError:  # pivoted off the diagonal: not symmetric positive definite
+        raise _not_positive_definite(S, "its factorisation pivoted off the diagonal") from None
 
 
-def sparse_marginal_variance(S: Any, damping: Any = 0.0) -> np.ndarray:
+def sparse_marginal_variance(
+    S: Any, damping: Any = 0.0, max_seconds: float | None = 600.0
+) -> np.ndarray:
     """``diag((S + damping I)⁻¹)`` of a sparse symmetric positive definite ``S``
     (any `scipy.sparse` matrix), exact, never forming the inverse.
 
-    **Raises:** `ValueError` for a non-square or non-finite ``S``, and when it
-    (plus the damping) is not positive definite, with the diagnostics the dense
-    path gives (smallest eigenvalue, and how to regularise).
+    **Raises:** `ValueError` for a non-square or non-finite ``S``, when it (plus
+    the damping) is not positive definite, with the diagnostics the dense path
+    gives (smallest eigenvalue, and how to regularise), and, before the work,
+    when its estimate exceeds ``max_seconds`` (None: no limit).
     """
     damping = check_damping(damping)
+    if max_seconds is not None and (
+        isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+    ):
+        raise InputTypeError(f"max_seconds must be a number or None, got {max_seconds!r}")
     S = _symmetric(S)
     if damping:
         S = sp.csr_array(S + damping * sp.identity(S.shape[0], format="csr"))
@@ -136,7 +155,7 @@ def sparse_marginal_variance(S: Any, damping: Any = 0.0) -> np.ndarray:
     border = dense_vertices(adjacency)
     variance = _schur(S, border)
     if variance is None:
-        variance = _by_solves(S)
+        variance = _by_selected_inversion(S, max_seconds)
     if (variance <= 0).any():
         raise _not_positive_definite(S, "a variance came out not positive")
     if not np.isfinite(variance).all():

@@ -301,3 +301,69 @@ def test_a_structure_detection_lost_is_named_with_its_primitive_and_line():
     with pytest.raises(ValueError, match="sparsity detection found this") as err:
         dc.sparse_hessian(f, x)
     assert "(nearly) dense" not in str(err.value) and "dynamic_update_slice" in str(err.value)
+
+
+# -- sigma of sparse matrices that are not an arrowhead: selected inversion ----------------
+
+
+def _band(n, width=3):
+    import scipy.sparse as sp
+
+    diagonals = [0.3 / (k + 1) for k in range(width)]
+    values = [*diagonals[::-1], 4.0, *diagonals]
+    return sp.csr_array(sp.diags_array(values, offsets=list(range(-width, width + 1)),
+                                       shape=(n, n)))  # fmt: skip
+
+
+def _grid(side):
+    import scipy.sparse as sp
+
+    T = sp.diags_array([-1.0, 4.2, -1.0], offsets=[-1, 0, 1], shape=(side, side))
+    off = sp.diags_array([-1.0, -1.0], offsets=[-1, 1], shape=(side, side))
+    return sp.csr_array(sp.kron(sp.identity(side), T) + sp.kron(off, sp.identity(side)))
+
+
+def _blocks(n, size=7, seed=5):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(n // size):
+        a = rng.standard_normal((size, size))
+        parts.append(a @ a.T + size * np.eye(size))
+    return sp.csr_array(sp.block_diag(parts))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _band(600), lambda: _grid(24), lambda: _blocks(700)],
+    ids=["band", "grid", "blocks"],
+)
+def test_sigma_of_band_grid_and_block_patterns_is_exact(make):
+    S = make()
+    n = S.shape[0]
+    x = jnp.zeros(n)
+    sigma = np.asarray(dc.marginal_std(S, x))
+    exact = np.sqrt(np.diag(np.linalg.inv(S.toarray())))
+    np.testing.assert_allclose(sigma, exact, rtol=1e-12)
+
+
+def test_sigma_of_a_long_tridiagonal_is_exact_and_quick_to_plan():
+    import scipy.sparse.linalg as spla
+
+    n = 200_000
+    S = _band(n, width=1)
+    sigma = np.asarray(dc.marginal_std(S, jnp.zeros(n), max_seconds=5.0))
+    lu = spla.splu(S.tocsc())
+    for i in (0, 1, n // 2, n - 1):
+        e = np.zeros(n)
+        e[i] = 1.0
+        assert sigma[i] == pytest.approx(np.sqrt(lu.solve(e)[i]), rel=1e-12)
+
+
+def test_sigma_that_would_take_longer_than_allowed_is_refused_with_the_estimate():
+    S = _grid(40)
+    with pytest.raises(ValueError, match=r"would take about .* s \(selected inversion"):
+        dc.marginal_std(S, jnp.zeros(S.shape[0]), max_seconds=1e-9)
+    with pytest.raises(TypeError, match="max_seconds must be a number"):
+        dc.marginal_std(S, jnp.zeros(S.shape[0]), max_seconds="1 minute")
