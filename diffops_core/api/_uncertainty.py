@@ -25,9 +25,7 @@ def covariance(M: Any, *, damping: float = 0.0) -> Any:
 covariance.__doc__ = _dense_covariance.__doc__
 
 
-def marginal_std(
-    M: Any, x: Any, *, damping: float = 0.0, max_seconds: float | None = 600.0
-) -> Any:
+def marginal_std(M: Any, x: Any, *, damping: float = 0.0, max_seconds: float | None = 600.0) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree like ``x``: each parameter's
     standard deviation, the others marginalised. Errors as `covariance`.
 
