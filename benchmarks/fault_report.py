@@ -34,6 +34,11 @@ BAD_INPUT_TESTS = [
     "tests/pipe/run/test_embedded.py::test_store_of_another_computation_is_refused",
     "tests/cli/test_commands.py::test_spec_errors_are_one_line_naming_the_field",
     "tests/cli/test_commands.py::test_missing_spec_file_and_store",
+    "tests/core/test_sparse_trust.py::test_sparsity_of_the_wrong_type_is_one_line",
+    "tests/core/test_sparse_trust.py::test_a_hand_made_sparsity_with_too_few_colours_is_one_line",
+    "tests/core/test_sparse_trust.py::test_spectrum_of_a_scipy_sparse_matrix_is_one_line",
+    "tests/core/test_sparse_trust.py::test_a_variance_that_overflows_says_so",
+    "tests/core/test_sparse_trust.py::test_a_nan_in_one_row_is_refused_by_name",
 ]
 
 
@@ -57,6 +62,9 @@ def main():
             "tests/pipe/run/test_faults.py",
             "tests/pipe/run/test_resume_or_refuse.py",
             "tests/pipe/run/test_cluster.py::test_worker_killed_mid_task_run_completes_bitwise",
+            "tests/pipe/store/test_sparse_results.py",  # sparse stores: damage, resume
+            "tests/cli/test_sparse_commands.py::test_edited_sparsity_metadata_is_refused_in_one_line",
+            "tests/core/test_sparse_trust.py::test_one_dropped_entry_of_a_chosen_size_is_refused",
         ],
         {"DIFFOPS_FAULT_REPORT": report},
     )

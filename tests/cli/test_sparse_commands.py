@@ -107,6 +107,9 @@ def test_edited_sparsity_metadata_is_refused_in_one_line(tmp_path, monkeypatch):
         assert "is not what the result was written with" in res.output
         _edit_sparsity(store, mode="star", shape=[62, 62])  # back as written
     assert pipeline.open_result(store).sparse().shape == (62, 62)
+    from helpers import log_fault
+
+    log_fault("sparse: metadata edited (mode column, mode row, shape)", 3, True, 0)
 
 
 def test_show_says_what_readers_will_do(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import diffops_core as dc
 import diffops_core.internal
 import pipeline
+from helpers import log_fault
 from pipeline.internal import BlockTask, Limits
 
 NPIX, NGLOBAL = 40, 3
@@ -300,6 +301,7 @@ def test_sparse_readers_compare_checksums_as_dense_readers_do(tmp_path):
         result.marginal_std()
     with pytest.raises(pipeline.StoreError, match="verify --repair"):
         pipeline.open_result(store).sparse()
+    log_fault("sparse: a products chunk rewritten with valid bytes", 1, True, 0)
 
 
 def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
@@ -331,6 +333,7 @@ def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
     replaced = pipeline.hessian_to_zarr(other, x, store, sparsity="auto", block_size=2,
                                         overwrite=True, progress=False)  # fmt: skip
     assert calls == ["hessian"]  # another computation: detected, never the stored pattern
+    log_fault("sparse: a block killed, resumed with the stored pattern", 1, True, 0)
     np.testing.assert_allclose(replaced.assemble(), _dense_hessian(other, x), rtol=2e-5,
                                atol=2e-4)  # fmt: skip
 
