@@ -348,3 +348,18 @@ def test_a_spectrum_short_of_k_says_how_many_are_missing(tmp_path):
     assert short and found["unconverged"] == short
     complete = chain.spectrum(k=3, progress=False)
     assert "unconverged" not in complete and len(complete["largest"]) == 3
+
+
+def test_a_truncated_zstd_chunk_of_products_is_refused_naming_its_block(tmp_path):
+    from helpers import chunk_files
+
+    store = str(tmp_path / "z.zarr")
+    pipeline.gauss_newton_to_zarr(arrow_residuals, arrow_x(), store, std=0.1, sparsity="auto",
+                                  compressor="zstd", progress=False)  # fmt: skip
+    first = chunk_files(store, "compressed")[0]
+    with open(first, "r+b") as fh:
+        fh.truncate(max(1, os.path.getsize(first) // 2))
+    with pytest.raises(pipeline.StoreError, match=r"blocks \[0\] .* no longer decode"):
+        pipeline.open_result(store).sparse()
+    assert pipeline.open_result(store).verify() == [0]
+    log_fault("sparse: a zstd chunk of products truncated", 1, True, 0)
