@@ -15,8 +15,9 @@ passes when
 - ``noise_i`` is the products' own rounding, measured: the linearity defects
   ``|P(v₁) + P(v₂) − P(v₃)|`` and ``|P(v₁) − P(v₂) − P(v₄)|`` of row ``i``
   (never larger for a missing entry: the true map is linear), and at least
-  their root mean square over the row's leaf (rounding spread by an FFT is
-  shared by a whole leaf, and one sample of it can be small by chance).
+  their root mean square over the row's peers, the rows of its leaf of a
+  scale within a factor of 4 (rounding spread by an FFT is shared by such
+  rows, and one sample of it can be small by chance).
 
 Each row has its own tolerance, so rows much smaller than the largest are
 checked at their own scale. A missing entry ``h`` at ``(i, j)`` moves row ``i``
@@ -93,6 +94,23 @@ def _not_finite(name: str, values: np.ndarray, what: str) -> InputValueError:
     )
 
 
+def _peer_rms(defect: np.ndarray, scale: np.ndarray, row_groups: list[slice]) -> np.ndarray:
+    """Per row, the root mean square of the linearity defects of its peers: the
+    rows of its leaf whose scale is within a factor of 4 of its own. Rounding
+    spread by an FFT is shared by such rows, and one sample of it can be small
+    by chance; a few much larger rows (the globals beside a flat field) are not
+    peers, so they do not lift the floor of the rest."""
+    group = np.zeros(defect.size, np.int64)
+    for index, rows in enumerate(row_groups):
+        group[rows] = index
+    level = np.floor(np.log2(np.maximum(scale, np.finfo(np.float64).tiny)) / 2).astype(np.int64)
+    level -= level.min(initial=0)
+    key = group * (int(level.max(initial=0)) + 1) + level
+    _, inverse = np.unique(key, return_inverse=True)
+    counts = np.bincount(inverse)
+    return np.sqrt(np.bincount(inverse, weights=defect**2) / counts)[inverse]
+
+
 def check_products(
     matrix: sp.csr_array,
     probes: np.ndarray,
@@ -128,11 +146,7 @@ def check_products(
         np.abs(products[0] + products[1] - products[2]),
         np.abs(products[0] - products[1] - products[3]),
     )
-    noise = defect.copy()
-    for group in row_groups:
-        part = defect[group]
-        if part.size:
-            noise[group] = np.maximum(part, np.sqrt(np.mean(part**2)))
+    noise = np.maximum(defect, _peer_rms(defect, scale.max(axis=0), row_groups))
     tolerance = rounding + _NOISE * noise
     error = np.abs(products - expected)
     ratio = error / np.maximum(tolerance, np.finfo(np.float64).tiny)
