@@ -79,7 +79,7 @@ def _sparse_line(shape, info: dict) -> str:
     extent = m if info["mode"] == "row" else n
     check = info.get("check") or {}
     verdict = (
-        f"; checked against 4 random products row by row (worst row: error "
+        f"; checked against 6 random products row by row (worst row: error "
         f"{check['error']:.2g}, tolerance {check['tolerance']:.2g})"
         if check.get("passed")
         else ""

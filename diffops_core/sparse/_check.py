@@ -1,11 +1,11 @@
 """The self-check of a matrix recovered from compressed products, with known
 power.
 
-A recovered ``M`` is compared with products ``P(v) = M_true v`` of four probe
-vectors computed by the kernels themselves: ``v₁``, ``v₂`` (Gaussian, drawn
-afresh on every call; quantised to multiples of 1/256 so that ``v₃ = v₁ + v₂``
-and ``v₄ = v₁ − v₂`` are exact), ``v₃`` and ``v₄``. Row ``i`` of product ``k``
-passes when
+A recovered ``M`` is compared with products ``P(v) = M_true v`` of six probe
+vectors computed by the kernels themselves: four independent Gaussians
+``v₁ … v₄`` (drawn afresh on every call; quantised to multiples of 1/256 so
+that sums are exact), ``v₅ = v₁ + v₂`` and ``v₆ = v₃ − v₄``. Row ``i`` of
+product ``k`` passes when
 
     |P(v_k)_i − (M v_k)_i| <= 16 eps log2(nnz_i + 2) (Σ_j |M_ij| |v_kj| + |P(v_k)_i|)
                               + 16 noise_i
@@ -13,7 +13,7 @@ passes when
 - ``eps`` is that of the lowest precision ``f`` computes in (a float32 cast or
   a ``reduce_precision`` inside an x64 run counts), not x's;
 - ``noise_i`` is the products' own rounding, measured: the linearity defects
-  ``|P(v₁) + P(v₂) − P(v₃)|`` and ``|P(v₁) − P(v₂) − P(v₄)|`` of row ``i``
+  ``|P(v₁) + P(v₂) − P(v₅)|`` and ``|P(v₃) − P(v₄) − P(v₆)|`` of row ``i``
   (never larger for a missing entry: the true map is linear), and at least
   their root mean square over the row's peers, the rows of its leaf of a
   scale within a factor of 4 (rounding spread by an FFT is shared by such
@@ -22,10 +22,12 @@ passes when
 Each row has its own tolerance, so rows much smaller than the largest are
 checked at their own scale. A missing entry ``h`` at ``(i, j)`` moves row ``i``
 of each product by ``h v_j`` (or ``h (v_j − v_l)`` when ``j`` shares a colour
-with ``i``'s neighbour ``l``), so it is refused once ``0.1 |h|`` is above the
-row's tolerance in any product; each Gaussian ``|v_j| < 0.1`` has probability
-0.08, so a miss needs that to happen in all four products together
-(measured: benchmarks/RESULTS.md, the check's power). A NaN or an infinity in
+with ``i``'s neighbour ``l``), so it is refused once ``t |h|`` is above the
+row's tolerance in any product, where ``|v_j| > t``. A Gaussian has
+``|v_j| < t`` with probability about ``0.8 t``, so a miss needs that in four
+independent probes at once: about ``(0.8 t)⁴`` (for ``t = 0.1``, 4e-5; the
+smallest entry refused in every call is measured in benchmarks/RESULTS.md,
+the check's power). A NaN or an infinity in
 the products or in ``M`` is refused by name: it would turn a comparison off.
 """
 
@@ -39,17 +41,18 @@ from .._errors import InputValueError
 __all__ = ["PROBES", "check_products", "compute_eps", "probe_vectors"]
 
 #: Probe vectors a check uses (they ride in the colours' products where they can).
-PROBES = 4
+PROBES = 6
 _ROUNDING = 16.0
 _NOISE = 16.0
 
 
 def probe_vectors(extent: int, seed: int) -> np.ndarray:
-    """``(PROBES, extent)`` float64: ``v₁``, ``v₂`` (Gaussian, multiples of 1/256,
-    drawn from ``seed``), ``v₁ + v₂`` and ``v₁ − v₂`` (all exact in float16 and up)."""
+    """``(PROBES, extent)`` float64: ``v₁ … v₄`` (independent Gaussians, multiples
+    of 1/256, drawn from ``seed``), ``v₁ + v₂`` and ``v₃ − v₄`` (all exact in
+    float16 and up)."""
     rng = np.random.default_rng(seed)
-    v = np.clip(np.round(rng.standard_normal((2, extent)) * 256) / 256, -7.0, 7.0)
-    return np.stack([v[0], v[1], v[0] + v[1], v[0] - v[1]])
+    v = np.clip(np.round(rng.standard_normal((4, extent)) * 256) / 256, -7.0, 7.0)
+    return np.stack([v[0], v[1], v[2], v[3], v[0] + v[1], v[2] - v[3]])
 
 
 def _sub_jaxprs(value):
@@ -143,8 +146,8 @@ def check_products(
     count = np.diff(M.indptr)
     rounding = _ROUNDING * eps * np.log2(count + 2) * (scale + np.abs(products))
     defect = np.maximum(
-        np.abs(products[0] + products[1] - products[2]),
-        np.abs(products[0] - products[1] - products[3]),
+        np.abs(products[0] + products[1] - products[4]),
+        np.abs(products[2] - products[3] - products[5]),
     )
     noise = np.maximum(defect, _peer_rms(defect, scale.max(axis=0), row_groups))
     tolerance = rounding + _NOISE * noise

@@ -103,7 +103,7 @@ class StoreSummary:
             f"({100 * info['nnz'] / max(1, m * n):.2g}%), {info['ncolors']} colours: "
             f"{info['ncolors']} products instead of {extent}",
             f"  blocks      {self.n_blocks} blocks of {self.block_size} colours; "
-            f"{self.blocks_done} done; check against 4 random products: {verdict}",
+            f"{self.blocks_done} done; check against 6 random products: {verdict}",
         ]
 
 

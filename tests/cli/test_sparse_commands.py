@@ -118,7 +118,7 @@ def test_show_says_what_readers_will_do(tmp_path, monkeypatch):
     spec = _spec(tmp_path, monkeypatch)
     assert invoke("run", spec, "--no-progress").exit_code == 0
     store = str(tmp_path / "out.zarr")
-    assert "check against 4 random products: passed" in invoke("show", store).output
+    assert "check against 6 random products: passed" in invoke("show", store).output
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     meta = dict(group.attrs["diffops"])
     check = meta["sparsity"]["check"]
