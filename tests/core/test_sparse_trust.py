@@ -120,7 +120,7 @@ def _structured(kind: str, n: int):
 
 
 @pytest.mark.parametrize("kind", ["arrowhead", "band"])
-@pytest.mark.parametrize("n", [1000, 100_000])
+@pytest.mark.parametrize("n", [1000, pytest.param(100_000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
 def test_one_dropped_entry_of_a_chosen_size_is_refused(kind, n, x64):
     with jax.enable_x64(x64):
