@@ -126,10 +126,24 @@ def _by_selected_inversion(S: sp.csr_array, max_seconds: float | None) -> np.nda
             f"on a factor of {lu.L.nnz:,} nonzeros), more than max_seconds={max_seconds:g}; "
             "pass a larger max_seconds (or None) to allow it"
         )
+    if not np.array_equal(lu.perm_r, lu.perm_c):
+        raise _not_positive_definite(S, "its factorisation pivoted off the diagonal")
     try:
         return selected_inverse_diagonal(lu)
-    except ValueError:  # pivoted off the diagonal: not symmetric positive definite
-        raise _not_positive_definite(S, "its factorisation pivoted off the diagonal") from None
+    except ValueError:  # a pattern not closed: the solves against unit vectors, exact
+        return _by_solves(lu, S.shape[0])
+
+
+def _by_solves(lu, n: int, batch: int = 256) -> np.ndarray:
+    """``diag(S⁻¹)`` from solves against blocks of unit vectors (``n²`` work: the
+    fallback when selected inversion cannot vouch for its pattern)."""
+    out = np.empty(n)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        e = np.zeros((n, stop - start))
+        e[np.arange(start, stop), np.arange(stop - start)] = 1
+        out[start:stop] = lu.solve(e)[np.arange(start, stop), np.arange(stop - start)]
+    return out
 
 
 def sparse_marginal_variance(

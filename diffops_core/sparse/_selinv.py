@@ -34,6 +34,7 @@ def _takahashi(indptr, indices, values, d):  # pragma: no cover - compiled
     acc = np.zeros(n)
     where = np.full(n, -1, np.int64)  # row -> its place in column j's rows, else -1
     for j in range(n - 1, -1, -1):
+        found = 0
         start, stop = indptr[j], indptr[j + 1]
         count = stop - start
         for a in range(count):
@@ -54,6 +55,7 @@ def _takahashi(indptr, indices, values, d):  # pragma: no cover - compiled
                 if b >= 0:
                     acc[b] += z[p] * lk
                     total += z[p] * values[start + b]
+                    found += 1
             acc[a] += total
         total = 0.0
         for a in range(count):
@@ -61,7 +63,9 @@ def _takahashi(indptr, indices, values, d):  # pragma: no cover - compiled
             total += values[start + a] * acc[a]
             where[indices[start + a]] = -1
         zdiag[j] = 1.0 / d[j] + total
-    return zdiag
+        if found != count * (count - 1) // 2:  # a Z[r, k] needed is not on L's pattern
+            return zdiag, False
+    return zdiag, True
 
 
 def _strictly_lower(L) -> sp.csc_array:
@@ -83,12 +87,16 @@ def selected_inverse_diagonal(lu) -> np.ndarray:
     definite ``S`` made with a symmetric ordering and no off-diagonal pivoting
     (``perm_r == perm_c``; ``U = D Lᵀ``), in ``S``'s own order.
 
-    **Raises:** `ValueError` when the factorisation is not of that form."""
+    **Raises:** `ValueError` when the factorisation is not of that form, or
+    when its pattern lacks an entry the recurrence needs (SuperLU dropped an
+    exact zero): checked as it runs, never read as zero."""
     if not np.array_equal(lu.perm_r, lu.perm_c):
         raise ValueError("the factorisation pivoted off the diagonal: not symmetric")
     d = np.asarray(lu.U.diagonal(), np.float64)
     L = _strictly_lower(lu.L)
-    zdiag = _takahashi(
+    zdiag, closed = _takahashi(
         L.indptr.astype(np.int64), L.indices.astype(np.int64), L.data.astype(np.float64), d
     )
+    if not closed:
+        raise ValueError("the factor's pattern is not closed (an entry was dropped)")
     return zdiag[lu.perm_r]

@@ -370,3 +370,32 @@ def test_sigma_that_would_take_longer_than_allowed_is_refused_with_the_estimate(
         dc.marginal_std(S, jnp.zeros(S.shape[0]), max_seconds=1e-9)
     with pytest.raises(TypeError, match="max_seconds must be a number"):
         dc.marginal_std(S, jnp.zeros(S.shape[0]), max_seconds="1 minute")
+
+
+def test_selected_inversion_refuses_a_factor_missing_a_needed_entry():
+    import types
+
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    from diffops_core.sparse._selinv import selected_inverse_diagonal
+
+    S = _grid(6)
+    lu = spla.splu(S.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                   options={"SymmetricMode": True})  # fmt: skip
+    exact = np.diag(np.linalg.inv(S.toarray()))
+    np.testing.assert_allclose(selected_inverse_diagonal(lu), exact, rtol=1e-12)
+    L = sp.csc_array(lu.L)
+    lower = sp.tril(L, k=-1).tocsc()
+    lower.sort_indices()
+    j = next(c for c in range(L.shape[1]) if np.diff(lower.indptr)[c] >= 2)
+    k, a = lower.indices[lower.indptr[j] : lower.indptr[j] + 2]  # Z[a, k] is needed for j
+    lower = lower.tocoo()
+    keep = ~((lower.row == a) & (lower.col == k))
+    assert keep.sum() == lower.nnz - 1
+    damaged = sp.csc_array(
+        (lower.data[keep], (lower.row[keep], lower.col[keep])), shape=L.shape
+    ) + sp.identity(L.shape[0], format="csc")
+    fake = types.SimpleNamespace(L=damaged, U=lu.U, perm_r=lu.perm_r, perm_c=lu.perm_c)
+    with pytest.raises(ValueError, match="not closed"):
+        selected_inverse_diagonal(fake)
