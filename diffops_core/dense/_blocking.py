@@ -120,17 +120,26 @@ def square_matrix(
     """The ``(n, n)`` matrix of ``op`` (``"hessian"`` or ``"gauss_newton"``) over
     ``ravel_pytree(x)`` in memory, and the unravel function: what `hessian` and
     `gauss_newton` share."""
+    blocking = {"block_size": block_size, "memory_budget": memory_budget,
+                "inner_width": inner_width}  # fmt: skip
+    matrix, _, unravel = _in_memory(f, x, op, nbatches, jit, checkpoint, blocking)
+    return matrix, unravel
+
+
+def _in_memory(f, x, op, nbatches, jit, checkpoint, blocking: dict, mode=None):
+    """``(matrix, kernels, unravel)``: ``op``'s flat matrix of ``f`` at ``x`` in
+    one jitted loop (for ``"jacfwd"``, the ``mode``'s op: JVP columns or VJP
+    rows), the flags and blocking knobs checked."""
     jit = check_flag("jit", jit)
     checkpoint = check_flag("checkpoint", checkpoint)
+    if op == "jacfwd" and (not isinstance(mode, str) or mode not in _MODES):
+        raise InputValueError(f"mode must be one of {_MODES}, got {mode!r}")
     kernels, x_flat, unravel = get_kernels(f, x, op, checkpoint=checkpoint, cache=jit)
-    sizing = choose_sizing(
-        kernels,
-        nbatches=nbatches,
-        block_size=block_size,
-        memory_budget=memory_budget,
-        inner_width=inner_width,
-    )
-    return _run_matrix(kernels, x_flat, sizing.inner_width, jit), unravel
+    if op == "jacfwd":
+        chosen = jacobian_op(mode, kernels.spec.n, kernels.spec.m)
+        kernels = kernels if chosen == op else kernels.for_op(chosen)
+    sizing = choose_sizing(kernels, nbatches=nbatches, **blocking)
+    return _run_matrix(kernels, x_flat, sizing.inner_width, jit), kernels, unravel
 
 
 def jacobian_op(mode: str, n: int, m: int) -> str:
@@ -167,20 +176,7 @@ def jacobian_matrix(
 ) -> tuple[Any, Callable]:
     """The dense Jacobian of ``f`` at ``x`` in the output's structure (`split_jacobian`),
     and the unravel function: what `jacobian` runs without ``sparsity``."""
-    jit = check_flag("jit", jit)
-    checkpoint = check_flag("checkpoint", checkpoint)
-    if not isinstance(mode, str) or mode not in _MODES:
-        raise InputValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    kernels, x_flat, unravel = get_kernels(f, x, "jacfwd", checkpoint=checkpoint, cache=jit)
-    op = jacobian_op(mode, kernels.spec.n, kernels.spec.m)
-    if op != "jacfwd":
-        kernels = kernels.for_op(op)
-    sizing = choose_sizing(
-        kernels,
-        nbatches=nbatches,
-        block_size=block_size,
-        memory_budget=memory_budget,
-        inner_width=inner_width,
-    )
-    J = _run_matrix(kernels, x_flat, sizing.inner_width, jit)
+    blocking = {"block_size": block_size, "memory_budget": memory_budget,
+                "inner_width": inner_width}  # fmt: skip
+    J, kernels, unravel = _in_memory(f, x, "jacfwd", nbatches, jit, checkpoint, blocking, mode)
     return split_jacobian(J, kernels.spec.out_layout, kernels.spec.n), unravel
