@@ -143,6 +143,7 @@ def test_one_dropped_entry_of_a_chosen_size_is_refused(kind, n, x64):
               True, 0)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_float32_computation_inside_an_x64_run_is_checked_at_float32():
     with jax.enable_x64(True):
         f0, _ = _structured("band", 1000)

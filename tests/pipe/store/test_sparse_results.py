@@ -338,6 +338,7 @@ def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
                                atol=2e-4)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_spectrum_short_of_k_says_how_many_are_missing(tmp_path):
     chain = pipeline.hessian_to_zarr(lambda v: jnp.sum(v[1:] * v[:-1] ** 2) - jnp.sum(v**2),
                                      jnp.linspace(-1.0, 1.0, 3000), str(tmp_path / "c.zarr"),
