@@ -87,8 +87,7 @@ def compute_eps(jaxpr, dtype) -> float:
     return eps
 
 
-def _not_finite(name: str, values: np.ndarray, what: str) -> InputValueError:
-    rows = np.flatnonzero(~np.isfinite(values).all(axis=0 if values.ndim == 2 else None))
+def _not_finite(name: str, rows: np.ndarray, what: str) -> InputValueError:
     where = ", ".join(str(int(r)) for r in rows[:4]) + (" ..." if rows.size > 4 else "")
     return InputValueError(
         f"the compressed {what}'s {name} hold NaN or infinite values (rows {where}): the "
@@ -132,14 +131,12 @@ def check_products(
     non-finite rows."""
     products = np.asarray(products, np.float64)
     if not np.isfinite(products).all():
-        raise _not_finite("products of random vectors", products, what)
+        raise _not_finite("products of random vectors",
+                          np.flatnonzero(~np.isfinite(products).all(axis=0)), what)  # fmt: skip
     values = np.asarray(matrix.data, np.float64)
     if not np.isfinite(values).all():
         rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-        bad = np.unique(rows[~np.isfinite(values)])
-        mask = np.ones((1, matrix.shape[0]), bool)
-        mask[0, bad] = False
-        raise _not_finite("recovered entries", np.where(mask, 0.0, np.nan), what)
+        raise _not_finite("recovered entries", np.unique(rows[~np.isfinite(values)]), what)
     M = sp.csr_array(matrix, dtype=np.float64)
     expected = (M @ probes.T).T
     scale = (abs(M) @ np.abs(probes).T).T

@@ -324,7 +324,11 @@ def _check(matrix: sp.csr_array, kernels, x_flat, what: str, probes=None, produc
         probes = probe_vectors(matrix.shape[1], seed)
         run = kernels.products(PROBES)
         products = np.asarray(run(x_flat, jnp.asarray(probes, x_flat.dtype)))
-    eps = compute_eps(kernels.traced.jaxpr, np.dtype(jnp.result_type(x_flat)))
+    dtype = np.dtype(jnp.result_type(x_flat))
+    key = ("check_eps", dtype.name)  # a function of the program's dtypes: once per program
+    if key not in kernels.memo:
+        kernels.memo[key] = compute_eps(kernels.traced.jaxpr, dtype)
+    eps = kernels.memo[key]
     found = check_products(matrix, probes, products, eps, _row_groups(kernels), what)
     return {**found, "seed": seed}
 
@@ -396,7 +400,7 @@ def detect(kind: str, kernels, x_flat, sparsity: Any = "auto") -> Sparsity:
 
 
 def check_sparse(kind: str, matrix: sp.csr_array, kernels, x_flat) -> dict:
-    """Check a recovered ``matrix`` of ``kind`` against two products of random
+    """Check a recovered ``matrix`` of ``kind`` against products of random
     vectors of the traced function (``kernels`` of any op, at ``x_flat``): an
     executor's result, as `matrix_from_products` checks its own. **Returns:**
     ``error``, ``tolerance``. **Raises:** `ValueError` on a mismatch beyond the
