@@ -68,15 +68,18 @@ from .dense import (
     vm_bytes,
 )
 from .sparse import (
+    PROBES,
     check_sparse,
     hessian_pattern,
     jacobian_pattern,
+    probe_vectors,
     recover,
     sparse_marginal_variance,
 )
 from .sparse import detect as detect_sparsity
 
 __all__ = [
+    "PROBES",
     "Block",
     "BlockPlan",
     "Footprint",
@@ -110,6 +113,7 @@ __all__ = [
     "parse_bytes",
     "peak_rss",
     "plan_blocks",
+    "probe_vectors",
     "recover",
     "resolve_block_size",
     "sparse_marginal_variance",

@@ -54,6 +54,7 @@ from .store import (
     normalise_location,
     pattern_bytes,
     peek,
+    probes_of,
     same_computation,
     store_disk_bytes,
 )
@@ -176,6 +177,7 @@ def _run(
     the run. **Returns:** the result, and whether blocks were computed (none
     left: complete, perhaps by another run since we looked)."""
     store, todo = _open_or_create(run_plan, overwrite, redo)
+    run_plan = _stored_probes(run_plan, store)
     if not todo:
         return Result(store, RunSummary()), False
     if before_write is not None:
@@ -190,9 +192,21 @@ def _run(
     return Result(store, summary.summary()), True
 
 
+def _stored_probes(run_plan: RunPlan, store: ResultStore) -> RunPlan:
+    """The plan with the probe vectors of the store it computes into (drawn when
+    the store was made): every block's probe products are of the same vectors,
+    whichever run computed them."""
+    mine, stored = run_plan.sparsity_info, store.sparsity_meta
+    if mine is None or not stored or mine.get("probes") == stored.get("probes"):
+        return run_plan
+    return dataclasses.replace(run_plan, sparsity_info={**mine, "probes": stored.get("probes")})
+
+
 def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
     """A complete sparse store not checked for the blocks it holds, recovered
-    and checked against products of random vectors (row by row) before it is reported;
+    and checked against products of random vectors (row by row; their
+    products are stored after the colours', computed in the same calls, except
+    for a row colouring's) before it is reported;
     the outcome is recorded with the state of the blocks it was made from (a
     repair or a resume redoes it).
 
@@ -204,12 +218,13 @@ def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
         return
     t0 = time.perf_counter()
     blocks = store.records_digest()
-    matrix = store.sparse(checked=False)
+    matrix, products = store.unchecked()  # the probes' products rode with the colours'
     info = store.sparsity_meta
     assert info is not None
+    seed = probes_of(info)[1] if products is not None else None
     try:
         x_flat = jax.flatten_util.ravel_pytree(run_plan.x)[0]  # the plan's trace, not another
-        found = check_sparse(run_plan.operation, matrix, run_plan.kernels, x_flat)
+        found = check_sparse(run_plan.operation, matrix, run_plan.kernels, x_flat, seed, products)
     except InputValueError as err:
         info["check"] = {"passed": False, "blocks": blocks, "error": str(err)}
         store.save_meta()

@@ -114,13 +114,29 @@ def _apply(op, lin, v):
     return lin(v)[0] if op == "jacrev" else lin(v)
 
 
-def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0, colors=None):
+def _seeds(colors, ncolors: int, probes, in_dtype):
+    """The vectors of a compressed block, ``index -> (len(index), extent)``: for
+    ``i < ncolors`` the seed of colour ``i`` (the sum of its unit vectors;
+    ``colors``: each one's colour, traced), then the rows of ``probes`` (the
+    check's probe vectors, traced, riding in the same call; ``None``: none)."""
+
+    def vectors(index):
+        basis = (colors[None, :] == index[:, None]).astype(in_dtype)
+        if probes is None:
+            return basis
+        row = jnp.clip(index - ncolors, 0, probes.shape[0] - 1)
+        return jnp.where((index >= ncolors)[:, None], probes[row].astype(in_dtype), basis)
+
+    return vectors
+
+
+def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0, vectors=None):
     """Write ``lin(e_i)`` for ``i in [start, start + width)`` into ``slab``.
 
     ``lin`` is a callable of one basis vector (``e_i`` of length ``extent``).
-    With ``colors`` (an int array of length ``extent``, traced), ``i`` is a
-    colour and the vector is its seed: the sum of the unit vectors of that
-    colour (the compressed products of a colouring, one compile for all blocks).
+    With ``vectors`` (``index -> (len(index), extent)``, e.g. `_seeds`), the
+    vectors are its rows for ``index`` instead (the compressed products of a
+    colouring and the check's probes, one compile for all blocks).
 
     The window is covered by ``ceil(width / inner_width)`` micro-batches; the last one is
     shifted left to end at ``width`` (an overlap, never a pad), and
@@ -134,10 +150,10 @@ def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0,
     def body(j, slab):
         offset = jnp.minimum(j * inner_width, width - inner_width).astype(jnp.int32)
         index = start + offset + lanes
-        if colors is None:
+        if vectors is None:
             basis = jax.nn.one_hot(index, extent, dtype=in_dtype)
         else:
-            basis = (colors[None, :] == index[:, None]).astype(in_dtype)
+            basis = vectors(index)
         products = jax.vmap(lin)(basis)  # (inner_width, len of lin's output)
         if axis == 1:
             return jax.lax.dynamic_update_slice(
@@ -223,17 +239,19 @@ class Kernels:
             return _linear_map("hessian", scalar, x_flat)
         return _linear_map(self.spec.op, f_flat, x_flat)
 
-    def _fill(self, lin, start, width, inner_width, out, first=0, colors=None):
+    @property
+    def seed_dtype(self):
+        """The dtype of the vectors the op is applied to (x's; the output's for
+        ``jacrev``)."""
         spec = self.spec
-        in_dtype = (
-            jnp.dtype(spec.in_layout.dtype)
-            if spec.op != "jacrev"
-            else jnp.dtype(spec.out_layout.dtype)
-        )
+        layout = spec.out_layout if spec.op == "jacrev" else spec.in_layout
+        return jnp.dtype(layout.dtype)
+
+    def _fill(self, lin, start, width, inner_width, out, first=0, vectors=None):
+        spec = self.spec
         apply = lambda v: _apply(spec.op, lin, v)
-        return _fill(
-            apply, start, width, inner_width, spec.extent, in_dtype, spec.axis, out, first, colors
-        )
+        return _fill(apply, start, width, inner_width, spec.extent, self.seed_dtype, spec.axis,
+                     out, first, vectors)  # fmt: skip
 
     def slab_fn(self, block_size: int, inner_width: int):
         """The un-jitted second stage: ``(lin, start) -> slab``."""
@@ -246,16 +264,20 @@ class Kernels:
 
         return slab
 
-    def seeded_slab_fn(self, ncolors: int, block_size: int, inner_width: int):
-        """The un-jitted compressed stage: ``(lin, colors, start, first) -> slab``
-        of the products of the seeds of colours ``start .. start + block_size``
-        (``colors``: each column's colour, each row's for ``jacrev``)."""
+    def seeded_slab_fn(self, ncolors: int, block_size: int, inner_width: int, nprobes: int = 0):
+        """The un-jitted compressed stage: ``(lin, colors, probes, start, first) ->
+        slab`` of the products of the seeds of colours ``start .. start +
+        block_size`` (``colors``: each column's colour, each row's for
+        ``jacrev``), where indices ``ncolors .. ncolors + nprobes`` are the rows
+        of ``probes`` (``(nprobes, extent)``; the check's probe vectors, riding
+        in the same call; ignored when ``nprobes`` is 0)."""
         spec = self.spec
-        _check_widths(ncolors, block_size, inner_width)
+        _check_widths(ncolors + nprobes, block_size, inner_width)
 
-        def slab(lin, colors, start, first=0):
+        def slab(lin, colors, probes, start, first=0):
             out = jnp.zeros(spec.slab_shape(block_size), spec.dtype)
-            return self._fill(lin, start, block_size, inner_width, out, first, colors)
+            vectors = _seeds(colors, ncolors, probes if nprobes else None, self.seed_dtype)
+            return self._fill(lin, start, block_size, inner_width, out, first, vectors)
 
         return slab
 
@@ -363,12 +385,17 @@ class Kernels:
 
         return self._compiled(("slab", block_size, inner_width), lower)
 
-    def compiled_seeded_block(self, ncolors: int, block_size: int, inner_width: int):
+    def compiled_seeded_block(
+        self, ncolors: int, block_size: int, inner_width: int, nprobes: int = 0
+    ):
         """`compiled_block` for the compressed products of a colouring of
-        ``ncolors`` colours: ``compiled(lin, colors, np.int32(block.window),
+        ``ncolors`` colours and ``nprobes`` probe vectors after them
+        (`seeded_slab_fn`): ``compiled(lin, colors, probes, np.int32(block.window),
         np.int32(block.first_batch(inner_width))) -> slab``, ``colors`` an int32
-        array over the extent (one compile for every block and colouring of
-        the same sizes)."""
+        array over the extent, ``probes`` ``(max(nprobes, 1), extent)`` of the
+        input's dtype (one compile for every block and colouring of the same
+        sizes)."""
+        key = ("seeded", ncolors, block_size, inner_width, nprobes)
 
         def lower():
             lin_aval = jax.eval_shape(
@@ -376,13 +403,14 @@ class Kernels:
             )
             start_aval = jax.ShapeDtypeStruct((), "int32")
             colors_aval = jax.ShapeDtypeStruct((self.spec.extent,), "int32")
+            probes_aval = jax.ShapeDtypeStruct((max(nprobes, 1), self.spec.extent),
+                                               self.seed_dtype)  # fmt: skip
             seeded = self._jit(
-                ("seeded", ncolors, block_size, inner_width),
-                lambda: self.seeded_slab_fn(ncolors, block_size, inner_width),
+                key, lambda: self.seeded_slab_fn(ncolors, block_size, inner_width, nprobes)
             )
-            return seeded.lower(lin_aval, colors_aval, start_aval, start_aval)
+            return seeded.lower(lin_aval, colors_aval, probes_aval, start_aval, start_aval)
 
-        return self._compiled(("seeded", ncolors, block_size, inner_width), lower)
+        return self._compiled(key, lower)
 
 
 def _check_widths(extent, width, inner_width):  # extent: columns, rows or colours

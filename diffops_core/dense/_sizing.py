@@ -53,16 +53,21 @@ class Footprint:
 
 
 def kernel_bytes(
-    kernels: Kernels, block_size: int, inner_width: int, ncolors: int | None = None
+    kernels: Kernels,
+    block_size: int,
+    inner_width: int,
+    ncolors: int | None = None,
+    nprobes: int = 0,
 ) -> Footprint:
     """XLA's memory figures for ``kernels.compiled_block(block_size, inner_width)``
-    (with ``ncolors``, the compressed products' `compiled_seeded_block`): the
+    (with ``ncolors``, the compressed products' `compiled_seeded_block`, with
+    ``nprobes`` probe vectors after the colours): the
     slab kernel compiled (never run) for abstract inputs, whose arguments include
     the linearisation's residuals. The compile is cached and reused by executors."""
     if ncolors is None:
         compiled = kernels.compiled_block(block_size, inner_width)
     else:
-        compiled = kernels.compiled_seeded_block(ncolors, block_size, inner_width)
+        compiled = kernels.compiled_seeded_block(ncolors, block_size, inner_width, nprobes)
     stats = compiled.memory_analysis()
     if stats is None:  # some backends give no analysis: treat as free
         return Footprint(0, 0, 0, 0)

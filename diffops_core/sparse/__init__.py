@@ -12,6 +12,7 @@
 Imports the dense and curvature rooms below it.
 """
 
+from ._check import PROBES, probe_vectors
 from ._coloring import (
     column_coloring,
     recover,
@@ -36,6 +37,7 @@ from ._products import (
 from .detect import hessian_pattern, jacobian_pattern
 
 __all__ = [
+    "PROBES",
     "Sparsity",
     "check_sparse",
     "column_coloring",
@@ -46,6 +48,7 @@ __all__ = [
     "jacobian_pattern",
     "jacobian_sparsity",
     "matrix_from_products",
+    "probe_vectors",
     "recover",
     "recover_star",
     "row_coloring",

@@ -29,6 +29,11 @@ independent probes at once: about ``(0.8 t)⁴`` (for ``t = 0.1``, 4e-5; the
 smallest entry refused in every call is measured in benchmarks/RESULTS.md,
 the check's power). A NaN or an infinity in
 the products or in ``M`` is refused by name: it would turn a comparison off.
+
+The six products must be of the six vectors of one seed: products of other
+vectors would lift their own linearity defect, hence the tolerance. Both
+executors compute them in one call or, in the pipeline, in blocks whose
+workers check the seed against the store's before they compute.
 """
 
 from __future__ import annotations

@@ -310,20 +310,22 @@ def _row_groups(kernels) -> list[slice]:
     return [leaf.slice for leaf in layout.leaves]
 
 
-def _check(matrix: sp.csr_array, kernels, x_flat, what: str, probes=None, products=None) -> dict:
+def _check(matrix: sp.csr_array, kernels, x_flat, what: str, seed=None, products=None) -> dict:
     """``matrix`` against the products ``M v`` of random probe vectors
-    (``kernels``: the column products' op; ``probes`` and their ``products`` when
-    they rode with the colours' products, else computed here): a detection or
-    a colouring error is refused, never returned (`_check.check_products`).
+    (``kernels``: the column products' op; the ``products`` of the probes of
+    ``seed`` when they rode with the colours' products, else drawn and computed
+    here): a detection or a colouring error is refused, never returned
+    (`_check.check_products`).
 
     **Returns:** ``error``, ``tolerance``, ``ratio``, ``row``, ``eps``, ``seed``.
     **Raises:** `ValueError`."""
-    seed = None
-    if probes is None:
+    if products is None:
         seed = secrets.randbits(32)
         probes = probe_vectors(matrix.shape[1], seed)
         run = kernels.products(PROBES)
         products = np.asarray(run(x_flat, jnp.asarray(probes, x_flat.dtype)))
+    else:
+        probes = probe_vectors(matrix.shape[1], seed)
     dtype = np.dtype(jnp.result_type(x_flat))
     key = ("check_eps", dtype.name)  # a function of the program's dtypes: once per program
     if key not in kernels.memo:
@@ -399,13 +401,20 @@ def detect(kind: str, kernels, x_flat, sparsity: Any = "auto") -> Sparsity:
     return _given(kind, sparsity, kernels, x_flat)
 
 
-def check_sparse(kind: str, matrix: sp.csr_array, kernels, x_flat) -> dict:
+def check_sparse(
+    kind: str, matrix: sp.csr_array, kernels, x_flat, seed: int | None = None, products=None
+) -> dict:
     """Check a recovered ``matrix`` of ``kind`` against products of random
     vectors of the traced function (``kernels`` of any op, at ``x_flat``): an
-    executor's result, as `matrix_from_products` checks its own. **Returns:**
-    ``error``, ``tolerance``. **Raises:** `ValueError` on a mismatch beyond the
-    dtype's tolerance."""
-    return _check(matrix, kernels.for_op(_OP[kind]), x_flat, what=_WHAT[kind])
+    executor's result, as `matrix_from_products` checks its own. ``products``:
+    the ``(PROBES, m)`` products of the probe vectors of ``seed``
+    (`probe_vectors`) when they rode with the colours' products; else they are
+    drawn and computed here. **Returns:** ``error``, ``tolerance``, ``ratio``,
+    ``row``, ``eps``, ``seed``. **Raises:** `ValueError` on a mismatch beyond
+    the tolerance."""
+    if products is not None and seed is None:
+        raise InputValueError("check_sparse: products given without the seed of their probes")
+    return _check(matrix, kernels.for_op(_OP[kind]), x_flat, _WHAT[kind], seed, products)
 
 
 def _refuse_traced(x: Any) -> None:
@@ -438,11 +447,11 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
         return _dense_matrix(kernels, x_flat, found), unravel, kernels
     if found.mode == "row":  # VJPs: the probes (JVPs or HVPs) are another op's call
         compressed, _ = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
-        probes, products = None, None
+        seed, products = None, None
     else:
         seed = secrets.randbits(32)
         probes = probe_vectors(found.shape[1], seed)
         compressed, products = _compressed(kernels, x_flat, seeds(found.colors), False, probes)
     matrix = recover(found.plan, found.shape, compressed)
-    _check(matrix, kernels, x_flat, _WHAT[kind], probes, products)
+    _check(matrix, kernels, x_flat, _WHAT[kind], seed, products)
     return matrix, unravel, kernels

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 
 from diffops_core.internal import (
+    PROBES,
     BlockPlan,
     InputTypeError,
     Kernels,
@@ -35,7 +37,7 @@ from diffops_core.internal import (
 )
 
 from .._errors import NotEnoughMemoryError
-from ..store import ResultStore, digest, sha256_json, sparsity_meta, store_meta
+from ..store import ResultStore, digest, probes_of, sha256_json, sparsity_meta, store_meta
 from ._resources import Limits
 
 __all__ = [
@@ -159,13 +161,17 @@ def default_block_size(extent: int, other: int, itemsize: int) -> int:
 
 
 def task_bytes(
-    kernels: Kernels, block_size: int, inner_width: int | None = None, ncolors: int | None = None
+    kernels: Kernels,
+    block_size: int,
+    inner_width: int | None = None,
+    ncolors: int | None = None,
+    nprobes: int = 0,
 ) -> tuple[int, str]:
     """(bytes one block task needs, how that was counted): XLA's compiled
-    footprint of the block kernel (of ``ncolors`` colours' compressed products)
-    plus two host copies of the slab."""
+    footprint of the block kernel (of ``ncolors`` colours' compressed products
+    and ``nprobes`` probes') plus two host copies of the slab."""
     width = inner_width or auto_inner_width(kernels, block_size)
-    footprint = kernel_bytes(kernels, block_size, width, ncolors)
+    footprint = kernel_bytes(kernels, block_size, width, ncolors, nprobes)
     spec = kernels.spec
     other = spec.m if spec.axis == 1 else spec.n
     slab = block_size * other * np.dtype(spec.dtype).itemsize
@@ -249,32 +255,33 @@ def _sizing(
     )
 
 
-def _sparse_sizing(kernels: Kernels, ncolors: int, limits: Limits, stored: BlockPlan | None,
-                   nbatches=None, block_size=None, memory_budget=None,
-                   inner_width=None) -> Sizing:  # fmt: skip
-    """The blocking of a sparse result's products, over its colours: as asked
-    (`choose_sizing` over the colours; more ``nbatches`` than colours is one
-    colour a block), else half the colours a block (two, for two workers), at
-    most 64 and a 256 MiB slab, shrunk until one task fits ``limits``; the
-    products of a block's colours all at once (``inner_width`` may narrow
-    that)."""
+def _sparse_sizing(kernels: Kernels, ncolors: int, nprobes: int, limits: Limits,
+                   stored: BlockPlan | None, nbatches=None, block_size=None,
+                   memory_budget=None, inner_width=None) -> Sizing:  # fmt: skip
+    """The blocking of a sparse result's products, over its colours and the
+    check's ``nprobes`` probes after them: as asked (`choose_sizing` over
+    them; more ``nbatches`` than products is one product a block), else half
+    of them a block (two, for two workers), at most 64 and a 256 MiB slab,
+    shrunk until one task fits ``limits``; the products of a block all at once
+    (``inner_width`` may narrow that)."""
     spec = kernels.spec
+    extent = ncolors + nprobes
     other = spec.m if spec.axis == 1 else spec.n
     itemsize = np.dtype(spec.dtype).itemsize
     batched = nbatches is not None and (nbatches != 1 or isinstance(nbatches, bool))
     if batched or block_size is not None or memory_budget is not None:
-        if isinstance(nbatches, int) and not isinstance(nbatches, bool) and nbatches > ncolors:
-            nbatches = ncolors  # more batches than products: one colour a block
+        if isinstance(nbatches, int) and not isinstance(nbatches, bool) and nbatches > extent:
+            nbatches = extent  # more batches than products: one product a block
         size = choose_sizing(kernels, nbatches=nbatches, block_size=block_size,
                              memory_budget=memory_budget, inner_width=inner_width,
-                             auto_width=False, extent=ncolors).block_size  # fmt: skip
-    elif stored is not None and stored.extent == ncolors:
+                             auto_width=False, extent=extent).block_size  # fmt: skip
+    elif stored is not None and stored.extent == extent:
         size = stored.block_size
     else:
         by_bytes = max(1, SLAB_TARGET_BYTES // max(1, other * itemsize))
-        size = max(1, min(math.ceil(ncolors / 2), 64, by_bytes))
+        size = max(1, min(math.ceil(extent / 2), 64, by_bytes))
         while size > 1 and not limits.fits(
-            task_bytes(kernels, size, inner_width or size, ncolors)[0]
+            task_bytes(kernels, size, inner_width or size, ncolors, nprobes)[0]
         ):
             size = max(1, size // 2)
     # a block's colours at once unless asked (they are few; no probe compile to size them)
@@ -376,15 +383,7 @@ def plan(
     x64 = bool(jax.config.read("jax_enable_x64"))
     reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored, location, checkpoint)
     kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse)
-    ncolors = None if found is None else found.ncolors
-    was = BlockPlan.from_json(stored["plan"]) if stored else None
-    sizing = (_sizing(kernels, limits, was, **blocking) if found is None else
-              _sparse_sizing(kernels, found.ncolors, limits, was, **blocking))  # fmt: skip
-    blocks = BlockPlan(ncolors or kernels.spec.extent, sizing.block_size)
-    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors)
-    if not limits.fits(per_task):
-        raise _memory_error(per_task, detail, limits)
-    info = None if found is None else sparsity_meta(found)
+    sizing, blocks, info = _blocking(kernels, found, limits, stored, blocking)
     options = _options(kernels, blocks, checkpoint, x64, sizing.inner_width, info)
     parts = fingerprint_parts(
         kernels.traced.identity(), np.asarray(x_flat), kernels.spec.in_layout.to_json(), options
@@ -396,6 +395,32 @@ def plan(
         fingerprint_parts=parts, options=options, env=tuple(sorted((env or {}).items())),
         noise=noise, sparsity=found, sparsity_info=info,
     )  # fmt: skip
+
+
+def _blocking(kernels: Kernels, found: Any, limits: Limits, stored: dict | None,
+              blocking: dict) -> tuple[Sizing, BlockPlan, dict | None]:  # fmt: skip
+    """(sizing, block plan, sparsity metadata) of a run: over the columns (rows),
+    or over a sparse result's colours and, for a column or star colouring, the
+    check's probes after them (their seed the store's when it has one: a
+    resume computes the same vectors). **Raises:** `NotEnoughMemoryError`."""
+    was = BlockPlan.from_json(stored["plan"]) if stored else None
+    if found is None:
+        sizing = _sizing(kernels, limits, was, **blocking)
+        blocks, ncolors, nprobes = BlockPlan(kernels.spec.extent, sizing.block_size), None, 0
+    else:
+        ncolors, nprobes = found.ncolors, 0 if found.mode == "row" else PROBES
+        sizing = _sparse_sizing(kernels, ncolors, nprobes, limits, was, **blocking)
+        blocks = BlockPlan(ncolors + nprobes, sizing.block_size)
+    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors, nprobes)
+    if not limits.fits(per_task):
+        raise _memory_error(per_task, detail, limits)
+    if found is None:
+        return sizing, blocks, None
+    count, seed = probes_of((stored or {}).get("sparsity") or {})
+    if count != nprobes or seed is None:
+        seed = secrets.randbits(32)
+    probes = {"count": nprobes, "seed": seed} if nprobes else None
+    return sizing, blocks, sparsity_meta(found, probes)
 
 
 def _options(kernels: Kernels, blocks: BlockPlan, checkpoint: bool, x64: bool,
@@ -410,7 +435,12 @@ def _options(kernels: Kernels, blocks: BlockPlan, checkpoint: bool, x64: bool,
         "inner_width": inner_width,
     }
     if sparsity is not None:  # another pattern or colouring is another computation
-        options["sparsity"] = {k: sparsity[k] for k in ("mode", "ncolors", "pattern", "colors")}
+        # and the probes' products stored after the colours' (their seed is not
+        # the computation's: a resume keeps the store's)
+        options["sparsity"] = {
+            **{k: sparsity[k] for k in ("mode", "ncolors", "pattern", "colors")},
+            "probes": probes_of(sparsity)[0],
+        }
     return options
 
 

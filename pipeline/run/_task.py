@@ -27,10 +27,10 @@ import jax.flatten_util
 import numpy as np
 import zarr
 
-from diffops_core.internal import BlockPlan, auto_inner_width, get_kernels
+from diffops_core.internal import BlockPlan, auto_inner_width, get_kernels, probe_vectors
 
 from .._errors import BlockError, IdentityMismatch
-from ..store import COLORS, COMPRESSED, SlabWriter, checksum, digest, record
+from ..store import COLORS, COMPRESSED, SlabWriter, checksum, digest, probes_of, record
 from ._types import BlockEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +52,8 @@ class _WorkerState:
     records: SlabWriter
     inner_width: int
     kernel_lock: Any = dataclasses.field(default_factory=contextlib.nullcontext)
-    colors: Any = None
+    seeds: tuple | None = None
+    """A sparse result: the colouring and the check's probe vectors, on the device."""
 
 
 def kernel_lock(platform: str) -> Any:
@@ -130,6 +131,9 @@ class BlockTask:
     colors: str = ""
     """A sparse result: the digest of its colouring, which a worker reads from
     the store and checks before it computes a product."""
+    probes: tuple[int, int | None] = (0, None)
+    """A sparse result: (count, seed) of the check's probe vectors, whose
+    products follow the colours' (`diffops_core.internal.probe_vectors`)."""
     local: Any = dataclasses.field(default=None, compare=False, repr=False)
     """The driver's own traced kernels, for a task run in the driver's process
     (the embedded default: tracing ``f`` again would find what the plan found).
@@ -161,6 +165,7 @@ class BlockTask:
             consts=constant_avals(plan.kernels.traced),
             ncolors=None if plan.sparsity_info is None else plan.sparsity_info["ncolors"],
             colors="" if plan.sparsity_info is None else plan.sparsity_info["colors"],
+            probes=(0, None) if plan.sparsity_info is None else probes_of(plan.sparsity_info),
             local=plan.kernels if local else None,
         )
 
@@ -242,21 +247,22 @@ class BlockTask:
         x_flat = jax.flatten_util.ravel_pytree(self.x)[0]
         width = self.inner_width or auto_inner_width(kernels, self.block_size)
         group = zarr.open_group(self.location, mode="r+", use_consolidated=False)
-        colors = None
+        seeds = None
         if self.ncolors is None:
             kernel = kernels.compiled_block(self.block_size, width)
         else:
-            kernel = kernels.compiled_seeded_block(self.ncolors, self.block_size, width)
-            colors = self._colors(group)
+            count = self.probes[0]
+            kernel = kernels.compiled_seeded_block(self.ncolors, self.block_size, width, count)
+            seeds = (self._colors(group), self._probes(kernels, group))
         return _WorkerState(
             kernel=kernel,
             # linearise once per run: every block reuses the residuals
             lin=kernels.compiled_prepare()(jax.device_put(x_flat)),
-            writer=SlabWriter(group[COMPRESSED if colors is not None else "matrix"]),  # type: ignore[arg-type]
+            writer=SlabWriter(group[COMPRESSED if seeds is not None else "matrix"]),  # type: ignore[arg-type]
             records=SlabWriter(group["blocks"]),  # type: ignore[arg-type]
             inner_width=width,
             kernel_lock=kernel_lock(jax.default_backend()),
-            colors=colors,
+            seeds=seeds,
         )
 
     def _colors(self, group) -> Any:
@@ -269,6 +275,25 @@ class BlockTask:
                 "replaced or damaged during the run); run it again"
             )
         return jax.device_put(colors)
+
+    def _probes(self, kernels, group) -> Any:
+        """The check's probe vectors (``(count, extent)``; one row of zeros when
+        there are none), of the input's dtype, on the device: of the store's
+        seed, checked (a block of other vectors would lift the check's own
+        noise estimate, its linearity defect, and hide a wrong product)."""
+        count, seed = self.probes
+        stored = probes_of((group.attrs.get("diffops") or {}).get("sparsity") or {})
+        if stored != (count, seed):
+            raise IdentityMismatch(
+                f"the check's probe vectors stored in the store ({stored[0]}, seed "
+                f"{stored[1]}) differ from the driver's ({count}, seed {seed}): the store was "
+                "replaced or damaged during the run; run it again"
+            )
+        extent = kernels.spec.extent
+        vectors = np.zeros((1, extent))
+        if count and seed is not None:
+            vectors = probe_vectors(extent, seed)
+        return jax.device_put(vectors.astype(kernels.seed_dtype))
 
     def _check_identity(self, traced) -> None:
         identity = traced.identity()
@@ -313,8 +338,8 @@ class BlockTask:
     def compute(self, state: _WorkerState, block: Block):
         """Run the block kernel; the slab on the device, finished."""
         first = block.first_batch(state.inner_width)
-        if state.colors is not None:
-            slab = state.kernel(state.lin, state.colors, np.int32(block.window), np.int32(first))
+        if state.seeds is not None:
+            slab = state.kernel(state.lin, *state.seeds, np.int32(block.window), np.int32(first))
         else:
             slab = state.kernel(state.lin, np.int32(block.window), np.int32(first))
         slab.block_until_ready()

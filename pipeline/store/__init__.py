@@ -88,7 +88,14 @@ from ._location import (
     remove_ours,
 )
 from ._lock import RunLock, lock_is_free
-from ._sparse import COLORS, COMPRESSED, compressed_shape, pattern_bytes, sparsity_meta
+from ._sparse import (
+    COLORS,
+    COMPRESSED,
+    compressed_shape,
+    pattern_bytes,
+    probes_of,
+    sparsity_meta,
+)
 from ._tiles import (
     DEFAULT_TILE,
     INVERSE,
@@ -154,6 +161,7 @@ __all__ = [
     "overlapping",
     "pattern_bytes",
     "peek",
+    "probes_of",
     "read_meta",
     "read_region",
     "read_variance",

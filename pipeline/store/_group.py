@@ -42,7 +42,7 @@ from ._location import (
     remove_ours,
 )
 from ._lock import lock_is_free
-from ._sparse import COMPRESSED, pattern_arrays, read_sparsity, recover_matrix
+from ._sparse import COMPRESSED, pattern_arrays, probes_of, read_sparsity, recover_matrix
 
 __all__ = ["ResultStore"]
 
@@ -459,7 +459,7 @@ class ResultStore:
         read once and kept: for a sparse result, recovered from its products,
         only once every block is complete and the result has passed its check
         against products of random vectors for exactly the blocks stored now (without
-        ``checked``: for the check itself).
+        ``checked``: for the check itself, see `unchecked`).
 
         **Raises:** `ValueError` when blocks are missing or the check has not
         passed; `StoreError` for a damaged pattern; `NotEnoughMemoryError` for a
@@ -474,15 +474,31 @@ class ResultStore:
             return sp.csr_array(self.assemble())
         if checked and not self._passed(state):
             raise InputValueError(
-                f"the sparse result at {self.location!r} has not passed its check against two "
+                f"the sparse result at {self.location!r} has not passed its check against "
                 "products of random vectors for the blocks stored now; run the computation "
                 "again (it checks a complete store before it reports it)"
             )
-        compressed = self._verified_products()
-        matrix = recover_matrix(self.sparsity(), compressed)
+        matrix = self.unchecked()[0]
         if checked:
             self._sparse = (state, matrix)
         return matrix
+
+    def unchecked(self):
+        """A complete sparse result, for its check: the matrix recovered from its
+        products (each block compared with its checksum), and the stored
+        products of the check's probe vectors, ``(count, m)`` (None: the store
+        keeps none, a row colouring's; see `_sparse.probes_of`).
+
+        **Raises:** as `sparse`."""
+        self._require_complete()
+        sparsity = self.sparsity()
+        compressed = self._verified_products()
+        matrix = recover_matrix(sparsity, compressed)
+        count, _seed = probes_of(self.sparsity_meta or {})
+        if not count:
+            return matrix, None
+        ncolors = sparsity.ncolors
+        return matrix, np.ascontiguousarray(compressed[:, ncolors : ncolors + count].T)
 
     def _verified_products(self) -> np.ndarray:
         """A sparse result's compressed products, block by block, each compared

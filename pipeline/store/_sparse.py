@@ -3,23 +3,28 @@ computed from the products of a colouring.
 
 A sparse store holds, in place of ``matrix``:
 
-- ``compressed``: the products, ``(m, colours)`` (a column or star colouring:
-  ``M S``, one column per colour) or ``(colours, n)`` (a row colouring:
-  ``Sᵀ M``), fill value NaN, blocked over the colours exactly as a dense
-  store's ``matrix`` is over its columns (rows): one task per block of
-  colours, its own chunks, its own completion record in ``blocks``;
+- ``compressed``: the products, ``(m, colours + probes)`` (a column or star
+  colouring: ``M S``, one column per colour, then ``M v`` of the self-check's
+  probe vectors, which ride in the same compiled calls) or ``(colours, n)`` (a
+  row colouring: ``Sᵀ M``; its check computes JVPs apart), fill value NaN,
+  blocked over those columns exactly as a dense store's ``matrix`` is over its
+  columns (rows): one task per block, its own chunks, its own completion
+  record in ``blocks``;
 - ``pattern_indptr``, ``pattern_indices``: the global pattern, CSR over the
   flat parameters (rows of the output for a Jacobian);
 - ``colors``: the colour of each column (each row, for a row colouring).
 
 The metadata's ``sparsity`` says the mode, the number of colours, nnz, the
-compressed shape, and digests of the pattern and of the colours, which are
-part of the fingerprint (another pattern or colouring is another
-computation) and are checked whenever the arrays are read: a damaged pattern
-is refused, never used. Its ``digest`` covers everything recovery reads of
-the metadata (mode, colours, nnz, the shapes, dtype and the two digests), so an
-edited mode or shape is refused too. The matrix is recovered from the products by
-`diffops_core.internal.recover` (every nonzero read from one product).
+compressed shape, the probes (``{"count", "seed"}``: the vectors of
+`diffops_core.internal.probe_vectors`, the seed drawn when the store was
+made), and digests of the pattern and of the colours, which are part of the
+fingerprint (another pattern or colouring is another computation) and are
+checked whenever the arrays are read: a damaged pattern is refused, never
+used. Its ``digest`` covers everything recovery and the check read of the
+metadata (mode, colours, nnz, the shapes, dtype, the probes and the two
+digests), so an edited mode, shape or seed is refused too. The matrix is
+recovered from the products by `diffops_core.internal.recover` (every
+nonzero read from one product).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "compressed_shape",
     "pattern_arrays",
     "pattern_bytes",
+    "probes_of",
     "read_sparsity",
     "recover_matrix",
     "sparsity_meta",
@@ -68,11 +74,11 @@ def _pattern_digest(indptr: np.ndarray, indices: np.ndarray) -> str:
     return hashlib.sha256((digest(indptr) + digest(indices)).encode()).hexdigest()
 
 
-def compressed_shape(mode: str, shape, ncolors: int) -> tuple[int, int]:
-    """The shape of the stored products: ``(m, colours)``, or ``(colours, n)`` for
-    a row colouring."""
+def compressed_shape(mode: str, shape, ncolors: int, nprobes: int = 0) -> tuple[int, int]:
+    """The shape of the stored products: ``(m, colours + probes)``, or
+    ``(colours, n)`` for a row colouring."""
     m, n = (int(v) for v in shape)
-    return (int(ncolors), n) if mode == "row" else (m, int(ncolors))
+    return (int(ncolors), n) if mode == "row" else (m, int(ncolors) + int(nprobes))
 
 
 def pattern_bytes(info: dict) -> int:
@@ -97,20 +103,32 @@ _RECOVERY_KEYS = (
 
 
 def _meta_digest(info: dict) -> str:
-    return sha256_json({key: info.get(key) for key in _RECOVERY_KEYS})
+    covered = {key: info.get(key) for key in _RECOVERY_KEYS}
+    if "probes" in info:  # the check's probes (stores with none keep their digest)
+        covered["probes"] = info["probes"]
+    return sha256_json(covered)
 
 
-def sparsity_meta(sparsity: Sparsity) -> dict:
+def probes_of(info: dict) -> tuple[int, int | None]:
+    """(count, seed) of the probe vectors whose products a sparse result stores
+    after its colours' (``(0, None)``: none; its check computes them)."""
+    probes = info.get("probes") or {}
+    return int(probes.get("count", 0)), probes.get("seed")
+
+
+def sparsity_meta(sparsity: Sparsity, probes: dict | None = None) -> dict:
     """What the metadata (and the fingerprint) say of a pattern and its colouring,
-    with the ``digest`` of everything recovery reads of it."""
+    and of the ``probes`` (``{"count", "seed"}``) that ride with its products,
+    with the ``digest`` of everything recovery and the check read of it."""
     indptr, indices, colors = _parts(sparsity)
+    nprobes = 0 if probes is None else int(probes["count"])
     info = {
         "mode": sparsity.mode,
         "ncolors": int(sparsity.ncolors),
         "nnz": int(indices.size),
         "shape": [int(s) for s in sparsity.shape],
         "compressed_shape": list(
-            compressed_shape(sparsity.mode, sparsity.shape, sparsity.ncolors)
+            compressed_shape(sparsity.mode, sparsity.shape, sparsity.ncolors, nprobes)
         ),  # fmt: skip
         "dtype": sparsity.dtype,
         "pattern": _pattern_digest(indptr, indices),
@@ -118,6 +136,8 @@ def sparsity_meta(sparsity: Sparsity) -> dict:
         # what detection and colouring cost when they ran (not part of the fingerprint)
         "seconds": {k: round(float(v), 3) for k, v in sparsity.seconds.items()},
     }
+    if nprobes:
+        info["probes"] = {"count": nprobes, "seed": int(probes["seed"])}  # type: ignore[index]
     return {**info, "digest": _meta_digest(info)}
 
 

@@ -96,7 +96,11 @@ def test_edited_sparsity_metadata_is_refused_in_one_line(tmp_path, monkeypatch):
     spec = _spec(tmp_path, monkeypatch)
     assert invoke("run", spec, "--no-progress").exit_code == 0
     store = str(tmp_path / "out.zarr")
-    for changes in ({"mode": "column"}, {"mode": "row"}, {"shape": [62, 61]}):
+    import zarr
+
+    probes = zarr.open_group(store, mode="r").attrs["diffops"]["sparsity"]["probes"]
+    other = {**probes, "seed": probes["seed"] + 1}  # the check's vectors: another seed
+    for changes in ({"mode": "column"}, {"mode": "row"}, {"shape": [62, 61]}, {"probes": other}):
         _edit_sparsity(store, **changes)
         with pytest.raises(pipeline.StoreError, match="sparsity metadata .* is not what"):
             pipeline.open_result(store).sparse()
@@ -105,11 +109,11 @@ def test_edited_sparsity_metadata_is_refused_in_one_line(tmp_path, monkeypatch):
         res = CliRunner().invoke(main, ["verify", store])
         assert res.exit_code != 0 and "Traceback" not in res.output
         assert "is not what the result was written with" in res.output
-        _edit_sparsity(store, mode="star", shape=[62, 62])  # back as written
+        _edit_sparsity(store, mode="star", shape=[62, 62], probes=probes)  # back as written
     assert pipeline.open_result(store).sparse().shape == (62, 62)
     from helpers import log_fault
 
-    log_fault("sparse: metadata edited (mode column, mode row, shape)", 3, True, 0)
+    log_fault("sparse: metadata edited (mode column, mode row, shape, probe seed)", 4, True, 0)
 
 
 def test_show_says_what_readers_will_do(tmp_path, monkeypatch):

@@ -60,7 +60,10 @@ def test_a_sparse_hessian_store_holds_few_products_and_reads_as_jax_hessian(tmp_
     info = result.meta["sparsity"]
     n = NPIX + NGLOBAL
     assert info["mode"] == "star" and info["ncolors"] == NGLOBAL + 1  # the optimum
-    assert result.store.data.shape == (n, info["ncolors"])  # the products, not n columns
+    probes = info["probes"]  # the check's products ride after the colours'
+    assert probes["count"] == diffops_core.internal.PROBES
+    # the products, not n columns
+    assert result.store.data.shape == (n, info["ncolors"] + probes["count"])
     assert not os.path.exists(os.path.join(store, "matrix"))
     expected = _dense_hessian(arrow_loss, x)
     S = result.sparse()
@@ -76,16 +79,20 @@ def test_a_sparse_hessian_store_holds_few_products_and_reads_as_jax_hessian(tmp_
                                np.asarray(zodiax_like["globals"]["globals"]), rtol=2e-5, atol=2e-4)  # fmt: skip
     assert result.verify() == [] and result.shape == (n, n)
     assert info["check"]["passed"] and info["check"]["error"] <= info["check"]["tolerance"]
+    assert info["check"]["seed"] == probes["seed"]  # the check read the stored products
+    vectors = diffops_core.internal.probe_vectors(n, probes["seed"])
+    stored = np.asarray(result.store.data[:, info["ncolors"] :])
+    np.testing.assert_allclose(stored.T, vectors @ expected.T, rtol=2e-5, atol=2e-3)
     again = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", progress=False)
     assert again.run_summary.reason == "complete: nothing to do"
 
 
 def test_the_last_ragged_block_of_colours_verifies(tmp_path):
-    # 4 colours in blocks of 3: the last block's window starts early; its record
-    # must be of its own colour only (a defect: it was of the whole window)
+    # 4 colours and 6 probes in blocks of 3: the last block's window starts early;
+    # its record must be of its own product only (a defect: it was of the whole window)
     result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), str(tmp_path / "h.zarr"),
                                       sparsity="auto", block_size=3, progress=False)  # fmt: skip
-    assert result.store.plan.n_blocks == 2 and result.verify() == []
+    assert result.store.plan.n_blocks == 4 and result.verify() == []
 
 
 def test_sparse_jacobians_in_column_and_row_modes(tmp_path):
@@ -98,7 +105,9 @@ def test_sparse_jacobians_in_column_and_row_modes(tmp_path):
         info = result.meta["sparsity"]
         assert info["mode"] == mode
         stored = result.store.data.shape
-        assert stored == ((30, info["ncolors"]) if mode == "column" else (info["ncolors"], 30))
+        probes = diffops_core.internal.PROBES  # after a column colouring's products only
+        expected = (30, info["ncolors"] + probes) if mode == "column" else (info["ncolors"], 30)
+        assert stored == expected and ("probes" in info) == (mode == "column")
         np.testing.assert_allclose(result.sparse().toarray(), np.asarray(jax.jacfwd(f)(x)),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -177,6 +186,59 @@ def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, inject):
                                atol=2e-4)  # fmt: skip
 
 
+@pytest.mark.parametrize("plan_sees_the_store", [True, False])
+def test_a_resumed_block_of_probes_computes_the_stores_vectors(
+    tmp_path, inject, monkeypatch, plan_sees_the_store
+):
+    """The probe vectors are the store's (their seed drawn when it was made): a
+    resume computes its probe products with them, whether the plan read the
+    stored seed or drew another (a store made by another run after the plan
+    looked: the run takes the store's)."""
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    inject([{"block": 3, "kind": "raise", "at": "write"}])  # products 6, 7: probes
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    seed = pipeline.open_result(store).meta["sparsity"]["probes"]["seed"]
+    inject.clear()
+    if not plan_sees_the_store:
+        import pipeline.run._plan as planning
+
+        seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
+        monkeypatch.setattr(planning, "probes_of", seedless)  # the plan draws another seed
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                      progress=False)  # fmt: skip
+    info = result.meta["sparsity"]
+    assert result.run_summary.blocks_computed == 1 and info["probes"]["seed"] == seed
+    assert info["check"]["passed"] and info["check"]["seed"] == seed
+    np.testing.assert_allclose(result.sparse().toarray(), _dense_hessian(arrow_loss, x),
+                               rtol=2e-5, atol=2e-4)  # fmt: skip
+
+
+def test_a_worker_refuses_probe_vectors_other_than_the_stores(tmp_path, inject, monkeypatch):
+    """A block computes the probe vectors of the store's seed or none: the run
+    refuses, naming both, rather than store products the check's noise
+    estimate (their linearity defect) would absorb."""
+    x = arrow_x()
+    store = str(tmp_path / "h.zarr")
+    inject([{"block": 3, "kind": "raise", "at": "write"}])
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    inject.clear()
+    import pipeline._api as api
+    import pipeline.run._plan as planning
+
+    monkeypatch.setattr(api, "_stored_probes", lambda run_plan, _store: run_plan)
+    seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
+    monkeypatch.setattr(planning, "probes_of", seedless)  # the plan draws another seed
+    with pytest.raises(pipeline.BlockError, match="probe vectors stored in the store"):
+        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    assert pipeline.open_result(store).missing_blocks() == [3]  # nothing half-marked
+
+
 def test_a_damaged_pattern_is_refused_naming_it(tmp_path):
     store = str(tmp_path / "h.zarr")
     result = pipeline.hessian_to_zarr(arrow_loss, arrow_x(), store, sparsity="auto",
@@ -223,7 +285,7 @@ def test_xarray_opens_a_sparse_store_and_show_names_the_saving(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = xr.open_zarr(store)
-    assert ds.compressed.dims == ("row", "color") and ds.compressed.shape == (43, 4)
+    assert ds.compressed.dims == ("row", "color") and ds.compressed.shape == (43, 4 + 6)
     assert ds.colors.shape == (43,)
     view = result.to_xarray()  # the dense view, with the leaf coordinates
     assert view.dims == ("row", "column") and view.shape == (43, 43)
@@ -259,7 +321,8 @@ def test_the_spectrum_of_a_sparse_store_is_the_dense_matrixs(tmp_path):
 
 def test_the_blocking_counts_colours(tmp_path):
     x = arrow_x()
-    for i, (options, blocks) in enumerate((({"nbatches": 64}, 4), ({"block_size": 100}, 1),
+    # 4 colours and the check's 6 probes
+    for i, (options, blocks) in enumerate((({"nbatches": 64}, 10), ({"block_size": 100}, 1),
                                            ({"nbatches": 2}, 2))):  # fmt: skip
         result = pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / f"h{i}.zarr"),
                                           sparsity="auto", progress=False, **options)  # fmt: skip
@@ -364,3 +427,23 @@ def test_a_truncated_zstd_chunk_of_products_is_refused_naming_its_block(tmp_path
         pipeline.open_result(store).sparse()
     assert pipeline.open_result(store).verify() == [0]
     log_fault("sparse: a zstd chunk of products truncated", 1, True, 0)
+
+
+def test_the_check_rides_in_the_blocks_calls_not_another_linearisation(tmp_path, monkeypatch):
+    """Issue 23, B10 (the pipeline): the probe vectors' products are columns of
+    the blocks' own compiled calls, stored after the colours'; the check reads
+    them and runs nothing more of f (it linearised and compiled apart before)."""
+    x = arrow_x()
+    kernels_cls = diffops_core.internal.Kernels
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the check computed its products apart")
+
+    monkeypatch.setattr(kernels_cls, "products", refuse)
+    result = pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "h.zarr"),
+                                      sparsity="auto", progress=False)  # fmt: skip
+    info = result.meta["sparsity"]
+    assert info["check"]["passed"] and info["check"]["seed"] == info["probes"]["seed"]
+    np.testing.assert_allclose(result.sparse().toarray(), _dense_hessian(arrow_loss, x),
+                               rtol=2e-5, atol=2e-4)  # fmt: skip
+
