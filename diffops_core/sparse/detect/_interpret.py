@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from jax.extend import core as jcore
 from jax.extend import source_info_util
 
-from . import _control, _elementwise, _indexing, _reductions, _structural
+from . import _control, _elementwise, _indexing, _reductions, _structural, _windows
 from ._elementwise import ELEMENTWISE
 from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union
 
@@ -61,6 +61,7 @@ RULES: dict[str, Callable] = {
     **_indexing.RULES,
     **_reductions.RULES,
     **_control.RULES,
+    **_windows.RULES,
 }
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",

@@ -21,6 +21,7 @@ __all__ = [
     "Dense",
     "Pattern",
     "aligned",
+    "combine",
     "distinct",
     "empty",
     "everything",
@@ -129,6 +130,38 @@ def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
         p = Pattern(p.shape, p.matrix(ctx.n, ctx.budget), NONE)
     rows = None if p.rows is None else selection(idx, p.size) @ p.rows
     return ctx.check(Pattern(idx.shape, rows, p.common))
+
+
+def combine(ctx: Context, p: Pattern, out_idx: np.ndarray, in_idx: np.ndarray,
+            out_shape) -> Pattern:  # fmt: skip
+    """Output element ``out_idx[k]`` unites input element ``in_idx[k]`` (flat
+    indices, any number per output; a window, a convolution's footprint): the
+    relation as a boolean (out x in) matrix times ``p``'s rows. The common set
+    goes to every output that reads something (spelled out where cheap, else
+    kept for all: a superset)."""
+    out_size = int(np.prod(out_shape, dtype=np.int64))
+    out_idx, in_idx = np.asarray(out_idx).reshape(-1), np.asarray(in_idx).reshape(-1)
+    relation = sp.csr_array(
+        (np.ones(out_idx.size, bool), (out_idx, in_idx)), shape=(out_size, p.size)
+    )
+    relation.sum_duplicates()
+    rows = None
+    if p.rows is not None:  # refuse before the product, from what it would hold at most
+        counts = np.diff(p.rows.indptr).astype(np.int64)
+        if int((relation.astype(np.int64) @ counts).sum()) > ctx.budget:
+            raise Dense
+        rows = relation @ p.rows
+    out = Pattern(tuple(out_shape), rows, p.common)
+    reads = np.diff(relation.indptr) > 0
+    if p.common.size and not reads.all() and out_size * p.common.size <= ctx.budget // 4:
+        spelled = sp.csr_array(
+            (np.ones(int(reads.sum()) * p.common.size, bool),
+             np.tile(p.common, int(reads.sum())),
+             np.concatenate([[0], np.cumsum(reads * p.common.size)])),
+            shape=(out_size, ctx.n),
+        )  # fmt: skip
+        out = Pattern(tuple(out_shape), spelled if rows is None else rows + spelled, NONE)
+    return ctx.check(out)
 
 
 def group(ctx: Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
