@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -42,12 +43,21 @@ def _greedy_distance2(pattern: sp.csr_array) -> np.ndarray:
     differ (1-based), in order of the columns."""
     csc = sp.csc_array(pattern)
     csr = sp.csr_array(pattern)
-    n = pattern.shape[1]
+    return _distance2(
+        np.asarray(csc.indptr, np.int64), np.asarray(csc.indices, np.int64),
+        np.asarray(csr.indptr, np.int64), np.asarray(csr.indices, np.int64), pattern.shape[1],
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _distance2(cptr, cidx, rptr, ridx, n):  # pragma: no cover - compiled
     colors = np.zeros(n, np.int64)
     mark = np.full(n + 2, -1, np.int64)
     for j in range(n):
-        for r in csc.indices[csc.indptr[j] : csc.indptr[j + 1]]:
-            mark[colors[csr.indices[csr.indptr[r] : csr.indptr[r + 1]]]] = j
+        for a in range(cptr[j], cptr[j + 1]):
+            r = cidx[a]
+            for b in range(rptr[r], rptr[r + 1]):
+                mark[colors[ridx[b]]] = j
         c = 1
         while mark[c] == j:
             c += 1
@@ -102,38 +112,44 @@ def star_coloring(pattern: sp.csr_array) -> np.ndarray:
         owner = np.repeat(np.arange(n), np.diff(ptr))
         others = np.bincount(owner, weights=rest[idx], minlength=n)  # non-dense neighbours
         colors[rest & (others == 0)] = base + 1
-    forbidden = np.full(n + base + 2, -1, np.int64)
     # largest degree first: a vertex many others see is coloured before them, so
     # they are not forced apart through it while it is uncoloured
     order = np.argsort(-np.diff(ptr), kind="stable")
     order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
+    _star_greedy(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
+                 np.asarray(order, np.int64), base)  # fmt: skip
+    return colors - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _star_greedy(ptr, idx, colors, order, base):  # pragma: no cover - compiled
+    """The greedy star colouring of ``order``'s vertices, in place (GMP 2005)."""
+    forbidden = np.full(colors.size + base + 2, -1, np.int64)
     for v in order:
-        for w in idx[ptr[v] : ptr[v + 1]]:
+        for a in range(ptr[v], ptr[v + 1]):
+            w = idx[a]
             cw = colors[w]
             if cw:
                 forbidden[cw] = v
             if cw and cw <= base:
                 continue  # a colour used once: no two-coloured path through w
-            for x in idx[ptr[w] : ptr[w + 1]]:
+            for b in range(ptr[w], ptr[w + 1]):
+                x = idx[b]
                 cx = colors[x]
                 if x == v or not cx:
                     continue
                 if not cw:
                     forbidden[cx] = v  # v - w - x with w uncoloured: v and x differ
-                elif _has_neighbour_of_color(ptr, idx, colors, x, w, cw):
-                    forbidden[cx] = v  # v - w - x - y with y coloured as w
+                    continue
+                for c in range(ptr[x], ptr[x + 1]):  # v - w - x - y with y coloured as w
+                    y = idx[c]
+                    if y != w and colors[y] == cw:
+                        forbidden[cx] = v
+                        break
         c = base + 1
         while forbidden[c] == v:
             c += 1
         colors[v] = c
-    return colors - 1
-
-
-def _has_neighbour_of_color(ptr, idx, colors, x, w, cw) -> bool:
-    for y in idx[ptr[x] : ptr[x + 1]]:
-        if y != w and colors[y] == cw:
-            return True
-    return False
 
 
 def seeds(colors: np.ndarray) -> np.ndarray:

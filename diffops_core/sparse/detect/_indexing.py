@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._pattern import Pattern, everything, group, indices, take, union
+from ._pattern import Pattern, everything, group, indices, shape_of, take, union
 from ._structural import copies
 
 __all__ = ["RULES"]
@@ -82,8 +82,35 @@ def _scatter(ctx, eqn, pats, vals, outs):
     return [union(ctx, [operand, landed], outs[0])]
 
 
+def _along(ctx, p: Pattern, dims) -> Pattern:
+    """Each element unites every element along ``dims`` with its other
+    coordinates (what an unknown index along them could read)."""
+    if not dims:
+        return p
+    keep = [d for d in range(len(p.shape)) if d not in dims]
+    reduced = indices([p.shape[d] for d in keep]) if keep else np.zeros((), np.int32)
+    index = np.broadcast_to(np.expand_dims(reduced, tuple(dims)), p.shape)
+    grouped = group(ctx, p, index, reduced.shape)
+    return take(ctx, grouped, index)
+
+
 def _gather(ctx, eqn, pats, vals, outs):
-    return copies(ctx, eqn, pats, vals, outs, _int_params(eqn))
+    """Known indices: each output element the operand element they name (in the
+    equation's mode). Unknown ones (a sort's or a top_k's permutation): any
+    element along the indexed axes, but only in its own slice of the others
+    (batch axes, offsets), never across them."""
+    depends = any(q.rows is not None or q.common.size for q in pats[1:])
+    unknown = [k for k, v in enumerate(vals[1:], 1) if v is None]
+    if not unknown or depends:
+        return copies(ctx, eqn, pats, vals, outs, _int_params(eqn))
+    if eqn.primitive.name == "gather":
+        dims = tuple(eqn.params["dimension_numbers"].start_index_map)
+    else:  # dynamic_slice: one start per axis
+        dims = tuple(k - 1 for k in unknown)
+    zeros = [np.zeros(shape_of(eqn.invars[k]), eqn.invars[k].aval.dtype) if vals[k] is None
+             else vals[k] for k in range(1, len(vals))]  # fmt: skip
+    spread = _along(ctx, pats[0], dims)
+    return copies(ctx, eqn, [spread, *pats[1:]], [vals[0], *zeros], outs, _int_params(eqn))
 
 
 RULES: dict[str, Callable] = {

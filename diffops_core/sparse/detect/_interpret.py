@@ -64,7 +64,8 @@ RULES: dict[str, Callable] = {
     **_windows.RULES,
 }
 
-_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
+_CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
+          "custom_jvp_call",
           "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin")  # fmt: skip
 
 
@@ -187,9 +188,9 @@ def _sub_jaxpr(params: dict):
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         if key in params:
             value = params[key]
-            if hasattr(value, "eqns"):
-                return value, ()
-            return value.jaxpr, value.consts
+            if hasattr(value, "consts"):  # a ClosedJaxpr (which has eqns too): its consts
+                return value.jaxpr, value.consts
+            return value, ()
     return None, ()
 
 

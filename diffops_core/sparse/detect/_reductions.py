@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._pattern import group, indices, take, union
+from ._pattern import combine, everything, group, indices, take, union
 
 __all__ = ["RULES"]
 
@@ -23,16 +23,44 @@ def _reduce(ctx, eqn, pats, vals, outs):
     return [group(ctx, p, index, outs[0]) for _ in outs]
 
 
-def _cumulative(ctx, eqn, pats, vals, outs):
-    """cumsum and its kin: along the axis, each element unites the whole axis
-    (a superset of its prefix)."""
-    p, axis = pats[0], eqn.params["axis"]
+def _prefix(ctx, p, axis: int, reverse: bool):
+    """Along ``axis``, each element unites its prefix (its suffix when
+    ``reverse``), spelled out where the budget allows (L²/2 per line); else the
+    whole axis, one shared set per line (a superset)."""
+    length = p.shape[axis]
+    lines = p.size // max(1, length)
+    if lines * length * (length + 1) // 2 <= ctx.budget // 4:
+        position = np.moveaxis(indices(p.shape), axis, -1).reshape(lines, length).astype(np.int64)
+        a, b = np.tril_indices(length)  # output a reads input b <= a
+        if reverse:
+            a, b = length - 1 - a, length - 1 - b
+        return combine(ctx, p, position[:, a].reshape(-1), position[:, b].reshape(-1), p.shape)
     others = [d for d in range(len(p.shape)) if d != axis]
     reduced = indices([p.shape[d] for d in others]) if others else np.zeros((), np.int64)
     index = np.broadcast_to(np.expand_dims(reduced, axis), p.shape)
     grouped = group(ctx, p, index, reduced.shape)
     back = np.broadcast_to(np.expand_dims(indices(reduced.shape), axis), p.shape)
-    return [take(ctx, grouped, back)]
+    return take(ctx, grouped, back)
+
+
+def _cumulative(ctx, eqn, pats, vals, outs):
+    """cumsum and its kin: each element unites its prefix along the axis."""
+    return [_prefix(ctx, pats[0], eqn.params["axis"], bool(eqn.params.get("reverse")))]
+
+
+def _triangular_solve(ctx, eqn, pats, vals, outs):
+    """``op(a) x = b`` (or ``x op(a) = b``) with a triangular ``a`` that does not
+    depend on the tangent: ``x`` unites, along the solved axis, the prefix or
+    the suffix of ``b`` the inverse's triangle reaches (a's own zeros not
+    used: a superset). An ``a`` that depends on it: everything."""
+    a, b = pats
+    if a.rows is not None or a.common.size:
+        return [everything(ctx, pats, outs[0])]
+    params = eqn.params
+    lower = bool(params["lower"]) != bool(params["transpose_a"])  # op(a)'s triangle
+    if params["left_side"]:  # x = op(a)⁻¹ b: row i reads rows j <= i (lower)
+        return [_prefix(ctx, b, len(b.shape) - 2, reverse=not lower)]
+    return [_prefix(ctx, b, len(b.shape) - 1, reverse=lower)]  # x = b op(a)⁻¹
 
 
 def _fft(ctx, eqn, pats, vals, outs):
@@ -87,5 +115,6 @@ RULES: dict[str, Callable] = {
     },
     **{name: _cumulative for name in ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")},
     "fft": _fft,
+    "triangular_solve": _triangular_solve,
     "dot_general": _dot_general,
 }

@@ -1,6 +1,7 @@
 """Structural primitives: output elements are copies of operand elements
-(reshape, transpose, slicing, pad, concatenate, broadcast, split), moved by
-applying the primitive itself to arrays of element indices."""
+(reshape, transpose, slicing, pad, concatenate, stack and unstack, broadcast,
+split, tile, dynamic_update_slice, device_put), moved by applying the
+primitive itself to arrays of element indices."""
 
 from __future__ import annotations
 
@@ -98,6 +99,42 @@ def _split(ctx, eqn, pats, vals, outs):
     return [take(ctx, pats[0], piece) for piece in pieces]
 
 
+def _unstack(ctx, eqn, pats, vals, outs):
+    """The gradient of a stack: each output one slice along ``axis``."""
+    idx = indices(pats[0].shape)
+    axis = eqn.params["axis"]
+    return [take(ctx, pats[0], np.take(idx, k, axis=axis)) for k in range(idx.shape[axis])]
+
+
+def _tile(ctx, eqn, pats, vals, outs):
+    return [take(ctx, pats[0], np.tile(indices(pats[0].shape), eqn.params["reps"]))]
+
+
+def _dynamic_update_slice(ctx, eqn, pats, vals, outs):
+    """The operand with a window replaced by the update: with known starts
+    (clamped as XLA clamps them), each element one of the two; with unknown
+    starts, the operand's element and any update element (a superset)."""
+    operand, update = pats[0], pats[1]
+    starts = vals[2:]
+    if any(v is None for v in starts) or any(q.rows is not None or q.common.size
+                                             for q in pats[2:]):  # fmt: skip
+        return [union(ctx, [operand, everything(ctx, [update], outs[0])], outs[0])]
+    shape, window = operand.shape, update.shape
+    corner = [int(np.clip(int(np.asarray(v)), 0, size - w))
+              for v, size, w in zip(starts, shape, window, strict=True)]  # fmt: skip
+    region = tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True))
+    kept = indices(shape).astype(np.int64)
+    kept[region] = -1
+    placed = np.full(shape, -1, np.int64)
+    placed[region] = indices(window)
+    return [union(ctx, [take(ctx, operand, kept), take(ctx, update, placed)], outs[0])]
+
+
+def _each(ctx, eqn, pats, vals, outs):
+    """Each output its own operand (``device_put`` and the like)."""
+    return list(pats)
+
+
 def _copies(ctx, eqn, pats, vals, outs):
     return copies(ctx, eqn, pats, vals, outs)
 
@@ -109,6 +146,10 @@ RULES: dict[str, Callable] = {
     },
     "pad": _pad,
     "split": _split,
+    "unstack": _unstack,
+    "tile": _tile,
+    "dynamic_update_slice": _dynamic_update_slice,
+    "device_put": _each,
     "concatenate": _concatenate,
     "stack": _concatenate,
     "broadcast_in_dim": _broadcast_in_dim,

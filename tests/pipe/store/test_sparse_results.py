@@ -446,4 +446,3 @@ def test_the_check_rides_in_the_blocks_calls_not_another_linearisation(tmp_path,
     assert info["check"]["passed"] and info["check"]["seed"] == info["probes"]["seed"]
     np.testing.assert_allclose(result.sparse().toarray(), _dense_hessian(arrow_loss, x),
                                rtol=2e-5, atol=2e-4)  # fmt: skip
-

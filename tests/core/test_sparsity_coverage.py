@@ -1,0 +1,260 @@
+"""Sparsity on the primitives our users' models emit (issue 24, part A):
+convolutions of every kind, the reduce_window family, unstack, tile,
+dynamic_update_slice, checkpoint, cumulative ops, triangular solves, sorts and
+top_k, jit closures. Each detected pattern holds every nonzero `jax.jacfwd` /
+`jax.hessian` give at random points, and equals their union where the
+structure is exact (each case failed before: dense, or a crash)."""
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import jax.scipy.signal as jss
+import numpy as np
+import pytest
+from jax import lax
+
+import diffops_core as dc
+from diffops_core.internal import hessian_pattern, jacobian_pattern
+from diffops_core.sparse.detect import WARNED
+
+N = 24
+W = jnp.asarray(np.random.default_rng(0).random(N) + 0.5, jnp.float32)
+KERNEL = jnp.asarray([0.5, 2.0, 1.0], jnp.float32)
+
+
+def _conv(v, shape, kernel_shape, **kw):
+    kernel = jnp.asarray(1.0 + np.arange(np.prod(kernel_shape)).reshape(kernel_shape) % 3,
+                         jnp.float32)  # fmt: skip
+    return lax.conv_general_dilated(v.reshape(shape), kernel, **kw).ravel()
+
+
+def _tri(v, left, lower, transpose):
+    a = jnp.tril(jnp.ones((6, 6))) + jnp.eye(6)
+    a = (a if lower else a.T) * (1.0 + 0.1 * jnp.arange(36.0).reshape(6, 6))
+    b = v.reshape((6, 4) if left else (4, 6))
+    return lax.linalg.triangular_solve(a, b, left_side=left, lower=lower,
+                                       transpose_a=transpose).ravel()  # fmt: skip
+
+
+#: (name, f of a flat (24,) x, whether the pattern must equal the union of the
+#: nonzeros at random points: the structure is exact)
+JACOBIANS = [
+    ("convolve same", lambda v: jnp.convolve(v, KERNEL, mode="same"), True),
+    ("convolve full", lambda v: jnp.convolve(v, KERNEL), True),
+    (
+        "convolve2d",
+        lambda v: jss.convolve2d(v.reshape(4, 6), jnp.ones((3, 3)), mode="same").ravel(),
+        True,
+    ),  # fmt: skip
+    ("kernel from x", lambda v: jnp.convolve(v[:20], v[20:], mode="valid"), True),
+    (
+        "strided",
+        lambda v: _conv(v, (1, 1, 24), (1, 1, 3), window_strides=(2,), padding="VALID"),
+        True,
+    ),  # fmt: skip
+    (
+        "lhs dilation",
+        lambda v: _conv(
+            v, (1, 1, 24), (1, 1, 3), window_strides=(1,), padding=[(1, 1)], lhs_dilation=(2,)
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "rhs dilation",
+        lambda v: _conv(
+            v, (1, 1, 24), (1, 1, 3), window_strides=(1,), padding="SAME", rhs_dilation=(2,)
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "negative padding",
+        lambda v: _conv(v, (1, 1, 24), (1, 1, 3), window_strides=(1,), padding=[(-2, 1)]),
+        True,
+    ),  # fmt: skip
+    (
+        "feature groups",
+        lambda v: _conv(
+            v, (1, 2, 12), (2, 1, 3), window_strides=(1,), padding="SAME", feature_group_count=2
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "channels",
+        lambda v: _conv(v, (1, 2, 12), (3, 2, 3), window_strides=(1,), padding="SAME"),
+        True,
+    ),  # fmt: skip
+    (
+        "batch groups",
+        lambda v: _conv(
+            v, (2, 1, 12), (2, 1, 3), window_strides=(1,), padding="SAME", batch_group_count=2
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "NHWC",
+        lambda v: _conv(
+            v,
+            (1, 4, 6, 1),
+            (3, 3, 1, 1),
+            window_strides=(1, 1),
+            padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "3-D",
+        lambda v: _conv(
+            v, (1, 1, 2, 3, 4), (1, 1, 2, 2, 2), window_strides=(1, 1, 1), padding="SAME"
+        ),
+        True,
+    ),  # fmt: skip
+    (
+        "transposed",
+        lambda v: lax.conv_transpose(
+            v.reshape(1, 24, 1), jnp.ones((3, 1, 1)), (2,), "SAME"
+        ).ravel(),
+        True,
+    ),  # fmt: skip
+    ("kernel zeros", lambda v: jnp.convolve(v, jnp.array([1.0, 0.0, 1.0]), mode="same"), True),
+    ("sum pool", lambda v: lax.reduce_window(v, 0.0, lax.add, (3,), (1,), "SAME"), True),
+    (
+        "avg pool 2x2",
+        lambda v: lax.reduce_window(v.reshape(4, 6), 0.0, lax.add, (2, 2), (2, 2), "VALID").ravel(),
+        True,
+    ),  # fmt: skip
+    ("max pool", lambda v: lax.reduce_window(v, -jnp.inf, lax.max, (3,), (2,), "VALID"), False),
+    ("stack", lambda v: jnp.stack([v[:12] ** 2, v[12:] ** 3]).ravel(), True),
+    ("tile", lambda v: jnp.tile(v[:6], 4) * v, True),
+    ("dynamic_update_slice", lambda v: lax.dynamic_update_slice(v, v[:3] ** 2, (5,)), True),
+    (
+        "dynamic_update_slice clamped",
+        lambda v: lax.dynamic_update_slice(v, v[:3] ** 2, (30,)),
+        True,
+    ),  # fmt: skip
+    (
+        "dynamic_update_slice unknown",
+        lambda v: lax.dynamic_update_slice(v, v[:3] ** 2, (jnp.argmax(v).astype(jnp.int32) % 3,)),
+        False,
+    ),  # fmt: skip
+    ("checkpoint", lambda v: jax.checkpoint(lambda u: jnp.sin(u) * u)(v), True),
+    ("cumsum", jnp.cumsum, True),
+    ("reverse cumsum", lambda v: lax.cumsum(v.reshape(4, 6), axis=1, reverse=True).ravel(), True),
+    ("cumprod", lambda v: jnp.cumprod(v * 0.5 + 1.0), True),
+    ("sort rows", lambda v: jnp.sort(v.reshape(4, 6), axis=1).ravel(), False),
+    ("top_k rows", lambda v: lax.top_k(v.reshape(4, 6), 2)[0].ravel(), False),
+    (
+        "dynamic_slice unknown start",
+        lambda v: lax.dynamic_slice(
+            v.reshape(4, 6), (1, jnp.argmax(v).astype(jnp.int32) % 3), (2, 3)
+        ).ravel(),
+        False,
+    ),  # fmt: skip
+    ("jit closing over an array", jax.jit(lambda v: v * W), True),
+    *[
+        (
+            f"triangular_solve left={left} lower={lower} transpose={tr}",
+            lambda v, left=left, lower=lower, tr=tr: _tri(v, left, lower, tr),
+            True,
+        )
+        for left in (True, False)
+        for lower in (True, False)
+        for tr in (False, True)
+    ],  # fmt: skip
+]
+
+HESSIANS = [
+    (
+        "unstack (the gradient of a stack)",
+        lambda v: jnp.sum(jnp.stack([v[:12] ** 2, v[12:] * v[:12]]) ** 2),
+        True,
+    ),  # fmt: skip
+    ("convolution", lambda v: jnp.sum(jnp.convolve(v, KERNEL, mode="same") ** 3), True),
+    (
+        "max pool",
+        lambda v: jnp.sum(lax.reduce_window(v, -jnp.inf, lax.max, (3,), (3,), "VALID") ** 2),
+        False,
+    ),  # fmt: skip
+    ("checkpoint", lambda v: jnp.sum(jax.checkpoint(lambda u: jnp.sin(u) * u)(v) ** 2), True),
+]
+
+
+def _points(seed, count=3):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.normal(size=N) * 1.3 + 0.2, jnp.float32) for _ in range(count)]
+
+
+def _compare(pattern, matrices, exact):
+    pattern = pattern.toarray()
+    true = np.zeros(pattern.shape, bool)
+    for m in matrices:
+        true |= np.asarray(m) != 0
+    missing = true & ~pattern
+    assert not missing.any(), np.argwhere(missing)[:5]  # sound
+    if exact:
+        np.testing.assert_array_equal(pattern, true)
+    else:  # not dense: within the slices the structure allows
+        assert pattern.sum() < pattern.size
+
+
+@pytest.mark.parametrize("name,f,exact", JACOBIANS, ids=[c[0] for c in JACOBIANS])
+def test_jacobian_patterns_of_users_primitives(name, f, exact):
+    WARNED.clear()
+    pattern = jacobian_pattern(f, jnp.zeros(N, jnp.float32))
+    assert not WARNED, f"no rule for {sorted(WARNED)}"
+    _compare(pattern, [jax.jacfwd(f)(x) for x in _points(len(name))], exact)
+
+
+@pytest.mark.parametrize("name,f,exact", HESSIANS, ids=[c[0] for c in HESSIANS])
+def test_hessian_patterns_of_users_primitives(name, f, exact):
+    WARNED.clear()
+    pattern = hessian_pattern(f, jnp.zeros(N, jnp.float32))
+    assert not WARNED, f"no rule for {sorted(WARNED)}"
+    _compare(pattern, [jax.hessian(f)(x) for x in _points(len(name))], exact)
+
+
+def test_a_flat_field_behind_a_convolution_is_banded_and_exact():
+    """A detector's charge diffusion: a 5x5 kernel over a 24x24 flat field times
+    a global flux. The Hessian couples each pixel to the 9x9 square the
+    kernel's autocorrelation reaches, and the flux to all: that and nothing
+    more, in a few dozen products (it was dense: 577 of them), equal to
+    jax.hessian."""
+    side = 24
+    kernel = jnp.asarray(np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0, jnp.float32)
+    data = jnp.asarray(np.random.default_rng(1).random((side, side)), jnp.float32)
+
+    def loss(p):
+        image = jss.convolve2d(p["flat"].reshape(side, side) * p["flux"], kernel, mode="same")
+        return jnp.sum((image - data) ** 2)
+
+    x = {"flat": jnp.ones(side * side, jnp.float32), "flux": jnp.asarray(1.1, jnp.float32)}
+    H, _ = dc.sparse_hessian(loss, x)
+    found = dc.hessian_sparsity(loss, x)
+    rows, cols = np.divmod(np.arange(side * side), side)
+    near = (np.abs(rows[:, None] - rows[None, :]) <= 4) & (
+        np.abs(cols[:, None] - cols[None, :]) <= 4
+    )
+    expected = np.ones((side * side + 1,) * 2, bool)
+    expected[: side * side, : side * side] = near
+    np.testing.assert_array_equal(found.pattern.toarray(), expected)
+    assert found.mode == "star" and found.ncolors <= 100
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+    dense = np.asarray(jax.hessian(lambda v: loss(unravel(v)))(flat))
+    np.testing.assert_allclose(H.toarray(), dense, rtol=1e-4, atol=1e-5)
+
+
+def test_a_custom_jvp_closing_over_an_integer_array_is_detected():
+    index = jnp.array([0, 2, 1, 3])
+
+    @jax.custom_jvp
+    def g(v):
+        return v[index] * 2.0
+
+    @g.defjvp
+    def _g_jvp(primals, tangents):
+        return g(primals[0]), tangents[0][index] * 2.0
+
+    pattern = jacobian_pattern(lambda v: g(v[:4]), jnp.zeros(N, jnp.float32)).toarray()
+    expected = np.zeros((4, N), bool)
+    expected[np.arange(4), [0, 2, 1, 3]] = True
+    np.testing.assert_array_equal(pattern, expected)
