@@ -151,6 +151,11 @@ JACOBIANS = [
         False,
     ),  # fmt: skip
     ("jit closing over an array", jax.jit(lambda v: v * W), True),
+    (
+        "lax.map, step by step",
+        lambda v: lax.map(lambda i: v[i] * v[(i + 5) % N], jnp.arange(N)),
+        True,
+    ),  # fmt: skip
     *[
         (
             f"triangular_solve left={left} lower={lower} transpose={tr}",
@@ -164,6 +169,16 @@ JACOBIANS = [
 ]
 
 HESSIANS = [
+    (
+        "lax.map of neighbours, step by step",
+        lambda v: jnp.sum(lax.map(lambda i: v[i] * v[i + 1], jnp.arange(N - 1))) + jnp.sum(v**2),
+        True,
+    ),  # fmt: skip
+    (
+        "scan with a counter carry",
+        lambda v: jnp.sum(lax.scan(lambda c, a: (c + 1.0, a**3 * c), 1.0, v)[1]),
+        True,
+    ),  # fmt: skip
     (
         "unstack (the gradient of a stack)",
         lambda v: jnp.sum(jnp.stack([v[:12] ** 2, v[12:] * v[:12]]) ** 2),
@@ -258,3 +273,40 @@ def test_a_custom_jvp_closing_over_an_integer_array_is_detected():
     expected = np.zeros((4, N), bool)
     expected[np.arange(4), [0, 2, 1, 3]] = True
     np.testing.assert_array_equal(pattern, expected)
+
+
+def test_an_mft_optics_model_keeps_its_shared_sets_through_the_contractions():
+    """A flat field times the PSF of a pupil with Zernike phases, propagated by
+    matrix Fourier transforms (dLux's MFT): in the backward pass each
+    contraction unites the whole flat field into every pupil element. It was
+    spelled out once per element and went dense past the budget at 64x64; kept
+    as one shared set, the Hessian is the arrowhead, in a few products."""
+    npup, npix, nz = 32, 64, 4
+    rng = np.random.default_rng(0)
+    zern = jnp.asarray(rng.normal(size=(nz, npup, npup)), jnp.float32)
+    u = jnp.linspace(-1, 1, npup)
+    pupil = (u[:, None] ** 2 + u[None, :] ** 2 < 1).astype(jnp.float32)
+    mft = jnp.exp(-2j * jnp.pi * jnp.outer(jnp.linspace(-3, 3, npix), u) * 4)
+    data = jnp.asarray(rng.random((npix, npix)), jnp.float32)
+
+    def loss(p):
+        wavefront = pupil * jnp.exp(1j * jnp.tensordot(p["coeffs"], zern, 1))
+        psf = jnp.abs(mft @ wavefront @ mft.T) ** 2
+        return jnp.sum((p["flat"].reshape(npix, npix) * psf * p["flux"] - data) ** 2)
+
+    x = {"flat": jnp.ones(npix * npix, jnp.float32), "coeffs": jnp.full(nz, 0.1, jnp.float32),
+         "flux": jnp.asarray(1.0, jnp.float32)}  # fmt: skip
+    found = dc.hessian_sparsity(loss, x)
+    n = npix * npix + nz + 1
+    expected = np.eye(n, dtype=bool)
+    for globals_ in (slice(0, nz), slice(n - 1, n)):  # ravel order: coeffs, flat, flux
+        expected[:, globals_] = expected[globals_, :] = True
+    assert not found.dense and found.ncolors == nz + 2
+    np.testing.assert_array_equal(found.pattern.toarray(), expected)
+    H, _ = dc.sparse_hessian(loss, x, sparsity=found)
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+    grad = jax.grad(lambda v: loss(unravel(v)))
+    for seed in (1, 2):  # against Hessian-vector products of jax (n = 4101: no dense H)
+        v = jnp.asarray(np.random.default_rng(seed).standard_normal(n), jnp.float32)
+        hvp = np.asarray(jax.jvp(grad, (flat,), (v,))[1])
+        np.testing.assert_allclose(H @ np.asarray(v), hvp, rtol=1e-3, atol=1e-3 * np.abs(hvp).max())

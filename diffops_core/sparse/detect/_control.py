@@ -1,16 +1,19 @@
 """Control flow: ``cond`` unites its branches; ``while`` and ``scan`` iterate
 their carry to a fixed point (the condition only decides how often: any
-number of times). Their bodies are interpreted by ``ctx.run``."""
+number of times), a scan with every step on its own slice of the xs. Their
+bodies are interpreted by ``ctx.run`` (``ctx.evaluate``: with known values)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import numpy as np
+from jax.extend import core as jcore
 
-from ._pattern import Pattern, everything, group, indices, take, union
+from ._pattern import Pattern, empty, everything, group, indices, shape_of, take, union, where
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "scan"]
 
 
 def _cond(ctx, eqn, pats, vals, outs):
@@ -34,32 +37,93 @@ def _while(ctx, eqn, pats, vals, outs):
     return [everything(ctx, pats, o) for o in outs]
 
 
-def _scan(ctx, eqn, pats, vals, outs):
-    jaxpr = eqn.params["jaxpr"]
+#: Elements of the largest array of a scan's body vmapped over its steps up to
+#: which the steps are read apart (every step's carry is an array of its own).
+_STEPWISE_ELEMENTS = 1 << 22
+
+
+def _largest(jaxpr) -> int:
+    sizes = [int(np.prod(shape_of(v), dtype=np.int64)) for e in jaxpr.eqns for v in e.outvars]
+    return max(sizes, default=0)
+
+
+def _stepwise(eqn):
+    """The scan's body vmapped over its steps (consts shared, carry and xs
+    batched): one jaxpr whose equations see every step at once, so each step's
+    outputs depend on its own slice of xs only."""
+    body = eqn.params["jaxpr"]
+    nconsts, length = eqn.params["num_consts"], eqn.params["length"]
+    run = jcore.jaxpr_as_fun(body)
+    avals = []
+    for k, var in enumerate(eqn.invars):
+        aval = var.aval
+        shape = tuple(aval.shape)
+        ncarry = eqn.params["num_carry"]
+        if nconsts <= k < nconsts + ncarry:  # a carry: one per step
+            shape = (length, *shape)
+        avals.append(jax.ShapeDtypeStruct(shape, aval.dtype))
+    axes = [None] * nconsts + [0] * (len(avals) - nconsts)
+    return jax.make_jaxpr(jax.vmap(lambda *a: run(*a), in_axes=axes))(*avals)
+
+
+def scan(ctx, eqn, pats, vals):
+    """``(patterns, values)`` of a scan's outputs. A pattern is a union over the
+    inputs, so two parts are found apart and united:
+
+    - every step at once, each on its own slice of the xs (the body vmapped),
+      from the consts and the xs, the carry in depending on nothing: each
+      step's ys, and what it adds to the carry (indices and values computed
+      from known xs stay known, so a gather or a scatter by them is exact);
+    - one step from the carry alone, iterated to a fixed point with those
+      additions: the carry out, and what the ys take from it (every step).
+    """
     nconsts, ncarry = eqn.params["num_consts"], eqn.params["num_carry"]
+    length = eqn.params["length"]
     consts, carry = pats[:nconsts], list(pats[nconsts : nconsts + ncarry])
     xs = pats[nconsts + ncarry :]
-    # every iteration may see any slice: unite each xs over the scanned axis
-    sliced = []
-    for p in xs:
-        inner = p.shape[1:]
-        groups = np.broadcast_to(indices(inner), p.shape)
-        sliced.append(group(ctx, p, groups, inner))
-    known = vals[:nconsts] + [None] * (ncarry + len(xs))
-    ys = []
+    body = eqn.params["jaxpr"]
+    stepwise = _stepwise(eqn)
+    if _largest(stepwise.jaxpr) <= _STEPWISE_ELEMENTS:
+        known = list(vals[:nconsts]) + [None] * ncarry + list(vals[nconsts + ncarry :])
+        none = [empty((length, *c.shape)) for c in carry]
+        steps, values = ctx.evaluate(stepwise.jaxpr, stepwise.consts, consts + none + xs, known)
+        added = [_over_steps(ctx, p) for p in steps[:ncarry]]
+    else:  # every step's arrays at once would be too many: each step sees every slice
+        united = [_over_steps(ctx, p) for p in xs]
+        none = [empty(c.shape) for c in carry]
+        ctx.lost.append(f"scan at {where(eqn)} ({length} steps, too many to read apart: "
+                        "every step sees every slice of its xs)")  # fmt: skip
+        known = list(vals[:nconsts]) + [None] * (ncarry + len(xs))
+        found = ctx.run(body.jaxpr, body.consts, consts + none + united, known)
+        added = found[:ncarry]
+        steps = found[:ncarry] + [_each_step(ctx, q, length) for q in found[ncarry:]]
+        values = [None] * len(found)
+    quiet = [empty(p.shape) for p in consts] + [None] * ncarry + [empty(p.shape[1:]) for p in xs]
     for _ in range(64):
-        new = ctx.run(jaxpr.jaxpr, jaxpr.consts, consts + carry + sliced, known)
-        merged = [union(ctx, [a, b], a.shape) for a, b in zip(carry, new[:ncarry], strict=True)]
-        ys = new[ncarry:]
+        ins = quiet[:nconsts] + carry + quiet[nconsts + ncarry :]
+        unknown = [None] * (len(ins) - nconsts)
+        through = ctx.run(body.jaxpr, body.consts, ins, list(vals[:nconsts]) + unknown)
+        merged = [union(ctx, [a, b, c], a.shape)
+                  for a, b, c in zip(carry, added, through[:ncarry], strict=True)]  # fmt: skip
         if all(same(a, b) for a, b in zip(carry, merged, strict=True)):
-            break
+            ys = [union(ctx, [p, _each_step(ctx, q, length)], p.shape)
+                  for p, q in zip(steps[ncarry:], through[ncarry:], strict=True)]  # fmt: skip
+            return merged + ys, [None] * ncarry + values[ncarry:]
         carry = merged
-    else:
-        return [everything(ctx, pats, o) for o in outs]
-    stacked = []
-    for p, shape in zip(ys, outs[ncarry:], strict=True):
-        stacked.append(take(ctx, p, np.broadcast_to(indices(p.shape), shape)))
-    return merged + stacked
+    outs = [shape_of(v) for v in eqn.outvars]
+    return [everything(ctx, pats, o) for o in outs], [None] * len(outs)
+
+
+def _each_step(ctx, p: Pattern, length: int) -> Pattern:
+    """A pattern given to every step: ``(length, *shape)``."""
+    idx = np.broadcast_to(indices(p.shape), (length, *p.shape))
+    return take(ctx, p, idx)
+
+
+def _over_steps(ctx, p: Pattern) -> Pattern:
+    """Every step's part, united over the steps: ``shape``."""
+    inner = p.shape[1:]
+    return group(ctx, p, np.broadcast_to(indices(inner), p.shape), inner)
 
 
 def same(a: Pattern, b: Pattern) -> bool:
@@ -70,4 +134,4 @@ def same(a: Pattern, b: Pattern) -> bool:
     return a.rows is None or (a.rows != b.rows).nnz == 0
 
 
-RULES: dict[str, Callable] = {"cond": _cond, "while": _while, "scan": _scan}
+RULES: dict[str, Callable] = {"cond": _cond, "while": _while}

@@ -35,11 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax.extend import core as jcore
-from jax.extend import source_info_util
 
 from . import _control, _elementwise, _indexing, _reductions, _structural, _windows
 from ._elementwise import ELEMENTWISE
-from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union
+from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union, where
 
 __all__ = [
     "RULES",
@@ -138,11 +137,6 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
     return [env.pattern(v) for v in jaxpr.outvars], [env.value(v) for v in jaxpr.outvars]
 
 
-def where(eqn) -> str:
-    """The line of user code an equation came from."""
-    return source_info_util.summarize(eqn.source_info)
-
-
 def _lost(ctx: Context) -> str:
     """Where detection already gave up on structure before, if it did."""
     if not ctx.lost:
@@ -155,6 +149,8 @@ def _lost(ctx: Context) -> str:
 def _call(ctx: Context, eqn, pats: list[Pattern], vals: list):
     """``(patterns, values)`` of a call's outputs (its jaxpr walked into), or
     None when ``eqn`` is not a call with a jaxpr."""
+    if eqn.primitive.name == "scan":  # a loop whose steps' known values come out
+        return _control.scan(ctx, eqn, pats, vals)
     if eqn.primitive.name not in _CALLS:
         return None
     jaxpr, consts = _sub_jaxpr(eqn.params)
@@ -231,7 +227,7 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     aval = jax.ShapeDtypeStruct(np.shape(x_flat), jnp.result_type(x_flat))
     closed = jax.make_jaxpr(product)(aval, aval)
     # what any one array's pattern may hold before the matrix is taken as dense
-    ctx = Context(n, budget if budget is not None else 64 * n + (1 << 20), run)
+    ctx = Context(n, budget if budget is not None else 64 * n + (1 << 20), _evaluate)
     eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
     (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])

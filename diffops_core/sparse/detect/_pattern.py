@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from jax.extend import source_info_util
 
 __all__ = [
     "NONE",
@@ -33,6 +34,7 @@ __all__ = [
     "sorted_set",
     "take",
     "union",
+    "where",
 ]
 
 
@@ -87,14 +89,18 @@ class Context:
     array's pattern may hold before the matrix is taken as dense) and ``run``
     (the interpreter, for rules of primitives that hold jaxprs)."""
 
-    def __init__(self, n: int, budget: int, run: Callable):
-        self.n, self.budget, self._run = n, budget, run
+    def __init__(self, n: int, budget: int, evaluate: Callable):
+        self.n, self.budget, self._evaluate = n, budget, evaluate
         self.lost: list[str] = []  # where structure was given up (primitives without a rule)
 
     def run(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
         """The patterns of ``jaxpr``'s outputs given its inputs' (``known``: their
         values where known without ``x``, else None)."""
-        return self._run(self, jaxpr, consts, ins, known)
+        return self._evaluate(self, jaxpr, consts, ins, known)[0]
+
+    def evaluate(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
+        """`run`, and the outputs' values where they are known: ``(patterns, values)``."""
+        return self._evaluate(self, jaxpr, consts, ins, known)
 
     def check(self, p: Pattern) -> Pattern:
         if p.rows is not None:
@@ -103,9 +109,34 @@ class Context:
             elif p.size == 1:
                 p.common = merge(p.common, sorted_set(p.rows.indices))
                 p.rows = None
-            elif p.rows.nnz > self.budget:
-                raise Dense
+            else:
+                p = _shared(p)
+                if p.rows is not None and p.rows.nnz > self.budget:
+                    raise Dense
         return p
+
+
+def _shared(p: Pattern) -> Pattern:
+    """``p`` with what every element's row holds moved to the common set: a
+    contraction that unites the same flat field into every output (an MFT's
+    backward pass) keeps one set, never one copy per element. O(nnz)."""
+    rows = p.rows
+    if rows.nnz < p.size or np.diff(rows.indptr).min() == 0:
+        return p  # some row is empty: nothing is in all of them
+    if not rows.has_canonical_format:
+        rows.sum_duplicates()
+    candidates = rows.indices[rows.indptr[0] : rows.indptr[1]]  # sorted, in every row or not
+    hits = np.isin(rows.indices, candidates)
+    if int(hits.sum()) < p.size:
+        return p
+    counts = np.bincount(np.searchsorted(candidates, rows.indices[hits]), minlength=candidates.size)
+    shared = candidates[counts == p.size].astype(np.int64)
+    if not shared.size:
+        return p
+    keep = ~np.isin(rows.indices, shared)
+    kept = np.concatenate([[0], np.cumsum(keep)])[rows.indptr]
+    remaining = sp.csr_array((rows.data[keep], rows.indices[keep], kept), shape=rows.shape)
+    return Pattern(p.shape, remaining if remaining.nnz else None, merge(p.common, shared))
 
 
 def selection(idx: np.ndarray, in_size: int) -> sp.csr_array:
@@ -245,3 +276,8 @@ def indices(shape) -> np.ndarray:
 
 def shape_of(var) -> tuple[int, ...]:
     return tuple(getattr(var.aval, "shape", ()))
+
+
+def where(eqn) -> str:
+    """The line of user code an equation came from."""
+    return source_info_util.summarize(eqn.source_info)
