@@ -16,6 +16,7 @@ models, dense inverses and spectra); `sparse` (detection, colouring,
 compressed products, sparse linear algebra); `api` (the user functions).
 """
 
+from ._errors import SparsityWarning
 from ._version import __version__
 from .api import (
     Spectrum,
@@ -40,6 +41,7 @@ from .sparse import (
 
 __all__ = [
     "Sparsity",
+    "SparsityWarning",
     "Spectrum",
     "__version__",
     "covariance",

@@ -9,7 +9,7 @@ line, while any other exception (a bug) keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "InputTypeError", "InputValueError"]
+__all__ = ["InputError", "InputTypeError", "InputValueError", "SparsityWarning"]
 
 
 class InputError(Exception):
@@ -22,3 +22,10 @@ class InputValueError(InputError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """A bad type."""
+
+
+class SparsityWarning(UserWarning):
+    """``sparsity="auto"`` found no structure it could use because detection gave
+    up (a primitive without a rule, or a pattern past its budget), and the
+    dense result is computed instead: the message says where, and how to give
+    the pattern."""

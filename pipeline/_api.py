@@ -79,6 +79,7 @@ class RunOptions(TypedDict, total=False):
     executor: Executor | None
     callbacks: Sequence[Callback]
     sparsity: Any
+    max_dense: int | str | None
 
 
 _NOTHING = "complete: nothing to do"
@@ -347,9 +348,12 @@ def hessian_to_zarr(f: Callable, x: Any, store: Any, **options: Unpack[RunOption
     - `sparsity`: ``None`` (default: the dense matrix), ``"auto"`` (detect the
       global pattern, colour it, and compute and store one product per colour:
       `Result.sparse`; a dense pattern stores the dense matrix) or a
-      `diffops_core.Sparsity` to reuse. The pattern and the colouring are part
-      of the fingerprint; a complete sparse store is checked against two
-      products of random vectors before it is returned.
+      `diffops_core.Sparsity` to reuse or give (`Sparsity.from_pattern`). The
+      pattern and the colouring are part of the fingerprint; a complete sparse
+      store is checked against products of six random vectors (row by row)
+      before it is returned. `max_dense`: the dense result ``"auto"`` may fall
+      back to when it finds no structure to use (default 1 GiB; bytes or
+      ``"40GB"``); above it the run is refused, saying why.
 
     **Returns:** a `Result`. **Raises:** `StoreError` (not ours; another result,
     saying what differs; locked; a disk too small); `NotEnoughMemoryError` when

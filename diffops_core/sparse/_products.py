@@ -16,6 +16,7 @@ import functools
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import InputTypeError, InputValueError
+from .._errors import InputTypeError, InputValueError, SparsityWarning
 from ..curvature import whitened_residuals
 from ..dense import auto_inner_width, get_kernels
 from ._check import PROBES, check_products, compute_eps, probe_vectors
@@ -89,6 +90,47 @@ class Sparsity:
         """Whether the pattern is (nearly) dense: colouring saves nothing, and
         `hessian(..., sparsity="auto")` runs the dense path."""
         return self.mode == "dense"
+
+    @classmethod
+    def from_pattern(cls, pattern: Any, kind: str = "hessian", dtype: str = "") -> Sparsity:
+        """A known pattern, coloured for you: ``pattern`` is the matrix's nonzero
+        structure (a scipy sparse matrix or a boolean or numeric array, ``(m, n)``
+        over ``ravel_pytree(x)``, the flat output's rows for a Jacobian); ``kind``
+        is ``"hessian"``, ``"gauss_newton"`` (made symmetric, star-coloured) or
+        ``"jacobian"`` (a column or a row colouring, whichever needs fewer);
+        ``dtype``: x's (empty: whatever x is). The result is checked against
+        products of random vectors as any other: a pattern that misses an entry
+        is refused, never returned.
+
+        **Raises:** `TypeError` for something not a matrix, `ValueError` for a
+        pattern of the wrong shape or kind."""
+        if kind not in _OP:
+            raise InputValueError(
+                f"kind must be 'hessian', 'gauss_newton' or 'jacobian', got {kind!r}"
+            )
+        if sp.issparse(pattern):
+            matrix = sp.csr_array(pattern)
+        elif isinstance(pattern, np.ndarray | jax.Array | list):
+            matrix = sp.csr_array(np.asarray(pattern))
+        else:
+            raise InputTypeError(
+                f"pattern must be a scipy sparse matrix or an array, got {type(pattern).__name__}"
+            )
+        if matrix.ndim != 2:
+            raise InputValueError(f"pattern must be 2-D, got shape {matrix.shape}")
+        matrix.eliminate_zeros()  # a stored zero is not an entry
+        matrix = sp.csr_array(matrix, dtype=bool)
+        m, n = (int(v) for v in matrix.shape)
+        if kind != "jacobian":
+            if m != n:
+                raise InputValueError(
+                    f"a {kind} pattern must be square, got {m}x{n}; a Jacobian's is "
+                    "Sparsity.from_pattern(pattern, 'jacobian')"
+                )
+            matrix = sp.csr_array(matrix + matrix.T, dtype=bool)
+        matrix.sort_indices()
+        found = _color(kind, matrix, (m, n), str(dtype))
+        return dataclasses.replace(found, why="" if not found.dense else _HALF)
 
     @functools.cached_property
     def plan(self):
@@ -174,7 +216,7 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     except Dense as err:
         pattern, why = None, str(err)
     else:
-        why = "its pattern has more than half of its entries"
+        why = _HALF
     t1 = time.perf_counter()
     found = _color(kind, pattern, (m, n), str(jnp.result_type(x_flat)))
     found = dataclasses.replace(
@@ -185,6 +227,10 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     if key is not None:
         _remember(key, found)
     return found
+
+
+#: Why a detected pattern is dense when detection saw it whole (no warning).
+_HALF = "its pattern has more than half of its entries"
 
 
 def _color(kind: str, pattern, shape, dtype: str) -> Sparsity:
@@ -225,6 +271,8 @@ def _given(kind: str, sparsity, kernels, x_flat) -> Sparsity:
         spec = kernels.for_op(_OP[kind]).spec
         shape = (spec.m, spec.n)
         dtype = str(jnp.result_type(x_flat))
+        if sparsity.dtype == "":  # a pattern given for whatever x is
+            sparsity = dataclasses.replace(sparsity, dtype=dtype)
         if sparsity.shape != shape or sparsity.dtype != dtype:
             raise InputValueError(
                 f"sparsity is of a {sparsity.shape} {sparsity.dtype} matrix, but this {kind} is "
@@ -417,6 +465,22 @@ def check_sparse(
     return _check(matrix, kernels.for_op(_OP[kind]), x_flat, _WHAT[kind], seed, products)
 
 
+def _warn_dense(kind: str, found: Sparsity, sparsity: Any) -> None:
+    """Say so when ``"auto"`` falls back to the dense path because detection gave
+    up (not when it saw a pattern more than half full: nothing to save)."""
+    if not (isinstance(sparsity, str) and found.why and found.why != _HALF):
+        return
+    m, n = found.shape
+    warnings.warn(
+        f"sparsity='auto' could not find the {_WHAT[kind]}'s structure ({found.why}); "
+        f"computing the dense {m}x{n} matrix instead ({n} products). If it is sparse, give "
+        "its pattern (Sparsity.from_pattern), or pass sparsity=None to ask for the dense "
+        "result without this warning",
+        SparsityWarning,
+        stacklevel=4,
+    )
+
+
 def _refuse_traced(x: Any) -> None:
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x)):
         raise InputValueError(
@@ -443,6 +507,7 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:
         if not dense_path:
+            _warn_dense(kind, found, sparsity)
             return None
         return _dense_matrix(kernels, x_flat, found), unravel, kernels
     if found.mode == "row":  # VJPs: the probes (JVPs or HVPs) are another op's call

@@ -23,6 +23,7 @@ from diffops_core.internal import (
     PROBES,
     BlockPlan,
     InputTypeError,
+    InputValueError,
     Kernels,
     KernelSpec,
     Sizing,
@@ -34,6 +35,7 @@ from diffops_core.internal import (
     get_kernels,
     jacobian_op,
     kernel_bytes,
+    parse_bytes,
 )
 
 from .._errors import NotEnoughMemoryError
@@ -318,19 +320,45 @@ def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: An
         return None
 
 
-def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any, reuse=None):
+#: The dense result ``sparsity="auto"`` may fall back to without being asked
+#: (``max_dense`` raises it; ``sparsity=None`` asks for the dense result).
+MAX_DENSE = 1 << 30
+
+
+def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any, reuse=None,
+              max_dense: Any = None):  # fmt: skip
     """(the kernels, the Sparsity) of a sparse result, from the plan's trace (or
     ``reuse``: the store's, for the same computation); None for a dense pattern
-    (nothing to save: the dense result is computed, as the same computation),
-    or without ``sparsity``."""
+    (nothing to save: the dense result is computed, as the same computation,
+    up to ``max_dense`` bytes), or without ``sparsity``.
+
+    **Raises:** `ValueError` when the dense fallback would be larger."""
     if sparsity is None:
         return kernels, None
     found = reuse if reuse is not None else detect_sparsity(operation, kernels, x_flat, sparsity)
     if found.dense:
+        _refuse_dense(kernels, found, max_dense)
         return kernels, None
     if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
         kernels = kernels.for_op("jacrev" if found.mode == "row" else "jacfwd")
     return kernels, found
+
+
+def _refuse_dense(kernels: Kernels, found: Any, max_dense: Any) -> None:
+    """Refuse a dense fallback of ``sparsity="auto"`` larger than ``max_dense``
+    bytes (default `MAX_DENSE`), saying why detection went dense and the ways on."""
+    limit = MAX_DENSE if max_dense is None else parse_bytes(max_dense, "max_dense")
+    spec = kernels.spec
+    nbytes = spec.m * spec.n * np.dtype(spec.dtype).itemsize
+    if nbytes <= limit:
+        return
+    raise InputValueError(
+        f"sparsity='auto' found no structure to use ({found.why or 'a dense pattern'}): the "
+        f"dense {spec.m}x{spec.n} {spec.dtype} result would be {format_iec(nbytes)}, "
+        f"{spec.extent} products, above max_dense={format_iec(limit)}. Give the pattern "
+        "(sparsity: {pattern: file.npz}, or a diffops_core.Sparsity.from_pattern), raise "
+        "max_dense, or ask for the dense result with sparsity none"
+    )
 
 
 def _traced(operation: str, f: Callable, x: Any, mode: str | None, checkpoint: bool):
@@ -367,6 +395,7 @@ def plan(
     env: dict[str, str] | None = None,
     noise: str | None = None,
     sparsity: Any = None,
+    max_dense: Any = None,
     **blocking: Any,
 ) -> RunPlan:
     """Plan a run: trace, size, fingerprint, and check memory. **Arguments:** as
@@ -375,14 +404,15 @@ def plan(
     the metadata of a resumable store at ``location`` (its block resumes as
     is); `sparsity`: ``None``, ``"auto"`` or a `diffops_core.Sparsity`
     (detected and coloured, or the store's for this very computation: part of
-    the plan and of the fingerprint). **Raises:** the in-memory API's errors
+    the plan and of the fingerprint; a dense fallback of ``"auto"`` is refused
+    above ``max_dense`` bytes). **Raises:** the in-memory API's errors
     for bad input; `NotEnoughMemoryError` when a block task cannot fit `limits`.
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
     x64 = bool(jax.config.read("jax_enable_x64"))
     reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored, location, checkpoint)
-    kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse)
+    kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse, max_dense)
     sizing, blocks, info = _blocking(kernels, found, limits, stored, blocking)
     options = _options(kernels, blocks, checkpoint, x64, sizing.inner_width, info)
     parts = fingerprint_parts(

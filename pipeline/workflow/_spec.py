@@ -13,7 +13,11 @@ Optional keys, with their defaults: ``noise: {}`` (gauss_newton: ``{std: 0.1}``
 or a ``.npy``, ``{cov: c.npy}``, ``{inv_cov: w.npy}``), ``mode: auto``,
 ``dtype: float32`` (``float64`` turns on JAX's x64 and casts x), ``checkpoint: false``,
 ``compressor: none`` (or ``zstd``), ``sparsity: none`` (or ``auto``: detect
-the pattern, colour it, and compute and store only one product per colour),
+the pattern, colour it, and compute and store only one product per colour;
+or ``{pattern: file.npz}``: a known pattern, saved by `scipy.sparse.save_npz`,
+coloured and checked alike), ``max_dense: 1GiB`` (the dense result ``auto``
+may fall back to when it finds no structure to use; above it the run is
+refused),
 ``finalize: {npy: null, std: null}`` (paths: also write the assembled matrix
 as ``.npy``, and the per-leaf marginal standard deviations as ``.npz``, when
 the matrix fits in memory), ``python_path: []`` (more directories to
@@ -135,7 +139,26 @@ def _none_or(word: str):
 
 
 _compressor = _none_or("zstd")
-_sparsity = _none_or("auto")
+
+
+def _sparsity(value):
+    """``none``, ``auto`` or ``{pattern: file.npz}`` (a known pattern, saved with
+    `scipy.sparse.save_npz`)."""
+    if value in (None, "none"):
+        return None
+    if value == "auto":
+        return value
+    if isinstance(value, dict) and set(value) == {"pattern"} and isinstance(value["pattern"], str):
+        if not value["pattern"].endswith(".npz"):
+            raise ValueError(f"pattern must be a .npz (scipy.sparse.save_npz), got {value!r}")
+        return {"pattern": value["pattern"]}
+    raise ValueError(f"must be none, auto or {{pattern: file.npz}}, got {value!r}")
+
+
+def _max_dense(value):
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be bytes or a size like 40GB, got {value!r}")
+    return value
 
 
 def _dirs(value):
@@ -282,7 +305,8 @@ class Spec(_Model):
     ] = "float32"
     checkpoint: Annotated[bool, BeforeValidator(_flag)] = False
     compressor: Annotated[str | None, BeforeValidator(_compressor)] = None
-    sparsity: Annotated[str | None, BeforeValidator(_sparsity)] = None
+    sparsity: Annotated[str | dict | None, BeforeValidator(_sparsity)] = None
+    max_dense: Annotated[int | str | None, BeforeValidator(_opt(_max_dense))] = None
     finalize: Finalize = Finalize()
     noise: Noise = Noise()
     python_path: Annotated[tuple[str, ...], BeforeValidator(_dirs)] = ()
@@ -322,6 +346,9 @@ class Spec(_Model):
                 "output": rel(self.output),
                 "point": rel(self.point) if self.point.endswith(".npz") else self.point,
                 "python_path": tuple(rel(p) for p in self.python_path),
+                "sparsity": {"pattern": rel(self.sparsity["pattern"])}
+                if isinstance(self.sparsity, dict)
+                else self.sparsity,  # fmt: skip
                 "finalize": Finalize(npy=rel(self.finalize.npy), std=rel(self.finalize.std)),
                 "noise": Noise(
                     **{
@@ -447,6 +474,26 @@ class Spec(_Model):
                     "destroy what the run reads. Choose another path for the output"
                 )
             inputs[real] = f"finalize.{field}"
+
+    def load_sparsity(self) -> Any:
+        """``None``, ``"auto"``, or the `diffops_core.Sparsity` of the pattern file
+        (coloured for this operation; checked like any result).
+
+        **Raises:** `SpecError` naming the file when it cannot be read or is no
+        pattern of this operation."""
+        if not isinstance(self.sparsity, dict):
+            return self.sparsity
+        import scipy.sparse as sp
+
+        from diffops_core import Sparsity
+
+        path = self.sparsity["pattern"]
+        try:
+            return Sparsity.from_pattern(sp.load_npz(path), self.operation)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the spec's
+            raise SpecError(
+                f"{self.path}: sparsity.pattern: cannot use {path!r}: {type(err).__name__}: {err}"
+            ) from None
 
     def load_noise(self) -> dict:
         """The noise model as `diffops_core.gauss_newton` takes it (arrays loaded).

@@ -310,3 +310,61 @@ def test_an_mft_optics_model_keeps_its_shared_sets_through_the_contractions():
         v = jnp.asarray(np.random.default_rng(seed).standard_normal(n), jnp.float32)
         hvp = np.asarray(jax.jvp(grad, (flat,), (v,))[1])
         np.testing.assert_allclose(H @ np.asarray(v), hvp, rtol=1e-3, atol=1e-3 * np.abs(hvp).max())
+
+
+def _lost_structure(v):
+    """An anti-diagonal and a diagonal, whose structure detection cannot see
+    once ``rev`` has no rule (it stands in for any primitive without one)."""
+    return jnp.sum(v[::-1] * v) + jnp.sum(v**3)
+
+
+def test_auto_says_so_when_it_falls_back_to_dense_because_detection_gave_up(monkeypatch):
+    """The dense API with sparsity="auto" computes the same matrix, and warns,
+    naming the primitive and the line, when detection gave up; a pattern seen
+    whole and more than half full (nothing to save) is silent."""
+    from diffops_core.sparse.detect import RULES
+
+    monkeypatch.delitem(RULES, "rev")
+    WARNED.discard("rev")
+    x = jnp.linspace(0.1, 1.0, N, dtype=jnp.float32)
+    with pytest.warns(dc.SparsityWarning, match=r"after rev at .*test_sparsity_coverage"):
+        H, _ = dc.hessian(_lost_structure, x, sparsity="auto")
+    np.testing.assert_allclose(np.asarray(H), np.asarray(jax.hessian(_lost_structure)(x)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    WARNED.discard("rev")
+    dense = lambda v: jnp.sum(v) ** 3  # every entry: seen whole, nothing to save
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dc.hessian(dense, x, sparsity="auto")
+
+
+def test_a_known_pattern_is_given_coloured_and_checked():
+    """Issue 24: Sparsity.from_pattern colours a pattern the user knows; the
+    result equals jax.hessian / jacfwd; a pattern that misses entries is
+    refused by the check; bad input is named."""
+    import scipy.sparse as sp
+
+    f = lambda v: jnp.sum((v[1:] - v[:-1] ** 2) ** 2)
+    x = jnp.linspace(0.1, 1.0, N, dtype=jnp.float32)
+    band = sp.diags_array([1.0, 1.0, 1.0], offsets=[-1, 0, 1], shape=(N, N))
+    given = dc.Sparsity.from_pattern(band)
+    assert given.mode == "star" and given.ncolors == 3
+    H, _ = dc.sparse_hessian(f, x, sparsity=given)
+    np.testing.assert_allclose(H.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5, atol=1e-5)
+    upper = dc.Sparsity.from_pattern(np.triu(np.ones((N, N))) * (np.abs(
+        np.subtract.outer(np.arange(N), np.arange(N))) <= 1))  # made symmetric  # fmt: skip
+    assert (upper.pattern != given.pattern).nnz == 0
+    with pytest.raises(ValueError, match="does not match products of random vectors"):
+        dc.sparse_hessian(f, x, sparsity=dc.Sparsity.from_pattern(sp.identity(N)))
+    g = lambda v: v[1:] * v[:-1]
+    J, _ = dc.sparse_jacobian(g, x, sparsity=dc.Sparsity.from_pattern(
+        sp.diags_array([1.0, 1.0], offsets=[0, 1], shape=(N - 1, N)), "jacobian"))  # fmt: skip
+    np.testing.assert_allclose(J.toarray(), np.asarray(jax.jacfwd(g)(x)), rtol=1e-6)
+    with pytest.raises(ValueError, match="must be square"):
+        dc.Sparsity.from_pattern(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="kind must be"):
+        dc.Sparsity.from_pattern(band, "hess")
+    with pytest.raises(TypeError, match="pattern must be a scipy sparse matrix"):
+        dc.Sparsity.from_pattern("band.npz")

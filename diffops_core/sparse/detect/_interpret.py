@@ -232,10 +232,14 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
     (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])
     try:
-        return out.matrix(n, ctx.budget)
+        matrix = out.matrix(n, ctx.budget)
     except Dense:
         raise Dense(f"the matrix's pattern would hold more than {ctx.budget:,} entries"
                     f"{_lost(ctx)}") from None  # fmt: skip
+    if ctx.lost and matrix.nnz > 0.5 * matrix.shape[0] * matrix.shape[1]:
+        # more than half full because detection gave up somewhere: say where
+        raise Dense(f"the matrix's pattern is more than half full{_lost(ctx)}")
+    return matrix
 
 
 def jacobian_pattern(f_flat: Callable, x_flat, budget: int | None = None) -> sp.csr_array:

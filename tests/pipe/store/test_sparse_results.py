@@ -138,6 +138,24 @@ def test_a_dense_function_with_auto_is_the_dense_computation(tmp_path):
     assert again.run_summary.reason == "complete: nothing to do"
 
 
+def test_auto_refuses_a_dense_fallback_above_max_dense_and_says_why(tmp_path):
+    """Issue 24: sparsity="auto" never plans dense work beyond what the user
+    allows without saying so: above max_dense (1 GiB unless raised) the run is
+    refused before anything is written, naming the size and the ways on."""
+    store = str(tmp_path / "h.zarr")
+    f = lambda v: jnp.sum(jnp.outer(v, v) ** 2)
+    x = jnp.linspace(0.1, 1.0, 12)
+    with pytest.raises(ValueError, match=r"dense 12x12 float32 result would be 576 B.*max_dense"):
+        pipeline.hessian_to_zarr(f, x, store, sparsity="auto", max_dense=500, progress=False)
+    assert not os.path.exists(store)
+    result = pipeline.hessian_to_zarr(f, x, store, sparsity="auto", max_dense="1KB",
+                                      progress=False)  # fmt: skip
+    np.testing.assert_allclose(result.assemble(), _dense_hessian(f, x), rtol=1e-5)
+    with pytest.raises(ValueError, match="max_dense"):
+        pipeline.hessian_to_zarr(f, x, str(tmp_path / "b.zarr"), sparsity="auto",
+                                 max_dense="lots", progress=False)  # fmt: skip
+
+
 def test_a_dense_store_is_not_replaced_by_a_sparse_run_without_overwrite(tmp_path):
     store = str(tmp_path / "h.zarr")
     x = arrow_x()
