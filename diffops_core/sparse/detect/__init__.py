@@ -5,15 +5,25 @@ The rules live one family a module, as SparseConnectivityTracer.jl keeps them:
 - `_elementwise`: arithmetic and the other elementwise ops, ``select_n``;
   ``iota``, ``argmax`` and ``argmin`` (no dependency).
 - `_structural`: reshape, transpose, squeeze, expand_dims, rev, slice, pad,
-  concatenate, stack, broadcast_in_dim, split.
-- `_indexing`: gather, dynamic_slice, scatter and its kin.
-- `_reductions`: reduce_*, cumulative ops, fft, dot_general.
-- `_control`: cond, while, scan.
+  concatenate, stack, unstack, broadcast_in_dim, split, tile,
+  dynamic_update_slice, device_put.
+- `_indexing`: gather, dynamic_slice (known indices exact, in the equation's
+  mode; unknown ones spread along the indexed axes only), scatter and its kin.
+- `_reductions`: reduce_*, cumulative ops (by prefix), fft, dot_general,
+  triangular_solve.
+- `_windows`: conv_general_dilated (every dimension number, stride, padding,
+  dilation and group; a known kernel's zeros) and the reduce_window family
+  (sum, max, min, generic; select_and_gather_add, select_and_scatter_add).
+- `_control`: cond, while, scan (step by step, the body vmapped over its
+  steps, where every step's arrays fit).
 
-`_pattern` holds the algebra every rule is made of, `_interpret` walks the
-jaxpr (calls such as ``pjit``, ``custom_jvp_call`` and ``remat`` are walked
-into) and holds the entry points. A new rule is one function and one entry in
-its family's ``RULES``.
+`_pattern` holds the algebra every rule is made of (what every element
+depends on is kept once, as a shared set), `_interpret` walks the jaxpr
+(calls such as ``pjit``, ``custom_jvp_call`` and ``checkpoint`` are walked
+into, and what they compute of known values comes back out) and holds the
+entry points. A new rule is one function and one entry in its family's
+``RULES``; a primitive without one is dense over its operands, logged once,
+and named where the result went dense.
 """
 
 from ._interpret import RULES, WARNED, hessian_pattern, jacobian_pattern, tangent_pattern
