@@ -20,6 +20,10 @@ from diffops_core.sparse.detect import WARNED
 N = 24
 W = jnp.asarray(np.random.default_rng(0).random(N) + 0.5, jnp.float32)
 KERNEL = jnp.asarray([0.5, 2.0, 1.0], jnp.float32)
+_RNG = np.random.default_rng(3)
+SPARSE = jnp.asarray(np.where(_RNG.random((N, N)) < 0.1, 1.0 + _RNG.random((N, N)), 0.0),
+                     jnp.float32)  # fmt: skip
+SPARSE3 = jnp.asarray(np.where(_RNG.random((2, 6, 12)) < 0.2, 1.0, 0.0), jnp.float32)
 
 
 def _conv(v, shape, kernel_shape, **kw):
@@ -151,6 +155,14 @@ JACOBIANS = [
         False,
     ),  # fmt: skip
     ("jit closing over an array", jax.jit(lambda v: v * W), True),
+    ("a constant sparse matrix", lambda v: SPARSE @ v, True),
+    ("its transpose", lambda v: v @ SPARSE, True),
+    (
+        "a batched contraction with a sparse constant",
+        lambda v: jnp.einsum("bcf,bc->bf", SPARSE3, v.reshape(2, 12)[:, :6]).ravel(),
+        True,
+    ),  # fmt: skip
+    ("a diagonal constant", lambda v: jnp.diag(jnp.arange(24.0)) @ v, True),
     (
         "lax.map, step by step",
         lambda v: lax.map(lambda i: v[i] * v[(i + 5) % N], jnp.arange(N)),

@@ -75,9 +75,50 @@ def _fft(ctx, eqn, pats, vals, outs):
     return [take(ctx, grouped, back)]
 
 
+def _by_known_zeros(ctx, eqn, pats, vals, out_shape):
+    """A contraction of one operand that depends on the tangent with a known
+    one that is mostly zeros (a constant sparse matrix): each output element
+    reads only the terms whose known factor is nonzero. None when that does
+    not apply or would not pay (a dense known factor: the grouping is exact)."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    depends = [p.rows is not None or p.common.size for p in pats]
+    if depends[0] == depends[1]:
+        return None
+    side = 0 if depends[0] else 1
+    known = vals[1 - side]
+    if known is None:
+        return None
+    p = pats[side]
+    mine = ((lc, lb), (rc, rb))[side]
+    theirs = ((lc, lb), (rc, rb))[1 - side]
+    k_arr = np.asarray(known) != 0
+    if k_arr.mean() >= 0.5:
+        return None
+
+    def canonical(shape, contract, batch):
+        free = [d for d in range(len(shape)) if d not in contract and d not in batch]
+        return list(batch) + list(contract) + free, [shape[d] for d in free]
+
+    p_order, p_free = canonical(p.shape, mine[0], mine[1])
+    k_order, k_free = canonical(k_arr.shape, theirs[0], theirs[1])
+    nb = int(np.prod([p.shape[d] for d in mine[1]], dtype=np.int64))
+    nc = int(np.prod([p.shape[d] for d in mine[0]], dtype=np.int64))
+    fp, fk = int(np.prod(p_free, dtype=np.int64)), int(np.prod(k_free, dtype=np.int64))
+    bb, cc, kk = np.nonzero(np.transpose(k_arr, k_order).reshape(nb, nc, fk))
+    if bb.size * fp > ctx.budget:
+        return None
+    p_idx = np.transpose(indices(p.shape), p_order).reshape(nb, nc, fp).astype(np.int64)
+    out = indices(out_shape).astype(np.int64).reshape((nb, fp, fk) if side == 0 else (nb, fk, fp))
+    out = out if side == 0 else np.transpose(out, (0, 2, 1))
+    return combine(ctx, p, out[bb, :, kk].reshape(-1), p_idx[bb, cc, :].reshape(-1), out_shape)
+
+
 def _dot_general(ctx, eqn, pats, vals, outs):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     out_shape = outs[0]
+    exact = _by_known_zeros(ctx, eqn, pats, vals, out_shape)
+    if exact is not None:
+        return [exact]
     parts = []
     for p, contract, batch, side in ((pats[0], lc, lb, "lhs"), (pats[1], rc, rb, "rhs")):
         if p.rows is None and not p.common.size:
