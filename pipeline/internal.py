@@ -15,7 +15,8 @@ No stability promise: names here change with the rooms (as equinox's
 - workflow: `spec_from_dict`, `stored_spec`.
 
 The seams tests patch (a module's globals, to inject a fault or count calls)
-are the modules themselves, named here: `api_module`, `factor_module`
+are the modules themselves, named here: `api_module` (``_stored_probes``),
+`plan_module` (``probes_of``: the seed a plan draws), `factor_module`
 (``EXACT_DIAGNOSIS_BYTES``), `analysis_module`
 (``FULL_SPECTRUM_BYTES``), `lanczos_module` (``extremes``), `scan_module`
 (``read_region``), `location_module` (``free_disk``), `finalize_module`
@@ -42,6 +43,7 @@ from .run import (
     task_bytes,
     vm_bytes,
 )
+from .run import _plan as plan_module
 from .run._plan import default_block
 from .run._task import constant_avals
 from .store import (
@@ -106,6 +108,7 @@ __all__ = [
     "location_module",
     "peak_rss",
     "plan",
+    "plan_module",
     "read_region",
     "remove_ours",
     "resample",

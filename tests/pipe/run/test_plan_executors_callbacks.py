@@ -376,6 +376,7 @@ def test_the_front_doors_are_small():
             "Spectrum",
             # issue 18: sparse matrices from compressed products
             "Sparsity",
+            "SparsityWarning",  # issue 24: auto says when it falls back to dense
             "gauss_newton_sparsity",
             "hessian_sparsity",
             "jacobian_sparsity",

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import diffops_core as dc
 import diffops_core.internal
 import pipeline
+import pipeline.internal
 from helpers import log_fault
 from pipeline.internal import BlockTask, Limits
 
@@ -221,8 +222,7 @@ def test_a_resumed_block_of_probes_computes_the_stores_vectors(
     seed = pipeline.open_result(store).meta["sparsity"]["probes"]["seed"]
     inject.clear()
     if not plan_sees_the_store:
-        import pipeline.run._plan as planning
-
+        planning = pipeline.internal.plan_module
         seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
         monkeypatch.setattr(planning, "probes_of", seedless)  # the plan draws another seed
     result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
@@ -245,9 +245,7 @@ def test_a_worker_refuses_probe_vectors_other_than_the_stores(tmp_path, inject, 
         pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
                                  progress=False)  # fmt: skip
     inject.clear()
-    import pipeline._api as api
-    import pipeline.run._plan as planning
-
+    api, planning = pipeline.internal.api_module, pipeline.internal.plan_module
     monkeypatch.setattr(api, "_stored_probes", lambda run_plan, _store: run_plan)
     seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
     monkeypatch.setattr(planning, "probes_of", seedless)  # the plan draws another seed
