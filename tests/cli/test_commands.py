@@ -368,6 +368,7 @@ def best_fit():
 """
 
 
+@pytest.mark.slow
 def test_changed_data_file_is_refused_and_overwrite_is_a_nightly_recipe(tmp_path):
     # issue 8 (2): the data file changed and `diffops run` served the old matrix
     (tmp_path / "datamodel.py").write_text(DATA_MODEL)

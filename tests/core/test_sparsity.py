@@ -146,6 +146,7 @@ def test_random_pairings_are_found(pairs, seed):
     np.testing.assert_array_equal(pattern.toarray(), expected)
 
 
+@pytest.mark.slow
 def test_the_psf_demo_is_an_arrowhead():
     import os
     import sys

@@ -164,6 +164,22 @@ JACOBIANS = [
     ),  # fmt: skip
     ("a diagonal constant", lambda v: jnp.diag(jnp.arange(24.0)) @ v, True),
     (
+        "custom_linear_solve (cg), diagonal",
+        lambda v: jax.scipy.sparse.linalg.cg(lambda u: 2.0 * u, v)[0],
+        True,
+    ),  # fmt: skip
+    (
+        "custom_linear_solve (cg), periodic rows",
+        lambda v: jax.scipy.sparse.linalg.cg(
+            lambda u: (
+                4.0 * u
+                + 0.5 * (jnp.roll(u.reshape(4, 6), 1, 1) + jnp.roll(u.reshape(4, 6), -1, 1)).ravel()
+            ),
+            v,
+        )[0],
+        True,
+    ),  # fmt: skip
+    (
         "lax.map, step by step",
         lambda v: lax.map(lambda i: v[i] * v[(i + 5) % N], jnp.arange(N)),
         True,
@@ -240,6 +256,7 @@ def test_hessian_patterns_of_users_primitives(name, f, exact):
     _compare(pattern, [jax.hessian(f)(x) for x in _points(len(name))], exact)
 
 
+@pytest.mark.slow
 def test_a_flat_field_behind_a_convolution_is_banded_and_exact():
     """A detector's charge diffusion: a 5x5 kernel over a 24x24 flat field times
     a global flux. The Hessian couples each pixel to the 9x9 square the
@@ -287,6 +304,7 @@ def test_a_custom_jvp_closing_over_an_integer_array_is_detected():
     np.testing.assert_array_equal(pattern, expected)
 
 
+@pytest.mark.slow
 def test_an_mft_optics_model_keeps_its_shared_sets_through_the_contractions():
     """A flat field times the PSF of a pupil with Zernike phases, propagated by
     matrix Fourier transforms (dLux's MFT): in the backward pass each

@@ -98,6 +98,11 @@ class Context:
         values where known without ``x``, else None)."""
         return self._evaluate(self, jaxpr, consts, ins, known)[0]
 
+    def sub(self, n: int) -> Context:
+        """A detection of another tangent, of size ``n`` (a linear map's own
+        pattern, inside this one), with this one's budget."""
+        return Context(n, self.budget, self._evaluate)
+
     def evaluate(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
         """`run`, and the outputs' values where they are known: ``(patterns, values)``."""
         return self._evaluate(self, jaxpr, consts, ins, known)

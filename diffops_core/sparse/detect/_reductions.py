@@ -7,8 +7,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
-from ._pattern import combine, everything, group, indices, take, union
+from ._pattern import (
+    NONE,
+    Dense,
+    Pattern,
+    combine,
+    empty,
+    everything,
+    group,
+    indices,
+    shape_of,
+    take,
+    union,
+)
 
 __all__ = ["RULES"]
 
@@ -73,6 +86,47 @@ def _fft(ctx, eqn, pats, vals, outs):
     shape = outs[0]
     back = np.broadcast_to(indices(lead).reshape(lead + (1,) * k), shape)
     return [take(ctx, grouped, back)]
+
+
+def _linear_solve(ctx, eqn, pats, vals, outs):
+    """``custom_linear_solve``: ``x = A⁻¹ b``. A's pattern is read from its
+    ``matvec`` (a detection over b's elements); ``A⁻¹``'s lies within its
+    transitive closure (every path of the graph), so each element of ``x``
+    unites the elements of ``b`` it reaches. A matrix that depends on the
+    tangent, or a closure past the budget: every dependency of every operand."""
+    lengths = eqn.params["const_lengths"]
+    nconsts = sum(lengths)
+    matvec = eqn.params["jaxprs"].matvec
+    b = pats[nconsts:]
+    if any(p.rows is not None or p.common.size for p in pats[:nconsts]) or matvec is None:
+        return [everything(ctx, pats, o) for o in outs]
+    sizes = [p.size for p in b]
+    total = int(sum(sizes))
+    inner = ctx.sub(total)
+    eye = sp.csr_array(sp.identity(total, dtype=bool, format="csr"))
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    ins = [Pattern(p.shape, eye[offsets[k] : offsets[k + 1]], NONE) for k, p in enumerate(b)]
+    consts = [empty(shape_of(v)) for v in eqn.invars[: lengths.matvec]]
+    known = list(vals[: lengths.matvec]) + [None] * len(b)
+    try:
+        found = inner.run(matvec.jaxpr, matvec.consts, consts + ins, known)
+        A = sp.csr_array(sp.vstack([p.matrix(total, ctx.budget) for p in found]), dtype=bool)
+        reach = sp.csr_array(A + eye, dtype=bool)
+        while True:  # the closure, by squaring: log2(diameter) products
+            more = sp.csr_array(reach @ reach, dtype=bool)
+            if more.nnz > ctx.budget:
+                raise Dense
+            if more.nnz == reach.nnz:
+                break
+            reach = more
+        rows = sp.vstack([p.matrix(ctx.n, ctx.budget) for p in b])
+    except Dense:
+        return [everything(ctx, pats, o) for o in outs]
+    flat = ctx.check(Pattern((total,), sp.csr_array(rows, dtype=bool), NONE))
+    coo = reach.tocoo()
+    x = combine(ctx, flat, coo.row, coo.col, (total,))
+    return [take(ctx, x, np.arange(offsets[k], offsets[k + 1]).reshape(o))
+            for k, o in enumerate(outs)]  # fmt: skip
 
 
 def _by_known_zeros(ctx, eqn, pats, vals, out_shape):
@@ -157,5 +211,6 @@ RULES: dict[str, Callable] = {
     **{name: _cumulative for name in ("cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp")},
     "fft": _fft,
     "triangular_solve": _triangular_solve,
+    "custom_linear_solve": _linear_solve,
     "dot_general": _dot_general,
 }

@@ -43,7 +43,10 @@ class _Count:
         monkeypatch.setattr(pipeline.internal.FactorTask, "lower_tile", counted)
 
 
-@pytest.mark.parametrize(("block_size", "tile"), [(16, 32), (50, 64), (150, 150), (32, 7), (7, 40)])
+@pytest.mark.parametrize(
+    ("block_size", "tile"),
+    [(16, 32), (50, 64), (150, 150), pytest.param(32, 7, marks=pytest.mark.slow), (7, 40)],
+)
 def test_marginal_std_and_covariance_equal_the_in_memory_ones(tmp_path, block_size, tile):
     result = _store(tmp_path, block_size=block_size)
     got = result.marginal_std(tile=tile, progress=False)

@@ -1,0 +1,101 @@
+"""Colouring at n = 10⁶ (issue 24, part C): the star colouring (Hessians) and
+the column colouring (Jacobians) of a chain, 5- and 9-point grids, a band of 7
+diagonals and a random graph of degree 7, their greedy loops compiled with
+numba. Writes the ``colouring`` section of RESULTS.md.
+
+Each pattern is coloured ``--repeats`` times in one process after one warm-up
+call (numba's compile, cached on disk after the first run, is reported apart):
+the median.
+
+    python benchmarks/bench_colouring.py [--n 1000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from report import write_section
+
+from diffops_core.sparse import column_coloring, star_coloring
+
+
+def _symmetric(rows, cols, n) -> sp.csr_array:
+    a = sp.csr_array((np.ones(rows.size, bool), (rows, cols)), shape=(n, n))
+    return sp.csr_array(a + a.T + sp.identity(n, dtype=bool, format="csr"), dtype=bool)
+
+
+def _grid(n: int, offsets) -> sp.csr_array:
+    side = int(np.sqrt(n))
+    n = side * side
+    i = np.arange(n)
+    r, c = np.divmod(i, side)
+    rows, cols = [], []
+    for dr, dc in offsets:
+        ok = (r + dr < side) & (c + dc >= 0) & (c + dc < side)
+        rows.append(i[ok])
+        cols.append(((r + dr) * side + c + dc)[ok])
+    return _symmetric(np.concatenate(rows), np.concatenate(cols), n)
+
+
+def patterns(n: int) -> dict:
+    rng = np.random.default_rng(0)
+    i = np.arange(n)
+    band = np.concatenate([i[: n - d] for d in (1, 2, 3)])
+    shifted = np.concatenate([i[d:] for d in (1, 2, 3)])
+    edges = rng.integers(0, n, size=(2, n * 7 // 2))
+    return {
+        "chain": _symmetric(i[:-1], i[1:], n),
+        "5-point grid": _grid(n, [(0, 1), (1, 0)]),
+        "9-point grid": _grid(n, [(0, 1), (1, 0), (1, 1), (1, -1)]),
+        "band of 7 diagonals": _symmetric(band, shifted, n),
+        "random, degree 7": _symmetric(edges[0], edges[1], n),
+    }
+
+
+def timed(fn, pattern, repeats: int):
+    t0 = time.perf_counter()
+    colors = fn(pattern)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(pattern)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), int(colors.max()) + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    lines = [
+        f"Star (Hessian) and column (Jacobian) colourings at n = {args.n:,} (grids: the "
+        "largest square below), median of "
+        f"{args.repeats} after a first call (which includes numba's compile when its disk "
+        "cache is cold).",
+        "",
+        "| pattern | nnz | star colours | star s | column colours | column s | first star s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, pattern in patterns(args.n).items():
+        first, star_s, star_k = timed(star_coloring, pattern, args.repeats)
+        _, col_s, col_k = timed(column_coloring, pattern, args.repeats)
+        lines.append(f"| {name} | {pattern.nnz:,} | {star_k} | {star_s:.2f} | {col_k} | "
+                     f"{col_s:.2f} | {first:.2f} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    command = "python benchmarks/bench_colouring.py " + " ".join(sys.argv[1:])
+    write_section("colouring", "\n".join(lines), command.strip())
+
+
+if __name__ == "__main__":
+    main()
