@@ -217,6 +217,13 @@ def _all_same_shape(eqn) -> bool:
     return eqn.primitive.name in ELEMENTWISE and all(shape_of(v) in (out, ()) for v in eqn.invars)
 
 
+def default_budget(n: int) -> int:
+    """The entries any one array's pattern may hold before the matrix is taken as
+    dense: 64 a row and 2²⁰ more, or up to 2²⁵ (about 200 MB of pattern) while
+    that is under an eighth of n² (a 9x9 stencil's 81 a row at n = 65,536)."""
+    return max(64 * n + (1 << 20), min(n * n // 8, 1 << 25))
+
+
 def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.csr_array:
     """The (m x n) pattern of the linear map ``t -> product(x, t)`` (flat arrays),
     valid for every ``x`` of ``x_flat``'s shape and dtype.
@@ -227,7 +234,7 @@ def tangent_pattern(product: Callable, x_flat, budget: int | None = None) -> sp.
     aval = jax.ShapeDtypeStruct(np.shape(x_flat), jnp.result_type(x_flat))
     closed = jax.make_jaxpr(product)(aval, aval)
     # what any one array's pattern may hold before the matrix is taken as dense
-    ctx = Context(n, budget if budget is not None else 64 * n + (1 << 20), _evaluate)
+    ctx = Context(n, budget if budget is not None else default_budget(n), _evaluate)
     eye = sp.csr_array(sp.identity(n, dtype=bool, format="csr"))
     ins = [empty(np.shape(x_flat)), Pattern((n,), eye, NONE)]
     (out,) = run(ctx, closed.jaxpr, closed.consts, ins, [None, None])

@@ -182,11 +182,8 @@ def combine(ctx: Context, p: Pattern, out_idx: np.ndarray, in_idx: np.ndarray,
     )
     relation.sum_duplicates()
     rows = None
-    if p.rows is not None:  # refuse before the product, from what it would hold at most
-        counts = np.diff(p.rows.indptr).astype(np.int64)
-        if int((relation.astype(np.int64) @ counts).sum()) > ctx.budget:
-            raise Dense
-        rows = relation @ p.rows
+    if p.rows is not None:
+        rows = _bounded_product(ctx, relation, p.rows)
     out = Pattern(tuple(out_shape), rows, p.common)
     reads = np.diff(relation.indptr) > 0
     if p.common.size and not reads.all() and out_size * p.common.size <= ctx.budget // 4:
@@ -198,6 +195,30 @@ def combine(ctx: Context, p: Pattern, out_idx: np.ndarray, in_idx: np.ndarray,
         )  # fmt: skip
         out = Pattern(tuple(out_shape), spelled if rows is None else rows + spelled, NONE)
     return ctx.check(out)
+
+
+def _bounded_product(ctx: Context, relation: sp.csr_array, rows: sp.csr_array) -> sp.csr_array:
+    """``relation @ rows`` (boolean), in slices of the relation's rows whose
+    products hold at most the budget each even counted with repeats (a window
+    over rows that overlap unites far fewer distinct entries than it reads),
+    refused as soon as the distinct entries pass the budget."""
+    counts = np.diff(rows.indptr).astype(np.int64)
+    reads = sp.csr_array(relation, dtype=np.int64) @ counts  # per output row, with repeats
+    if int(reads.sum()) <= ctx.budget:
+        return relation @ rows
+    ends = np.searchsorted(np.cumsum(reads), np.arange(1, int(reads.sum()) // ctx.budget + 2)
+                           * ctx.budget)  # fmt: skip
+    parts, total, start = [], 0, 0
+    for end in [*np.unique(np.clip(ends, 1, relation.shape[0])), relation.shape[0]]:
+        if end <= start:
+            continue
+        part = relation[start:end] @ rows
+        total += part.nnz
+        if total > ctx.budget:
+            raise Dense
+        parts.append(part)
+        start = end
+    return sp.csr_array(sp.vstack(parts, format="csr"), dtype=bool)
 
 
 def group(ctx: Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
