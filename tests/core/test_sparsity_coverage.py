@@ -164,6 +164,16 @@ JACOBIANS = [
     ),  # fmt: skip
     ("a diagonal constant", lambda v: jnp.diag(jnp.arange(24.0)) @ v, True),
     (
+        "jax.image.resize linear",
+        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "linear").ravel(),
+        True,
+    ),  # fmt: skip
+    (
+        "jax.image.resize nearest",
+        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "nearest").ravel(),
+        True,
+    ),  # fmt: skip
+    (
         "custom_linear_solve (cg), diagonal",
         lambda v: jax.scipy.sparse.linalg.cg(lambda u: 2.0 * u, v)[0],
         True,
