@@ -250,20 +250,17 @@ def _compare(pattern, matrices, exact):
         assert pattern.sum() < pattern.size
 
 
-@pytest.mark.parametrize("name,f,exact", JACOBIANS, ids=[c[0] for c in JACOBIANS])
-def test_jacobian_patterns_of_users_primitives(name, f, exact):
-    WARNED.clear()
-    pattern = jacobian_pattern(f, jnp.zeros(N, jnp.float32))
-    assert not WARNED, f"no rule for {sorted(WARNED)}"
-    _compare(pattern, [jax.jacfwd(f)(x) for x in _points(len(name))], exact)
+CASES = [("jacobian", *c) for c in JACOBIANS] + [("hessian", *c) for c in HESSIANS]
 
 
-@pytest.mark.parametrize("name,f,exact", HESSIANS, ids=[c[0] for c in HESSIANS])
-def test_hessian_patterns_of_users_primitives(name, f, exact):
+@pytest.mark.parametrize("kind,name,f,exact", CASES, ids=[f"{c[0]}: {c[1]}" for c in CASES])
+def test_patterns_of_users_primitives(kind, name, f, exact):
     WARNED.clear()
-    pattern = hessian_pattern(f, jnp.zeros(N, jnp.float32))
+    detect, truth = ((jacobian_pattern, jax.jacfwd) if kind == "jacobian" else
+                     (hessian_pattern, jax.hessian))  # fmt: skip
+    pattern = detect(f, jnp.zeros(N, jnp.float32))
     assert not WARNED, f"no rule for {sorted(WARNED)}"
-    _compare(pattern, [jax.hessian(f)(x) for x in _points(len(name))], exact)
+    _compare(pattern, [truth(f)(x) for x in _points(len(name))], exact)
 
 
 @pytest.mark.slow

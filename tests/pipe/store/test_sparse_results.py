@@ -49,6 +49,16 @@ def _flat(f, x):
     return (lambda v: f(unravel(v))), flat
 
 
+def _killed_at(store, inject, block):
+    """A sparse run into ``store`` (blocks of 2 products) that fails at ``block``:
+    its products written, no record."""
+    inject([{"block": block, "kind": "raise", "at": "write"}])
+    with pytest.raises(pipeline.BlockError):
+        pipeline.hessian_to_zarr(arrow_loss, arrow_x(), store, sparsity="auto", block_size=2,
+                                 progress=False)  # fmt: skip
+    inject.clear()
+
+
 def _dense_hessian(f, x):
     g, flat = _flat(f, x)
     return np.asarray(jax.hessian(g)(flat))
@@ -189,15 +199,11 @@ def test_a_wrong_pattern_fails_its_check_and_is_never_read(tmp_path):
 def test_a_killed_sparse_run_resumes_its_missing_colours_only(tmp_path, inject):
     x = arrow_x()
     store = str(tmp_path / "h.zarr")
-    inject([{"block": 1, "kind": "raise", "at": "write"}])  # its products written, no record
-    with pytest.raises(pipeline.BlockError):
-        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
-                                 progress=False)  # fmt: skip
+    _killed_at(store, inject, 1)
     partial = pipeline.open_result(store)
     assert partial.missing_blocks() == [1]
     with pytest.raises(ValueError, match="incomplete"):
         partial.sparse()
-    inject.clear()
     result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
                                       progress=False)  # fmt: skip
     assert result.run_summary.blocks_computed == 1
@@ -215,12 +221,8 @@ def test_a_resumed_block_of_probes_computes_the_stores_vectors(
     looked: the run takes the store's)."""
     x = arrow_x()
     store = str(tmp_path / "h.zarr")
-    inject([{"block": 3, "kind": "raise", "at": "write"}])  # products 6, 7: probes
-    with pytest.raises(pipeline.BlockError):
-        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
-                                 progress=False)  # fmt: skip
+    _killed_at(store, inject, 3)  # products 6, 7: probes
     seed = pipeline.open_result(store).meta["sparsity"]["probes"]["seed"]
-    inject.clear()
     if not plan_sees_the_store:
         planning = pipeline.internal.plan_module
         seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
@@ -240,11 +242,7 @@ def test_a_worker_refuses_probe_vectors_other_than_the_stores(tmp_path, inject, 
     estimate (their linearity defect) would absorb."""
     x = arrow_x()
     store = str(tmp_path / "h.zarr")
-    inject([{"block": 3, "kind": "raise", "at": "write"}])
-    with pytest.raises(pipeline.BlockError):
-        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
-                                 progress=False)  # fmt: skip
-    inject.clear()
+    _killed_at(store, inject, 3)
     api, planning = pipeline.internal.api_module, pipeline.internal.plan_module
     monkeypatch.setattr(api, "_stored_probes", lambda run_plan, _store: run_plan)
     seedless = lambda info: (int((info.get("probes") or {}).get("count", 0)), None)
@@ -388,11 +386,7 @@ def test_a_resume_and_a_run_with_nothing_to_do_take_the_pattern_from_the_store(
 ):
     x = arrow_x()
     store = str(tmp_path / "h.zarr")
-    inject([{"block": 1, "kind": "raise", "at": "write"}])
-    with pytest.raises(pipeline.BlockError):
-        pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
-                                 progress=False)  # fmt: skip
-    inject.clear()
+    _killed_at(store, inject, 1)
     calls = []
 
     def counted(*args, **kwargs):
