@@ -35,12 +35,17 @@ PROBLEMS = {
 @functools.cache
 def _corpus() -> dict:
     """The unconstrained problems by name (sif2jax, a test extra: imported when
-    a test needs it, its import warnings not ours)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sif2jax
+    a test needs it, its import warnings not ours, and the x64 setting its
+    LISWET modules change at import put back)."""
+    x64 = bool(jax.config.read("jax_enable_x64"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sif2jax
 
-        return {p.name: p for p in sif2jax.unconstrained_minimisation_problems}
+            return {p.name: p for p in sif2jax.unconstrained_minimisation_problems}
+    finally:  # some of its modules turn x64 on for the whole process when imported
+        jax.config.update("jax_enable_x64", x64)
 
 
 def _points(problem, count=2):
