@@ -91,7 +91,7 @@ def _stages(repeats: int) -> list[str]:
         _row("star colouring (first call; cached)", f"{1000 * found.seconds['coloring']:.0f} ms"),
         _row("products (steady, median)", f"{ms['products']:.1f} ms"),
         _row("recovery (steady)", f"{ms['recovery']:.1f} ms"),
-        _row("check: two products of random vectors (steady)", f"{ms['check']:.1f} ms"),
+        _row("check: six products of random vectors, row by row (steady)", f"{ms['check']:.1f} ms"),
     ]
 
 
@@ -397,7 +397,7 @@ def spec1m() -> None:
         f"{r['dtype']}, through `pipeline.run_spec` on the embedded default into a new store, "
         "as `diffops run workflows/fisher_1m.yaml` runs it, in one fresh process. Run s is "
         "the whole spec: importing the model, tracing, detection, colouring, the blocks, the "
-        "self-check against two random products, the checks and the finalize σ file (from "
+        "self-check against six random products, the checks and the finalize σ file (from "
         "the matrix the self-check recovered). σ cold: `open_result(store).marginal_std()` "
         "afterwards (reading and recovering the matrix again); then `Result.spectrum(k=3)` "
         "(Lanczos on the recovered matrix, the small end by shift-invert on its sparse LU). "
@@ -522,7 +522,7 @@ def main():
         "### Sparse Hessian of the PSF demo (n = 4120): compressed products vs dense\n\n"
         f"Each call in a fresh process: the first call, then the median of {args.repeats} steady "
         "calls on new x (peak RSS by VmHWM, less the RSS before the first call). The sparse "
-        "result is a scipy CSR matrix, checked against two products of random vectors.\n\n"
+        "result is a scipy CSR matrix, checked against six products of random vectors, row by row.\n\n"
         + "\n".join(lines)
         + "\n\n"
         + "\n".join(stages)
