@@ -51,17 +51,15 @@ def _stepwise(eqn):
     """The scan's body vmapped over its steps (consts shared, carry and xs
     batched): one jaxpr whose equations see every step at once, so each step's
     outputs depend on its own slice of xs only."""
-    body = eqn.params["jaxpr"]
-    nconsts, length = eqn.params["num_consts"], eqn.params["length"]
-    run = jcore.jaxpr_as_fun(body)
+    params = eqn.params
+    nconsts, ncarry, length = params["num_consts"], params["num_carry"], params["length"]
+    run = jcore.jaxpr_as_fun(params["jaxpr"])
     avals = []
     for k, var in enumerate(eqn.invars):
-        aval = var.aval
-        shape = tuple(aval.shape)
-        ncarry = eqn.params["num_carry"]
+        shape = tuple(var.aval.shape)
         if nconsts <= k < nconsts + ncarry:  # a carry: one per step
             shape = (length, *shape)
-        avals.append(jax.ShapeDtypeStruct(shape, aval.dtype))
+        avals.append(jax.ShapeDtypeStruct(shape, var.aval.dtype))
     axes = [None] * nconsts + [0] * (len(avals) - nconsts)
     return jax.make_jaxpr(jax.vmap(lambda *a: run(*a), in_axes=axes))(*avals)
 
