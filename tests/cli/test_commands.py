@@ -280,6 +280,7 @@ def _wait_done(store, count, proc, timeout=120):
     raise AssertionError("no progress")
 
 
+@pytest.mark.slow
 def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
     slow = [{"block": i, "kind": "sleep", "seconds": 1.0} for i in range(4)]
@@ -301,6 +302,7 @@ def test_sigkill_of_diffops_run_resumes(spec, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_concurrent_second_run_is_refused(spec, tmp_path):
     store = str(tmp_path / "out.zarr")
     slow = [{"block": i, "kind": "sleep", "seconds": 4.0} for i in range(4)]

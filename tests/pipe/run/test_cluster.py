@@ -76,6 +76,7 @@ def test_cluster_jacobian_rev(tmp_path, client):
     np.testing.assert_allclose(result.assemble(), flat, **tol(np.float32))
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_task_run_completes_bitwise(tmp_path, client, faults):
     x = mixed_x()
     clean = pipeline.hessian_to_zarr(

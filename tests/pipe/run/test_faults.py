@@ -256,6 +256,7 @@ def test_disk_really_full_on_tmpfs(tmp_path, monkeypatch, inject):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_two_runs_racing_on_one_store(tmp_path, clean):
     store = str(tmp_path / "h.zarr")
     proc = _driver(store, [{"block": i, "kind": "sleep", "seconds": 0.5} for i in range(8)])
