@@ -335,19 +335,19 @@ def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any, reus
     **Raises:** `ValueError` when the dense fallback would be larger."""
     if sparsity is None:
         return kernels, None
+    limit = MAX_DENSE if max_dense is None else parse_bytes(max_dense, "max_dense")  # up front
     found = reuse if reuse is not None else detect_sparsity(operation, kernels, x_flat, sparsity)
     if found.dense:
-        _refuse_dense(kernels, found, max_dense)
+        _refuse_dense(kernels, found, limit)
         return kernels, None
     if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
         kernels = kernels.for_op("jacrev" if found.mode == "row" else "jacfwd")
     return kernels, found
 
 
-def _refuse_dense(kernels: Kernels, found: Any, max_dense: Any) -> None:
-    """Refuse a dense fallback of ``sparsity="auto"`` larger than ``max_dense``
-    bytes (default `MAX_DENSE`), saying why detection went dense and the ways on."""
-    limit = MAX_DENSE if max_dense is None else parse_bytes(max_dense, "max_dense")
+def _refuse_dense(kernels: Kernels, found: Any, limit: int) -> None:
+    """Refuse a dense fallback of ``sparsity="auto"`` larger than ``limit`` bytes,
+    saying why detection went dense and the ways on."""
     spec = kernels.spec
     nbytes = spec.m * spec.n * np.dtype(spec.dtype).itemsize
     if nbytes <= limit:

@@ -478,7 +478,7 @@ class ResultStore:
                 "products of random vectors for the blocks stored now; run the computation "
                 "again (it checks a complete store before it reports it)"
             )
-        matrix = self.unchecked()[0]
+        matrix = self._recovered()[0]
         if checked:
             self._sparse = (state, matrix)
         return matrix
@@ -491,6 +491,10 @@ class ResultStore:
 
         **Raises:** as `sparse`."""
         self._require_complete()
+        return self._recovered()
+
+    def _recovered(self):
+        """`unchecked`, the store known to be complete."""
         sparsity = self.sparsity()
         compressed = self._verified_products()
         matrix = recover_matrix(sparsity, compressed)
