@@ -76,6 +76,7 @@ class RunOptions(TypedDict, total=False):
     threads: int
     compressor: str | None
     break_lock: bool
+    single_writer: bool
     executor: Executor | None
     callbacks: Sequence[Callback]
     sparsity: Any
@@ -125,6 +126,7 @@ def _to_zarr(
     overwrite: bool = False,
     progress: bool = True,
     break_lock: bool = False,
+    single_writer: bool = False,
     redo: Sequence[int] = (),
     executor: Executor | None = None,
     callbacks: Sequence[Callback] = (),
@@ -137,7 +139,8 @@ def _to_zarr(
     computed (a workflow withdraws what it derived from the store), and
     ``after(result)`` once the run is over, complete store included (a
     workflow's checks and finalize files, from the state this run leaves)."""
-    flags = {"overwrite": overwrite, "progress": progress, "break_lock": break_lock}
+    flags = {"overwrite": overwrite, "progress": progress, "break_lock": break_lock,
+             "single_writer": single_writer}  # fmt: skip
     flags = _check_args(store, threads, options.get("compressor"), flags)
     options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
     location = normalise_location(store)
@@ -154,13 +157,15 @@ def _to_zarr(
         return Result(existing, RunSummary(reason=_NOTHING))  # complete: touch nothing
     _check_disk(run_plan, left, new=existing is None)
     listeners = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
-    with RunLock(location, break_lock=flags["break_lock"]):
+    lock = RunLock(location, break_lock=flags["break_lock"], single_writer=flags["single_writer"])
+    with lock:
         result, computed = _run(run_plan, executor, listeners, flags["overwrite"], redo,
                                 before_write)  # fmt: skip
         result.run_summary = dataclasses.replace(
             result.run_summary, reason=reason if computed else _NOTHING
         )
         _check_sparse(run_plan, result.store)  # a complete sparse store, before it is reported
+        lock.check()  # a run that lost its lease to another run reports nothing
         if after is not None:
             after(result)  # under the lock: against the state this run leaves
     return result
@@ -344,7 +349,11 @@ def hessian_to_zarr(f: Callable, x: Any, store: Any, **options: Unpack[RunOption
       computation still resumes); what is not a diffops store is never touched.
     - `progress`: a progress bar on stderr; `callbacks`: more `Callback`s (e.g.
       `Timings`); `compressor`: ``None`` (default) or ``"zstd"``; `break_lock`:
-      take over the lock of a run that is gone but whose host still holds it.
+      take over the lock and lease of a run that is gone but whose host still
+      holds them; `single_writer`: write to a backend with no atomic create
+      (where no run lease can exclude a second writer), on your word that
+      only one run writes there. Every other backend (local and network
+      filesystems, S3) has a run lease: one writer per store.
     - `sparsity`: ``None`` (default: the dense matrix), ``"auto"`` (detect the
       global pattern, colour it, and compute and store one product per colour:
       `Result.sparse`; a dense pattern stores the dense matrix) or a

@@ -148,13 +148,20 @@ def _print_summary(summary) -> None:
     is_flag=True,
     help="Take over the lock of a run that is gone but whose host still holds it.",
 )
+@click.option(
+    "--single-writer",
+    is_flag=True,
+    help="Write to a backend with no atomic create (no run lease there): only one run writes.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no bars).")
 @click.option(
     "--output", metavar="STORE", help="Write the result here instead of the spec's output."
 )
 @_friendly
-def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json, output):
+def run(
+    spec_path, scheduler, workers, overwrite, break_lock, single_writer, progress, as_json, output
+):
     """Run the workflow SPEC: compute what is missing, then summarise.
 
     Re-running a complete run does no work; an interrupted run resumes; a store
@@ -171,6 +178,7 @@ def run(spec_path, scheduler, workers, overwrite, break_lock, progress, as_json,
         workers=workers,
         overwrite=overwrite,
         break_lock=break_lock,
+        single_writer=single_writer,
         progress=progress and not as_json,  # JSON is for programs: no bars beside it
         output=output,
     )

@@ -5,7 +5,8 @@ imports a private module.
 No stability promise: names here change with the rooms (as equinox's
 ``internal``). The user API is the top level of `pipeline`.
 
-- store: `ResultStore`, `RunLock`, `SlabWriter`, `read_region`, `remove_ours`,
+- store: `ResultStore`, `RunLock`, `Files` (a store's objects on any backend),
+  `inspect`, `SlabWriter`, `read_region`, `remove_ours`,
   `store_disk_bytes`, `sha256_json`, the record field indices and names;
 - run: `plan`, `BlockTask`, `Limits`, `task_bytes`, `default_block`,
   `executor_limits`, `JAX_WORKER_ENV`, `peak_rss`, `vm_bytes`, `local_modules`,
@@ -55,9 +56,11 @@ from .store import (
     RUN,
     RUNS_KEPT,
     STATE,
+    Files,
     ResultStore,
     RunLock,
     SlabWriter,
+    inspect,
     invalidate,
     leaf_label,
     read_region,
@@ -83,6 +86,7 @@ __all__ = [
     "WORKER_RUNTIME_BYTES",
     "BlockTask",
     "FactorTask",
+    "Files",
     "Limits",
     "ResultStore",
     "RunLock",
@@ -101,6 +105,7 @@ __all__ = [
     "factor",
     "factor_module",
     "finalize_module",
+    "inspect",
     "invalidate",
     "lanczos_module",
     "leaf_label",

@@ -3,7 +3,9 @@
 A fault is a dict ``{"block": i, "kind": k, "at": stage, "seconds": s, "once": dir}``:
 
 - ``kind``: ``"raise"`` (a RuntimeError), ``"exit"`` (``os._exit(17)``: the
-  process dies), ``"sleep"`` (``seconds``), ``"enospc"`` (an OSError as a full
+  process dies), ``"wait"`` (create the file ``signal``, if given, then wait
+  until the file ``file`` exists: an event the test sets; never a clock),
+  ``"sleep"`` (``seconds``), ``"enospc"`` (an OSError as a full
   disk gives) or ``"nan"`` (poisons the slab's first entry; at ``"kernel"``).
 - ``at``: ``"start"`` (before the kernel; the default), ``"kernel"`` (after it,
   the slab on the host), ``"data"`` (just before the slab is written) or
@@ -56,6 +58,19 @@ def _fire_once(fault, index, at) -> bool:
     return True
 
 
+def wait_for_file(name: str, signal: str | None = None, limit: float = 600.0) -> None:
+    """Create ``signal`` (the test's event: this block is running), then wait
+    until the test creates ``name`` (a bound only against a test that died)."""
+    if signal:
+        with open(signal, "w") as fh:
+            fh.write(str(os.getpid()))
+    deadline = time.monotonic() + limit
+    while not os.path.exists(name):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {limit:.0f} s for {name}: the test never set it")
+        time.sleep(0.02)
+
+
 @dataclasses.dataclass(frozen=True)
 class FaultyTask(BlockTask):
     """A `BlockTask` that fires the planned faults at its stages. ``faults`` is a
@@ -75,6 +90,8 @@ class FaultyTask(BlockTask):
                 raise RuntimeError(f"injected fault in block {index}")
             if kind == "exit":
                 os._exit(17)
+            if kind == "wait":
+                wait_for_file(fault["file"], fault.get("signal"))
             if kind == "sleep":
                 time.sleep(float(fault.get("seconds", 1.0)))
             if kind == "enospc":

@@ -27,7 +27,9 @@ Layout of a result group:
   consolidated metadata, for readers without diffops (xarray).
 - ``factor/``: the Cholesky factor of a square matrix, in square tiles with a
   record each (`_tiles`): the second stored format, derived from the first.
-- ``diffops.lock``: the run lock (`RunLock`).
+- ``diffops.lock``: the run lock of a local store (`RunLock`), and
+  ``diffops.lease.<generation>``: the run lease, on every backend (`_lock`):
+  one writer per store, on local disk, NFS, Lustre and S3 alike.
 
 What we create in a store's directory: `OUR_NAMES`. "Ours" means the group's
 own zarr.json carries diffops metadata with a format number; nothing else is
@@ -36,7 +38,8 @@ files zarr writes for us (metadata, chunk keys, ``.partial`` temporaries). No
 pickles are stored.
 
 Modules: `_format` (names, records, checksums, chunking, sizes,
-fingerprints), `_location` (what is at a location), `_lock`, `_chunks`
+fingerprints), `_location` (what is at a location; `Files`: a store's
+objects on any backend), `_lock` (the lock and the lease), `_chunks`
 (whole-chunk reads and writes), `_group` (`ResultStore`), `_admission`
 (create, resume, replace or refuse), `_derived` (files made from a store
 state), `_sparse` (the compressed format of a sparse result), `_tiles` (the
@@ -77,6 +80,7 @@ from ._format import (
 )
 from ._group import ResultStore
 from ._location import (
+    Files,
     check_free,
     describe_foreign,
     inspect,
@@ -87,7 +91,7 @@ from ._location import (
     read_meta,
     remove_ours,
 )
-from ._lock import RunLock, lock_is_free
+from ._lock import LEASE_SECONDS, Lease, RunLock, lease_alive, lock_is_free
 from ._sparse import (
     COLORS,
     COMPRESSED,
@@ -122,6 +126,7 @@ __all__ = [
     "FACTOR",
     "FORMAT",
     "INVERSE",
+    "LEASE_SECONDS",
     "LOWER",
     "MILLIS",
     "NONFINITE",
@@ -133,6 +138,8 @@ __all__ = [
     "SQUARE",
     "STATE",
     "VARIANCE",
+    "Files",
+    "Lease",
     "ResultStore",
     "RunLock",
     "SlabWriter",
@@ -154,6 +161,7 @@ __all__ = [
     "is_current",
     "layouts",
     "leaf_label",
+    "lease_alive",
     "local_path",
     "lock_is_free",
     "normalise_location",

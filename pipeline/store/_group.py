@@ -22,7 +22,6 @@ from ._format import (
     CHECKSUM,
     FACTOR,
     FORMAT,
-    LOCK_NAME,
     NONFINITE,
     RECORD_FIELDS,
     RUNS_KEPT,
@@ -35,13 +34,13 @@ from ._format import (
 )
 from ._location import (
     PARTIAL,
-    inspect,
+    Files,
     local_path,
     normalise_location,
     read_group_json,
     remove_ours,
 )
-from ._lock import lock_is_free
+from ._lock import lease_alive, lock_is_free
 from ._sparse import COMPRESSED, pattern_arrays, probes_of, read_sparsity, recover_matrix
 
 __all__ = ["ResultStore"]
@@ -186,11 +185,10 @@ class ResultStore:
                 "ready": False,
             }
         }
+        remove_ours(location)  # only what we wrote: a user's files beside it stay
         if path is None:
-            mode: Any = "w" if inspect(location) == "ours" else "w-"
-            group = zarr.open_group(location, mode=mode, attributes=attrs, use_consolidated=False)
+            group = zarr.open_group(location, mode="a", attributes=attrs, use_consolidated=False)
         else:
-            remove_ours(path)
             os.makedirs(path, exist_ok=True)
             group = zarr.open_group(path, mode="a", attributes=attrs, use_consolidated=False)
         _create_arrays(group, meta, tuple(shape), dtype, axis, block_size, compressor)
@@ -269,12 +267,21 @@ class ResultStore:
         return number
 
     def runs(self) -> list[dict]:
-        """The run history; a run of this host still marked running whose lock
-        nobody holds was killed before it could say so: it reads ``interrupted``."""
+        """The run history; a run still marked running was killed before it
+        could say so, and reads ``interrupted``, when no live run lease is on the
+        store (any backend, any host), or, on a local store, when it ran on this
+        host and nobody holds the lock."""
         runs = [dict(r) for r in self.meta.get("runs") or [] if isinstance(r, dict)]
         here = socket.gethostname()
-        dead = [r for r in runs if r.get("status") == "running" and r.get("host") == here]
-        if dead and lock_is_free(self.location):
+        running = [r for r in runs if r.get("status") == "running"]
+        if not running:
+            return runs
+        if lease_alive(self.location) is False:  # no live lease, on any backend: all gone
+            dead = running
+        else:
+            mine = [r for r in running if r.get("host") == here]
+            dead = mine if mine and lock_is_free(self.location) else []
+        if dead:
             for run in dead:
                 run["status"] = "interrupted"
                 run.setdefault("error", "the process ended without recording an end")
@@ -305,31 +312,18 @@ class ResultStore:
         return [f"{self.data.path}/{self.data.metadata.encode_chunk_key(c)}" for c in coords]
 
     def _present_keys(self) -> set[str]:
-        """The matrix's chunk keys that hold a chunk: for an uncompressed local
-        store, only files of a whole chunk's size (a truncated chunk is missing)."""
-        path = local_path(self.location)
+        """The matrix's chunk keys that hold a chunk: where chunks are stored
+        uncompressed, only those of a whole chunk's size (a truncated chunk is
+        missing), on every backend; compressed, any non-empty one."""
         prefix = f"{self.data.path}/"
-        if path is None:
-            store = self.data.store
-
-            async def listing():
-                return {key async for key in store.list_prefix(prefix)}
-
-            return sync(listing())
         size = math.prod(self.data.chunks) * self.data.dtype.itemsize
         exact = plain_bytes(self.data)
-        root = os.path.join(path, self.data.path)
-        found = set()
-        for base, _dirs, files in os.walk(root):
-            for name in files:
-                full = os.path.join(base, name)
-                try:
-                    got = os.stat(full).st_size
-                except FileNotFoundError:
-                    continue
-                if (got == size) if exact else got > 0:
-                    found.add(prefix + os.path.relpath(full, root).replace(os.sep, "/"))
-        return found
+        listing = Files(self.location).listing(self.data.path)
+        return {
+            key
+            for key, got in listing.items()
+            if key.startswith(prefix) and ((got == size) if exact else got > 0)
+        }
 
     def data_present(self) -> np.ndarray:
         """Per block: whether every data chunk of it exists in the store (at its
@@ -769,8 +763,9 @@ def _consolidate(location) -> None:
     import warnings
 
     with warnings.catch_warnings():
-        # the run lock lives beside the arrays; zarr notes that it is not one of them
-        warnings.filterwarnings("ignore", message=rf"Object at {LOCK_NAME} is not recognized")
+        # the run lock and lease, and a user's files, live beside the arrays: zarr
+        # notes that they are not arrays
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a comp")
         # zarr's notice that consolidated metadata is not (yet) in the v3 spec:
         # xarray and other readers use it, and nothing of ours depends on it
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")

@@ -22,7 +22,7 @@ from diffops_core.internal import InputValueError
 
 from ._format import CHECKSUM, FACTOR, checksum, sha256_json
 from ._group import ResultStore
-from ._location import local_path, remove_ours
+from ._location import remove_ours
 
 __all__ = [
     "DEFAULT_TILE",
@@ -158,13 +158,7 @@ def open_or_create(store: ResultStore, identity: dict) -> None:
 def remove_factor(location: Any) -> None:
     """Delete the factor group of the result at ``location`` (ours, derived data;
     in a local store only the files zarr wrote for it)."""
-    path = local_path(location)
-    if path is not None:
-        remove_ours(path, [FACTOR])
-        return
-    root = zarr.open_group(location, mode="r+", use_consolidated=False)
-    if FACTOR in root:
-        del root[FACTOR]
+    remove_ours(location, [FACTOR])
 
 
 def invalidate(location: Any, columns: Sequence[slice]) -> int:

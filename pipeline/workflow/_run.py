@@ -107,6 +107,7 @@ def run_spec(
     overwrite: bool = False,
     progress: bool = True,
     break_lock: bool = False,
+    single_writer: bool = False,
     output: Any = None,
     redo: Sequence[int] = (),
 ) -> WorkflowSummary:
@@ -123,7 +124,8 @@ def run_spec(
     spec.check_targets()
     x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
     with x64:
-        return _run_spec(spec, scheduler, workers, overwrite, progress, break_lock, tuple(redo))
+        locks = {"break_lock": break_lock, "single_writer": single_writer}
+        return _run_spec(spec, scheduler, workers, overwrite, progress, locks, tuple(redo))
 
 
 def stored_spec(result: Result) -> Spec:
@@ -171,7 +173,7 @@ def repair(location: Any, spec: Spec | None = None, *, progress: bool = True) ->
 
 
 def _run_spec(
-    spec: Spec, scheduler, workers, overwrite, progress, break_lock, redo
+    spec: Spec, scheduler, workers, overwrite, progress, locks: dict, redo
 ) -> WorkflowSummary:
     t0 = time.perf_counter()
     f = spec.load_function()
@@ -203,7 +205,7 @@ def _run_spec(
             compressor=spec.compressor,
             sparsity=spec.load_sparsity(),
             max_dense=spec.max_dense,
-            break_lock=break_lock,
+            **locks,
             redo=redo,
             env=spec.env,
             noise=noise,

@@ -361,15 +361,21 @@ class Spec(_Model):
 
     def to_json(self) -> dict:
         """The spec as stored with a result: every path absolute, so that a repair
-        finds the model from any working directory."""
+        finds the model from any working directory; of ``env``, only the names
+        (a repair takes their values from its own environment)."""
         data = self.model_dump(mode="json", exclude_defaults=True)
         data["path"] = os.path.abspath(self.path)
+        if "env" in data:  # names only: values are where users put secrets (AWS_SECRET_...)
+            data["env_names"] = sorted(data.pop("env"))
         return data
 
     @classmethod
     def from_stored(cls, data: dict) -> Spec:
         """The spec `to_json` stored (also the older, flat form)."""
         data = dict(data)
+        names = data.pop("env_names", None)
+        if isinstance(names, list):  # the values, from this environment (never stored)
+            data["env"] = {k: os.environ[k] for k in names if str(k) in os.environ}
         if "finalize_npy" in data:  # written before the spec had pydantic models
             data["finalize"] = {"npy": data.pop("finalize_npy")}
         if "compression" in data:

@@ -1,0 +1,202 @@
+"""Issue 25, part A: a store on S3 (a real S3 API: moto's server on 127.0.0.1)
+is as trustworthy as one on local disk. One writer per store on every backend
+(the run lease), cleanup of only what we wrote, a truncated chunk missing, an
+unreadable location an error, no secrets in the store. Each case runs on both
+backends where it makes sense; each failed on S3 before the lease landed.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import zarr
+
+import faults
+import pipeline
+from pipeline import StoreError, open_result
+from pipeline.internal import Files, ResultStore, inspect
+
+X = jnp.linspace(0.1, 1.0, 12)
+
+
+def F(x):
+    return jnp.sum(jnp.sin(x) ** 2 * jnp.roll(x, 1))
+
+
+def G(x):  # another computation
+    return jnp.sum(jnp.cos(x) ** 2 * jnp.roll(x, 1))
+
+
+RUN_F = (
+    "import jax.numpy as jnp, pipeline\n"
+    "f = lambda x: jnp.sum(jnp.sin(x) ** 2 * jnp.roll(x, 1))\n"
+    "pipeline.hessian_to_zarr(f, jnp.linspace(0.1, 1.0, 12), sys.argv[1], block_size=4,"
+    " progress=False, threads=1)\n"
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    """A store location on each backend."""
+    if request.param == "local":
+        return str(tmp_path / "h.zarr")
+    return f"{request.getfixturevalue('s3')}/h.zarr"
+
+
+def _expected(f=F):
+    return np.asarray(jax.hessian(f)(X))
+
+
+def _matrix(location):
+    return np.asarray(ResultStore.open(location).matrix[...])
+
+
+def _start(location, planned):
+    return subprocess.Popen(
+        faults.command(planned, [location], code=RUN_F),
+        env=faults.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_signal(name, proc):
+    while not os.path.exists(name):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+
+
+def _lease(location, generation, **doc):
+    Files(location).create(f"diffops.lease.{generation}", json.dumps(doc).encode())
+
+
+def test_a_second_writer_is_refused_while_a_run_holds_the_store(where, tmp_path):
+    """Item 1: run A mid-block; run B (another computation, overwrite) and run
+    C (the same one) are both refused, naming the holder; A's result is A's."""
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    first = _start(where, [{"block": 1, "kind": "wait", "file": go, "signal": started}])
+    try:
+        _wait_signal(started, first)
+        for f, overwrite in ((G, True), (F, False)):
+            with pytest.raises(StoreError, match=r"another run \(.*pid \d+") as err:
+                pipeline.hessian_to_zarr(
+                    f, X, where, block_size=4, overwrite=overwrite, progress=False
+                )
+            assert "break_lock" in str(err.value)
+    finally:
+        open(go, "w").close()
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    np.testing.assert_allclose(_matrix(where), _expected(), rtol=1e-5, atol=1e-6)
+    result = open_result(where)
+    assert [r["status"] for r in result.runs()] == ["complete"]
+    assert not Files(where).listing_top("diffops.lease.")  # released
+
+
+def test_a_lease_of_another_host_excludes_until_it_expires(where):
+    """A lock the filesystem does not share (flock node-local, Lustre without
+    flock, S3) still excludes through the lease; an expired one is taken over."""
+    now = time.time()
+    _lease(where, 0, host="node-b", pid=4242, renewed=now, expires=now + 60)
+    with pytest.raises(StoreError, match="pid 4242 on node-b"):
+        pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    assert inspect(where) == "absent"  # nothing was written
+    files = Files(where)
+    files.remove("diffops.lease.0")
+    _lease(where, 3, host="node-b", pid=4242, renewed=now - 300, expires=now - 240)
+    result = pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    np.testing.assert_allclose(
+        np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
+    )
+    assert files.listing_top("diffops.lease.") == []  # the expired one went with the takeover
+
+
+def test_break_lock_takes_a_live_lease_over(where):
+    now = time.time()
+    _lease(where, 0, host="node-b", pid=4242, renewed=now, expires=now + 600)
+    result = pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False, break_lock=True)
+    np.testing.assert_allclose(
+        np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_killed_run_reads_interrupted_and_resumes(where, tmp_path):
+    """Item 19: a SIGKILLed run's lease is of a dead process of this host: its
+    history reads interrupted (not running forever) and a rerun resumes at once."""
+    started = str(tmp_path / "started")
+    first = _start(
+        where, [{"block": 2, "kind": "wait", "file": str(tmp_path / "never"), "signal": started}]
+    )
+    _wait_signal(started, first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    runs = open_result(where).runs()
+    assert [r["status"] for r in runs] == ["interrupted"]
+    result = pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    assert result.run_summary.reason.startswith("the same computation")
+    np.testing.assert_allclose(
+        np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_overwrite_removes_only_what_we_wrote(where):
+    """Item 2: on S3, overwrite deleted every object under the prefix."""
+    pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    files = Files(where)
+    mine = {"matrix/notes.txt": b"a", "blocks/c/notes.txt": b"b", "README.txt": b"c"}
+    for key, data in mine.items():
+        files.write(key, data)
+    result = pipeline.hessian_to_zarr(G, X, where, block_size=4, progress=False, overwrite=True)
+    np.testing.assert_allclose(
+        np.asarray(result.store.matrix[...]), _expected(G), rtol=1e-5, atol=1e-6
+    )
+    for key, data in mine.items():
+        assert files.read(key) == data
+
+
+def test_a_truncated_chunk_is_missing(where):
+    """Item 3: on S3 the listing counted a truncated chunk as present."""
+    pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    files = Files(where)
+    chunk = sorted(k for k in files.listing("matrix") if "/c/" in k)[1]
+    files.write(chunk, files.read(chunk)[:10])
+    status = open_result(where).status()
+    assert not status["complete"] and status["missing_data"] == [1]
+    result = pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+    assert result.run_summary.blocks_computed == 1
+    np.testing.assert_allclose(
+        np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_an_unreadable_location_is_an_error_not_an_empty_one(s3, monkeypatch):
+    """Item 4: any remote error read as "absent"."""
+    where = f"{s3}/h.zarr"
+    pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+
+    def broken(self, key):
+        raise OSError(errno.EIO, "connection reset (injected)")
+
+    monkeypatch.setattr(Files, "read", broken)
+    with pytest.raises(StoreError, match=r"cannot read .*connection reset \(injected\)"):
+        inspect(where)
+    with pytest.raises(StoreError, match="cannot read"):
+        pipeline.hessian_to_zarr(G, X, where, block_size=4, progress=False)
+    monkeypatch.undo()
+    np.testing.assert_allclose(_matrix(where), _expected(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_backend_without_atomic_create_needs_the_users_word(tmp_path):
+    """fsspec's filesystems other than local and S3 offer no exclusive create:
+    refused, saying why, unless single_writer."""
+    where = zarr.storage.FsspecStore.from_url(f"file://{tmp_path}/h.zarr")
+    with pytest.raises(StoreError, match="no atomic create.*single_writer=True"):
+        pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
