@@ -134,11 +134,10 @@ def _to_zarr(
     after: Callable[[Result], None] | None = None,
     **options: Any,
 ) -> Result:
-    """Check the arguments -> `plan` -> `_run` under the store's lock (``options``:
-    `plan`'s). Under the lock: ``before_write()`` just before blocks are
-    computed (a workflow withdraws what it derived from the store), and
-    ``after(result)`` once the run is over, complete store included (a
-    workflow's checks and finalize files, from the state this run leaves)."""
+    """Check the arguments -> `plan` -> `_run` under the store's lock and lease
+    (``options``: `plan`'s). ``before_write()`` runs before the store changes
+    (a workflow withdraws what it derived from it), ``after(result)`` once
+    the run is over (see `_finish`)."""
     flags = {"overwrite": overwrite, "progress": progress, "break_lock": break_lock,
              "single_writer": single_writer}  # fmt: skip
     flags = _check_args(store, threads, options.get("compressor"), flags)
@@ -157,18 +156,27 @@ def _to_zarr(
         return Result(existing, RunSummary(reason=_NOTHING))  # complete: touch nothing
     _check_disk(run_plan, left, new=existing is None)
     listeners = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
-    lock = RunLock(location, break_lock=flags["break_lock"], single_writer=flags["single_writer"])
-    with lock:
+    locks = {k: flags[k] for k in ("break_lock", "single_writer")}
+    with RunLock(location, **locks) as lock:
         result, computed = _run(run_plan, executor, listeners, flags["overwrite"], redo,
                                 before_write)  # fmt: skip
         result.run_summary = dataclasses.replace(
             result.run_summary, reason=reason if computed else _NOTHING
         )
-        _check_sparse(run_plan, result.store)  # a complete sparse store, before it is reported
-        lock.check()  # a run that lost its lease to another run reports nothing
-        if after is not None:
-            after(result)  # under the lock: against the state this run leaves
+        _finish(run_plan, result, lock, after)
     return result
+
+
+def _finish(
+    run_plan: RunPlan, result: Result, lock: RunLock, after: Callable[[Result], None] | None
+) -> None:
+    """Under the lock, once blocks are done: a complete sparse store checked
+    before it is reported; nothing reported by a run that lost its lease to
+    another run; then ``after(result)``, against the state this run leaves."""
+    _check_sparse(run_plan, result.store)
+    lock.check()
+    if after is not None:
+        after(result)
 
 
 def _run(
@@ -182,12 +190,10 @@ def _run(
     """Under the lock: open or create the store, compute what is left, and record
     the run. **Returns:** the result, and whether blocks were computed (none
     left: complete, perhaps by another run since we looked)."""
-    store, todo = _open_or_create(run_plan, overwrite, redo)
+    store, todo = _open_or_create(run_plan, overwrite, redo, before_write)
     run_plan = _stored_probes(run_plan, store)
     if not todo:
         return Result(store, RunSummary()), False
-    if before_write is not None:
-        before_write()  # what was derived from the store goes before it changes
     run = store.start_run(len(todo))
     planned = run_plan.for_run(run, f"{run_plan.fingerprint[:16]}-{run}-{uuid.uuid4().hex}")
     start = RunStart(planned, todo, run_plan.blocks.n_blocks - len(todo), executor.where())
@@ -285,14 +291,20 @@ def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
 
 
 def _open_or_create(
-    run_plan: RunPlan, overwrite: bool, redo: Sequence[int]
+    run_plan: RunPlan,
+    overwrite: bool,
+    redo: Sequence[int],
+    before_write: Callable[[], None] | None = None,
 ) -> tuple[ResultStore, tuple[int, ...]]:
     """The store and the blocks to compute, under the lock: what is there if it is
     this computation (another run may have finished it since we looked), with
     the records of the blocks ``redo`` cleared (a repair: only now, everything
     ready to recompute them) and the factor tiles made from them; else a new
-    store, all of it to do."""
+    store, all of it to do. ``before_write()`` runs before anything of the
+    store changes (a replacement's deletions included), when something will."""
     store = _existing(run_plan, overwrite)
+    if before_write is not None and (store is None or redo or store.todo()):
+        before_write()  # what was derived from the store goes before it changes
     if store is not None:
         store.remove_partial_files()
         for index in redo:

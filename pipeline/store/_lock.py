@@ -40,7 +40,7 @@ from ._location import LEASE_PREFIX, Files, local_path, normalise_location, read
 __all__ = ["LEASE_SECONDS", "Lease", "RunLock", "lease_alive", "lock_is_free"]
 
 #: How long a lease lasts without renewal (seconds); renewed every quarter of it.
-LEASE_SECONDS = float(os.environ.get("DIFFOPS_LEASE_SECONDS", "60"))
+LEASE_SECONDS = 60.0
 
 
 def _kernel_locks() -> set[tuple[int, int, int]] | None:

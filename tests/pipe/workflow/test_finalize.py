@@ -94,6 +94,36 @@ def test_a_run_killed_part_way_leaves_no_old_output_beside_the_incomplete_store(
     )
 
 
+def test_a_replacement_killed_while_it_deletes_the_old_store_leaves_no_old_output(
+    tmp_path, monkeypatch
+):
+    """Issue 25, item 23: the outputs went only just before blocks were written,
+    after the old store's blocks were already being deleted."""
+    spec = _spec(tmp_path, monkeypatch, finalize="{npy: g.npy}")
+    assert _run(spec).exit_code == 0
+    np.save(tmp_path / "s.npy", np.full(10, 0.7))
+    spec2 = _spec(
+        tmp_path, monkeypatch, name="spec2.yaml", noise="{std: s.npy}", finalize="{npy: g.npy}"
+    )
+    store = str(tmp_path / "g.zarr")
+    removed = []
+
+    def killed_while_removing(cls, location, **kwargs):
+        removed.append(np.load(tmp_path / "g.npy") if (tmp_path / "g.npy").exists() else None)
+        raise KeyboardInterrupt  # the kill, as the old store starts to go
+
+    monkeypatch.setattr(ResultStore, "create", classmethod(killed_while_removing))
+    res = _run(spec2, "--overwrite")
+    assert res.exit_code == 130
+    assert removed == [None]  # withdrawn before the old store began to change
+    assert not (tmp_path / "g.npy").exists()
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = _run(spec2, "--overwrite")
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), pipeline.open_result(store).assemble())
+
+
 def test_an_output_edited_by_hand_is_not_current(tmp_path, monkeypatch):
     spec = _spec(tmp_path, monkeypatch, finalize="{npy: g.npy}")
     assert _run(spec).exit_code == 0
