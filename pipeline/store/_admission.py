@@ -22,13 +22,13 @@ def admit(
     **Returns:** the store opened for writing when it holds this result (resume
     it); None when a new store is to be made there: nothing is there, a store of
     ours whose creation was interrupted (no block can have been recorded), or,
-    with ``overwrite``, a store of ours holding another result or damaged array
-    metadata (replace it).
+    with ``overwrite``, a store of ours holding another result, damaged array
+    metadata or a damaged sparsity pattern (replace it).
 
     **Raises:** `StoreError`: for a location that is not ours (always, whatever
     ``overwrite``: our own group metadata says diffops); without ``overwrite``,
     for a store of another format (naming it), another result (``refusal(meta)``,
-    which says what differs) or damaged array metadata.
+    which says what differs), damaged array metadata or a damaged pattern.
     """
     state = inspect(location)
     if state == "absent":
@@ -45,8 +45,11 @@ def admit(
             ResultStore.open(location)  # raises, naming the format and the way out
         raise StoreError(refusal(meta))
     try:
-        return ResultStore.open(location, mode="r+")
+        store = ResultStore.open(location, mode="r+")
+        if store.sparsity_meta:
+            store.sparsity()  # a damaged pattern or colouring raises (read once, kept)
+        return store
     except StoreError:
         if overwrite:
-            return None
+            return None  # damaged: recomputed, as the refusal's words say
         raise

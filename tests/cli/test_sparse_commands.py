@@ -138,3 +138,28 @@ def test_show_says_what_readers_will_do(tmp_path, monkeypatch):
     _edit_sparsity(store, check=None)  # complete, killed during its check
     res = invoke("show", store)
     assert "never checked" in res.output and "incomplete" not in res.output
+
+
+def test_a_damaged_pattern_is_recomputed_by_overwrite(tmp_path, monkeypatch):
+    """Issue 25, item 18: verify said "recompute (overwrite=True)", but
+    ``run --overwrite`` said "complete: nothing to do" (the same computation)."""
+    import zarr
+
+    spec = _spec(tmp_path, monkeypatch)
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    colors = zarr.open_array(f"{store}/colors", mode="r+")
+    colors[0] = int(colors[1]) + 1  # valid bytes, another colouring
+    res = CliRunner().invoke(main, ["verify", store, "--repair"])
+    assert res.exit_code != 0 and "overwrite" in res.output
+    res = CliRunner().invoke(main, ["run", spec, "--no-progress"])
+    assert res.exit_code == 1 and "damaged" in res.output  # refused, never "nothing to do"
+    res = invoke("run", spec, "--no-progress", "--overwrite", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["blocks_computed"] > 0
+    assert invoke("verify", store).exit_code == 0
+    import pipeline
+
+    dense = pipeline.open_result(store).sparse().toarray()
+    assert dense.shape == (62, 62) and np.isfinite(dense).all()
