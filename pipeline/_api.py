@@ -51,6 +51,7 @@ from .store import (
     check_free,
     difference,
     invalidate,
+    local_path,
     normalise_location,
     pattern_bytes,
     peek,
@@ -143,6 +144,8 @@ def _to_zarr(
     flags = _check_args(store, threads, options.get("compressor"), flags)
     options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
     location = normalise_location(store)
+    if local_path(location) is not None:  # resolved here: workers run elsewhere
+        location = os.path.abspath(location)
     executor = executor or default_executor(client, threads)
     stored = peek(location) or {}
     run_plan = plan(

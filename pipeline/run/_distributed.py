@@ -44,14 +44,23 @@ def _unpack(payload: bytes) -> BlockTask:
 
 
 def _probe(payload: bytes) -> str:
-    """Unpickle the block task and trace ``f`` as a block would, on a worker."""
+    """Unpickle the block task, trace ``f`` and open the store as a block
+    would, on a worker: ``"ok"``, or what it could not reach."""
     import cloudpickle
     import jax
+    import zarr
 
     task = cloudpickle.loads(payload)
     with jax.enable_x64(task.x64):
         task.kernels()
+    try:  # the store, as a block would open it: a path, credentials, an endpoint
+        zarr.open_group(task.location, mode="r+", use_consolidated=False)
+    except Exception as err:  # noqa: BLE001 - reported to the driver, in one line
+        return f"{_UNREACHABLE}{type(err).__name__}: {_first_line(err)}"
     return "ok"
+
+
+_UNREACHABLE = "store unreachable: "
 
 
 def _call(task: BlockTask, index: int) -> BlockEvent:
@@ -99,7 +108,7 @@ class DistributedExecutor:
         from distributed import as_completed
 
         payload = cloudpickle.dumps(self.task(plan))
-        _check_cluster(self.client, payload)
+        _check_cluster(self.client, payload, plan.location)
         # the task is a task (not scattered data), so the scheduler can rebuild it
         # if every worker holding it dies; each worker fetches it once
         held = self.client.submit(_unpack, payload, key=f"diffops-task-{plan.token}", pure=False)
@@ -118,9 +127,10 @@ class DistributedExecutor:
             held.release()
 
 
-def _check_cluster(client: Any, payload: bytes) -> None:
+def _check_cluster(client: Any, payload: bytes, location: Any) -> None:
     """Before the first block: every worker can unpickle the block task (pickled
-    as ``payload``) and trace ``f`` to the driver's computation. (The scheduler
+    as ``payload``), trace ``f`` to the driver's computation and open the store
+    at ``location``. (The scheduler
     only ever sees the bytes.)
 
     **Raises:** `ClusterSetupError` naming the worker, its error and the fix.
@@ -131,6 +141,14 @@ def _check_cluster(client: Any, payload: bytes) -> None:
     )
     outcomes = client.run(_probe, payload, on_error="return")
     for worker, outcome in sorted(outcomes.items()):
+        if isinstance(outcome, str) and outcome.startswith(_UNREACHABLE):
+            raise ClusterSetupError(
+                f"worker {worker} cannot reach the store {location!r} "
+                f"({outcome[len(_UNREACHABLE) :]}): every "
+                "worker must open it as the driver does: a path on a filesystem the workers "
+                "mount, or an object store with its credentials and endpoint in the workers' "
+                "environment (a memory:// store lives in one process and cannot be shared)"
+            )
         if isinstance(outcome, IdentityMismatch):  # it says what differs and what to do
             raise ClusterSetupError(f"worker {worker}: {_first_line(outcome)}")
         if isinstance(outcome, BaseException):

@@ -226,7 +226,8 @@ class BlockTask:
             state = _STATES.get(self.token)
             if state is None:
                 _STATES.clear()  # one run at a time per process: free the last one
-                state = self._build_state()
+                with _environment(dict(self.env)):  # compiles trace under it too
+                    state = self._build_state()
                 _STATES[self.token] = state
             return state
 
@@ -235,11 +236,13 @@ class BlockTask:
         to be the driver's computation. **Raises:** `IdentityMismatch`."""
         if self.local is not None:  # this process traced it for the plan
             return self.local
-        os.environ.update(dict(self.env))  # before f is traced: what it reads, it reads here
-        # traced here, from the function as this process sees it; compiled
-        # kernels are shared with every earlier run of the same program
-        kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
-        self._check_identity(kernels.traced)
+        # traced here, from the function as this process sees it, with the run's
+        # environment set only while it is traced (the next run on this worker
+        # sees the worker's own); compiled kernels are shared with every
+        # earlier run of the same program
+        with _environment(dict(self.env)):
+            kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
+            self._check_identity(kernels.traced)
         return kernels
 
     def _build_state(self) -> _WorkerState:
@@ -363,3 +366,19 @@ class BlockTask:
     def write_record(self, state: _WorkerState, block: Block, record: np.ndarray) -> None:
         """Write the completion record, after the data."""
         state.records.write(slice(block.index, block.index + 1), slice(None), record[None, :])
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set, restored after (what ``f`` reads
+    while it is traced, it reads here)."""
+    was = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in was.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

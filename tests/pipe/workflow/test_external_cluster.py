@@ -194,6 +194,19 @@ def test_the_spec_env_reaches_external_workers(cluster, tmp_path):
     np.testing.assert_allclose(got, _expected(tmp_path, 3.0, 4.0), rtol=1e-5, atol=1e-5)
 
 
+def test_the_spec_env_does_not_outlive_its_run(cluster, tmp_path):
+    """The env a run set stayed in its workers' environment: the next run of the
+    same model without it was refused (its trace read EXT_POWER=4)."""
+    (tmp_path / "one").mkdir()
+    first = _run(_spec(tmp_path / "one", env={"EXT_POWER": "4"}), cluster)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "two").mkdir()
+    second = _run(_spec(tmp_path / "two"), cluster)
+    assert second.returncode == 0, second.stderr
+    got = np.asarray(ResultStore.open(str(tmp_path / "two" / "out.zarr")).matrix[...])
+    np.testing.assert_allclose(got, _expected(tmp_path), rtol=1e-5, atol=1e-5)
+
+
 def test_a_module_only_the_driver_has_is_refused_in_one_line(cluster, tmp_path):
     driver_only = tmp_path / "driver_lib"
     driver_only.mkdir()
@@ -225,3 +238,34 @@ def test_a_sparse_spec_runs_on_external_workers_reading_the_stored_colours(clust
                    + jnp.sum(p["b"] ** 4))  # fmt: skip
     np.testing.assert_allclose(store.sparse().toarray(), np.asarray(dc.hessian(f, x)[0]),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_a_relative_output_is_resolved_on_the_driver(cluster, tmp_path):
+    """Issue 25, item 8: ``--output rel_out.zarr`` went to the workers (started
+    elsewhere) unresolved, and every block failed with FileNotFoundError."""
+    spec = _spec(tmp_path)
+    command = [os.path.join(BIN, "diffops"), "run", spec, "--scheduler", cluster,
+               "--no-progress", "--json", "--output", "rel_out.zarr"]  # fmt: skip
+    proc = subprocess.run(command, env=_clean_env(), capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = np.asarray(ResultStore.open(str(tmp_path / "rel_out.zarr")).matrix[...])
+    np.testing.assert_allclose(got, _expected(tmp_path), rtol=1e-5, atol=1e-5)
+
+
+def test_a_store_the_workers_cannot_reach_is_refused_before_the_first_block(cluster):
+    """Item 8: nothing checked that the workers could open the store (a path,
+    credentials, memory://): every block failed instead, one by one."""
+    import jax.numpy as jnp
+    from distributed import Client
+
+    import pipeline
+
+    f = lambda x: jnp.sum(jnp.sin(x) ** 2)
+    with Client(cluster, timeout=60) as client:
+        with pytest.raises(pipeline.ClusterSetupError) as err:
+            pipeline.hessian_to_zarr(f, jnp.ones(6), "memory://only-here/h.zarr", client=client,
+                                     progress=False)  # fmt: skip
+    message = str(err.value)
+    assert "cannot reach the store 'memory://only-here/h.zarr'" in message
+    assert "\n" not in message and "tcp://127.0.0.1:" in message
