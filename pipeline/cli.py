@@ -17,7 +17,7 @@ import click
 from diffops_core import __version__
 from diffops_core.internal import InputError, format_iec
 
-from ._errors import BlockError
+from ._errors import BlockError, SpecError
 from ._result import open_result
 from .workflow import load_spec, run_spec
 from .workflow import repair as repair_store
@@ -172,6 +172,13 @@ def run(
     # a local cluster's start/stop chatter is not for the user; warnings still show
     logging.getLogger("distributed").setLevel(logging.WARNING)
     spec = load_spec(spec_path)
+    target = str(output or spec.output)
+    if target.startswith("memory://"):
+        raise SpecError(
+            f"output {target!r} is a memory store: it lives only in this process, so the "
+            "result would be gone when diffops exits (and workers cannot reach it); choose a "
+            "path or an object store URL"
+        )
     summary = run_spec(
         spec,
         scheduler=scheduler,

@@ -158,8 +158,14 @@ def _inspect_remote(location) -> str:
     if doc is None:
         try:
             names = {key.split("/")[0] for key in files.listing()}
-        except Exception as err:
+            bucket = files.bucket_missing()
+        except Exception as err:  # unreadable, never empty
             raise _unreadable(location, err) from err
+        if bucket:
+            raise StoreError(
+                f"{location!r}: the bucket {bucket!r} does not exist, or these credentials "
+                "cannot see it; create it first, or check the address, credentials and endpoint"
+            )
         return "absent" if all(_ours_beside(n) for n in names) else "foreign"
     return "ours" if _is_ours(doc.get("attributes") or {}) else "foreign"
 
@@ -395,6 +401,14 @@ class Files:
             return []
         tails = (str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
         return [t for t in tails if t.startswith(start)]
+
+    def bucket_missing(self) -> str | None:
+        """The bucket of an object store location when it does not exist."""
+        if self.fs is None or self.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+            return None
+        bucket = self.root.split("/", 1)[0]
+        self.fs.invalidate_cache(bucket)
+        return None if self._run(self.fs._exists(bucket)) else bucket
 
     def read(self, key: str) -> bytes:
         """The object's bytes. **Raises:** `FileNotFoundError` when it is absent."""

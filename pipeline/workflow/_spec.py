@@ -425,7 +425,8 @@ class Spec(_Model):
     def check_targets(self) -> None:
         """Refuse, before anything is computed, an ``output`` or ``finalize.npy``
         that cannot be written: a path under a file, or under a directory this
-        process may not write. (Missing directories are created.)
+        process may not write, or a finalize file given as a URL. (Missing
+        directories are created.)
 
         **Raises:** `SpecError` naming the file and the field.
         """
@@ -433,10 +434,16 @@ class Spec(_Model):
             check_writable(self, "output", self.output)
         else:
             check_scheme(self)
-        if self.finalize.npy:
-            check_writable(self, "finalize.npy", self.finalize.npy)
-        if self.finalize.std:
-            check_writable(self, "finalize.std", self.finalize.std)
+        for field in ("npy", "std"):
+            target = getattr(self.finalize, field)
+            if target and "://" in target:
+                raise SpecError(
+                    f"{self.path}: finalize.{field}: {target!r} is a URL; finalize files are "
+                    "written to local paths only (the store itself may be remote): choose a "
+                    "local path, and copy the file where it must go"
+                )
+            if target:
+                check_writable(self, f"finalize.{field}", target)
 
     def inputs(self) -> dict[str, str]:
         """Every file the run reads, by what it is: the spec, the point (.npz),

@@ -200,3 +200,44 @@ def test_a_backend_without_atomic_create_needs_the_users_word(tmp_path):
     where = zarr.storage.FsspecStore.from_url(f"file://{tmp_path}/h.zarr")
     with pytest.raises(StoreError, match="no atomic create.*single_writer=True"):
         pipeline.hessian_to_zarr(F, X, where, block_size=4, progress=False)
+
+
+def test_s3_setup_errors_are_one_line_naming_the_location(s3, tmp_path, monkeypatch):
+    """Item 20: a missing bucket (unnamed), an unreachable endpoint, missing
+    credentials: tracebacks or zarr's words. Items 16, 17: a finalize URL and a
+    memory:// output from the command line failed late or lost the result."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    (tmp_path / "tm.py").write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "def loss(x): return jnp.sum(jnp.sin(x) ** 2)\n"
+        "def best_fit(): return np.linspace(0.1, 1, 6).astype(np.float32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def run(output, extra=""):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(
+            f"operation: hessian\nfunction: tm:loss\npoint: tm:best_fit\noutput: {output}\n{extra}"
+        )
+        res = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+        assert res.exit_code == 1
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("diffops: error: "), res.output
+        return lines[0]
+
+    assert "the bucket 'nobucket' does not exist" in run("s3://nobucket/h.zarr")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    line = run(f"{s3}/h.zarr")
+    assert f"cannot read '{s3}/h.zarr'" in line and "credentials" in line
+    assert "output 'memory://x/h.zarr' is a memory store" in run("memory://x/h.zarr")
+    line = run(str(tmp_path / "h.zarr"), f"finalize: {{npy: {s3}/h.npy}}\n")
+    assert "finalize.npy" in line and "local paths only" in line
+    assert not (tmp_path / "h.zarr").exists()  # refused before anything ran
