@@ -17,7 +17,7 @@ import click
 from diffops_core import __version__
 from diffops_core.internal import InputError, format_iec
 
-from ._errors import BlockError, SpecError
+from ._errors import BlockError, SpecError, StoreError
 from ._result import open_result
 from .workflow import load_spec, run_spec
 from .workflow import repair as repair_store
@@ -106,7 +106,7 @@ def _print_summary(summary) -> None:
     if summary.blocks_computed:
         lines.append(
             f"  wall time   {summary.wall_s:.1f} s (blocks {summary.pipeline_s:.1f} s), "
-            f"{summary.columns_per_s:.0f} {'products' if info else 'columns'}/s"
+            f"{summary.columns_per_s:.3g} {'products' if info else 'columns'}/s"
         )
     else:
         lines.append(f"  wall time   {summary.wall_s:.1f} s (nothing to do: already complete)")
@@ -274,7 +274,10 @@ def verify(store, repair, spec_path, progress):
 def show(store):
     """The metadata of STORE and a per-leaf summary (block norms, diagonal range,
     symmetry error)."""
-    click.echo("\n".join(_open(store).summary().lines()))
+    summary = _open(store).summary()
+    click.echo("\n".join(summary.lines()))
+    if summary.damage:  # printed, and the exit status says so too
+        raise StoreError(summary.damage)
 
 
 @main.command()

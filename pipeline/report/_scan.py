@@ -19,8 +19,17 @@ import math
 import numpy as np
 import psutil
 
+from .._errors import StoreError
 from ..run import BlockEvent, Callback, Callbacks, ProgressBar, RunEnd, RunStart
-from ..store import NONFINITE, SQUARE, ResultStore, read_region
+from ..store import (
+    CHECKSUM,
+    NONFINITE,
+    SQUARE,
+    STATE,
+    ResultStore,
+    checksum,
+    read_region,
+)
 
 __all__ = ["Scan", "scan"]
 
@@ -55,10 +64,34 @@ def _panel_width(store: ResultStore, budget: int) -> int:
 
 
 class _Reader:
-    def __init__(self, store: ResultStore, width: int, callbacks: Callback):
+    """Panels of whole blocks; each block checked against its record's checksum
+    the first time it is read (a block damaged since it was written is never
+    summarised as numbers)."""
+
+    def __init__(self, store: ResultStore, width: int, callbacks: Callback, records=None):
         self.store, self.width, self.callbacks, self.reads = store, width, callbacks, 0
         self.extent = store.matrix.shape[1 - store.axis]
         self.panels = math.ceil(self.extent / width)
+        self.records = store.read_records() if records is None else records
+        self.checked: set[int] = set()
+
+    def _check(self, i: int, value: np.ndarray) -> None:
+        if i in self.checked:
+            return
+        self.checked.add(i)
+        span, block, axis = self.span(i), self.store.plan.block_size, self.store.axis
+        bad = []
+        for b in range(span.start // block, math.ceil(span.stop / block)):
+            part = slice(b * block - span.start, min(span.stop, (b + 1) * block) - span.start)
+            data = value[:, part] if axis == 1 else value[part, :]
+            recorded = self.records[b, STATE] == 1  # a missing block is not this check's
+            if recorded and checksum(data) != int(self.records[b, CHECKSUM]):
+                bad.append(b)
+        if bad:
+            raise StoreError(
+                f"block(s) {bad} of {self.store.location!r} no longer match their checksums "
+                "(changed since they were written); run diffops verify --repair"
+            )
 
     def span(self, i: int) -> slice:
         return slice(i * self.width, min(self.extent, (i + 1) * self.width))
@@ -69,6 +102,7 @@ class _Reader:
         span = self.span(i)
         region = (slice(None), span) if self.store.axis == 1 else (span, slice(None))
         value = read_region(self.store.matrix, *region)
+        self._check(i, value)
         self.callbacks.on_block_end(BlockEvent(self.reads, span.start, span.stop))
         self.reads += 1
         return value
@@ -103,8 +137,8 @@ def scan(
     listeners = Callbacks([ProgressBar()] if progress and panels > 1 else [])
     listeners.on_run_start(RunStart(None, tuple(range(pairs)), 0, label="diffops checks (panels)",
                                     unit="panel"))  # fmt: skip
-    reader = _Reader(store, width, listeners)
     records = store.read_records() if records is None else records
+    reader = _Reader(store, width, listeners, records)
     clean = not records[:, NONFINITE].any()
     figures = _Figures(m, n, square)
     try:

@@ -55,6 +55,9 @@ class StoreSummary:
     """A sparse result's pattern and colouring (the store's ``sparsity`` metadata)."""
     check: str = ""
     """A sparse result's check, in words, for the store as it is now."""
+    damage: str = ""
+    """Why the figures of a complete store were not read: blocks changed since
+    they were written (empty when none)."""
 
     def lines(self) -> list[str]:
         """The summary as text lines (what ``diffops show`` prints)."""
@@ -73,6 +76,8 @@ class StoreSummary:
             out[1:3] = self._sparse_lines()
         if not self.complete:
             return [*out, "  (incomplete: no per-leaf summary)"]
+        if self.damage:
+            return [*out, f"  DAMAGED     {self.damage} (no per-leaf summary)"]
         hessian = self.operation in SQUARE
         header = f"  {'leaf':<28} {'shape':<14} {'row-block norm':>15}"
         if hessian:
@@ -146,6 +151,11 @@ def summarise(store: ResultStore) -> StoreSummary:
     if store.sparsity_meta:
         check, readable = _check_words(store, status["complete"])
     parts = meta.get("fingerprint_parts", {})
+    leaves, damage = (), ""
+    try:
+        leaves = tuple(_leaf_figures(store)) if readable else ()
+    except StoreError as err:  # blocks changed since written: never summarised as numbers
+        damage = str(err)
     return StoreSummary(
         location=str(store.location),
         operation=meta["operation"],
@@ -163,9 +173,10 @@ def summarise(store: ResultStore) -> StoreSummary:
         versions=parts.get("versions") or {},
         runs=status["runs"],
         checks=meta.get("checks", {}),
-        leaves=tuple(_leaf_figures(store)) if readable else (),
+        leaves=leaves,
         sparsity=store.sparsity_meta,
         check=check,
+        damage=damage,
     )
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import diffops_core as dc
 import faults
+from helpers import chunk_files
 from pipeline import StoreError
 from pipeline.cli import main
 from pipeline.internal import ResultStore
@@ -510,3 +511,21 @@ def test_plot_of_an_incomplete_store_says_so(spec, tmp_path, monkeypatch, inject
     image = matplotlib.image.imread(png)[..., :3]
     blue = np.all(np.abs(image - np.array([0x9F, 0xC5, 0xE8]) / 255) < 0.02, axis=-1)
     assert blue.sum() > 100  # the missing block is drawn, not shown as small values
+
+
+def test_show_of_a_store_with_a_garbage_block_says_damaged_not_numbers(spec, tmp_path):
+    """Issue 25, item 22: ``show`` printed inf norms and a diagonal of 8.6e306
+    from a block whose bytes were garbage, and exited 0."""
+    assert invoke("run", spec, "--no-progress").exit_code == 0
+    store = str(tmp_path / "out.zarr")
+    chunks = sorted(chunk_files(store))
+    rng = np.random.default_rng(0)
+    victim = chunks[1]
+    size = os.path.getsize(victim)
+    with open(victim, "wb") as fh:
+        fh.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    res = CliRunner().invoke(main, ["show", store])
+    assert res.exit_code == 1
+    assert "DAMAGED" in res.output and "block(s) [1]" in res.output
+    assert "inf" not in res.output and "e+30" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("diffops: error: block(s) [1]")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline.internal import checks, scan
+from pipeline.internal import CHECKSUM, checks, checksum, read_region, scan
 
 
 def _asym_store(tmp_path, n=40, block=1):
@@ -23,7 +23,12 @@ def _asym_store(tmp_path, n=40, block=1):
     # make it asymmetric by hand, as a faulty model could
     H = np.asarray(result.assemble()).copy()
     H[3, 30] += 1.5
-    result.store.matrix[3:4, 30:31] = H[3:4, 30:31]
+    store = result.store
+    store.matrix[3:4, 30:31] = H[3:4, 30:31]
+    # with its record's checksum, as the faulty model's own block would have
+    # (a block changed behind its record is damage, which the scan refuses)
+    block = 30 // block
+    store.records[block, CHECKSUM] = checksum(read_region(store.matrix, *store.block_region(block)))
     return result, H
 
 
