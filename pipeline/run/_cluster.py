@@ -89,6 +89,9 @@ def local_cluster(
 
     **Arguments:** `n_workers`, `threads_per_worker`, `memory_limit` (per worker,
     as LocalCluster takes it), `env` (more variables), other LocalCluster keywords.
+    The scheduler, workers and dashboard listen on 127.0.0.1 (the dashboard on a
+    free port: `distributed.Client.dashboard_link`) unless ``host`` or
+    ``dashboard_address`` say otherwise.
 
     **Returns:** the `LocalCluster`; open a `distributed.Client` on it.
     """
@@ -106,13 +109,16 @@ def local_cluster(
             "distributed.worker.multiprocessing-method": "spawn",
         }
     ):
+        # every listener on this host only, unless the caller says otherwise:
+        # whoever reaches a scheduler or a dashboard runs code as this user
+        where = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **kwargs}
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
             memory_limit=memory_limit,
             env=environ,
-            **kwargs,
+            **where,
         )
 
 

@@ -7,6 +7,9 @@ naming it; blocks that finished stay complete.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,8 +80,11 @@ class DistributedExecutor:
 
     name = "distributed"
 
-    def __init__(self, client: Any, max_resubmits: int = 3):
+    def __init__(self, client: Any, max_resubmits: int = 3, no_workers_timeout: float = 120.0):
         self.client, self.max_resubmits = client, max_resubmits
+        #: how long a run waits with no worker at all (every job past its
+        #: walltime) before it fails, saying how to resume
+        self.no_workers_timeout = no_workers_timeout
 
     def task(self, plan: RunPlan) -> BlockTask:
         return BlockTask.from_plan(plan)
@@ -113,18 +119,26 @@ class DistributedExecutor:
         # if every worker holding it dies; each worker fetches it once
         held = self.client.submit(_unpack, payload, key=f"diffops-task-{plan.token}", pure=False)
         run = _DistributedRun(self, plan, held)
+        watch = _Watch(self.client, self.no_workers_timeout, run)
         try:
             queue = as_completed([run.submit(i) for i in todo])
             for future in queue:
+                watch.check()
                 event = run.outcome(future, queue)
                 if event is not None:
                     # forget the result at once, so a worker that dies later does
                     # not make the scheduler recompute a block already written
                     run.pending.pop(future.key).release()
                     callbacks.on_block_end(event)
+            watch.check()
+        except Exception:
+            watch.check(probe=True)  # the cluster's failure is the cause, not what it broke
+            raise
         finally:
-            self.client.cancel(list(run.pending.values()))
-            held.release()
+            watch.stop()
+            with contextlib.suppress(Exception):  # a closed client: the cause is raised above
+                self.client.cancel(list(run.pending.values()))
+                held.release()
 
 
 def _check_cluster(client: Any, payload: bytes, location: Any) -> None:
@@ -236,3 +250,74 @@ def executor_for(client: Any = None) -> ThreadsExecutor | DistributedExecutor:
     """Where the linear algebra's tasks run: ``client``'s cluster when given, else
     here, one task at a time (numpy's BLAS already uses every core)."""
     return DistributedExecutor(client) if client is not None else ThreadsExecutor(1)
+
+
+class _Watch:
+    """A thread that watches the cluster while a run waits on it: with no
+    worker at all for ``timeout`` seconds, or a scheduler that stops
+    answering, it cancels the run's futures (so the wait ends) and `check`
+    raises `ClusterSetupError` in one line: the cause, how many blocks are
+    done, and how to resume."""
+
+    def __init__(self, client: Any, timeout: float, run: _DistributedRun):
+        self.client, self.timeout, self.run = client, timeout, run
+        self.cause: str | None = None
+        self.since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="diffops-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            cause = self._probe()
+            if cause is not None:
+                self._fail(cause)
+                return
+
+    def _probe(self) -> str | None:
+        """Why the run can no longer finish, or None."""
+        status = str(getattr(self.client, "status", "running"))
+        if status not in ("running", "newly-created"):
+            return f"the scheduler stopped answering (the client is {status})"
+        try:
+            workers = self.client.run_on_scheduler(_worker_count)
+        except Exception as err:  # noqa: BLE001 - the scheduler is gone or unreachable
+            return f"the scheduler stopped answering ({type(err).__name__}: {err})"
+        if workers:
+            self.since = None
+            return None
+        self.since = time.monotonic() if self.since is None else self.since
+        if time.monotonic() - self.since >= self.timeout:
+            return f"no worker was left in the cluster for {self.timeout:.0f} s"
+        return None
+
+    def _fail(self, cause: str) -> None:
+        self.cause = cause
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(self.run.pending.values()), force=True)
+
+    def check(self, probe: bool = False) -> None:
+        """**Raises:** `ClusterSetupError` once the cluster failed; with
+        ``probe``, asks it now (a task's communication error may be the first
+        sign of a dead scheduler: the cause is named, not what it broke)."""
+        if self.cause is None and probe:
+            found = self._probe()
+            if found is not None and not found.startswith("no worker"):
+                self.cause = found  # (no workers for a while is the watch's to judge)
+        if self.cause is None:
+            return
+        plan = self.run.plan
+        done = int(ResultStore.open(plan.location).done_mask().sum())
+        raise ClusterSetupError(
+            f"{self.cause}: {done} of {plan.blocks.n_blocks} blocks are complete in "
+            f"{plan.location!r}; start workers (or give jobs a longer walltime) and run the "
+            "same command again to resume"
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _worker_count(dask_scheduler=None) -> int:
+    return len(dask_scheduler.workers) if dask_scheduler is not None else 0

@@ -27,7 +27,7 @@ def client(faults_file):
         "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
         "JAX_PLATFORMS": "cpu",
     }
-    with pipeline.local_cluster(2, env=env, memory_limit="4GiB", dashboard_address=":0") as cluster:
+    with pipeline.local_cluster(2, env=env, memory_limit="4GiB") as cluster:
         with Client(cluster) as c:
             yield c
 
@@ -155,3 +155,32 @@ def test_cluster_marginal_std_and_covariance_equal_the_in_memory_ones(tmp_path, 
     )
     np.testing.assert_allclose(cov.assemble(), dc.covariance(H, damping=damping), rtol=1e-10)
     assert cov.verify() == []
+
+
+def _listeners(pids):
+    import psutil
+
+    found = []
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                found.append((pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def test_every_listener_of_local_cluster_is_on_loopback():
+    """Issue 25, item 11: local_cluster left LocalCluster's dashboard on ':8787',
+    every interface: whoever reaches it runs code as the user."""
+    import psutil
+    from distributed import Client
+
+    me = os.getpid()
+    before = {(ip, port) for _pid, ip, port in _listeners([me])}
+    with pipeline.local_cluster(1, memory_limit="2GiB") as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        kids = [p.pid for p in psutil.Process(me).children(recursive=True)]
+        opened = [(pid, ip, port) for pid, ip, port in _listeners([me, *kids])
+                  if pid != me or (ip, port) not in before]  # fmt: skip
+        assert kids and opened
+        assert all(ip == "127.0.0.1" for _pid, ip, _port in opened), opened
+        assert client.dashboard_link.startswith("http://127.0.0.1:")

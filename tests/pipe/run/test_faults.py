@@ -307,7 +307,7 @@ def test_nanny_kills_a_worker_mid_task(tmp_path, clean, tmp_path_factory, inject
     }
     store = str(tmp_path / "h.zarr")
     with (
-        pipeline.local_cluster(2, env=env, memory_limit="4GiB", dashboard_address=":0") as cluster,
+        pipeline.local_cluster(2, env=env, memory_limit="4GiB") as cluster,
         Client(cluster) as client,
     ):
         outcome = {}
