@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import sys
 
 from dask.utils import parse_bytes
@@ -42,6 +43,8 @@ def worker_env(spec: pipeline.Spec, gpus: int) -> dict[str, str]:
     if not gpus:
         env.pop("XLA_PYTHON_CLIENT_PREALLOCATE")  # a CPU worker allocates as it goes anyway
         env["JAX_PLATFORMS"] = "cpu"
+    else:
+        env["JAX_PLATFORMS"] = "cuda"  # a node whose CUDA fails must fail, never run on CPU
     if spec.dtype == "float64":
         env["JAX_ENABLE_X64"] = "1"
     env.update(spec.env)
@@ -71,18 +74,54 @@ def slurm_cluster(
         for name, value in worker_env(spec, gpus).items()
     ]
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
+    job_bytes = parse_bytes(memory)
     return SLURMCluster(
-        cores=cores,
+        # one task per worker process: XLA uses every core the job books
+        cores=1,
+        job_cpu=cores,
         processes=1,
-        memory=memory,
+        # the worker's limit leaves room for the nanny and the runtime inside
+        # the job's cgroup (SLURM kills the whole job past --mem)
+        memory=f"{int(job_bytes * WORKER_SHARE)}B",
+        job_mem=f"{job_bytes // 2**20}M",
         walltime=walltime,
         queue=queue,
         account=account,
         python=python or sys.executable,
         job_script_prologue=prologue,
         job_extra_directives=directives,
+        # retire each worker before its job's walltime, staggered, so that
+        # `adapt` replaces jobs one at a time and a run outlives walltimes
+        worker_extra_args=lifetime_args(walltime),
         scheduler_options=scheduler_options or {},
     )
+
+
+#: The share of a job's memory its worker may use (the rest: nanny, runtime).
+WORKER_SHARE = 0.9
+
+
+def lifetime_args(walltime: str) -> list[str]:
+    """``--lifetime`` five minutes (or a tenth) before the walltime, staggered."""
+    parts = [int(p) for p in walltime.replace("-", ":").split(":")]
+    seconds = 0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400), strict=False):
+        seconds += part * unit
+    margin = min(300, seconds // 10)
+    stagger = max(1, min(120, seconds // 20))
+    return ["--lifetime", f"{seconds - margin}s", "--lifetime-stagger", f"{stagger}s"]
+
+
+def scheduler_binding(interface: str | None) -> dict:
+    """Where the scheduler listens: the interface the compute nodes use (never
+    every interface of a shared login node); its dashboard on loopback only
+    (reach it through ``ssh -L 8787:127.0.0.1:8787 login-node``)."""
+    where = (
+        {"interface": interface}
+        if interface
+        else {"host": socket.gethostbyname(socket.gethostname())}
+    )
+    return {**where, "dashboard_address": "127.0.0.1:8787"}
 
 
 def main(argv=None) -> int:
@@ -96,6 +135,11 @@ def main(argv=None) -> int:
     parser.add_argument("--queue")
     parser.add_argument("--account")
     parser.add_argument("--python", help="the nodes' interpreter (default: this one)")
+    parser.add_argument(
+        "--interface",
+        help="the network interface the compute nodes reach this host on (e.g. ib0); "
+        "default: the address of this host's name",
+    )
     parser.add_argument("--print-script", action="store_true", help="print the job script and exit")
     args = parser.parse_args(argv)
     parse_bytes(args.memory)  # a bad size fails here, not in a job
@@ -111,7 +155,7 @@ def main(argv=None) -> int:
         queue=args.queue,
         account=args.account,
         python=args.python,
-        scheduler_options=local if args.print_script else None,
+        scheduler_options=local if args.print_script else scheduler_binding(args.interface),
     )
     with cluster:
         if args.print_script:
@@ -119,10 +163,13 @@ def main(argv=None) -> int:
             return 0
         from distributed import Client
 
-        cluster.scale(jobs=args.jobs)
+        # adapt, not scale: jobs retired before their walltime are replaced
+        cluster.adapt(minimum_jobs=args.jobs, maximum_jobs=args.jobs)
         with Client(cluster) as client:
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
             client.wait_for_workers(1)
+            # the active client is this SLURM cluster: a spec's `cluster:` never
+            # starts a local one on the login node beside it
             summary = pipeline.run_spec(spec)
     print(summary)
     return 0 if summary.complete else 3

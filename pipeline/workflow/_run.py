@@ -17,7 +17,7 @@ from diffops_core.internal import InputError, whitened_residuals
 from .._api import _to_zarr
 from .._errors import SpecError
 from .._result import Result, open_result
-from ..run import by_value, local_cluster, noise_digest, peak_rss
+from ..run import active_client, by_value, local_cluster, noise_digest, peak_rss
 from ..store import normalise_location
 from ._finalize import finish, withdraw_outputs
 from ._spec import Spec
@@ -67,7 +67,21 @@ class WorkflowSummary:
 
 @contextlib.contextmanager
 def _client_for(spec: Spec, scheduler: str | None, workers: int | None) -> Iterator[Any]:
-    """A distributed client as the spec/flags ask, or None (embedded default)."""
+    """A distributed client as the spec/flags ask, or None (embedded default).
+    A client active in this process (a caller's: ``workflows/slurm.py``'s
+    SLURM cluster) wins over the spec's ``cluster``; given beside explicit
+    ``scheduler``/``workers``, the conflict is refused."""
+    active = active_client()
+    if active is not None:
+        if scheduler or workers:
+            asked = f"scheduler {scheduler}" if scheduler else f"{workers} local workers"
+            raise SpecError(
+                f"a distributed client ({active.scheduler.address}) is active in this process, "
+                f"and this run was also asked for {asked}: give one; the active client is "
+                "used when neither is given"
+            )
+        yield active  # the caller's cluster, not a new local one beside it
+        return
     scheduler = scheduler or spec.cluster.scheduler
     workers = workers or (None if scheduler else spec.cluster.workers)
     if scheduler:
