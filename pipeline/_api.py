@@ -143,9 +143,7 @@ def _to_zarr(
              "single_writer": single_writer}  # fmt: skip
     flags = _check_args(store, threads, options.get("compressor"), flags)
     options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
-    location = normalise_location(store)
-    if local_path(location) is not None:  # resolved here: workers run elsewhere
-        location = os.path.abspath(location)
+    location = _resolved(store)
     executor = executor or default_executor(client, threads)
     stored = peek(location) or {}
     run_plan = plan(
@@ -168,6 +166,13 @@ def _to_zarr(
         )
         _finish(run_plan, result, lock, after)
     return result
+
+
+def _resolved(store: Any) -> Any:
+    """The store's location; a local path made absolute here, on the driver
+    (workers run elsewhere: a relative path would be theirs)."""
+    location = normalise_location(store)
+    return os.path.abspath(location) if local_path(location) is not None else location
 
 
 def _finish(

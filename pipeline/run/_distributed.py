@@ -8,6 +8,7 @@ naming it; blocks that finished stay complete.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,9 +54,14 @@ def _probe(payload: bytes) -> str:
     import jax
     import zarr
 
-    task = cloudpickle.loads(payload)
-    with jax.enable_x64(task.x64):
-        task.kernels()
+    try:  # a failure as words: an exception of the model's may not travel back
+        task = cloudpickle.loads(payload)
+        with jax.enable_x64(task.x64):
+            task.kernels()
+    except IdentityMismatch:
+        raise  # ours: it travels, and says what differs
+    except Exception as err:  # noqa: BLE001 - reported to the driver, in one line
+        return f"{_CANNOT}{type(err).__name__}: {_first_line(err)[:300]}"
     try:  # the store, as a block would open it: a path, credentials, an endpoint
         zarr.open_group(task.location, mode="r+", use_consolidated=False)
     except Exception as err:  # noqa: BLE001 - reported to the driver, in one line
@@ -64,6 +70,7 @@ def _probe(payload: bytes) -> str:
 
 
 _UNREACHABLE = "store unreachable: "
+_CANNOT = "cannot run f: "
 
 
 def _call(task: BlockTask, index: int) -> BlockEvent:
@@ -110,10 +117,9 @@ class DistributedExecutor:
             self.client.cancel(futures)
 
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
-        import cloudpickle
         from distributed import as_completed
 
-        payload = cloudpickle.dumps(self.task(plan))
+        payload = _payload(self.task(plan))
         _check_cluster(self.client, payload, plan.location)
         # the task is a task (not scattered data), so the scheduler can rebuild it
         # if every worker holding it dies; each worker fetches it once
@@ -141,6 +147,50 @@ class DistributedExecutor:
                 held.release()
 
 
+def _round_trip(task: BlockTask) -> tuple[bytes, BaseException | None]:
+    import cloudpickle
+
+    try:
+        payload = cloudpickle.dumps(task)
+        cloudpickle.loads(payload)  # what every worker will do, tried here first
+    except Exception as err:  # noqa: BLE001 - said in one line by the caller
+        return b"", err
+    return payload, None
+
+
+def _payload(task: BlockTask) -> bytes:
+    """The block task pickled for the workers, tried on the driver first. The
+    modules beside a spec travel by value; objects that do not survive that
+    (a dLux model: a ``__getattr__`` that recurses while it is rebuilt) travel
+    by reference instead, for workers that can import their module (the probe
+    then checks that they can).
+
+    **Raises:** `ClusterSetupError` saying what could not be sent and the way out."""
+    import cloudpickle
+
+    payload, err = _round_trip(task)
+    if err is None:
+        return payload
+    names = sorted(cloudpickle.list_registry_pickle_by_value())
+    if names:
+        modules = [sys.modules[n] for n in names if n in sys.modules]
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+        try:
+            payload, again = _round_trip(task)
+        finally:
+            for module in modules:
+                cloudpickle.register_pickle_by_value(module)
+        if again is None:
+            return payload
+    raise ClusterSetupError(
+        f"f and x cannot be sent to the workers: they do not survive pickling "
+        f"({type(err).__name__}: {_first_line(err)[:200]}); build the model in a module the "
+        "workers can import (put its directory on their PYTHONPATH, e.g. the spec's "
+        "python_path), so that it travels by reference"
+    )
+
+
 def _check_cluster(client: Any, payload: bytes, location: Any) -> None:
     """Before the first block: every worker can unpickle the block task (pickled
     as ``payload``), trace ``f`` to the driver's computation and open the store
@@ -165,6 +215,10 @@ def _check_cluster(client: Any, payload: bytes, location: Any) -> None:
             )
         if isinstance(outcome, IdentityMismatch):  # it says what differs and what to do
             raise ClusterSetupError(f"worker {worker}: {_first_line(outcome)}")
+        if isinstance(outcome, str) and outcome.startswith(_CANNOT):
+            raise ClusterSetupError(
+                f"worker {worker} cannot run f ({outcome[len(_CANNOT) :]}); {fix}"
+            )
         if isinstance(outcome, BaseException):
             raise ClusterSetupError(
                 f"worker {worker} cannot run f ({type(outcome).__name__}: "

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -184,3 +185,47 @@ def test_every_listener_of_local_cluster_is_on_loopback():
         assert kids and opened
         assert all(ip == "127.0.0.1" for _pid, ip, _port in opened), opened
         assert client.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def _unpicklable(module):
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)  # as a spec's own modules travel
+    return lambda: cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_a_model_that_does_not_pickle_travels_by_reference(tmp_path, client):
+    """Issue 25, item 9: a dLux-like model beside its spec, shipped by value,
+    ended every cluster run in distributed's AssertionError (322 lines)."""
+    import jax
+    import unpicklable_model as model
+
+    undo = _unpicklable(model)
+    try:
+        result = pipeline.hessian_to_zarr(model.loss, jnp.linspace(0.1, 1, 6), str(tmp_path / "h.zarr"),
+                                          client=client, progress=False)  # fmt: skip
+    finally:
+        undo()
+    expected = np.asarray(jax.hessian(model.loss)(jnp.linspace(0.1, 1, 6)))
+    np.testing.assert_allclose(np.asarray(result.store.matrix[...]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_the_workers_can_neither_unpickle_nor_import_is_one_line(
+    tmp_path, client, monkeypatch
+):
+    import importlib
+    import shutil
+
+    shutil.copy(os.path.join(TESTS, "unpicklable_model.py"), tmp_path / "driver_only_model.py")
+    monkeypatch.syspath_prepend(str(tmp_path))  # on the driver's path only
+    model = importlib.import_module("driver_only_model")
+    undo = _unpicklable(model)
+    try:
+        with pytest.raises(pipeline.ClusterSetupError) as err:
+            pipeline.hessian_to_zarr(model.loss, jnp.linspace(0.1, 1, 6), str(tmp_path / "h.zarr"),
+                                     client=client, progress=False)  # fmt: skip
+    finally:
+        undo()
+    message = str(err.value)
+    assert "\n" not in message and "No module named 'driver_only_model'" in message
+    assert "AssertionError" not in message
