@@ -121,11 +121,8 @@ class DistributedExecutor:
 
         payload = _payload(self.task(plan))
         _check_cluster(self.client, payload, plan.location)
-        # the task is a task (not scattered data), so the scheduler can rebuild it
-        # if every worker holding it dies; each worker fetches it once
-        held = self.client.submit(_unpack, payload, key=f"diffops-task-{plan.token}", pure=False)
-        run = _DistributedRun(self, plan, held)
-        watch = _Watch(self.client, self.no_workers_timeout, run)
+        run = _DistributedRun(self, plan, payload)
+        watch = run.watch = _Watch(self.client, self.no_workers_timeout, run)
         try:
             queue = as_completed([run.submit(i) for i in todo])
             for future in queue:
@@ -144,7 +141,8 @@ class DistributedExecutor:
             watch.stop()
             with contextlib.suppress(Exception):  # a closed client: the cause is raised above
                 self.client.cancel(list(run.pending.values()))
-                held.release()
+                run.held.release()
+                run.sent.release()
 
 
 def _round_trip(task: BlockTask) -> tuple[bytes, BaseException | None]:
@@ -234,11 +232,40 @@ def _first_line(err: BaseException) -> str:
 class _DistributedRun:
     """The futures of one distributed run and what each block has cost."""
 
-    def __init__(self, executor: DistributedExecutor, plan: RunPlan, held):
-        self.executor, self.plan, self.held = executor, plan, held
+    def __init__(self, executor: DistributedExecutor, plan: RunPlan, payload: bytes):
+        self.executor, self.plan, self.payload = executor, plan, payload
         self.pending: dict[str, Any] = {}
         self.index_of: dict[str, int] = {}
         self.tries: dict[int, int] = {}
+        self.sends = 0
+        self.watch: _Watch | None = None
+        self._send()
+
+    def _send(self) -> None:
+        """The pickled task to every worker, once, outside the graph (which would
+        carry f's constants to the scheduler: "Sending large graph of 69 MiB"),
+        and the task unpacked from it, which every block refers to."""
+        client = self.executor.client
+        self.sent = client.scatter(self.payload, broadcast=True, hash=False)
+        key = f"diffops-task-{self.plan.token}" + (f"-{self.sends}" if self.sends else "")
+        self.held = client.submit(_unpack, self.sent, key=key, pure=False)
+        self.sends += 1
+
+    def _resend_if_lost(self) -> None:
+        """Every worker holding the task gone (scattered data is not rebuilt):
+        wait for a worker (as long as the watch allows), then send it again."""
+        if self.sent.status == "finished":
+            return
+        client = self.executor.client
+        try:
+            client.wait_for_workers(1, timeout=self.executor.no_workers_timeout)
+        except TimeoutError:
+            if self.watch is not None:
+                seconds = self.executor.no_workers_timeout
+                self.watch.cause = f"no worker was left in the cluster for {seconds:.0f} s"
+                self.watch.check()
+            raise
+        self._send()
 
     def submit(self, i: int):
         self.tries[i] = self.tries.get(i, -1) + 1
@@ -273,6 +300,7 @@ class _DistributedRun:
             if self._recorded(i):
                 return BlockEvent(index=i, start=block.start, stop=block.stop, lost=True)
             if self.tries[i] < self.executor.max_resubmits:
+                self._resend_if_lost()
                 self.pending.pop(future.key)
                 queue.add(self.submit(i))
                 return None

@@ -229,3 +229,19 @@ def test_a_model_the_workers_can_neither_unpickle_nor_import_is_one_line(
     message = str(err.value)
     assert "\n" not in message and "No module named 'driver_only_model'" in message
     assert "AssertionError" not in message
+
+
+def test_the_functions_constants_travel_once_outside_the_graph(tmp_path, client):
+    """Issue 25, item 15: f's constants were pickled into the graph ("Sending
+    large graph of size 68.69 MiB", 197 MiB for fisher_1m)."""
+    import warnings
+
+    W = np.random.default_rng(0).normal(size=(1500, 1500)).astype(np.float32)  # 9 MB
+    f = lambda x: 1e-3 * jnp.sum((jnp.asarray(W) @ x) ** 2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = pipeline.hessian_to_zarr(f, jnp.ones(1500), str(tmp_path / "h.zarr"),
+                                          client=client, progress=False, block_size=500)  # fmt: skip
+    assert not [w for w in seen if "large graph" in str(w.message)]
+    expected = 2e-3 * (W.T.astype(np.float64) @ W)
+    np.testing.assert_allclose(np.asarray(result.store.matrix[...]), expected, rtol=2e-3, atol=2e-3)
