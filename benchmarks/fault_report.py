@@ -5,7 +5,9 @@
 Runs tests/pipe/run/test_faults.py (slow ones included), tests/pipe/run/test_resume_or_refuse.py
 (the trust cases of issue 8: changed data, foreign directories, half-made and
 damaged stores, lock races, plans too large for memory or disk) and the worker-kill test of
-tests/pipe/run/test_cluster.py with $DIFFOPS_FAULT_REPORT set, counts the bad-input
+tests/pipe/run/test_cluster.py, the object-store cases (tests/pipe/store/test_object_stores.py,
+on a moto S3 server and on local disk) and the cluster failures
+(tests/pipe/run/test_cluster_failures.py) with $DIFFOPS_FAULT_REPORT set, counts the bad-input
 tests (API, spec, CLI) that passed, and writes the ``faults`` section of
 benchmarks/RESULTS.md.
 """
@@ -65,6 +67,8 @@ def main():
             "tests/pipe/store/test_sparse_results.py",  # sparse stores: damage, resume
             "tests/cli/test_sparse_commands.py::test_edited_sparsity_metadata_is_refused_in_one_line",
             "tests/core/test_sparse_trust.py::test_one_dropped_entry_of_a_chosen_size_is_refused",
+            "tests/pipe/store/test_object_stores.py",  # S3 (moto) beside local disk
+            "tests/pipe/run/test_cluster_failures.py",  # every worker gone, scheduler killed
         ],
         {"DIFFOPS_FAULT_REPORT": report},
     )

@@ -18,6 +18,7 @@ import pytest
 
 import faults
 import pipeline
+from helpers import log_fault
 from pipeline import ClusterSetupError, DistributedExecutor
 
 BIN = os.path.dirname(sys.executable)
@@ -106,6 +107,9 @@ def test_every_worker_gone_fails_in_one_line_saying_how_to_resume(cluster, tmp_p
     assert "of 4 blocks are complete" in message and "run the same command again" in message
     runs = pipeline.open_result(store).runs()
     assert runs[-1]["status"] == "failed" and "no worker was left" in runs[-1]["error"]
+    log_fault(
+        "every worker killed mid-run (one line within the timeout, recorded failed)", 1, True, 0
+    )
 
 
 def test_the_scheduler_killed_names_the_cause_in_one_line(cluster, tmp_path, inject):
@@ -127,3 +131,4 @@ def test_the_scheduler_killed_names_the_cause_in_one_line(cluster, tmp_path, inj
 
     np.testing.assert_allclose(np.asarray(result.store.matrix[...]), np.asarray(jax.hessian(f)(X)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+    log_fault("the scheduler killed mid-run (one line naming it, then resume)", 1, True, 0)

@@ -20,6 +20,7 @@ import zarr
 
 import faults
 import pipeline
+from helpers import log_fault
 from pipeline import StoreError, open_result
 from pipeline.internal import Files, ResultStore, inspect
 
@@ -99,6 +100,8 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_store(where, tmp_path)
     result = open_result(where)
     assert [r["status"] for r in result.runs()] == ["complete"]
     assert not Files(where).listing_top("diffops.lease.")  # released
+    backend = "S3 (moto)" if where.startswith("s3://") else "local"
+    log_fault(f"{backend}: a second and a third writer during a run (refused)", 2, True, 0)
 
 
 def test_a_lease_of_another_host_excludes_until_it_expires(where):
@@ -117,6 +120,10 @@ def test_a_lease_of_another_host_excludes_until_it_expires(where):
         np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
     )
     assert files.listing_top("diffops.lease.") == []  # the expired one went with the takeover
+    backend = "S3 (moto)" if where.startswith("s3://") else "local"
+    log_fault(
+        f"{backend}: a live lease of another host (refused), then expired (taken over)", 2, True, 0
+    )
 
 
 def test_break_lock_takes_a_live_lease_over(where):
@@ -145,6 +152,8 @@ def test_a_killed_run_reads_interrupted_and_resumes(where, tmp_path):
     np.testing.assert_allclose(
         np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
     )
+    backend = "S3 (moto)" if where.startswith("s3://") else "local"
+    log_fault(f"{backend}: driver SIGKILL mid-block (reads interrupted), then resume", 1, True, 0)
 
 
 def test_overwrite_removes_only_what_we_wrote(where):
@@ -160,6 +169,8 @@ def test_overwrite_removes_only_what_we_wrote(where):
     )
     for key, data in mine.items():
         assert files.read(key) == data
+    backend = "S3 (moto)" if where.startswith("s3://") else "local"
+    log_fault(f"{backend}: overwrite beside 3 files of the user's (all kept)", 3, True, 0)
 
 
 def test_a_truncated_chunk_is_missing(where):
@@ -175,6 +186,8 @@ def test_a_truncated_chunk_is_missing(where):
     np.testing.assert_allclose(
         np.asarray(result.store.matrix[...]), _expected(), rtol=1e-5, atol=1e-6
     )
+    backend = "S3 (moto)" if where.startswith("s3://") else "local"
+    log_fault(f"{backend}: a chunk truncated (missing, recomputed)", 1, True, 0)
 
 
 def test_an_unreadable_location_is_an_error_not_an_empty_one(s3, monkeypatch):
@@ -192,6 +205,7 @@ def test_an_unreadable_location_is_an_error_not_an_empty_one(s3, monkeypatch):
         pipeline.hessian_to_zarr(G, X, where, block_size=4, progress=False)
     monkeypatch.undo()
     np.testing.assert_allclose(_matrix(where), _expected(), rtol=1e-5, atol=1e-6)
+    log_fault("S3 (moto): every read failing (an error, never an empty store)", 1, True, 0)
 
 
 def test_a_backend_without_atomic_create_needs_the_users_word(tmp_path):
