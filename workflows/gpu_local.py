@@ -30,7 +30,8 @@ def cuda_cluster(port: int = 8786, **kwargs):
     from dask_cuda import LocalCUDACluster
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(JAX_WORKER_ENV)}):
-        return LocalCUDACluster(scheduler_port=port, host="127.0.0.1", **kwargs)
+        where = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:8787", **kwargs}
+        return LocalCUDACluster(scheduler_port=port, **where)
 
 
 def main(argv=None) -> int:
