@@ -158,9 +158,26 @@ def _print_summary(summary) -> None:
 @click.option(
     "--output", metavar="STORE", help="Write the result here instead of the spec's output."
 )
+@click.option(
+    "--storage-option",
+    "storage",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="An fsspec option for an object-store output (endpoint_url=..., profile=..., "
+    "anon=true); over the spec's storage_options. Never credentials.",
+)
 @_friendly
 def run(
-    spec_path, scheduler, workers, overwrite, break_lock, single_writer, progress, as_json, output
+    spec_path,
+    scheduler,
+    workers,
+    overwrite,
+    break_lock,
+    single_writer,
+    progress,
+    as_json,
+    output,
+    storage,
 ):
     """Run the workflow SPEC: compute what is missing, then summarise.
 
@@ -171,7 +188,7 @@ def run(
 
     # a local cluster's start/stop chatter is not for the user; warnings still show
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    spec = load_spec(spec_path)
+    spec = _with_storage(load_spec(spec_path), storage)
     target = str(output or spec.output)
     if target.startswith("memory://"):
         raise SpecError(
@@ -193,6 +210,22 @@ def run(
         click.echo(json.dumps(summary.to_json()))
     else:
         _print_summary(summary)
+
+
+def _with_storage(spec, pairs):
+    """The spec with ``KEY=VALUE`` storage options over its own (values read as
+    YAML scalars: ``anon=true`` is a bool), checked as the spec's are."""
+    if not pairs:
+        return spec
+    import yaml
+
+    options = dict(spec.storage_options)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--storage-option {pair!r}: give KEY=VALUE")
+        options[key] = yaml.safe_load(value) if value else ""
+    return spec.with_storage_options(options)
 
 
 @main.command()

@@ -28,7 +28,7 @@ from ._resources import (
     smallest_memory_limit,
     vm_bytes,
 )
-from ._task import BlockTask
+from ._task import BlockTask, environment
 from ._threads import ThreadsExecutor
 from ._types import BlockEvent, Callback, Callbacks, Executor, RunEnd, RunStart, RunSummary
 
@@ -56,6 +56,7 @@ __all__ = [
     "default_block_size",
     "default_executor",
     "dispatch",
+    "environment",
     "executor_for",
     "fingerprint_parts",
     "local_cluster",

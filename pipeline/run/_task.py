@@ -226,7 +226,7 @@ class BlockTask:
             state = _STATES.get(self.token)
             if state is None:
                 _STATES.clear()  # one run at a time per process: free the last one
-                with _environment(dict(self.env)):  # compiles trace under it too
+                with environment(dict(self.env)):  # compiles trace under it too
                     state = self._build_state()
                 _STATES[self.token] = state
             return state
@@ -240,7 +240,7 @@ class BlockTask:
         # environment set only while it is traced (the next run on this worker
         # sees the worker's own); compiled kernels are shared with every
         # earlier run of the same program
-        with _environment(dict(self.env)):
+        with environment(dict(self.env)):
             kernels = get_kernels(self.f, self.x, self.op, checkpoint=self.checkpoint)[0]
             self._check_identity(kernels.traced)
         return kernels
@@ -369,14 +369,30 @@ class BlockTask:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]):
+def environment(values: dict[str, str]):
     """``os.environ`` with ``values`` set, restored after (what ``f`` reads
-    while it is traced, it reads here)."""
+    while it is traced, it reads here); ``FSSPEC_<PROTOCOL>`` values (a
+    spec's storage options) also in fsspec's configuration meanwhile (it
+    reads the environment only at import), so a store opened inside uses them."""
     was = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
+    storage = {k: v for k, v in values.items() if k.startswith("FSSPEC_")}
+    conf = None
+    if storage:
+        import copy
+
+        import fsspec.config
+
+        conf = copy.deepcopy(fsspec.config.conf)
+        fsspec.config.set_conf_env(fsspec.config.conf, storage)
     try:
         yield
     finally:
+        if conf is not None:
+            import fsspec.config
+
+            fsspec.config.conf.clear()
+            fsspec.config.conf.update(conf)
         for key, value in was.items():
             if value is None:
                 os.environ.pop(key, None)

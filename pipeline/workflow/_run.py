@@ -17,10 +17,10 @@ from diffops_core.internal import InputError, whitened_residuals
 from .._api import _to_zarr
 from .._errors import SpecError
 from .._result import Result, open_result
-from ..run import active_client, by_value, local_cluster, noise_digest, peak_rss
+from ..run import active_client, by_value, environment, local_cluster, noise_digest, peak_rss
 from ..store import normalise_location
 from ._finalize import finish, withdraw_outputs
-from ._spec import Spec
+from ._spec import Spec, storage_env
 
 __all__ = ["WorkflowSummary", "repair", "run_spec", "stored_spec"]
 
@@ -94,7 +94,7 @@ def _client_for(spec: Spec, scheduler: str | None, workers: int | None) -> Itera
         from distributed import Client
 
         pythonpath = os.pathsep.join([*spec.import_dirs(), os.environ.get("PYTHONPATH", "")])
-        env = {"PYTHONPATH": pythonpath, **spec.env}
+        env = {"PYTHONPATH": pythonpath, **spec.env, **storage_env(spec)}
         if spec.dtype == "float64":
             env["JAX_ENABLE_X64"] = "1"
         with (
@@ -137,7 +137,8 @@ def run_spec(
         spec = spec.model_copy(update={"output": normalise_location(output)})
     spec.check_targets()
     x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
-    with x64:
+    # the store's options for the whole run here (the tasks carry them to workers)
+    with x64, environment(storage_env(spec)):
         locks = {"break_lock": break_lock, "single_writer": single_writer}
         return _run_spec(spec, scheduler, workers, overwrite, progress, locks, tuple(redo))
 
@@ -207,26 +208,10 @@ def _run_spec(
     with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
         # the spec's own modules travel by value: a cluster need not import them
         result = _to_zarr(
-            spec.operation,
-            f,
-            x,
-            spec.output,
-            mode=spec.mode if spec.operation == "jacobian" else None,
-            checkpoint=spec.checkpoint,
-            client=client,
-            overwrite=overwrite,
-            progress=progress,
-            compressor=spec.compressor,
-            sparsity=spec.load_sparsity(),
-            max_dense=spec.max_dense,
-            **locks,
-            redo=redo,
-            env=spec.env,
-            noise=noise,
-            before_write=lambda: withdraw_outputs(spec),
-            after=after,
-            **spec.blocking(),
-        )
+            spec.operation, f, x, spec.output, client=client, overwrite=overwrite,
+            progress=progress, **locks, redo=redo, noise=noise,
+            before_write=lambda: withdraw_outputs(spec), after=after, **_options(spec),
+        )  # fmt: skip
         worker_peak = max(client.run(peak_rss).values(), default=None) if client else None
     summary = _summary(spec, result, time.perf_counter() - t0, worker_peak)
     return dataclasses.replace(
@@ -236,6 +221,20 @@ def _run_spec(
         checks_s=finished.get("checks_s"),
         reason=result.run_summary.reason,
     )
+
+
+def _options(spec: Spec) -> dict[str, Any]:
+    """The run options a spec gives (its env with its storage options: they
+    reach every task)."""
+    return {
+        "mode": spec.mode if spec.operation == "jacobian" else None,
+        "checkpoint": spec.checkpoint,
+        "compressor": spec.compressor,
+        "sparsity": spec.load_sparsity(),
+        "max_dense": spec.max_dense,
+        "env": {**spec.env, **storage_env(spec)},
+        **spec.blocking(),
+    }
 
 
 def _check_point(spec: Spec, f, x) -> None:

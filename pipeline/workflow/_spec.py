@@ -23,7 +23,11 @@ as ``.npy``, and the per-leaf marginal standard deviations as ``.npz``, when
 the matrix fits in memory), ``python_path: []`` (more directories to
 import from; the spec's own directory is always first), ``env: {}`` (environment
 variables set before the function is imported, on the driver and on local
-workers), and ``cluster.threads_per_worker: 1``, ``cluster.memory_limit: auto``.
+workers), ``storage_options: {}`` (for an object-store ``output``: fsspec's
+options for its filesystem, e.g. ``{endpoint_url: "http://minio:9000"}``,
+``{profile: lab}``, ``{anon: true}``; credentials are refused here: they go in
+the environment or a profile), and ``cluster.threads_per_worker: 1``,
+``cluster.memory_limit: auto``.
 
 Relative paths (output, point, python_path, finalize.npy) are relative to the
 spec file's directory, so a spec runs the same from any working directory
@@ -37,6 +41,7 @@ the field.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Annotated, Any
@@ -153,6 +158,26 @@ def _sparsity(value):
             raise ValueError(f"pattern must be a .npz (scipy.sparse.save_npz), got {value!r}")
         return {"pattern": value["pattern"]}
     raise ValueError(f"must be none, auto or {{pattern: file.npz}}, got {value!r}")
+
+
+#: Storage options that are credentials: a spec is stored with its result.
+_SECRET_OPTIONS = frozenset({
+    "key", "secret", "token", "password", "session_token", "credentials", "account_key",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "sas_token",
+})  # fmt: skip
+
+
+def _storage_options(value):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ValueError(f"must be a mapping of option names to values, got {value!r}")
+    secret = sorted(k for k in value if k.lower() in _SECRET_OPTIONS)
+    if secret:
+        raise ValueError(
+            f"{', '.join(secret)}: credentials do not go in a spec (it is stored with the "
+            "result); put them in the environment (AWS_ACCESS_KEY_ID, ...) or a profile "
+            "(storage_options: {profile: name})"
+        )
+    return dict(value)
 
 
 def _max_dense(value):
@@ -311,6 +336,7 @@ class Spec(_Model):
     noise: Noise = Noise()
     python_path: Annotated[tuple[str, ...], BeforeValidator(_dirs)] = ()
     env: Annotated[dict[str, str], BeforeValidator(_env)] = {}
+    storage_options: Annotated[dict[str, Any], BeforeValidator(_storage_options)] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -389,6 +415,15 @@ class Spec(_Model):
             raise SpecError(
                 _message(f"{path} (as stored with the result)", err.errors()[0])
             ) from None
+
+    def with_storage_options(self, options: dict) -> Spec:
+        """This spec with other ``storage_options`` (checked as the spec's are).
+        **Raises:** `SpecError` naming the field."""
+        try:
+            checked = _storage_options(options)
+        except ValueError as err:
+            raise SpecError(f"{self.path}: storage_options: {err}") from None
+        return self.model_copy(update={"storage_options": checked})
 
     def blocking(self) -> dict:
         return self.blocks.model_dump(exclude_none=True)
@@ -635,3 +670,12 @@ def load_spec(path: str) -> Spec:
         where = f" (line {mark.line + 1})" if mark else ""
         raise SpecError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     return spec_from_dict(data, path)
+
+
+def storage_env(spec: Spec) -> dict[str, str]:
+    """The spec's ``storage_options`` as fsspec reads them from the environment
+    (``FSSPEC_<PROTOCOL>``: JSON): what the run sets here and on its workers."""
+    if not spec.storage_options or "://" not in spec.output:
+        return {}
+    protocol = spec.output.split("://", 1)[0]
+    return {f"FSSPEC_{protocol.upper()}": json.dumps(spec.storage_options)}

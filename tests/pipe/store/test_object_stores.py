@@ -255,3 +255,75 @@ def test_s3_setup_errors_are_one_line_naming_the_location(s3, tmp_path, monkeypa
     line = run(str(tmp_path / "h.zarr"), f"finalize: {{npy: {s3}/h.npy}}\n")
     assert "finalize.npy" in line and "local paths only" in line
     assert not (tmp_path / "h.zarr").exists()  # refused before anything ran
+
+
+def test_storage_options_from_the_spec_and_the_command_line(
+    s3, _moto_server, tmp_path, monkeypatch
+):
+    """Item 21: only AWS_* variables worked; a spec and the command line now
+    give fsspec's options (an endpoint here), and never store credentials."""
+    import s3fs
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint only from the options
+    s3fs.S3FileSystem.clear_instance_cache()
+    (tmp_path / "tm.py").write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "def loss(x): return jnp.sum(jnp.sin(x) ** 2)\n"
+        "def best_fit(): return np.linspace(0.1, 1, 6).astype(np.float32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = "operation: hessian\nfunction: tm:loss\npoint: tm:best_fit\n"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        base + f"output: {s3}/a.zarr\nstorage_options: {{endpoint_url: '{_moto_server}'}}\n"
+    )
+    res = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(base + f"output: {s3}/b.zarr\n")
+    res = CliRunner().invoke(main, ["run", str(plain), "--no-progress", "--storage-option",
+                                    f"endpoint_url={_moto_server}"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _moto_server)  # to read them back here
+    s3fs.S3FileSystem.clear_instance_cache()
+    x = np.linspace(0.1, 1, 6).astype(np.float32)
+    expected = np.asarray(jax.hessian(lambda v: jnp.sum(jnp.sin(v) ** 2))(x))
+    for name in ("a", "b"):
+        np.testing.assert_allclose(_matrix(f"{s3}/{name}.zarr"), expected, rtol=1e-5, atol=1e-6)
+    spec.write_text(base + f"output: {s3}/c.zarr\nstorage_options: {{secret: hunter2}}\n")
+    res = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert res.exit_code == 1 and "credentials do not go in a spec" in res.output
+    res = CliRunner().invoke(main, ["run", str(plain), "--storage-option", "key=AKIA"])
+    assert res.exit_code == 1 and "credentials do not go in a spec" in res.output
+
+
+def test_a_specs_env_values_are_not_stored(tmp_path, monkeypatch):
+    """Item 5: a spec's env went verbatim into the store's metadata, where users
+    put AWS_SECRET_ACCESS_KEY."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.internal import stored_spec
+
+    (tmp_path / "tm.py").write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "def loss(x): return jnp.sum(jnp.sin(x) ** 2)\n"
+        "def best_fit(): return np.linspace(0.1, 1, 6).astype(np.float32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "before")  # restored after the spec sets them
+    monkeypatch.setenv("MY_FLAG", "0")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("operation: hessian\nfunction: tm:loss\npoint: tm:best_fit\noutput: o.zarr\n"
+                    "env: {AWS_SECRET_ACCESS_KEY: sekrit-value-42, MY_FLAG: '1'}\n")  # fmt: skip
+    res = CliRunner().invoke(main, ["run", str(spec), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    text = "".join(p.read_text() for p in (tmp_path / "o.zarr").rglob("zarr.json"))
+    assert "sekrit-value-42" not in text and "AWS_SECRET_ACCESS_KEY" in text
+    monkeypatch.setenv("MY_FLAG", "1")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    stored = stored_spec(open_result(str(tmp_path / "o.zarr")))
+    assert stored.env == {"MY_FLAG": "1"}  # the names' values from this environment
