@@ -21,6 +21,9 @@ import pipeline
 from helpers import log_fault
 from pipeline import ClusterSetupError, DistributedExecutor
 
+# each starts and kills a scheduler and a worker: with the slow set (CI runs it too)
+pytestmark = pytest.mark.slow
+
 BIN = os.path.dirname(sys.executable)
 X = jnp.linspace(0.1, 1.0, 12)
 
@@ -96,33 +99,32 @@ def _run_until_blocked(address, store, tmp_path, inject, kill):
     return outcome.get("error")
 
 
-def test_every_worker_gone_fails_in_one_line_saying_how_to_resume(cluster, tmp_path, inject):
+def _killed(cluster, tmp_path, inject, name):
+    """Kill ``name`` (the worker or the scheduler) mid-run: the store, the
+    run's one-line error and its last history entry."""
     address, procs = cluster
     store = str(tmp_path / "h.zarr")
     err = _run_until_blocked(address, store, tmp_path, inject,
-                             lambda: os.killpg(procs["worker"].pid, signal.SIGKILL))  # fmt: skip
+                             lambda: os.killpg(procs[name].pid, signal.SIGKILL))  # fmt: skip
     assert isinstance(err, ClusterSetupError), repr(err)
-    message = str(err)
-    assert "no worker was left in the cluster for 3 s" in message and "\n" not in message
+    assert "\n" not in str(err)
+    return store, str(err), pipeline.open_result(store).runs()[-1]
+
+
+def test_every_worker_gone_fails_in_one_line_saying_how_to_resume(cluster, tmp_path, inject):
+    _store, message, run = _killed(cluster, tmp_path, inject, "worker")
+    assert "no worker was left in the cluster for 3 s" in message
     assert "of 4 blocks are complete" in message and "run the same command again" in message
-    runs = pipeline.open_result(store).runs()
-    assert runs[-1]["status"] == "failed" and "no worker was left" in runs[-1]["error"]
+    assert run["status"] == "failed" and "no worker was left" in run["error"]
     log_fault(
         "every worker killed mid-run (one line within the timeout, recorded failed)", 1, True, 0
     )
 
 
 def test_the_scheduler_killed_names_the_cause_in_one_line(cluster, tmp_path, inject):
-    address, procs = cluster
-    store = str(tmp_path / "h.zarr")
-    err = _run_until_blocked(address, store, tmp_path, inject,
-                             lambda: os.killpg(procs["scheduler"].pid, signal.SIGKILL))  # fmt: skip
-    assert isinstance(err, ClusterSetupError), repr(err)
-    message = str(err)
-    assert "the scheduler stopped answering" in message and "\n" not in message
-    assert "ClosedClientError" not in message
-    runs = pipeline.open_result(store).runs()
-    assert runs[-1]["status"] == "failed" and "scheduler stopped answering" in runs[-1]["error"]
+    store, message, run = _killed(cluster, tmp_path, inject, "scheduler")
+    assert "the scheduler stopped answering" in message and "ClosedClientError" not in message
+    assert run["status"] == "failed" and "scheduler stopped answering" in run["error"]
     # what was done stays done: a rerun here resumes
     inject.clear()
     result = pipeline.hessian_to_zarr(f, X, store, block_size=3, progress=False)

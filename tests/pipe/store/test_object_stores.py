@@ -135,6 +135,7 @@ def test_break_lock_takes_a_live_lease_over(where):
     )
 
 
+@pytest.mark.slow  # a driver process started and SIGKILLed per backend
 def test_a_killed_run_reads_interrupted_and_resumes(where, tmp_path):
     """Item 19: a SIGKILLed run's lease is of a dead process of this host: its
     history reads interrupted (not running forever) and a rerun resumes at once."""

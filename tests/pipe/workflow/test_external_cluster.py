@@ -194,6 +194,7 @@ def test_the_spec_env_reaches_external_workers(cluster, tmp_path):
     np.testing.assert_allclose(got, _expected(tmp_path, 3.0, 4.0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # two more driver processes on the hand-started cluster
 def test_the_spec_env_does_not_outlive_its_run(cluster, tmp_path):
     """The env a run set stayed in its workers' environment: the next run of the
     same model without it was refused (its trace read EXT_POWER=4)."""
