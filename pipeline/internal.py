@@ -20,7 +20,8 @@ are the modules themselves, named here: `api_module` (``_stored_probes``),
 `plan_module` (``probes_of``: the seed a plan draws), `factor_module`
 (``EXACT_DIAGNOSIS_BYTES``), `analysis_module`
 (``FULL_SPECTRUM_BYTES``), `lanczos_module` (``extremes``), `scan_module`
-(``read_region``), `location_module` (``free_disk``), `finalize_module`
+(``read_region``), `location_module` (``free_disk``), `resources_module`
+(``device_bytes``: an accelerator's memory), `finalize_module`
 (``checks``), `workflow_module` (``finish``, ``local_cluster``).
 """
 
@@ -38,13 +39,16 @@ from .run import (
     WORKER_RUNTIME_BYTES,
     BlockTask,
     Limits,
+    device_bytes,
     local_modules,
+    on_device,
     peak_rss,
     plan,
     task_bytes,
     vm_bytes,
 )
 from .run import _plan as plan_module
+from .run import _resources as resources_module
 from .run._plan import default_block
 from .run._task import constant_avals
 from .store import (
@@ -102,6 +106,7 @@ __all__ = [
     "constant_avals",
     "correlation",
     "default_block",
+    "device_bytes",
     "executor_limits",
     "extremes",
     "factor",
@@ -113,12 +118,14 @@ __all__ = [
     "leaf_label",
     "local_modules",
     "location_module",
+    "on_device",
     "peak_rss",
     "plan",
     "plan_module",
     "read_region",
     "remove_ours",
     "resample",
+    "resources_module",
     "scan",
     "scan_module",
     "sha256_json",

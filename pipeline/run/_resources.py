@@ -16,7 +16,9 @@ __all__ = [
     "WORKER_RUNTIME_BYTES",
     "Limits",
     "cluster_limits",
+    "device_bytes",
     "machine_limits",
+    "on_device",
     "peak_rss",
     "smallest_memory_limit",
     "vm_bytes",
@@ -87,12 +89,39 @@ def _baseline_rss() -> int:
     return vm_bytes("VmRSS")
 
 
+def device_bytes() -> int:
+    """The memory XLA may use on this process's first accelerator (its
+    ``memory_stats()["bytes_limit"]``); 0 on a CPU, or where it cannot say."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return 0
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without statistics: the host's limit only
+        return 0
+    return int(stats.get("bytes_limit") or 0)
+
+
+def on_device(limits: Limits, device: int) -> Limits:
+    """``limits`` with an accelerator's memory where it is the smaller: a block's
+    kernel (counted in each task's bytes) runs there, so a plan must fit the
+    device as well as the host."""
+    if device <= 0 or (limits.limit and limits.limit <= device):
+        return limits
+    where = f"the device's memory ({device / 2**30:.1f} GiB, smaller than {limits.where})"
+    return dataclasses.replace(limits, limit=int(device), where=where)
+
+
 def machine_limits(threads: int) -> Limits:
     """``threads`` tasks at once in this process: this machine's available memory
-    (which already excludes what this process holds)."""
-    return Limits(
+    (which already excludes what this process holds), or its accelerator's
+    where that is smaller."""
+    host = Limits(
         int(psutil.virtual_memory().available), 0, int(threads), "this machine's available memory"
     )
+    return on_device(host, device_bytes())
 
 
 def _worker_limits(client: Any) -> list[int]:
@@ -120,7 +149,11 @@ def cluster_limits(client: Any) -> Limits:
         baseline = max(client.run(_baseline_rss).values(), default=0)
     except Exception:  # noqa: BLE001 - a worker that cannot say: assume the measured typical
         baseline = WORKER_BASELINE_BYTES
-    return Limits(
+    try:  # the smallest accelerator of any worker (0: CPU workers)
+        devices = [b for b in client.run(device_bytes).values() if b > 0]
+    except Exception:  # noqa: BLE001 - a worker that cannot say: the hosts' limits only
+        devices = []
+    host = Limits(
         min(positive) if positive else 0,
         int(baseline),
         max(int(w.get("nthreads") or 1) for w in workers),
@@ -128,3 +161,4 @@ def cluster_limits(client: Any) -> Limits:
         WORKER_RUNTIME_BYTES,
         WORKER_FRACTION,
     )
+    return on_device(host, min(devices, default=0))

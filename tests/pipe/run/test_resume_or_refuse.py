@@ -485,6 +485,29 @@ def test_default_block_fits_the_memory_there_is(tmp_path, monkeypatch):
         pipeline.hessian_to_zarr(f, x, str(tmp_path / "tiny.zarr"), progress=False)
 
 
+def test_a_device_smaller_than_the_host_sizes_the_blocks(tmp_path, monkeypatch):
+    """Issue 25, item 12: the memory plan counted only the host's memory, but on
+    a GPU each block's kernel runs in the device's (``memory_stats``)."""
+    from pipeline.internal import executor_limits, resources_module
+
+    f, x = _wide_quadratic(2000)
+    kernels = dci.get_kernels(f, x, "hessian")[0]
+    need = task_bytes(kernels, 125)[0]  # a default block of 125, per task
+    monkeypatch.setattr(resources_module, "device_bytes", lambda: int(need))
+    limits = executor_limits(pipeline.ThreadsExecutor(2))
+    assert limits.limit == int(need) and "the device's memory" in limits.where
+    block = _default_block(kernels, limits)
+    assert 1 <= block < 125
+    result = pipeline.hessian_to_zarr(f, x, str(tmp_path / "h.zarr"), progress=False)
+    assert result.meta["plan"]["block_size"] == block
+    np.testing.assert_allclose(result.array.compute(), dc.hessian(f, x)[0], rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(resources_module, "device_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"the device's memory"):
+        pipeline.hessian_to_zarr(f, x, str(tmp_path / "tiny.zarr"), progress=False)
+    monkeypatch.setattr(resources_module, "device_bytes", lambda: 0)  # a CPU: the host's
+    assert "device" not in executor_limits(pipeline.ThreadsExecutor(2)).where
+
+
 def test_a_matrix_larger_than_the_disk_is_refused_before_a_store_exists(tmp_path):
     n = 10**6  # 4 TB of float32
     f = lambda v: jnp.sum(v**2)
