@@ -243,8 +243,9 @@ def _generations(files: Files) -> dict[int, str]:
 
 
 def _read(files: Files, key: str) -> dict | None:
-    """A lease's document; None when it is gone. An unreadable one reads as
-    held by an unknown holder until its object is older than a lease."""
+    """A lease's document; None when it is gone; ``{}`` when it does not parse
+    (leases are written whole, so that is damage): held by an unknown holder
+    until ``break_lock`` takes it over."""
     try:
         doc = json.loads(files.read(key))
         return doc if isinstance(doc, dict) else {}
