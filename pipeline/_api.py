@@ -311,7 +311,8 @@ def _open_or_create(
     store, all of it to do. ``before_write()`` runs before anything of the
     store changes (a replacement's deletions included), when something will."""
     store = _existing(run_plan, overwrite)
-    if before_write is not None and (store is None or redo or store.todo()):
+    left = tuple(store.todo()) if store is not None else ()
+    if before_write is not None and (store is None or redo or left):
         before_write()  # what was derived from the store goes before it changes
     if store is not None:
         store.remove_partial_files()
@@ -320,7 +321,7 @@ def _open_or_create(
         if redo:  # the factor made from those blocks goes with them
             blocks = [store.plan.block(int(i)) for i in redo]
             invalidate(store.location, [slice(b.start, b.stop) for b in blocks])
-        return store, tuple(store.todo())
+        return store, tuple(store.todo()) if redo else left
     spec = run_plan.spec
     store = ResultStore.create(
         run_plan.location, meta=run_plan.store_meta(), shape=run_plan.stored_shape,

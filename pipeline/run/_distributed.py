@@ -261,8 +261,7 @@ class _DistributedRun:
             client.wait_for_workers(1, timeout=self.executor.no_workers_timeout)
         except TimeoutError:
             if self.watch is not None:
-                seconds = self.executor.no_workers_timeout
-                self.watch.cause = f"no worker was left in the cluster for {seconds:.0f} s"
+                self.watch.cause = self.watch.no_workers()
                 self.watch.check()
             raise
         self._send()
@@ -370,8 +369,11 @@ class _Watch:
             return None
         self.since = time.monotonic() if self.since is None else self.since
         if time.monotonic() - self.since >= self.timeout:
-            return f"no worker was left in the cluster for {self.timeout:.0f} s"
+            return self.no_workers()
         return None
+
+    def no_workers(self) -> str:
+        return f"no worker was left in the cluster for {self.timeout:.0f} s"
 
     def _fail(self, cause: str) -> None:
         self.cause = cause
@@ -384,7 +386,7 @@ class _Watch:
         sign of a dead scheduler: the cause is named, not what it broke)."""
         if self.cause is None and probe:
             found = self._probe()
-            if found is not None and not found.startswith("no worker"):
+            if found is not None and found != self.no_workers():
                 self.cause = found  # (no workers for a while is the watch's to judge)
         if self.cause is None:
             return
