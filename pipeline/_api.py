@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, Unpack
@@ -29,6 +30,7 @@ from diffops_core.internal import (
     whitened_residuals,
 )
 
+from ._errors import StoreError
 from ._result import Result
 from .run import (
     Callback,
@@ -42,6 +44,7 @@ from .run import (
     machine_limits,
     noise_digest,
     plan,
+    stage,
 )
 from .store import (
     FORMAT,
@@ -146,10 +149,11 @@ def _to_zarr(
     location = _resolved(store)
     executor = executor or default_executor(client, threads)
     stored = peek(location) or {}
-    run_plan = plan(
-        operation, f, x, location, limits=executor_limits(executor),
-        stored=stored if _resumable(stored) else None, **options,
-    )  # fmt: skip
+    with stage("plan"):  # trace, detection, colouring, sizing
+        run_plan = plan(
+            operation, f, x, location, limits=executor_limits(executor),
+            stored=stored if _resumable(stored) else None, **options,
+        )  # fmt: skip
     reason = _reason(run_plan, redo, stored)  # before anything is replaced: what is there now
     existing = _existing(run_plan, flags["overwrite"])
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
@@ -159,12 +163,13 @@ def _to_zarr(
     listeners = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     locks = {k: flags[k] for k in ("break_lock", "single_writer")}
     with RunLock(location, **locks) as lock:
-        result, computed = _run(run_plan, executor, listeners, flags["overwrite"], redo,
-                                before_write)  # fmt: skip
+        with stage("blocks"):
+            result, computed = _run(run_plan, executor, listeners, flags["overwrite"], redo,
+                                    before_write)  # fmt: skip
         result.run_summary = dataclasses.replace(
             result.run_summary, reason=reason if computed else _NOTHING
         )
-        _finish(run_plan, result, lock, after)
+        _finish(run_plan, result, executor, lock, after)
     return result
 
 
@@ -176,12 +181,16 @@ def _resolved(store: Any) -> Any:
 
 
 def _finish(
-    run_plan: RunPlan, result: Result, lock: RunLock, after: Callable[[Result], None] | None
+    run_plan: RunPlan,
+    result: Result,
+    executor: Executor,
+    lock: RunLock,
+    after: Callable[[Result], None] | None,
 ) -> None:
     """Under the lock, once blocks are done: a complete sparse store checked
     before it is reported; nothing reported by a run that lost its lease to
     another run; then ``after(result)``, against the state this run leaves."""
-    _check_sparse(run_plan, result.store)
+    _check_sparse(run_plan, result.store, executor)
     lock.check()
     if after is not None:
         after(result)
@@ -222,29 +231,38 @@ def _stored_probes(run_plan: RunPlan, store: ResultStore) -> RunPlan:
     return dataclasses.replace(run_plan, sparsity_info={**mine, "probes": stored.get("probes")})
 
 
-def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
+def _check_sparse(run_plan: RunPlan, store: ResultStore, executor: Executor) -> None:
     """A complete sparse store not checked for the blocks it holds, recovered
     and checked against products of random vectors (row by row; their
     products are stored after the colours', computed in the same calls, except
-    for a row colouring's) before it is reported;
-    the outcome is recorded with the state of the blocks it was made from (a
-    repair or a resume redoes it).
+    for a row colouring's) before it is reported; on a worker when
+    ``executor`` runs on a cluster (its ``self_check``: the driver never holds
+    the recovered matrix). The outcome is recorded with the state of the
+    blocks it was made from (a repair or a resume redoes it).
 
     **Raises:** `ValueError` on a mismatch: the store stays, marked failed, and
     no reader returns its matrix."""
-    import time
-
     if store.checked or not store.status()["complete"]:
         return
+    with stage("self-check"):
+        _self_check(run_plan, store, executor)
+
+
+def _self_check(run_plan: RunPlan, store: ResultStore, executor: Executor) -> None:
     t0 = time.perf_counter()
-    blocks = store.records_digest()
-    matrix, products = store.unchecked()  # the probes' products rode with the colours'
-    info = store.sparsity_meta
+    blocks, info = store.records_digest(), store.sparsity_meta
     assert info is not None
-    seed = probes_of(info)[1] if products is not None else None
+    remote = getattr(executor, "self_check", None)
     try:
-        x_flat = jax.flatten_util.ravel_pytree(run_plan.x)[0]  # the plan's trace, not another
-        found = check_sparse(run_plan.operation, matrix, run_plan.kernels, x_flat, seed, products)
+        if remote is not None:
+            there, found = remote(run_plan, run_plan.operation)
+            if there != blocks:
+                raise StoreError(
+                    f"the blocks of {run_plan.location!r} changed while they were checked "
+                    "(another writer?); run the computation again"
+                )
+        else:
+            matrix, found = _check_here(run_plan, store, info)
     except InputValueError as err:
         info["check"] = {"passed": False, "blocks": blocks, "error": str(err)}
         store.save_meta()
@@ -252,10 +270,20 @@ def _check_sparse(run_plan: RunPlan, store: ResultStore) -> None:
     info["check"] = {"error": float(found["error"]), "tolerance": float(found["tolerance"]),
                      "ratio": float(found["ratio"]), "row": int(found["row"]),
                      "eps": float(found["eps"]), "seed": found["seed"],
-                     "passed": True, "blocks": blocks,
+                     "passed": True, "blocks": blocks, "where": found.get("where", "driver"),
                      "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     store.save_meta()
-    store.keep_checked(matrix)  # what this run reports next reads it (σ, checks, finalize)
+    if remote is None:
+        store.keep_checked(matrix)  # what this run reports next reads it (σ, checks, finalize)
+
+
+def _check_here(run_plan: RunPlan, store: ResultStore, info: dict) -> tuple[Any, dict]:
+    """The self-check in this process: (the recovered matrix, the check's figures)."""
+    matrix, products = store.unchecked()  # the probes' products rode with the colours'
+    seed = probes_of(info)[1] if products is not None else None
+    x_flat = jax.flatten_util.ravel_pytree(run_plan.x)[0]  # the plan's trace, not another
+    return matrix, check_sparse(run_plan.operation, matrix, run_plan.kernels, x_flat, seed,
+                                products)  # fmt: skip
 
 
 def _resumable(meta: dict) -> bool:

@@ -114,6 +114,12 @@ def _print_summary(summary) -> None:
     if summary.peak_rss_worker:
         memory += f", {format_iec(summary.peak_rss_worker)} (largest worker)"
     lines.append(f"  peak memory {memory}")
+    if summary.stages:
+        lines.append("  driver      " + ", ".join(
+            f"{s['name']} {s['seconds']:.1f} s {format_iec(s['peak_bytes'])}"
+            + ("" if s["alone"] else " (peak so far)")
+            for s in summary.stages
+        ))  # fmt: skip
     if summary.symmetry_error is not None:
         lines.append(f"  symmetry    max|H - H^T| / max|H| = {summary.symmetry_error:.2e}")
     if summary.nonfinite is not None:
@@ -205,6 +211,7 @@ def run(
         single_writer=single_writer,
         progress=progress and not as_json,  # JSON is for programs: no bars beside it
         output=output,
+        stage_peaks=True,  # this process is ours: each step's peak is its own
     )
     if as_json:
         click.echo(json.dumps(summary.to_json()))

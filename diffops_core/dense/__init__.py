@@ -40,6 +40,7 @@ from ._sizing import (
     budget_block,
     kernel_bytes,
     peak_rss,
+    reset_peak,
     vm_bytes,
 )
 from ._trace import Identity, TracedFunction, trace
@@ -71,6 +72,7 @@ __all__ = [
     "peak_rss",
     "plan_blocks",
     "ravel_output",
+    "reset_peak",
     "resolve_block_size",
     "split_jacobian",
     "square_matrix",

@@ -191,3 +191,15 @@ def vm_bytes(field: str = "VmHWM") -> int:
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (VmHWM)."""
     return vm_bytes("VmHWM")
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak resident memory to what it holds now (Linux:
+    ``5`` written to ``/proc/self/clear_refs``), so that `peak_rss` then
+    measures a stage alone. **Returns:** whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux, or not allowed
+        return False
+    return True

@@ -17,7 +17,15 @@ from diffops_core.internal import (
 )
 
 from .._errors import NotPositiveDefiniteError, NotPositiveDefiniteTile, StoreError
-from ..run import Callbacks, ProgressBar, RunEnd, RunStart, executor_for, smallest_memory_limit
+from ..run import (
+    Callbacks,
+    DistributedExecutor,
+    ProgressBar,
+    RunEnd,
+    RunStart,
+    executor_for,
+    smallest_memory_limit,
+)
 from ..store import (
     CURVATURE,
     DEFAULT_TILE,
@@ -197,18 +205,31 @@ def _require_verified(store: ResultStore) -> None:
         )
 
 
+def _sparse_variance(store: ResultStore | Any, damping: float) -> np.ndarray:
+    """The marginal variances of a sparse result (a store, or its location: as
+    a task on a worker, which opens it there)."""
+    if not isinstance(store, ResultStore):
+        store = ResultStore.open(store)
+    return sparse_marginal_variance(store.sparse(), damping)
+
+
 def marginal_std(store: ResultStore, x: Any = None, **options: Any) -> Any:
     """``sqrt(diag((M + damping I)⁻¹))`` as a pytree of float64 numpy arrays;
     ``options`` as `factor`'s. A sparse result's variances come from its
     recovered matrix in memory (nnz-sized, `diffops_core`'s sparse path: a
-    Schur complement on its dense rows, or a sparse factorisation); ``tile``
-    and ``client`` are then not used, and nothing is stored.
+    Schur complement on its dense rows, or a sparse factorisation), in one task
+    on ``client``'s cluster when given (else here); ``tile`` is then not used,
+    and nothing is stored.
 
     **Raises:** as `factor`; for a sparse result, `ValueError` with the same
     diagnostics when it is not positive definite."""
     if store.is_sparse:
         require_square_complete(store, "marginal_std", sparse_ok=True)
-        variance = sparse_marginal_variance(store.sparse(), options.get("damping", 0.0))
+        damping, client = options.get("damping", 0.0), options.get("client")
+        if client is not None:  # on a worker: the driver never holds the matrix
+            variance = DistributedExecutor(client).call(_sparse_variance, store.location, damping)
+        else:
+            variance = _sparse_variance(store, damping)
         std = np.sqrt(variance)
     else:
         std = np.sqrt(read_variance(factor(store, **options)))

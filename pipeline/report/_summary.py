@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
 from diffops_core.internal import format_iec
 
 from .._errors import StoreError
+from ..run import DistributedExecutor
 from ..store import NONFINITE, SQUARE, ResultStore, pattern_bytes
 from ._scan import scan
 
@@ -112,10 +114,13 @@ class StoreSummary:
         ]
 
 
-def checks(store: ResultStore, progress: bool = False) -> dict:
+def checks(store: ResultStore, progress: bool = False, client: Any = None) -> dict:
     """Non-finite entries (from the records) and, for a Hessian, the relative
     symmetry error max|H - H^T| / max|H|, in one pass over the stored matrix
-    (`pipeline._scan`)."""
+    (`pipeline._scan`); as one task on ``client``'s cluster when given (the
+    driver then reads none of the matrix)."""
+    if client is not None:
+        return DistributedExecutor(client).call(_checks_at, store.location)
     records = store.read_records()
     out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
     if store.meta["operation"] in SQUARE:
@@ -123,6 +128,11 @@ def checks(store: ResultStore, progress: bool = False) -> dict:
         diff = float(np.max(found.row_asymmetry)) if found.row_asymmetry is not None else 0.0
         out["symmetry_error"] = diff / found.max_abs if found.max_abs > 0 else 0.0
     return out
+
+
+def _checks_at(location: Any) -> dict:
+    """`checks` of the store at ``location``, on a worker."""
+    return checks(ResultStore.open(location))
 
 
 def _leaf_figures(store: ResultStore, progress: bool = False) -> list:

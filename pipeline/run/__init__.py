@@ -14,7 +14,7 @@ imports nothing of ours, so a callback or an executor of your own depends on
 nothing heavy.
 """
 
-from ._callbacks import ProgressBar, Summary, Timings
+from ._callbacks import ProgressBar, StageFigures, Stages, Summary, Timings, stage
 from ._cluster import JAX_WORKER_ENV, by_value, local_cluster, local_modules, tune_malloc
 from ._distributed import DistributedExecutor, active_client, default_executor, executor_for
 from ._driver import dispatch
@@ -49,6 +49,8 @@ __all__ = [
     "RunPlan",
     "RunStart",
     "RunSummary",
+    "StageFigures",
+    "Stages",
     "Summary",
     "ThreadsExecutor",
     "Timings",
@@ -70,6 +72,7 @@ __all__ = [
     "peak_rss",
     "plan",
     "smallest_memory_limit",
+    "stage",
     "task_bytes",
     "tune_malloc",
     "vm_bytes",

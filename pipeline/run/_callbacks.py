@@ -6,16 +6,25 @@
   products alike;
 - `Summary`: the `RunSummary` a `Result` carries (`Result.run_summary`);
 - `Timings`: every block's figures (kernel, device-to-host and write seconds,
-  wall-clock kernel intervals) for benchmarks and the device busy fraction.
+  wall-clock kernel intervals) for benchmarks and the device busy fraction;
+- `Stages` and `stage`: the seconds and the driver's peak memory of each
+  step of a run (plan, blocks, self-check, checks, finalize), for the
+  summary of a spec's run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import sys
+import time
+
+from diffops_core.internal import peak_rss, reset_peak
 
 from ._types import BlockEvent, Callback, RunEnd, RunStart, RunSummary
 
-__all__ = ["ProgressBar", "Summary", "Timings"]
+__all__ = ["ProgressBar", "StageFigures", "Stages", "Summary", "Timings", "stage"]
 
 
 class ProgressBar(Callback):
@@ -110,3 +119,65 @@ class Timings(Callback):
 
     def busy_fraction(self) -> float:
         return self.busy_seconds() / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFigures:
+    """One step of a run in this process: `name`, `seconds`, and `peak_bytes`,
+    this process's peak resident memory (VmHWM) during it when `alone` (the
+    peak was reset as it began), else its peak so far."""
+
+    name: str
+    seconds: float
+    peak_bytes: int
+    alone: bool
+
+
+class Stages:
+    """A recorder of the steps (`stage`) run while it is active (``with
+    Stages(...) as stages``). With ``reset_peak``, each step resets the
+    process's peak as it begins, so its figure is its own: a process that
+    records no figure of its own may ask for it (``diffops run`` does); the
+    peak over all steps and before stays in `peak_bytes`."""
+
+    _active: contextvars.ContextVar[Stages | None] = contextvars.ContextVar(
+        "diffops_stages", default=None
+    )
+
+    def __init__(self, reset_peak: bool = False):
+        self.reset_peak = reset_peak
+        self.figures: list[StageFigures] = []
+        self.peak_bytes = 0
+        self._token: contextvars.Token[Stages | None] | None = None
+
+    def __enter__(self) -> Stages:
+        self._token = self._active.set(self)
+        self.peak_bytes = peak_rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._token is not None
+        self._active.reset(self._token)
+        self.peak_bytes = max(self.peak_bytes, peak_rss())
+
+    def _begin(self) -> bool:
+        self.peak_bytes = max(self.peak_bytes, peak_rss())
+        return self.reset_peak and reset_peak()
+
+    def _end(self, name: str, t0: float, alone: bool) -> None:
+        peak = peak_rss()
+        self.peak_bytes = max(self.peak_bytes, peak)
+        self.figures.append(StageFigures(name, time.perf_counter() - t0, peak, alone))
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Record the step ``name`` in the active `Stages`, if any (one that fails
+    is not recorded)."""
+    stages = Stages._active.get()
+    if stages is None:
+        yield
+        return
+    alone, t0 = stages._begin(), time.perf_counter()
+    yield
+    stages._end(name, t0, alone)

@@ -8,14 +8,18 @@ naming it; blocks that finished stay complete.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from diffops_core.internal import check_sparse
+
 from .._errors import BlockError, ClusterSetupError, IdentityMismatch
-from ..store import ResultStore
+from ..store import ResultStore, probes_of
 from ._plan import RunPlan
 from ._resources import Limits, cluster_limits
 from ._task import BlockTask
@@ -69,6 +73,27 @@ def _probe(payload: bytes) -> str:
     return "ok"
 
 
+def _self_check(payload: bytes, operation: str) -> tuple[str, dict]:
+    """`DistributedExecutor.self_check`, on the worker: ``f`` traced here (and
+    checked to be the driver's computation), the store's matrix recovered from
+    its products and checked against the products of its probe vectors."""
+    import cloudpickle
+    import jax
+    import jax.flatten_util
+
+    task = cloudpickle.loads(payload)
+    with jax.enable_x64(task.x64):
+        kernels = task.kernels()
+        store = ResultStore.open(task.location)
+        blocks = store.records_digest()
+        matrix, products = store.unchecked()
+        seed = probes_of(store.sparsity_meta or {})[1] if products is not None else None
+        x_flat = jax.flatten_util.ravel_pytree(task.x)[0]
+        found = check_sparse(operation, matrix, kernels, x_flat, seed, products)
+    figures = {k: v.item() if hasattr(v, "item") else v for k, v in found.items()}  # plain numbers
+    return blocks, {**figures, "where": f"{socket.gethostname()}:{os.getpid()}"}
+
+
 _UNREACHABLE = "store unreachable: "
 _CANNOT = "cannot run f: "
 
@@ -115,6 +140,46 @@ class DistributedExecutor:
                 on_done(future.result())  # raises the task's error
         finally:
             self.client.cancel(futures)
+
+    def call(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` as one task on the cluster, for a step too heavy for
+        the driver; its result. Bytes arguments (a pickled task) travel
+        scattered, outside the graph. With no worker left for
+        `no_workers_timeout` seconds it stops waiting.
+
+        **Raises:** the task's own error; `ClusterSetupError` when no worker
+        is left."""
+        from distributed import wait
+
+        sent = [self.client.scatter(a, hash=False) if isinstance(a, bytes) else a for a in args]
+        future = self.client.submit(fn, *sent, pure=False)
+        since = None
+        try:
+            while future.status == "pending":
+                with contextlib.suppress(TimeoutError):
+                    wait(future, timeout=min(5.0, self.no_workers_timeout))
+                if future.status != "pending" or self.client.run_on_scheduler(_worker_count):
+                    since = None
+                    continue
+                since = time.monotonic() if since is None else since
+                if time.monotonic() - since >= self.no_workers_timeout:
+                    raise ClusterSetupError(
+                        f"no worker was left in the cluster for {self.no_workers_timeout:.0f} s "
+                        f"while it ran {getattr(fn, '__name__', fn)}; start workers and run the "
+                        "same command again"
+                    )
+            return future.result()
+        finally:
+            with contextlib.suppress(Exception):  # a closed client: the cause is raised
+                self.client.cancel([future, *[a for a in sent if a not in args]])
+
+    def self_check(self, plan: RunPlan, operation: str) -> tuple[str, dict]:
+        """A complete sparse store's check against products of random vectors
+        (`diffops_core`'s ``check_sparse``), on a worker: the driver never holds
+        the recovered matrix. **Returns:** (the records' digest of the blocks
+        checked, the check's figures). **Raises:** its `ValueError` on a
+        mismatch."""
+        return self.call(_self_check, _payload(self.task(plan)), operation)
 
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
         from distributed import as_completed

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._result import Result
 from ..report import checks
+from ..run import stage
 from ..store import is_current, leaf_label, store_state, withdraw, write_derived
 from ._spec import Spec
 
@@ -29,9 +30,11 @@ def withdraw_outputs(spec: Spec) -> None:
         withdraw(path)
 
 
-def finish(spec: Spec, result: Result, x, progress: bool) -> dict:
+def finish(spec: Spec, result: Result, x, progress: bool, client: Any = None) -> dict:
     """Under the run's lock, against the state it leaves: the checks (once per
-    store state) and every finalize output whose source is not this state.
+    store state) and every finalize output whose source is not this state;
+    the checks and σ as tasks on ``client``'s cluster when one is given (the
+    driver holds none of the matrix).
 
     **Returns:** ``outputs`` (path -> ``"written"`` or ``"current"``), ``std``
     (min/median/max per leaf) and ``checks_s`` (seconds the checks took, None
@@ -45,7 +48,8 @@ def finish(spec: Spec, result: Result, x, progress: bool) -> dict:
     meta = store.meta
     if meta.get("checks_state") != state or "checks" not in meta:
         t0 = time.perf_counter()
-        meta["checks"] = checks(store, progress=progress)
+        with stage("checks"):
+            meta["checks"] = checks(store, progress=progress, client=client)
         out["checks_s"] = time.perf_counter() - t0
         meta["checks_state"] = state
         meta["spec"] = spec.to_json()
@@ -59,16 +63,17 @@ def finish(spec: Spec, result: Result, x, progress: bool) -> dict:
         if is_current(path, source):
             out["outputs"][path] = "current"
         else:
-            write_derived(path, source, lambda fh: np.save(fh, result.assemble()))
+            with stage("npy"):
+                write_derived(path, source, lambda fh: np.save(fh, result.assemble()))
             out["outputs"][path] = "written"
     if spec.finalize.std:
         out["std"], out["outputs"][str(spec.finalize.std)] = _write_std(
-            spec, result, x, state, progress
+            spec, result, x, state, progress, client
         )
     return out
 
 
-def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool):
+def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool, client: Any):
     """``finalize.std``: per-leaf marginal standard deviations (an .npz whose keys
     are leaf labels such as ``shape/rho``), out of core (`Result.marginal_std`:
     tile tasks of bounded memory, the factor kept in the store), unless the file
@@ -82,7 +87,8 @@ def _write_std(spec: Spec, result: Result, x, state: dict, progress: bool):
             leaves = {name: saved[name] for name in saved.files}
         how = "current"
     else:
-        std = result.marginal_std(x, progress=progress)
+        with stage("std"):
+            std = result.marginal_std(x, progress=progress, client=client)
         leaves = {
             leaf_label(jax.tree_util.keystr(path)): np.asarray(value)
             for path, value in jax.tree_util.tree_flatten_with_path(std)[0]

@@ -17,7 +17,16 @@ from diffops_core.internal import InputError, whitened_residuals
 from .._api import _to_zarr
 from .._errors import SpecError
 from .._result import Result, open_result
-from ..run import active_client, by_value, environment, local_cluster, noise_digest, peak_rss
+from ..run import (
+    Stages,
+    active_client,
+    by_value,
+    environment,
+    local_cluster,
+    noise_digest,
+    peak_rss,
+    stage,
+)
 from ..store import normalise_location
 from ._finalize import finish, withdraw_outputs
 from ._spec import Spec, storage_env
@@ -60,6 +69,11 @@ class WorkflowSummary:
     """Seconds the checks took (None: the stored ones were of this store state)."""
     sparsity: dict | None = None
     """A sparse result's pattern, colouring and check (the store's ``sparsity``)."""
+    stages: tuple[dict, ...] = ()
+    """Each step this run took in the driver (load, plan, blocks, self-check,
+    checks, npy, std): ``name``, ``seconds``, ``peak_bytes`` (the driver's peak
+    memory during it when ``alone``, else its peak so far; see `run_spec`'s
+    ``stage_peaks``)."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -124,6 +138,7 @@ def run_spec(
     single_writer: bool = False,
     output: Any = None,
     redo: Sequence[int] = (),
+    stage_peaks: bool = False,
 ) -> WorkflowSummary:
     """Run a spec through the pipeline; what it did as a `WorkflowSummary`.
 
@@ -131,7 +146,10 @@ def run_spec(
     ``output``, the result goes there instead of the spec's output (a store that
     was moved or copied); ``redo`` lists blocks to recompute (their records are
     cleared under the lock, only once the function has been traced and the
-    store found to hold the same computation).
+    store found to hold the same computation). With ``stage_peaks``, the
+    process's peak memory is reset as each step begins (Linux), so that each
+    step's figure in `WorkflowSummary.stages` is its own: for a process that
+    keeps no peak of its own (``diffops run`` asks for it).
     """
     if output is not None:
         spec = spec.model_copy(update={"output": normalise_location(output)})
@@ -140,7 +158,13 @@ def run_spec(
     # the store's options for the whole run here (the tasks carry them to workers)
     with x64, environment(storage_env(spec)):
         locks = {"break_lock": break_lock, "single_writer": single_writer}
-        return _run_spec(spec, scheduler, workers, overwrite, progress, locks, tuple(redo))
+        with Stages(reset_peak=stage_peaks) as stages:
+            summary = _run_spec(spec, scheduler, workers, overwrite, progress, locks, tuple(redo))
+        return dataclasses.replace(
+            summary,
+            peak_rss_driver=stages.peak_bytes,
+            stages=tuple(dataclasses.asdict(s) for s in stages.figures),
+        )
 
 
 def stored_spec(result: Result) -> Spec:
@@ -191,21 +215,15 @@ def _run_spec(
     spec: Spec, scheduler, workers, overwrite, progress, locks: dict, redo
 ) -> WorkflowSummary:
     t0 = time.perf_counter()
-    f = spec.load_function()
-    x = spec.load_point()
-    spec.check_outputs()  # after the imports: model files are inputs too
-    _check_point(spec, f, x)
-    noise = None
-    if spec.operation == "gauss_newton":
-        model = spec.load_noise()  # read once: for the residuals and their digest
-        f = _whitened(spec, f, x, model)
-        noise = noise_digest(**model)
+    with stage("load"):
+        f, x, noise = _loaded(spec)
     finished: dict[str, Any] = {}
 
-    def after(result: Result) -> None:
-        finished.update(finish(spec, result, x, progress))
-
     with _client_for(spec, scheduler, workers) as client, by_value(spec.import_dirs()):
+
+        def after(result: Result) -> None:
+            finished.update(finish(spec, result, x, progress, client))
+
         # the spec's own modules travel by value: a cluster need not import them
         result = _to_zarr(
             spec.operation, f, x, spec.output, client=client, overwrite=overwrite,
@@ -221,6 +239,22 @@ def _run_spec(
         checks_s=finished.get("checks_s"),
         reason=result.run_summary.reason,
     )
+
+
+def _loaded(spec: Spec) -> tuple[Any, Any, str | None]:
+    """(f, x, the noise model's digest) of a spec: its modules imported, its
+    point loaded and checked, the noise model applied to a Gauss-Newton's
+    residuals."""
+    f = spec.load_function()
+    x = spec.load_point()
+    spec.check_outputs()  # after the imports: model files are inputs too
+    _check_point(spec, f, x)
+    noise = None
+    if spec.operation == "gauss_newton":
+        model = spec.load_noise()  # read once: for the residuals and their digest
+        f = _whitened(spec, f, x, model)
+        noise = noise_digest(**model)
+    return f, x, noise
 
 
 def _options(spec: Spec) -> dict[str, Any]:

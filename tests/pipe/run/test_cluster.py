@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -245,3 +246,55 @@ def test_the_functions_constants_travel_once_outside_the_graph(tmp_path, client)
     assert not [w for w in seen if "large graph" in str(w.message)]
     expected = 2e-3 * (W.T.astype(np.float64) @ W)
     np.testing.assert_allclose(np.asarray(result.store.matrix[...]), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_the_heavy_steps_of_a_sparse_spec_run_on_the_cluster(tmp_path, client, monkeypatch):
+    """Issue 25 item 14: with a cluster, the self-check, the checks and σ are
+    tasks on it; the driver never recovers the matrix (here it cannot)."""
+    from helpers import residual_spec
+    from pipeline.internal import ResultStore
+
+    spec = residual_spec(tmp_path, monkeypatch, "heavy_model", sparsity="auto",
+                         finalize="{std: std.npz}")  # fmt: skip
+
+    def refused(self):
+        raise AssertionError("the driver recovered the matrix")
+
+    monkeypatch.setattr(ResultStore, "_recovered", refused)
+    summary = pipeline.run_spec(pipeline.load_spec(spec), progress=False)
+    result = pipeline.open_result(str(tmp_path / "g.zarr"))
+    check = result.meta["sparsity"]["check"]
+    assert check["passed"] and int(check["where"].rsplit(":", 1)[1]) != os.getpid()
+    assert result.meta["checks"]["nonfinite"] == 0 and summary.symmetry_error < 1e-12
+    monkeypatch.undo()  # the reference, in this process
+    import heavy_model
+
+    with jax.enable_x64(True):
+        x = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), heavy_model.point())
+        flat, unravel = jax.flatten_util.ravel_pytree(x)
+        J = jax.jacfwd(lambda v: jax.flatten_util.ravel_pytree(heavy_model.residuals(
+            unravel(v)))[0])(flat)  # fmt: skip
+        G = np.asarray(J.T @ J)
+    with np.load(tmp_path / "std.npz") as saved:
+        got = np.concatenate([saved[k].ravel() for k in ("a", "b")])
+    np.testing.assert_allclose(got, np.sqrt(np.diag(np.linalg.inv(G))), rtol=1e-9)
+
+
+def test_a_wrong_pattern_fails_its_check_on_the_cluster_and_is_recorded(
+    tmp_path, client, monkeypatch
+):
+    """A given pattern that misses the arrowhead's couplings: the worker's
+    self-check refuses it, and the driver records the failure."""
+    import scipy.sparse as sp
+
+    from helpers import residual_spec
+
+    sp.save_npz(tmp_path / "diag.npz", sp.csr_matrix(sp.identity(6, dtype=bool)))
+    spec = residual_spec(tmp_path, monkeypatch, "wrong_model",
+                         sparsity=f"{{pattern: {tmp_path / 'diag.npz'}}}")  # fmt: skip
+    with pytest.raises(ValueError, match="does not match products of random vectors"):
+        pipeline.run_spec(pipeline.load_spec(spec), progress=False)
+    result = pipeline.open_result(str(tmp_path / "g.zarr"))
+    assert result.status()["complete"] and result.meta["sparsity"]["check"]["passed"] is False
+    with pytest.raises(ValueError, match="has not passed its check"):
+        result.sparse()

@@ -141,7 +141,7 @@ def test_a_second_writer_during_the_checks_is_refused(tmp_path, monkeypatch):
     real = workflow.checks
     outcome = {}
 
-    def checks_with_intruder(result, progress=False):
+    def checks_with_intruder(result, progress=False, client=None):
         def intrude():
             import dmodel
 
@@ -163,7 +163,7 @@ def test_a_second_writer_during_the_checks_is_refused(tmp_path, monkeypatch):
         thread = threading.Thread(target=intrude)
         thread.start()
         thread.join()
-        return real(result, progress=progress)
+        return real(result, progress=progress, client=client)
 
     monkeypatch.setattr(workflow, "checks", checks_with_intruder)
     res = _run(spec)

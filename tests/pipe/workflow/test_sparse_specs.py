@@ -72,3 +72,45 @@ def test_a_spec_takes_a_known_pattern_from_a_file(tmp_path, monkeypatch):
                          sparsity="{pattern: junk.npz}", output="junk.zarr")  # fmt: skip
     with pytest.raises(pipeline.SpecError, match="sparsity.pattern: cannot use"):
         pipeline.run_spec(pipeline.load_spec(junk), progress=False)
+
+
+def test_a_spec_run_names_each_step_with_the_drivers_peak(tmp_path, monkeypatch):
+    """Issue 25 item 14: the driver's steps, each with its seconds and its own
+    peak (`stage_peaks`), in the summary and in ``diffops run``'s output."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    spec = residual_spec(tmp_path, monkeypatch, "staged_model", sparsity="auto",
+                         finalize="{std: std.npz, npy: g.npy}")  # fmt: skip
+    summary = pipeline.run_spec(pipeline.load_spec(spec), progress=False, stage_peaks=True)
+    names = [s["name"] for s in summary.stages]
+    assert names == ["load", "plan", "blocks", "self-check", "checks", "npy", "std"]
+    assert all(s["alone"] and s["peak_bytes"] > 0 and s["seconds"] >= 0 for s in summary.stages)
+    assert summary.peak_rss_driver >= max(s["peak_bytes"] for s in summary.stages)
+    again = pipeline.run_spec(pipeline.load_spec(spec), progress=False)  # nothing to do
+    assert [s["name"] for s in again.stages] == ["load", "plan", "blocks"]
+    assert not any(s["alone"] for s in again.stages)  # the caller's peak is left alone
+    out = CliRunner().invoke(
+        main, ["run", spec, "--output", str(tmp_path / "again.zarr"), "--no-progress"]
+    )
+    assert out.exit_code == 0, out.output
+    line = next(t for t in out.output.splitlines() if t.strip().startswith("driver"))
+    assert "plan" in line and "self-check" in line and "(peak so far)" not in line
+
+
+def test_a_step_measured_alone_forgets_the_peak_before_it():
+    """The reset is real: a step after a large allocation reports its own peak,
+    not the allocation's (and without the reset, the peak so far)."""
+    from pipeline.internal import Stages, stage
+
+    big = np.ones(2**27)  # 1 GiB, touched
+    del big
+    with Stages() as so_far, stage("small"):
+        np.ones(2**20).sum()
+    with Stages(reset_peak=True) as alone, stage("small"):
+        np.ones(2**20).sum()
+    (mine,), (theirs,) = alone.figures, so_far.figures
+    assert mine.alone and not theirs.alone
+    assert theirs.peak_bytes - mine.peak_bytes > 2**29
+    assert alone.peak_bytes >= 2**30  # the recorder's own peak keeps what came before
