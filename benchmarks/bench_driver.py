@@ -22,40 +22,51 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
+import psutil
 from report import HERE, mb, write_section
 
 STEPS = ("load", "plan", "blocks", "self-check", "checks", "std")
 
+#: label: (workers, the store's directory): the third reruns the first's store
+#: in a fresh process, with nothing left to do.
+CASES = {
+    "embedded (no cluster)": (0, "embedded"),
+    "cluster (--workers 1)": (1, "cluster"),
+    "nothing to do (embedded, again)": (0, "embedded"),
+}
 
-def one(spec_path: str, workers: int) -> dict:
-    """The spec into a temporary store, in this (fresh) process."""
+
+def one(spec_path: str, workers: int, where: str) -> dict:
+    """The spec into the store in the directory ``where`` (its σ file beside
+    it), in this (fresh) process."""
     import pipeline
 
-    with tempfile.TemporaryDirectory(
-        prefix="diffops-bench-", dir=os.path.join(HERE, "_out")
-    ) as tmp:
-        spec = pipeline.load_spec(spec_path)
-        finalize = spec.finalize.model_copy(update={"std": os.path.join(tmp, "std.npz")})
-        spec = spec.model_copy(update={"output": os.path.join(tmp, "f.zarr"),
-                                       "finalize": finalize})  # fmt: skip
-        summary = pipeline.run_spec(spec, workers=workers or None, progress=False,
-                                    stage_peaks=True)  # fmt: skip
-        check = (summary.sparsity or {}).get("check", {})
-        return {
-            "stages": {s["name"]: [s["seconds"], s["peak_bytes"]] for s in summary.stages},
-            "alone": all(s["alone"] for s in summary.stages),
-            "peak": summary.peak_rss_driver,
-            "worker": summary.peak_rss_worker,
-            "wall": summary.wall_s,
-            "n": summary.shape[0],
-            "where": check.get("where", ""),
-        }
+    spec = pipeline.load_spec(spec_path)
+    finalize = spec.finalize.model_copy(update={"std": os.path.join(where, "std.npz")})
+    spec = spec.model_copy(update={"output": os.path.join(where, "f.zarr"),
+                                   "finalize": finalize})  # fmt: skip
+    summary = pipeline.run_spec(spec, workers=workers or None, progress=False,
+                                stage_peaks=True)  # fmt: skip
+    check = (summary.sparsity or {}).get("check", {})
+    return {
+        "stages": {s["name"]: [s["seconds"], s["peak_bytes"]] for s in summary.stages},
+        "alone": all(s["alone"] for s in summary.stages),
+        "peak": summary.peak_rss_driver,
+        "worker": summary.peak_rss_worker,
+        "wall": summary.wall_s,
+        "n": summary.shape[0],
+        "where": check.get("where", ""),
+        "reason": summary.reason,
+        "process": time.time() - psutil.Process().create_time(),  # imports included
+    }
 
 
-def _fresh(spec_path: str, workers: int) -> dict:
+def _fresh(spec_path: str, workers: int, where: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", spec_path, "--workers", str(workers)],
+        [sys.executable, __file__, "--one", spec_path, "--workers", str(workers), "--where",
+         where],
         capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -76,7 +87,8 @@ def _row(label: str, runs: list[dict]) -> str:
     worker = [r["worker"] for r in runs if r["worker"]]
     cells += [mb(statistics.median(r["peak"] for r in runs)),
               mb(statistics.median(worker)) if worker else "—",
-              f"{statistics.median(r['wall'] for r in runs):.1f}"]  # fmt: skip
+              f"{statistics.median(r['wall'] for r in runs):.1f}",
+              f"{statistics.median(r['process'] for r in runs):.1f}"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
@@ -87,19 +99,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--one", default=None)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--where", default=None)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.workers)))
+        print(json.dumps(one(args.one, args.workers, args.where)))
         return
     os.makedirs(os.path.join(HERE, "_out"), exist_ok=True)
-    cases = {"embedded (no cluster)": 0, "cluster (--workers 1)": 1}
-    found = {label: [_fresh(args.spec, w) for _ in range(args.repeats)]
-             for label, w in cases.items()}  # fmt: skip
+    found: dict[str, list[dict]] = {k: [] for k in CASES}
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="diffops-bench-",
+                                         dir=os.path.join(HERE, "_out")) as tmp:  # fmt: skip
+            for label, (workers, store) in CASES.items():
+                where = os.path.join(tmp, store)
+                os.makedirs(where, exist_ok=True)
+                found[label].append(_fresh(args.spec, workers, where))
     for label, runs in found.items():
         assert all(r["alone"] for r in runs), "the peak could not be reset: not Linux?"
         print(label, json.dumps(runs))
+    again = found["nothing to do (embedded, again)"]
+    assert all(r["reason"] == "complete: nothing to do" for r in again), again
     n = next(iter(found.values()))[0]["n"]
-    header = ["where", *STEPS, "driver peak MB", "worker peak MB", "run s"]
+    header = ["where", *STEPS, "driver peak MB", "worker peak MB", "run s", "process s"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += [_row(label, runs) for label, runs in found.items()]
     spec = os.path.relpath(args.spec, os.path.dirname(HERE))
@@ -113,6 +133,11 @@ def main() -> None:
         "the embedded default); *self-check*, *checks*, *std*: on the embedded default in "
         "the driver, with a cluster as one task each on a worker (the driver then holds no "
         "nnz-sized matrix). Worker peak: the largest worker's VmHWM at the end of the run. "
+        "*Nothing to do*: the first case's complete store, run again in a fresh process (the "
+        "pattern read from the store, no kernel compiled, the checks and σ file current). Run "
+        "s: `run_spec` (its load step is the model's own import: building the 1024² model and "
+        "its data); process s: the whole process, Python's imports of jax and the pipeline "
+        "included. "
         f"Median of {args.repeats} run(s).\n\n" + "\n".join(lines)
     )
     write_section("driver-stages", body,

@@ -148,18 +148,14 @@ def _to_zarr(
     options["checkpoint"] = check_flag("checkpoint", options.get("checkpoint", False))
     location = _resolved(store)
     executor = executor or default_executor(client, threads)
-    stored = peek(location) or {}
-    with stage("plan"):  # trace, detection, colouring, sizing
-        run_plan = plan(
-            operation, f, x, location, limits=executor_limits(executor),
-            stored=stored if _resumable(stored) else None, **options,
-        )  # fmt: skip
+    limits = executor_limits(executor)
+    run_plan, stored = _planned(operation, f, x, location, limits, options)
     reason = _reason(run_plan, redo, stored)  # before anything is replaced: what is there now
     existing = _existing(run_plan, flags["overwrite"])
     left = existing.todo() if existing is not None else range(run_plan.blocks.n_blocks)
     if existing is not None and not redo and not left and after is None and existing.checked:
         return Result(existing, RunSummary(reason=_NOTHING))  # complete: touch nothing
-    _check_disk(run_plan, left, new=existing is None)
+    _check_room(run_plan, limits, left, redo, new=existing is None)
     listeners = [*callbacks, ProgressBar()] if flags["progress"] else list(callbacks)
     locks = {k: flags[k] for k in ("break_lock", "single_writer")}
     with RunLock(location, **locks) as lock:
@@ -171,6 +167,27 @@ def _to_zarr(
         )
         _finish(run_plan, result, executor, lock, after)
     return result
+
+
+def _planned(operation: str, f: Callable, x: Any, location: Any, limits: Any,
+             options: dict) -> tuple[RunPlan, dict]:  # fmt: skip
+    """(the `plan`, the metadata stored at ``location`` now: {} when none)."""
+    stored = peek(location) or {}
+    with stage("plan"):  # trace, detection (or the store's pattern), colouring, sizing
+        run_plan = plan(
+            operation, f, x, location, limits=limits,
+            stored=stored if _resumable(stored) else None, **options,
+        )  # fmt: skip
+    return run_plan, stored
+
+
+def _check_room(run_plan: RunPlan, limits: Any, left: Sequence[int], redo: Sequence[int],
+                new: bool) -> None:  # fmt: skip
+    """Before the lock, when blocks are left: memory for a block task (its
+    kernel compiled for XLA's footprint), and disk for what is left."""
+    if len(left) or redo:
+        run_plan.check_memory(limits)
+    _check_disk(run_plan, left, new=new)
 
 
 def _resolved(store: Any) -> Any:
@@ -323,7 +340,8 @@ def _existing(run_plan: RunPlan, overwrite: bool) -> ResultStore | None:
             "--overwrite) to recompute it, or choose another store"
         )
 
-    return admit(run_plan.location, _same(run_plan), overwrite, refusal)
+    read = None if run_plan.sparsity_read is None else (run_plan.sparsity_read, run_plan.sparsity)
+    return admit(run_plan.location, _same(run_plan), overwrite, refusal, read)
 
 
 def _open_or_create(

@@ -75,6 +75,7 @@ from .store import (
     sha256_json,
     store_disk_bytes,
 )
+from .store import _group as group_module
 from .store import _location as location_module
 from .workflow import _finalize as finalize_module
 from .workflow import _run as workflow_module
@@ -115,6 +116,7 @@ __all__ = [
     "factor",
     "factor_module",
     "finalize_module",
+    "group_module",
     "inspect",
     "invalidate",
     "lanczos_module",

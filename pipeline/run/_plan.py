@@ -87,7 +87,9 @@ class RunPlan:
     - `run`, `token`: set by `for_run` once the store has recorded the run.
     - `sparsity`: a sparse result's pattern and colouring (`diffops_core.Sparsity`;
       the blocks then run over its colours, each product that of a colour's
-      seed); None for a dense one.
+      seed); None for a dense one. `sparsity_read`: the ``digest`` of the
+      store's sparsity metadata when the pattern was read from the store at
+      `location` (and checked against it) while planning; None: detected.
     """
 
     operation: str
@@ -110,6 +112,7 @@ class RunPlan:
     token: str = ""
     sparsity: Any = None
     sparsity_info: dict | None = None
+    sparsity_read: str | None = None
 
     @property
     def spec(self) -> KernelSpec:
@@ -153,6 +156,18 @@ class RunPlan:
 
     def for_run(self, run: int, token: str) -> RunPlan:
         return dataclasses.replace(self, run=run, token=token)
+
+    def check_memory(self, limits: Limits) -> None:
+        """Before blocks are computed (a run with nothing to do skips the block
+        kernel's compile): one block task fits ``limits``, by XLA's compiled
+        footprint. **Raises:** `NotEnoughMemoryError`."""
+        ncolors = None if self.sparsity is None else self.sparsity.ncolors
+        nprobes = probes_of(self.sparsity_info)[0] if self.sparsity_info else 0
+        per_task, detail = task_bytes(
+            self.kernels, self.blocks.block_size, self.inner_width, ncolors, nprobes
+        )
+        if not limits.fits(per_task):
+            raise _memory_error(per_task, detail, limits)
 
 
 def default_block_size(extent: int, other: int, itemsize: int) -> int:
@@ -295,8 +310,9 @@ def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: An
     """The pattern and colouring a store at ``location`` holds for this very
     computation (what JAX traced, x, its layout, the op, dtype and versions all
     as stored), read back (digests checked) instead of detecting and colouring
-    again: a resume or a run with nothing to do. None when the store is of
-    another computation, has no sparsity, or cannot give it."""
+    again: a resume or a run with nothing to do, as (the digest of the store's
+    sparsity metadata, the pattern). None when the store is of another
+    computation, has no sparsity, or cannot give it."""
     if not (isinstance(sparsity, str) and sparsity == "auto") or not stored:
         return None
     parts, info = stored.get("fingerprint_parts") or {}, stored.get("sparsity")
@@ -315,7 +331,9 @@ def _stored_sparsity(operation: str, kernels: Kernels, x_flat: Any, sparsity: An
     if parts.get("versions") != fingerprint_parts(identity, np.asarray(x_flat), {}, {})["versions"]:
         return None
     try:
-        return ResultStore.open(location).sparsity()
+        store = ResultStore.open(location)
+        found = store.sparsity()  # raises for a dense store: then its meta has none
+        return (store.sparsity_meta or {})["digest"], found
     except Exception:  # noqa: BLE001 - damaged or unreadable: detect, and let admission decide
         return None
 
@@ -406,13 +424,15 @@ def plan(
     (detected and coloured, or the store's for this very computation: part of
     the plan and of the fingerprint; a dense fallback of ``"auto"`` is refused
     above ``max_dense`` bytes). **Raises:** the in-memory API's errors
-    for bad input; `NotEnoughMemoryError` when a block task cannot fit `limits`.
+    for bad input; `NotEnoughMemoryError` when no block size it may choose
+    fits `limits` (a given or stored block is checked by `RunPlan.check_memory`
+    once blocks are left to compute).
     """
     x_host = _host_tree(x)
     kernels, x_flat = _traced(operation, f, x_host, mode, checkpoint)
     x64 = bool(jax.config.read("jax_enable_x64"))
     reuse = _stored_sparsity(operation, kernels, x_flat, sparsity, stored, location, checkpoint)
-    kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse, max_dense)
+    kernels, found = _detected(operation, kernels, x_flat, sparsity, reuse and reuse[1], max_dense)
     sizing, blocks, info = _blocking(kernels, found, limits, stored, blocking)
     options = _options(kernels, blocks, checkpoint, x64, sizing.inner_width, info)
     parts = fingerprint_parts(
@@ -424,6 +444,7 @@ def plan(
         x64=x64, location=location, compressor=compressor, fingerprint=sha256_json(parts),
         fingerprint_parts=parts, options=options, env=tuple(sorted((env or {}).items())),
         noise=noise, sparsity=found, sparsity_info=info,
+        sparsity_read=None if reuse is None or found is not reuse[1] else reuse[0],
     )  # fmt: skip
 
 
@@ -441,9 +462,6 @@ def _blocking(kernels: Kernels, found: Any, limits: Limits, stored: dict | None,
         ncolors, nprobes = found.ncolors, 0 if found.mode == "row" else PROBES
         sizing = _sparse_sizing(kernels, ncolors, nprobes, limits, was, **blocking)
         blocks = BlockPlan(ncolors + nprobes, sizing.block_size)
-    per_task, detail = task_bytes(kernels, blocks.block_size, sizing.inner_width, ncolors, nprobes)
-    if not limits.fits(per_task):
-        raise _memory_error(per_task, detail, limits)
     if found is None:
         return sizing, blocks, None
     count, seed = probes_of((stored or {}).get("sparsity") or {})

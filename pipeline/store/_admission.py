@@ -15,7 +15,11 @@ __all__ = ["admit"]
 
 
 def admit(
-    location: Any, same: Callable[[dict], bool], overwrite: bool, refusal: Callable[[dict], str]
+    location: Any,
+    same: Callable[[dict], bool],
+    overwrite: bool,
+    refusal: Callable[[dict], str],
+    read: tuple[str, Any] | None = None,
 ) -> ResultStore | None:
     """What is at ``location`` for a result whose stored metadata ``same`` accepts.
 
@@ -29,6 +33,10 @@ def admit(
     ``overwrite``: our own group metadata says diffops); without ``overwrite``,
     for a store of another format (naming it), another result (``refusal(meta)``,
     which says what differs), damaged array metadata or a damaged pattern.
+
+    ``read``: (digest, pattern) this process has just read from this store
+    and checked (`ResultStore.sparsity`), not read again while the store's
+    sparsity metadata has that digest.
     """
     state = inspect(location)
     if state == "absent":
@@ -47,7 +55,7 @@ def admit(
     try:
         store = ResultStore.open(location, mode="r+")
         if store.sparsity_meta:
-            store.sparsity()  # a damaged pattern or colouring raises (read once, kept)
+            store.sparsity(read)  # a damaged pattern or colouring raises (read once, kept)
         return store
     except StoreError:
         if overwrite:

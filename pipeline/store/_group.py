@@ -432,13 +432,17 @@ class ResultStore:
         check = (self.sparsity_meta or {}).get("check") or {}
         return bool(check.get("passed")) and check.get("blocks") == state
 
-    def sparsity(self):
+    def sparsity(self, read: tuple[str, Any] | None = None):
         """A sparse result's pattern and colouring (a `diffops_core.Sparsity`),
-        checked against the digests it was computed with.
+        checked against the digests it was computed with. ``read``: (the
+        sparsity metadata's ``digest``, the pattern) this process read and
+        checked against it a moment ago, taken while the digest is the same.
 
         **Raises:** `StoreError` for a dense result or a damaged pattern."""
         if not self.sparsity_meta:
             raise StoreError(f"{self.location!r} holds a dense result: it has no sparsity pattern")
+        if self._sparsity is None and read is not None and read[0] == self.sparsity_meta["digest"]:
+            self._sparsity = read[1]
         if self._sparsity is None:  # written once, at creation: read once (its plan kept)
             where = local_path(self.location) or self.location
             self._sparsity = read_sparsity(self.group, self.meta, where)

@@ -191,6 +191,8 @@ def read_sparsity(group: zarr.Group, meta: dict, where: Any) -> Sparsity:
     m, n = (int(s) for s in info["shape"])
     shape = (m, n)
     ones = np.ones(indices.size, dtype=bool)
+    if indices.dtype == np.int32 and indices.size < 2**31:  # one index dtype: no copy of
+        indptr = indptr.astype(np.int32)  # the indices to int64 (scipy unifies them)
     pattern = sp.csr_array((ones, indices, indptr), shape=shape)
     return Sparsity(shape, pattern, colors, int(info["ncolors"]), info["mode"], info["dtype"])
 

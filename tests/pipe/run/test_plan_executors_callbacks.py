@@ -59,11 +59,34 @@ def test_plan_is_pure_and_fingerprints_what_jax_traces(tmp_path):
 
 def test_plan_refuses_a_task_that_cannot_fit_with_the_numbers(tmp_path):
     tight = Limits(1000, 0, 1, "a test limit")
+    planned = pipeline.internal.plan(
+        "hessian", mixed_loss, mixed_x(), str(tmp_path / "h"), limits=tight, block_size=16
+    )  # a plan with nothing to compute needs no room: checked once blocks are left
     with pytest.raises(pipeline.NotEnoughMemoryError, match=r"over 80% of a test limit") as err:
-        pipeline.internal.plan(
-            "hessian", mixed_loss, mixed_x(), str(tmp_path / "h"), limits=tight, block_size=16
-        )
+        planned.check_memory(tight)
     assert isinstance(err.value, MemoryError) and isinstance(err.value, InputError)
+    with pytest.raises(pipeline.NotEnoughMemoryError, match=r"over 80% of a test limit"):
+        pipeline.hessian_to_zarr(mixed_loss, mixed_x(), str(tmp_path / "h"), block_size=16,
+                                 executor=_Tight(tight), progress=False)  # fmt: skip
+    assert not os.path.exists(tmp_path / "h")  # refused before anything was written
+
+
+class _Tight:
+    """An executor whose tasks may use ``limits`` (never asked to run a block)."""
+
+    name = "tight"
+
+    def __init__(self, limits):
+        self.tight = limits
+
+    def limits(self):
+        return self.tight
+
+    def where(self):
+        return None
+
+    def run(self, plan, todo, callbacks):
+        raise AssertionError("a block ran")
 
 
 def test_the_plan_and_events_import_no_executor_or_store():

@@ -456,3 +456,35 @@ def test_the_check_rides_in_the_blocks_calls_not_another_linearisation(tmp_path,
     assert info["check"]["passed"] and info["check"]["seed"] == info["probes"]["seed"]
     np.testing.assert_allclose(result.sparse().toarray(), _dense_hessian(arrow_loss, x),
                                rtol=2e-5, atol=2e-4)  # fmt: skip
+
+
+def test_a_run_with_nothing_to_do_reads_the_pattern_once_and_compiles_no_block(
+    tmp_path, monkeypatch
+):
+    """Issue 24 (fisher_1m with nothing to do): the plan reads the store's
+    pattern (digests checked) and admission takes it, instead of reading it
+    twice more; the block kernel is compiled for its memory check only when
+    blocks are left."""
+    from pipeline.internal import group_module, plan_module
+
+    store, x = str(tmp_path / "h.zarr"), arrow_x()
+    pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                             progress=False)  # fmt: skip
+    reads, real = [], group_module.read_sparsity
+
+    def counted(*args, **kwargs):
+        reads.append(args[2])
+        return real(*args, **kwargs)
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the block kernel was compiled with nothing to do")
+
+    monkeypatch.setattr(group_module, "read_sparsity", counted)
+    monkeypatch.setattr(plan_module, "task_bytes", no_compile)
+    result = pipeline.hessian_to_zarr(arrow_loss, x, store, sparsity="auto", block_size=2,
+                                      progress=False)  # fmt: skip
+    assert result.run_summary.reason == "complete: nothing to do"
+    assert len(reads) == 1
+    with pytest.raises(AssertionError, match="compiled"):  # blocks left: memory checked
+        pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "new.zarr"), sparsity="auto",
+                                 block_size=2, progress=False)  # fmt: skip
