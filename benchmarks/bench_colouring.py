@@ -82,7 +82,10 @@ def main() -> None:
         f"Star (Hessian) and column (Jacobian) colourings at n = {args.n:,} (grids: the "
         "largest square below), median of "
         f"{args.repeats} after a first call (which includes numba's compile when its disk "
-        "cache is cold).",
+        "cache is cold). Column: the fewer colours of the greedy colouring in the columns' "
+        "order and DSATUR's (tried when the greedy one is above the densest row, a lower "
+        "bound, and at most 64); before DSATUR, the 5-point grid took 7 column colours (0.13 "
+        "s) and the random graph 28 (4.09 s).",
         "",
         "| pattern | nnz | star colours | star s | column colours | column s | first star s |",
         "|---|---|---|---|---|---|---|",

@@ -19,7 +19,6 @@ Jacobian?", SIAM Review 2005).
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numba
@@ -68,40 +67,47 @@ def _distance2(cptr, cidx, rptr, ridx, n):  # pragma: no cover - compiled
 
 #: DSATUR keeps each column's neighbours' colours as bits of one word.
 _DSATUR_COLOURS = 64
-#: The ties between equally saturated columns go to the larger of these weights.
-_WEIGHT_MAX = 4095
 
 
 def _dsatur_distance2(pattern: sp.csr_array) -> np.ndarray | None:
     """Colours (1-based) by DSATUR (Brélaz 1979) on the columns' distance-2
-    graph: the next column coloured is the one whose coloured neighbours
-    (columns sharing a row) use the most distinct colours, ties to the one
-    with the longest rows. None when it would need more than 64 colours."""
+    graph: the next column coloured is one whose coloured neighbours (columns
+    sharing a row) use the most distinct colours; among those, the one that
+    reached that count last (a bucket per count, so each step is O(1)),
+    starting from the column with the longest rows. Deterministic. None when
+    it would need more than 64 colours."""
     csc = sp.csc_array(pattern)
     csr = sp.csr_array(pattern)
     rptr, ridx = np.asarray(csr.indptr, np.int64), np.asarray(csr.indices, np.int64)
     cptr, cidx = np.asarray(csc.indptr, np.int64), np.asarray(csc.indices, np.int64)
-    lengths = np.diff(rptr)
-    weight = np.minimum(np.add.reduceat(lengths[cidx], cptr[:-1]) if cidx.size else
-                        np.zeros(pattern.shape[1], np.int64), _WEIGHT_MAX)  # fmt: skip
-    weight[np.diff(cptr) == 0] = 0  # (reduceat reads the next column for an empty one)
-    colors = _dsatur(cptr, cidx, rptr, ridx, pattern.shape[1], np.asarray(weight, np.int64))
-    return None if colors[0] < 0 else colors
+    n = pattern.shape[1]
+    weight = np.zeros(n, np.int64)  # the sum of its rows' lengths: its neighbours, about
+    nonempty = np.diff(cptr) > 0
+    if cidx.size:
+        sums = np.add.reduceat(np.diff(rptr)[cidx], cptr[:-1][nonempty])
+        weight[nonempty] = sums
+    order = np.asarray(np.argsort(-weight, kind="stable"), np.int64)
+    colors = _dsatur(cptr, cidx, rptr, ridx, n, order)
+    return None if n and colors[0] < 0 else colors
 
 
 @numba.njit(cache=True, nogil=True)
-def _dsatur(cptr, cidx, rptr, ridx, n, weight):  # pragma: no cover - compiled
+def _dsatur(cptr, cidx, rptr, ridx, n, order):  # pragma: no cover - compiled
     colors = np.zeros(n, np.int64)
     seen = np.zeros(n, np.uint64)  # bit c-1: a neighbour has colour c
     count = np.zeros(n, np.int64)  # distinct colours among the coloured neighbours
-    scale = np.int64(_WEIGHT_MAX + 1)
-    heap = [-(weight[v] * n + (n - 1 - v)) for v in range(n)]  # max-heap by priority
-    heapq.heapify(heap)
-    while heap:
-        prio = -heapq.heappop(heap)
-        v = n - 1 - prio % n
-        if colors[v] != 0 or prio // n // scale != count[v]:
-            continue  # coloured already, or a stale entry
+    # a stack per count (0..64), grown by doubling; stale entries are skipped
+    size, cap = np.zeros(65, np.int64), np.full(65, 16, np.int64)
+    stacks = [np.empty(16, np.int64) for _ in range(65)]
+    stacks[0], size[0], cap[0] = order[::-1].copy(), n, n  # popped from the end
+    top, left = 0, n
+    while left > 0:
+        while size[top] == 0:
+            top -= 1
+        size[top] -= 1
+        v = stacks[top][size[top]]
+        if colors[v] != 0 or count[v] != top:
+            continue
         free = ~seen[v]
         if free == 0:
             colors[0] = -1  # more than 64 colours: the caller keeps the greedy one
@@ -109,7 +115,7 @@ def _dsatur(cptr, cidx, rptr, ridx, n, weight):  # pragma: no cover - compiled
         c = 1
         while not (free >> np.uint64(c - 1)) & np.uint64(1):
             c += 1
-        colors[v] = c
+        colors[v], left = c, left - 1
         bit = np.uint64(1) << np.uint64(c - 1)
         for a in range(cptr[v], cptr[v + 1]):
             r = cidx[a]
@@ -118,7 +124,14 @@ def _dsatur(cptr, cidx, rptr, ridx, n, weight):  # pragma: no cover - compiled
                 if colors[u] == 0 and not seen[u] & bit:
                     seen[u] |= bit
                     count[u] += 1
-                    heapq.heappush(heap, -((count[u] * scale + weight[u]) * n + (n - 1 - u)))
+                    level = count[u]
+                    if size[level] == cap[level]:
+                        grown = np.empty(2 * cap[level], np.int64)
+                        grown[: size[level]] = stacks[level][: size[level]]
+                        stacks[level], cap[level] = grown, 2 * cap[level]
+                    stacks[level][size[level]] = u
+                    size[level] += 1
+                    top = max(top, level)
     return colors
 
 
