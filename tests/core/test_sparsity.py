@@ -347,6 +347,19 @@ def test_column_colourings_are_valid_and_never_worse_than_greedy(m, n, density, 
     assert colors.max() <= _greedy_in_order(a).max()
 
 
+def test_a_known_symmetric_pattern_is_coloured_as_if_symmetrised():
+    """The Gauss-Newton pattern (Jᵀ J, symmetric as built) skips the sum with
+    its transpose: the same colours, and the caller's pattern is left as it is."""
+    import scipy.sparse as sparse
+
+    j = sparse.random_array((80, 60), density=0.05, rng=3) != 0
+    j = sparse.csr_array(sparse.hstack([j, sparse.csr_array(np.ones((80, 3), bool))]))
+    g = sparse.csr_array(j.T @ j, dtype=bool)
+    before = g.copy()
+    np.testing.assert_array_equal(star_coloring(g, symmetric=True), star_coloring(g))
+    assert (g != before).nnz == 0 and g.diagonal().all()
+
+
 # -- uncertainties of sparse matrices (part D) ------------------------------------------
 
 
