@@ -40,12 +40,13 @@ def zernike_basis(nterms: int, npupil: int):
     xx, yy = np.meshgrid(c, c)
     rho, theta = np.hypot(xx, yy), np.arctan2(yy, xx)
     inside = rho <= 1.0
+    rho_in, theta_in = rho[inside], theta[inside]  # the terms are zero outside the disk
     powers: dict[int, np.ndarray] = {}  # each power of rho and each angular term once
-    angulars: dict[int, np.ndarray] = {}  # (the same numbers, ten times faster at 1024^2)
-    basis = []
-    for j in range(2, nterms + 2):
+    angulars: dict[int, np.ndarray] = {}
+    basis = np.zeros((nterms, npupil, npupil))
+    for i, j in enumerate(range(2, nterms + 2)):
         n, m = _noll_to_nm(j)
-        radial = np.zeros_like(rho)
+        radial = np.zeros_like(rho_in)
         for k in range((n - abs(m)) // 2 + 1):
             coef = (
                 (-1) ** k
@@ -58,12 +59,12 @@ def zernike_basis(nterms: int, npupil: int):
             )
             p = n - 2 * k
             if p not in powers:
-                powers[p] = rho**p
+                powers[p] = rho_in**p
             radial += coef * powers[p]
         if m not in angulars:
-            angulars[m] = np.cos(m * theta) if m >= 0 else np.sin(-m * theta)
-        basis.append(np.where(inside, radial * angulars[m], 0.0))
-    return np.stack(basis), inside
+            angulars[m] = np.cos(m * theta_in) if m >= 0 else np.sin(-m * theta_in)
+        basis[i][inside] = radial * angulars[m]
+    return basis, inside
 
 
 def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed: int = 0):
