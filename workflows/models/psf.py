@@ -134,6 +134,16 @@ def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed:
     return loss, best_fit, psf_model
 
 
-#: The demo model: 64x64 pixels, 21 Zernike terms, n = 4120.
-loss, best_fit, psf_model = make_model()
-residuals = loss.residuals
+_DEMO: dict = {}
+
+
+def __getattr__(name: str):
+    """The demo model, 64x64 pixels, 21 Zernike terms, n = 4120: ``loss``,
+    ``residuals``, ``best_fit`` and ``psf_model``, built on first use (a module
+    that imports `make_model` for another size does not pay for it)."""
+    if name not in ("loss", "residuals", "best_fit", "psf_model"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _DEMO:
+        loss, best_fit, psf_model = make_model()
+        _DEMO.update(loss=loss, residuals=loss.residuals, best_fit=best_fit, psf_model=psf_model)
+    return _DEMO[name]
