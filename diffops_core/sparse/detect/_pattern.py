@@ -164,7 +164,11 @@ def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
         # padding depends on nothing: spell the common part out where that is
         # cheap; else the padding keeps it (a superset, never smaller than the truth)
         p = Pattern(p.shape, p.matrix(ctx.n, ctx.budget), NONE)
-    rows = None if p.rows is None else selection(idx, p.size) @ p.rows
+    flat = idx.reshape(-1)
+    if p.rows is not None and flat.size == p.size and (flat == np.arange(p.size)).all():
+        rows = p.rows  # every element where it was (a concatenation's stacking): no product
+    else:
+        rows = None if p.rows is None else selection(idx, p.size) @ p.rows
     return ctx.check(Pattern(idx.shape, rows, p.common))
 
 
