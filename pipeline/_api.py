@@ -207,10 +207,15 @@ def _finish(
     """Under the lock, once blocks are done: a complete sparse store checked
     before it is reported; nothing reported by a run that lost its lease to
     another run; then ``after(result)``, against the state this run leaves."""
-    _check_sparse(run_plan, result.store, executor)
-    lock.check()
-    if after is not None:
-        after(result)
+    try:
+        _check_sparse(run_plan, result.store, executor)
+        lock.check()
+        if after is not None:
+            after(result)
+    finally:  # the workers drop what the self-check kept for the steps after it
+        forget = getattr(executor, "forget_checked", None)
+        if forget is not None:
+            forget(run_plan.location)
 
 
 def _run(

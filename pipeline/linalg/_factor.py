@@ -24,6 +24,7 @@ from ..run import (
     RunEnd,
     RunStart,
     executor_for,
+    open_checked,
     smallest_memory_limit,
 )
 from ..store import (
@@ -208,8 +209,8 @@ def _require_verified(store: ResultStore) -> None:
 def _sparse_variance(store: ResultStore | Any, damping: float) -> np.ndarray:
     """The marginal variances of a sparse result (a store, or its location: as
     a task on a worker, which opens it there)."""
-    if not isinstance(store, ResultStore):
-        store = ResultStore.open(store)
+    if not isinstance(store, ResultStore):  # on a worker: its self-check's matrix, if kept
+        store = open_checked(store)
     return sparse_marginal_variance(store.sparse(), damping)
 
 
@@ -227,7 +228,9 @@ def marginal_std(store: ResultStore, x: Any = None, **options: Any) -> Any:
         require_square_complete(store, "marginal_std", sparse_ok=True)
         damping, client = options.get("damping", 0.0), options.get("client")
         if client is not None:  # on a worker: the driver never holds the matrix
-            variance = DistributedExecutor(client).call(_sparse_variance, store.location, damping)
+            variance = DistributedExecutor(client).call(
+                _sparse_variance, store.location, damping, near=store.location
+            )
         else:
             variance = _sparse_variance(store, damping)
         std = np.sqrt(variance)

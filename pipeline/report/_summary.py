@@ -12,7 +12,7 @@ import numpy as np
 from diffops_core.internal import format_iec
 
 from .._errors import StoreError
-from ..run import DistributedExecutor
+from ..run import DistributedExecutor, open_checked
 from ..store import NONFINITE, SQUARE, ResultStore, pattern_bytes
 from ._scan import scan
 
@@ -120,7 +120,7 @@ def checks(store: ResultStore, progress: bool = False, client: Any = None) -> di
     (`pipeline._scan`); as one task on ``client``'s cluster when given (the
     driver then reads none of the matrix)."""
     if client is not None:
-        return DistributedExecutor(client).call(_checks_at, store.location)
+        return DistributedExecutor(client).call(_checks_at, store.location, near=store.location)
     records = store.read_records()
     out: dict = {"nonfinite": int(records[:, NONFINITE].sum())}
     if store.meta["operation"] in SQUARE:
@@ -131,8 +131,9 @@ def checks(store: ResultStore, progress: bool = False, client: Any = None) -> di
 
 
 def _checks_at(location: Any) -> dict:
-    """`checks` of the store at ``location``, on a worker."""
-    return checks(ResultStore.open(location))
+    """`checks` of the store at ``location``, on a worker (the matrix its
+    self-check recovered, when it ran there)."""
+    return checks(open_checked(location))
 
 
 def _leaf_figures(store: ResultStore, progress: bool = False) -> list:

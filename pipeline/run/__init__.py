@@ -16,7 +16,14 @@ nothing heavy.
 
 from ._callbacks import ProgressBar, StageFigures, Stages, Summary, Timings, stage
 from ._cluster import JAX_WORKER_ENV, by_value, local_cluster, local_modules, tune_malloc
-from ._distributed import DistributedExecutor, active_client, default_executor, executor_for
+from ._distributed import (
+    DistributedExecutor,
+    active_client,
+    default_executor,
+    executor_for,
+    forget_checked,
+    open_checked,
+)
 from ._driver import dispatch
 from ._plan import RunPlan, default_block_size, fingerprint_parts, noise_digest, plan, task_bytes
 from ._resources import (
@@ -64,11 +71,13 @@ __all__ = [
     "environment",
     "executor_for",
     "fingerprint_parts",
+    "forget_checked",
     "local_cluster",
     "local_modules",
     "machine_limits",
     "noise_digest",
     "on_device",
+    "open_checked",
     "peak_rss",
     "plan",
     "smallest_memory_limit",

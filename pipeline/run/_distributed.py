@@ -26,7 +26,14 @@ from ._task import BlockTask
 from ._threads import ThreadsExecutor
 from ._types import BlockEvent, Callback
 
-__all__ = ["DistributedExecutor", "active_client", "default_executor", "executor_for"]
+__all__ = [
+    "DistributedExecutor",
+    "active_client",
+    "default_executor",
+    "executor_for",
+    "forget_checked",
+    "open_checked",
+]
 
 
 def active_client():
@@ -73,6 +80,44 @@ def _probe(payload: bytes) -> str:
     return "ok"
 
 
+#: On a worker: the matrix its last self-check recovered and passed, under
+#: (location, the block records' digest, the sparsity metadata's digest), for
+#: the checks and σ tasks of the same run, which the driver sends to the same
+#: worker (`open_checked`); forgotten once the run is over (`forget_checked`).
+_CHECKED: dict[tuple, Any] = {}
+_CHECKED_LOCK = threading.Lock()
+#: How often `open_checked` found the matrix here (for tests).
+_HITS = [0]
+#: On the driver: the worker whose self-check recovered a store's matrix.
+_CHECKED_ON: dict[str, str] = {}
+
+
+def _checked_key(store: ResultStore, blocks: str) -> tuple:
+    return (str(store.location), blocks, (store.sparsity_meta or {}).get("digest"))
+
+
+def open_checked(location: Any) -> ResultStore:
+    """The store at ``location``, opened on a worker, with the matrix this
+    worker's self-check recovered for exactly its blocks and pattern when the
+    check passed for them (else it is read again, as any reader does)."""
+    store = ResultStore.open(location)
+    if store.sparsity_meta:
+        with _CHECKED_LOCK:
+            matrix = _CHECKED.get(_checked_key(store, store.records_digest()))
+        if matrix is not None and store.checked:
+            store.keep_checked(matrix)
+            _HITS[0] += 1
+    return store
+
+
+def forget_checked() -> int:
+    """Drop the matrix kept by `_self_check` (on a worker). **Returns:** the
+    hits it had (`open_checked`)."""
+    with _CHECKED_LOCK:
+        _CHECKED.clear()
+    return _HITS[0]
+
+
 def _self_check(payload: bytes, operation: str) -> tuple[str, dict]:
     """`DistributedExecutor.self_check`, on the worker: ``f`` traced here (and
     checked to be the driver's computation), the store's matrix recovered from
@@ -90,8 +135,14 @@ def _self_check(payload: bytes, operation: str) -> tuple[str, dict]:
         seed = probes_of(store.sparsity_meta or {})[1] if products is not None else None
         x_flat = jax.flatten_util.ravel_pytree(task.x)[0]
         found = check_sparse(operation, matrix, kernels, x_flat, seed, products)
+    with _CHECKED_LOCK:  # passed: the checks and σ that follow here read it
+        _CHECKED.clear()
+        _CHECKED[_checked_key(store, blocks)] = matrix
     figures = {k: v.item() if hasattr(v, "item") else v for k, v in found.items()}  # plain numbers
-    return blocks, {**figures, "where": f"{socket.gethostname()}:{os.getpid()}"}
+    from distributed import get_worker
+
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    return blocks, {**figures, "where": where, "worker": get_worker().address}
 
 
 _UNREACHABLE = "store unreachable: "
@@ -141,10 +192,12 @@ class DistributedExecutor:
         finally:
             self.client.cancel(futures)
 
-    def call(self, fn: Callable, *args: Any) -> Any:
+    def call(self, fn: Callable, *args: Any, near: Any = None) -> Any:
         """``fn(*args)`` as one task on the cluster, for a step too heavy for
         the driver; its result. Bytes arguments (a pickled task) travel
-        scattered, outside the graph. With no worker left for
+        scattered, outside the graph. ``near``: a store whose self-check ran
+        on a worker; the task goes there if it still can (`open_checked` then
+        finds the matrix it recovered). With no worker left for
         `no_workers_timeout` seconds it stops waiting.
 
         **Raises:** the task's own error; `ClusterSetupError` when no worker
@@ -152,7 +205,9 @@ class DistributedExecutor:
         from distributed import wait
 
         sent = [self.client.scatter(a, hash=False) if isinstance(a, bytes) else a for a in args]
-        future = self.client.submit(fn, *sent, pure=False)
+        worker = _CHECKED_ON.get(str(near)) if near is not None else None
+        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+        future = self.client.submit(fn, *sent, pure=False, **where)
         since = None
         try:
             while future.status == "pending":
@@ -179,7 +234,16 @@ class DistributedExecutor:
         the recovered matrix. **Returns:** (the records' digest of the blocks
         checked, the check's figures). **Raises:** its `ValueError` on a
         mismatch."""
-        return self.call(_self_check, _payload(self.task(plan)), operation)
+        blocks, found = self.call(_self_check, _payload(self.task(plan)), operation)
+        _CHECKED_ON[str(plan.location)] = found.pop("worker")
+        return blocks, found
+
+    def forget_checked(self, location: Any) -> None:
+        """Once a run is over: the workers drop the matrix their self-check
+        kept (`open_checked`)."""
+        if _CHECKED_ON.pop(str(location), None) is not None:
+            with contextlib.suppress(Exception):  # a closed cluster keeps nothing
+                self.client.run(forget_checked)
 
     def run(self, plan: RunPlan, todo: Sequence[int], callbacks: Callback) -> None:
         from distributed import as_completed

@@ -252,7 +252,7 @@ def test_the_heavy_steps_of_a_sparse_spec_run_on_the_cluster(tmp_path, client, m
     """Issue 25 item 14: with a cluster, the self-check, the checks and σ are
     tasks on it; the driver never recovers the matrix (here it cannot)."""
     from helpers import residual_spec
-    from pipeline.internal import ResultStore
+    from pipeline.internal import ResultStore, forget_checked
 
     spec = residual_spec(tmp_path, monkeypatch, "heavy_model", sparsity="auto",
                          finalize="{std: std.npz}")  # fmt: skip
@@ -261,7 +261,10 @@ def test_the_heavy_steps_of_a_sparse_spec_run_on_the_cluster(tmp_path, client, m
         raise AssertionError("the driver recovered the matrix")
 
     monkeypatch.setattr(ResultStore, "_recovered", refused)
+    hits = sum(client.run(forget_checked).values())
     summary = pipeline.run_spec(pipeline.load_spec(spec), progress=False)
+    # the checks and σ ran where the self-check did, on the matrix it recovered
+    assert sum(client.run(forget_checked).values()) - hits == 2
     result = pipeline.open_result(str(tmp_path / "g.zarr"))
     check = result.meta["sparsity"]["check"]
     assert check["passed"] and int(check["where"].rsplit(":", 1)[1]) != os.getpid()
