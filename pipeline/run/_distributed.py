@@ -204,7 +204,9 @@ class DistributedExecutor:
         is left."""
         from distributed import wait
 
-        sent = [self.client.scatter(a, hash=False) if isinstance(a, bytes) else a for a in args]
+        scattered = {i: self.client.scatter(a, hash=False) for i, a in enumerate(args)
+                     if isinstance(a, bytes)}  # fmt: skip
+        sent = [scattered.get(i, a) for i, a in enumerate(args)]
         worker = _CHECKED_ON.get(str(near)) if near is not None else None
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
         future = self.client.submit(fn, *sent, pure=False, **where)
@@ -226,7 +228,7 @@ class DistributedExecutor:
             return future.result()
         finally:
             with contextlib.suppress(Exception):  # a closed client: the cause is raised
-                self.client.cancel([future, *[a for a in sent if a not in args]])
+                self.client.cancel([future, *scattered.values()])
 
     def self_check(self, plan: RunPlan, operation: str) -> tuple[str, dict]:
         """A complete sparse store's check against products of random vectors
