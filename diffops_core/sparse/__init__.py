@@ -4,6 +4,8 @@
   primitive rules a module.
 - `_coloring`: star, column and row colourings, and the plans that read each
   nonzero from the compressed products.
+- `_bicolor`: bidirectional colourings of Jacobians with dense rows and
+  columns (JVPs and VJPs together) and their direct recovery.
 - `_products`: `Sparsity` (a pattern and its colouring), detection cached on
   what JAX traced, the compressed products, recovery and the self-check;
   `sparse_hessian`, `sparse_jacobian`, `sparse_gauss_newton`.

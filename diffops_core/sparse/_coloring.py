@@ -312,7 +312,10 @@ def recover(plan, shape, compressed) -> sp.csr_array:
     """The matrix whose nonzeros a plan reads from the compressed products (half
     precision as float32: scipy's sparse arrays have no float16 or bfloat16)."""
     indptr, indices, src_r, src_c = plan
-    values = np.asarray(compressed)[src_r, src_c]
+    if src_c is None:  # a flat source (a bidirectional plan: both sides in one buffer)
+        values = np.asarray(compressed)[src_r]
+    else:
+        values = np.asarray(compressed)[src_r, src_c]
     if values.dtype.itemsize < 4:
         values = values.astype(np.float32)
     return sp.csr_array((values, indices, indptr), shape=shape)

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from .._errors import InputTypeError, InputValueError, SparsityWarning
 from ..curvature import whitened_residuals
 from ..dense import auto_inner_width, get_kernels
+from ._bicolor import bicolor_plan, bicolor_seeds, bicoloring, split_colors
 from ._check import PROBES, check_products, compute_eps, probe_vectors
 from ._coloring import (
     column_coloring,
@@ -64,8 +65,11 @@ class Sparsity:
 
     **Attributes:** `shape` ``(m, n)`` over ``ravel_pytree(x)``; `pattern` (a
     boolean `scipy.sparse.csr_array`); `colors` (per column, or per row in
-    ``"row"`` mode; every column its own when dense); `ncolors`; `mode` (``"star"``,
-    ``"column"``, ``"row"`` or ``"dense"``); `dtype` (of x); `seconds` (what
+    ``"row"`` mode; every column its own when dense; in ``"bidirectional"``
+    mode the columns' colours then the rows', offset by the columns' count, -1
+    for none: JVPs and VJPs together); `ncolors`; `mode` (``"star"``,
+    ``"column"``, ``"row"``, ``"bidirectional"`` or ``"dense"``); `dtype` (of
+    x); `seconds` (what
     detection and colouring cost); `why` (for a dense one: the primitive and
     line where detection gave up, or that the pattern is half full).
     """
@@ -137,9 +141,19 @@ class Sparsity:
         """Where each nonzero is read from the compressed products (made once)."""
         if self.mode == "row":
             return row_plan(self.pattern, self.colors)
+        if self.mode == "bidirectional":
+            return bicolor_plan(self.pattern, self.colors)
         if self.mode == "column" or (self.mode == "dense" and self.shape[0] != self.shape[1]):
             return column_plan(self.pattern, self.colors)
         return star_plan(self.pattern, self.colors)
+
+    def one_sided(self) -> Sparsity:
+        """This Sparsity with a one-sided colouring (column or row, whichever
+        needs fewer): itself unless bidirectional. For an executor that stores
+        one kind of product (the pipeline): more products, the same matrix."""
+        if self.mode != "bidirectional":
+            return self
+        return _one_sided(self.pattern, self.shape, self.dtype, self.seconds)
 
 
 #: Detected sparsities, least recently used first, and the bytes they hold at
@@ -244,15 +258,36 @@ def _color(kind: str, pattern, shape, dtype: str, symmetric: bool = False) -> Sp
     if kind in ("hessian", "gauss_newton"):
         colors = star_coloring(pattern, symmetric=symmetric)
         return Sparsity(shape, pattern, colors, int(colors.max()) + 1, "star", dtype)
+    both = bicoloring(pattern)  # JVPs and VJPs together (None without dense rows and columns)
+    if both is not None:
+        csr = sp.csr_array(pattern)
+        bound = min(int(np.diff(csr.indptr).max()), int(np.diff(sp.csc_array(csr).indptr).max()))
+        # below both sides' lower bounds (the densest row, the densest column), the one-sided
+        # colourings cannot win and are not tried: with a dense row of 10⁶ columns the column
+        # colouring walks it from every column
+        if both[1] < bound or both[1] < _one_sided(pattern, shape, dtype).ncolors:
+            return Sparsity(shape, pattern, both[0], both[1], "bidirectional", dtype)
+    return _one_sided(pattern, shape, dtype)
+
+
+def _one_sided(pattern, shape, dtype: str, seconds=None) -> Sparsity:
+    """A Jacobian's column or row colouring, whichever needs fewer: each is at
+    least the densest row (column), which decides which to colour. When that
+    bound is half the columns (rows) or more, each takes a colour of its own
+    (at most twice the optimum; the greedy walk would visit the dense line
+    from every column: quadratic, hours at 10⁶)."""
+    m, n = shape
     rows_bound = int(np.diff(sp.csr_array(pattern).indptr).max(initial=0))  # columns >= this
     cols_bound = int(np.diff(sp.csc_array(pattern).indptr).max(initial=0))  # rows >= this
-    if rows_bound <= cols_bound:
+    mode = "column" if rows_bound <= cols_bound else "row"
+    bound, extent = (rows_bound, n) if mode == "column" else (cols_bound, m)
+    if 2 * bound >= extent:
+        colors = np.arange(extent)
+    elif mode == "column":
         colors = column_coloring(pattern)
-        mode = "column"
     else:
         colors = row_coloring(pattern)
-        mode = "row"
-    return Sparsity(shape, pattern, colors, int(colors.max()) + 1, mode, dtype)
+    return Sparsity(shape, pattern, colors, int(colors.max()) + 1, mode, dtype, dict(seconds or {}))
 
 
 def hessian_sparsity(f: Callable, x: Any) -> Sparsity:
@@ -263,7 +298,9 @@ def hessian_sparsity(f: Callable, x: Any) -> Sparsity:
 
 def jacobian_sparsity(f: Callable, x: Any) -> Sparsity:
     """The Jacobian's global pattern of ``f`` at ``x``'s shape and dtype, with a
-    column or a row colouring (whichever needs fewer). Cached as above."""
+    column or a row colouring (whichever needs fewer), or a bidirectional one
+    (JVPs and VJPs together) when the pattern has dense rows and dense columns
+    and that needs fewer products still. Cached as above."""
     return _detect("jacobian", f, x)
 
 
@@ -302,17 +339,19 @@ def _check_colors(found: Sparsity) -> None:
     """A hand-made `Sparsity`'s colours: one per column (per row in ``"row"``
     mode), each in ``[0, ncolors)``."""
     m, n = found.shape
-    extent = m if found.mode == "row" else n
+    both = found.mode == "bidirectional"
+    extent = m + n if both else m if found.mode == "row" else n
+    what = "column, then one per row" if both else "row" if found.mode == "row" else "column"
     colors = np.asarray(found.colors)
     if colors.shape != (extent,) or not np.issubdtype(colors.dtype, np.integer):
         raise InputValueError(
-            f"sparsity.colors must be {extent} integers (one per "
-            f"{'row' if found.mode == 'row' else 'column'} of the {m}x{n} matrix), got "
-            f"{colors.dtype} of shape {colors.shape}"
+            f"sparsity.colors must be {extent} integers (one per {what} of the {m}x{n} "
+            f"matrix), got {colors.dtype} of shape {colors.shape}"
         )
-    if extent and (colors.min() < 0 or colors.max() >= found.ncolors):
+    low = -1 if both else 0  # -1: a line in no product
+    if extent and (colors.min() < low or colors.max() >= found.ncolors):
         raise InputValueError(
-            f"sparsity.colors must lie in [0, ncolors={found.ncolors}), got "
+            f"sparsity.colors must lie in [{low}, ncolors={found.ncolors}), got "
             f"[{colors.min()}, {colors.max()}]"
         )
 
@@ -350,6 +389,18 @@ def _compressed(kernels, x_flat, seed: np.ndarray, transpose: bool, extra=None):
     out = np.concatenate(parts) if parts else np.zeros((0, kernels.spec.m))
     found, probes = out[:count], (None if extra is None else out[count:])
     return (found if transpose else found.T), probes
+
+
+def _both_ways(kernels, x_flat, found: Sparsity):
+    """``(probe seed, the flat buffer of J S꜀ then Sᵣᵀ J, the probes' products)``
+    of a bidirectional colouring: the JVPs with the check's probes riding in
+    their calls, then the VJPs."""
+    cols, rows = split_colors(found.colors, found.shape)
+    seed = secrets.randbits(32)
+    probes = probe_vectors(found.shape[1], seed)
+    by_col, products = _compressed(kernels, x_flat, bicolor_seeds(cols), False, probes)
+    by_row, _ = _compressed(kernels.for_op("jacrev"), x_flat, bicolor_seeds(rows), True)
+    return seed, np.concatenate([np.ravel(by_col), np.ravel(by_row)]), products
 
 
 def _row_groups(kernels) -> list[slice]:
@@ -432,8 +483,8 @@ def gauss_newton_sparsity(
 def sparse_jacobian(f: Callable, x: Any, sparsity: Any = "auto") -> tuple[sp.csr_array, Callable]:
     """The Jacobian of ``f`` at ``x`` as a `scipy.sparse.csr_array` (``(m, n)``
     over the flat output and ``ravel_pytree(x)``), from one product per colour
-    of a column colouring (JVPs) or a row colouring (VJPs), checked as
-    `sparse_hessian`'s.
+    of a column colouring (JVPs), a row colouring (VJPs) or both (an arrowhead
+    Jacobian in three products), checked as `sparse_hessian`'s.
 
     **Returns:** ``(J, unflatten)`` (of x). **Raises:** as `sparse_hessian`.
     """
@@ -515,6 +566,8 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     if found.mode == "row":  # VJPs: the probes (JVPs or HVPs) are another op's call
         compressed, _ = _compressed(kernels.for_op("jacrev"), x_flat, seeds(found.colors), True)
         seed, products = None, None
+    elif found.mode == "bidirectional":
+        seed, compressed, products = _both_ways(kernels, x_flat, found)
     else:
         seed = secrets.randbits(32)
         probes = probe_vectors(found.shape[1], seed)

@@ -355,12 +355,31 @@ def _detected(operation: str, kernels: Kernels, x_flat: Any, sparsity: Any, reus
         return kernels, None
     limit = MAX_DENSE if max_dense is None else parse_bytes(max_dense, "max_dense")  # up front
     found = reuse if reuse is not None else detect_sparsity(operation, kernels, x_flat, sparsity)
+    if found.mode == "bidirectional":  # a store holds one kind of product: JVPs or VJPs
+        found = _one_sided(kernels, found, limit)
     if found.dense:
         _refuse_dense(kernels, found, limit)
         return kernels, None
     if operation == "jacobian":  # the colouring chooses JVPs (columns) or VJPs (rows)
         kernels = kernels.for_op("jacrev" if found.mode == "row" else "jacfwd")
     return kernels, found
+
+
+def _one_sided(kernels: Kernels, found: Any, limit: int) -> Any:
+    """A bidirectional colouring's one-sided equivalent (a store holds JVPs or
+    VJPs, not both), refused when its products would exceed ``limit`` bytes."""
+    one = found.one_sided()
+    spec = kernels.spec
+    extent = spec.n if one.mode == "row" else spec.m  # each product's length
+    nbytes = one.ncolors * extent * np.dtype(spec.dtype).itemsize
+    if nbytes > limit:
+        raise InputValueError(
+            f"this {spec.m}x{spec.n} Jacobian takes {found.ncolors} products with JVPs and VJPs "
+            f"together, but a store holds one kind: {one.ncolors} {one.mode} products, "
+            f"{format_iec(nbytes)}, above max_dense={format_iec(limit)}. Compute it in memory "
+            "(diffops_core.sparse_jacobian), or raise max_dense"
+        )
+    return one
 
 
 def _refuse_dense(kernels: Kernels, found: Any, limit: int) -> None:

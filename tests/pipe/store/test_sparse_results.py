@@ -488,3 +488,21 @@ def test_a_run_with_nothing_to_do_reads_the_pattern_once_and_compiles_no_block(
     with pytest.raises(AssertionError, match="compiled"):  # blocks left: memory checked
         pipeline.hessian_to_zarr(arrow_loss, x, str(tmp_path / "new.zarr"), sparsity="auto",
                                  block_size=2, progress=False)  # fmt: skip
+
+
+def test_an_arrowhead_jacobian_is_stored_from_one_sided_products(tmp_path):
+    """In memory the arrowhead Jacobian takes three products (JVPs and VJPs
+    together); a store holds one kind of product, so the pipeline colours it
+    one-sidedly: more products, the same matrix."""
+    x = jnp.linspace(0.1, 1.0, 120)
+    f = lambda v: jnp.concatenate([jnp.sum(jnp.sin(v))[None], v[1:] ** 2 * v[0]])
+    assert dc.jacobian_sparsity(f, x).mode == "bidirectional"
+    result = pipeline.jacobian_to_zarr(f, x, str(tmp_path / "a.zarr"), sparsity="auto",
+                                       progress=False)  # fmt: skip
+    assert result.meta["sparsity"]["mode"] in ("column", "row")
+    np.testing.assert_allclose(result.sparse().toarray(), np.asarray(jax.jacfwd(f)(x)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    other = str(tmp_path / "b.zarr")  # 120 products of 120 float32: 56 KiB
+    with pytest.raises(ValueError, match=r"3 products with JVPs and VJPs together.*56.25 kiB"):
+        pipeline.jacobian_to_zarr(f, x, other, sparsity="auto", max_dense="50KB", progress=False)
+    assert not os.path.exists(other)
