@@ -1,7 +1,9 @@
 """Colouring at n = 10⁶ (issue 24, part C): the star colouring (Hessians) and
 the column colouring (Jacobians) of a chain, 5- and 9-point grids, a band of 7
 diagonals and a random graph of degree 7, their greedy loops compiled with
-numba. Writes the ``colouring`` section of RESULTS.md.
+numba; and Jacobians with dense rows and dense columns, coloured one-sidedly
+and bidirectionally (JVPs and VJPs together). Writes the ``colouring`` section
+of RESULTS.md.
 
 Each pattern is coloured ``--repeats`` times in one process after one warm-up
 call (numba's compile, cached on disk after the first run, is reported apart):
@@ -25,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from report import write_section
 
+from diffops_core import Sparsity
 from diffops_core.sparse import column_coloring, star_coloring
 
 
@@ -61,6 +64,25 @@ def patterns(n: int) -> dict:
     }
 
 
+def lined(n: int, dense: int, body: sp.csr_array | None = None) -> sp.csr_array:
+    """``dense`` full rows and ``dense`` full columns beside a diagonal (the
+    arrowhead when ``dense`` is 1), or beside ``body``."""
+    body = sp.identity(n, dtype=bool, format="csr") if body is None else body
+    lines = sp.lil_array((n, n), dtype=bool)
+    lines[:dense, :] = True
+    lines[:, :dense] = True
+    return sp.csr_array(body + sp.csr_array(lines), dtype=bool)
+
+
+def jacobians(n: int) -> dict:
+    grid = _grid(n, [(0, 1), (1, 0)])
+    return {
+        "arrowhead (1 dense row, 1 dense column)": lined(n, 1),
+        "3 dense rows and columns beside a diagonal": lined(n, 3),
+        "3 dense rows and columns beside a 5-point stencil": lined(grid.shape[0], 3, grid),
+    }
+
+
 def timed(fn, pattern, repeats: int):
     t0 = time.perf_counter()
     colors = fn(pattern)
@@ -71,6 +93,12 @@ def timed(fn, pattern, repeats: int):
         fn(pattern)
         times.append(time.perf_counter() - t0)
     return first, statistics.median(times), int(colors.max()) + 1
+
+
+def _bi(pattern: sp.csr_array) -> Sparsity:
+    found = Sparsity.from_pattern(pattern, "jacobian")
+    assert found.mode == "bidirectional", found.mode
+    return found
 
 
 def main() -> None:
@@ -95,6 +123,24 @@ def main() -> None:
         _, col_s, col_k = timed(column_coloring, pattern, args.repeats)
         lines.append(f"| {name} | {pattern.nnz:,} | {star_k} | {star_s:.2f} | {col_k} | "
                      f"{col_s:.2f} | {first:.2f} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Jacobians with dense rows and dense columns: `Sparsity.from_pattern(pattern, "
+        "'jacobian')` (bidirectional: the dense rows by VJPs, the rest by JVPs, or the "
+        "transpose) against its `one_sided()` colouring (what a store holds: a colour per "
+        "column once a row covers half of them), median as above.",
+        "",
+        "| pattern | n | nnz | one-sided colours | bidirectional colours (VJPs + JVPs) | s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, pattern in jacobians(args.n).items():
+        _, seconds, _ = timed(lambda p: _bi(p).colors, pattern, args.repeats)
+        found = _bi(pattern)
+        n = pattern.shape[1]
+        vjps = int(found.colors[n:].max()) + 1 - (int(found.colors[:n].max()) + 1)
+        lines.append(f"| {name} | {n:,} | {pattern.nnz:,} | {found.one_sided().ncolors:,} | "
+                     f"{found.ncolors} ({vjps} + {found.ncolors - vjps}) | {seconds:.2f} |")  # fmt: skip
         print(lines[-1], flush=True)
     command = "python benchmarks/bench_colouring.py " + " ".join(sys.argv[1:])
     write_section("colouring", "\n".join(lines), command.strip())
