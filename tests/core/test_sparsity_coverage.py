@@ -405,3 +405,33 @@ def test_a_known_pattern_is_given_coloured_and_checked():
         dc.Sparsity.from_pattern(band, "hess")
     with pytest.raises(TypeError, match="pattern must be a scipy sparse matrix"):
         dc.Sparsity.from_pattern("band.npz")
+
+
+@pytest.mark.slow  # about 20 s: jax.hessian and the dense path of the model compile
+def test_the_mft_example_model_sparse_matrices_equal_jax_and_the_dense_path():
+    """The benchmarks' dLux-shaped model (workflows/models/mft.py: spiders,
+    Zernike phases, one MFT per star, a flat field): its Hessian is the
+    arrowhead of the 21 globals beside the pixels, exact, and the sparse
+    Hessian and Fisher matrix equal jax.hessian and the dense gauss_newton."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflows"))
+    from models.mft import make_model
+
+    loss, best_fit, _ = make_model(npix=12, npupil=16)
+    x = jax.tree_util.tree_map(jnp.asarray, best_fit())
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+    n, pixels = flat.size, 12 * 12
+    f = lambda v: loss(unravel(v))
+    H, _ = dc.sparse_hessian(loss, x)
+    dense = np.asarray(jax.hessian(f)(flat))
+    assert H.nnz == (dense != 0).sum() == pixels + 2 * pixels * (n - pixels) + (n - pixels) ** 2
+    scale = np.abs(dense).max()
+    np.testing.assert_allclose(H.toarray(), dense, rtol=2e-3, atol=2e-5 * scale)
+    G, _ = dc.sparse_gauss_newton(loss.residuals, x)
+    reference = np.asarray(dc.gauss_newton(loss.residuals, x)[0])
+    np.testing.assert_allclose(
+        G.toarray(), reference, rtol=2e-3, atol=2e-5 * np.abs(reference).max()
+    )
+    assert dc.gauss_newton_sparsity(loss.residuals, x).ncolors == n - pixels + 1
