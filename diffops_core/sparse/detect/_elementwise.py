@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._pattern import empty, union
+import numpy as np
+
+from ._pattern import empty, indices, take, union
 
 __all__ = ["ELEMENTWISE", "RULES"]
 
@@ -28,11 +30,38 @@ def _unite(ctx, eqn, pats, vals, outs):
     return [union(ctx, pats, shape) for shape in outs]
 
 
+#: The entries up to which `_mul` spells a common set out to drop its zeros.
+_SPELLED_OUT = 1 << 16
+
+
+def _mul(ctx, eqn, pats, vals, outs):
+    """A product with a known factor (a constant of the linear map) depends on
+    nothing where that factor is zero: HS117's ``a * x[:, None]`` with a
+    constant ``a`` of zeros, ELATTAR's ``x[1] * t`` with ``t[0] = 0``. A set
+    common to every element is spelled out per element for that only when the
+    result is small (2¹⁶ entries): a pupil mask times a phase of a flat
+    field's globals keeps its one shared set, which the MFT's contractions
+    need to stay within the budget."""
+    (shape,) = outs
+    out = union(ctx, pats, shape)
+    depends = [p.rows is not None or p.common.size > 0 for p in pats]
+    if depends[0] == depends[1] or out.size * out.common.size > _SPELLED_OUT:
+        return [out]
+    known = vals[1] if depends[0] else vals[0]
+    if known is None:
+        return [out]
+    nonzero = np.broadcast_to(np.asarray(known) != 0, shape)
+    if nonzero.all():
+        return [out]
+    return [take(ctx, out, np.where(nonzero, indices(shape), -1))]
+
+
 def _nothing(ctx, eqn, pats, vals, outs):
     return [empty(shape) for shape in outs]
 
 
 RULES: dict[str, Callable] = {
     "select_n": _unite,
+    "mul": _mul,
     **{name: _nothing for name in ("iota", "argmax", "argmin", "stop_gradient")},
 }
