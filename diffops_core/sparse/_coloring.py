@@ -203,8 +203,10 @@ def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
     # they are not forced apart through it while it is uncoloured
     order = np.argsort(-np.diff(ptr), kind="stable")
     order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
-    _star_greedy(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
-                 np.asarray(order, np.int64), base)  # fmt: skip
+    if order.size:  # (a flat field beside its globals is coloured already: numba's
+        # compiled loop, loaded from its cache on a first call, is not needed)
+        _star_greedy(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
+                     np.asarray(order, np.int64), base)  # fmt: skip
     return colors - 1
 
 
