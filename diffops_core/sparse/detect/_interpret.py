@@ -102,7 +102,10 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
         env.patterns[var] = p
         if value is not None:
             env.values[var] = value
+    folded = _fold_ahead(jaxpr, env)
     for eqn in jaxpr.eqns:
+        if id(eqn) in folded:
+            continue  # evaluated ahead, with the other constants
         pats = [env.pattern(v) for v in eqn.invars]
         vals = [env.value(v) for v in eqn.invars]
         depends = any(p.rows is not None or p.common.size for p in pats)
@@ -135,6 +138,48 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
         for var, p in zip(eqn.outvars, outs, strict=True):
             env.patterns[var] = p
     return [env.pattern(v) for v in jaxpr.outvars], [env.value(v) for v in jaxpr.outvars]
+
+
+#: Equations folded ahead in one compiled call at least (fewer: one by one).
+_FOLD_AHEAD = 4
+
+
+def _fold_ahead(jaxpr, env: _Env) -> set[int]:
+    """Evaluate in one compiled call every equation whose inputs are all known
+    before the walk (constants and what they compute: coordinates, masks, a
+    basis, index arithmetic), and put the values used elsewhere in ``env``;
+    the ids of the equations folded. One by one, each primitive of a dLux model
+    compiled on its own: 2.9 s of its 4 s detection. Evaluated as the products'
+    compiled kernel evaluates them (fused), not op by op."""
+    known = {v for v in env.values if not _depends(env.pattern(v))}
+    batch = []
+    for eqn in jaxpr.eqns:
+        if all(isinstance(v, jcore.Literal) or v in known for v in eqn.invars) and (
+            _foldable(eqn) and not eqn.effects
+        ):
+            batch.append(eqn)
+            known.update(eqn.outvars)
+    if len(batch) < _FOLD_AHEAD:
+        return set()
+    made = {v for eqn in batch for v in eqn.outvars}
+    ids = {id(eqn) for eqn in batch}
+    used = [v for eqn in jaxpr.eqns if id(eqn) not in ids for v in eqn.invars] + list(jaxpr.outvars)
+    outs = list(dict.fromkeys(v for v in used if not isinstance(v, jcore.Literal) and v in made))
+    ins = list(dict.fromkeys(v for eqn in batch for v in eqn.invars
+                             if not isinstance(v, jcore.Literal) and v not in made))  # fmt: skip
+    if not outs:
+        return ids
+    info = jcore.DebugInfo("sparsity detection", "the constants of a traced product",
+                           tuple(f"in{i}" for i in range(len(ins))),
+                           tuple(f"out{i}" for i in range(len(outs))))  # fmt: skip
+    program = jcore.ClosedJaxpr(jcore.Jaxpr([], ins, outs, batch, debug_info=info), [])
+    values = jax.jit(jcore.jaxpr_as_fun(program))(*[env.values[v] for v in ins])
+    env.values.update(zip(outs, values, strict=True))
+    return ids
+
+
+def _depends(p: Pattern) -> bool:
+    return p.rows is not None or bool(p.common.size)
 
 
 def _lost(ctx: Context) -> str:
