@@ -156,6 +156,7 @@ def main() -> None:
                 lines.append(_row(r, base))
                 print(lines[-1], flush=True)
     text = (
+        "### Optics models with an MFT: the Hessian and the Fisher matrix against zodiax\n\n"
         "The Hessian of the Poisson loss and the Fisher (Gauss-Newton) matrix of the noise "
         "weighted residuals and a 2% flat-field prior, float32, for a pure-JAX MFT model of "
         "dLux's shape (`mft`: `workflows/models/mft.py`) and for dLux 0.15 itself (`dlux`: "
