@@ -101,7 +101,8 @@ class Sparsity:
         structure (a scipy sparse matrix or a boolean or numeric array, ``(m, n)``
         over ``ravel_pytree(x)``, the flat output's rows for a Jacobian); ``kind``
         is ``"hessian"``, ``"gauss_newton"`` (made symmetric, star-coloured) or
-        ``"jacobian"`` (a column or a row colouring, whichever needs fewer);
+        ``"jacobian"`` (a column or a row colouring, whichever needs fewer, or
+        both at once for dense rows beside dense columns);
         ``dtype``: x's (empty: whatever x is). The result is checked against
         products of random vectors as any other: a pattern that misses an entry
         is refused, never returned.
