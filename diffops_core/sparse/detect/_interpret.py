@@ -26,7 +26,9 @@ carry to a fixed point. A primitive without a rule is dense over its operands
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -152,6 +154,32 @@ def _fold_ahead(jaxpr, env: _Env) -> set[int]:
     compiled on its own: 2.9 s of its 4 s detection. Evaluated as the products'
     compiled kernel evaluates them (fused), not op by op."""
     known = {v for v in env.values if not _depends(env.pattern(v))}
+    key = (id(jaxpr), frozenset(id(v) for v in known))
+    with _FOLDS_LOCK:
+        plan = _FOLDS.get(key)
+    if plan is None:
+        plan = (jaxpr, *_fold_plan(jaxpr, known))  # the jaxpr kept: its id stays its own
+        with _FOLDS_LOCK:
+            _FOLDS[key] = plan
+            while len(_FOLDS) > _FOLDS_KEPT:
+                _FOLDS.popitem(last=False)
+    _, ids, ins, outs, run = plan
+    if run is not None:
+        values = run(*[env.values[v] for v in ins])
+        env.values.update(zip(outs, values, strict=True))
+    return ids
+
+
+#: Fold plans by (jaxpr, its known variables): a loop's body walked to a fixed
+#: point, or the same program detected again, compiles its constants once.
+_FOLDS: collections.OrderedDict = collections.OrderedDict()
+_FOLDS_KEPT = 256
+_FOLDS_LOCK = threading.Lock()
+
+
+def _fold_plan(jaxpr, known: set):
+    """``(ids of the equations folded, their inputs, the outputs used elsewhere,
+    the compiled call or None)``."""
     batch = []
     for eqn in jaxpr.eqns:
         if all(isinstance(v, jcore.Literal) or v in known for v in eqn.invars) and (
@@ -160,7 +188,7 @@ def _fold_ahead(jaxpr, env: _Env) -> set[int]:
             batch.append(eqn)
             known.update(eqn.outvars)
     if len(batch) < _FOLD_AHEAD:
-        return set()
+        return set(), [], [], None
     made = {v for eqn in batch for v in eqn.outvars}
     ids = {id(eqn) for eqn in batch}
     used = [v for eqn in jaxpr.eqns if id(eqn) not in ids for v in eqn.invars] + list(jaxpr.outvars)
@@ -168,14 +196,12 @@ def _fold_ahead(jaxpr, env: _Env) -> set[int]:
     ins = list(dict.fromkeys(v for eqn in batch for v in eqn.invars
                              if not isinstance(v, jcore.Literal) and v not in made))  # fmt: skip
     if not outs:
-        return ids
+        return ids, ins, outs, None
     info = jcore.DebugInfo("sparsity detection", "the constants of a traced product",
                            tuple(f"in{i}" for i in range(len(ins))),
                            tuple(f"out{i}" for i in range(len(outs))))  # fmt: skip
     program = jcore.ClosedJaxpr(jcore.Jaxpr([], ins, outs, batch, debug_info=info), [])
-    values = jax.jit(jcore.jaxpr_as_fun(program))(*[env.values[v] for v in ins])
-    env.values.update(zip(outs, values, strict=True))
-    return ids
+    return ids, ins, outs, jax.jit(jcore.jaxpr_as_fun(program))
 
 
 def _depends(p: Pattern) -> bool:
