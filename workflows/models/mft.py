@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .psf import zernike_basis
+from .psf import weighted_residuals, zernike_basis
 
 #: Detector pixels per λ/D (Nyquist sampling: two pixels per λ/D).
 PIXEL = 0.5
@@ -94,15 +94,7 @@ def make_model(npix: int = 64, nzern: int = 12, nstars: int = 3, npupil: int = 6
         model = image_model(params)
         return jnp.sum(model - jnp.asarray(data_np, model.dtype) * jnp.log(model))
 
-    def residuals(params):
-        """``(model - data) / sqrt(expected)`` per pixel, and the priors."""
-        model = image_model(params)
-        pixels = (model - jnp.asarray(data_np, model.dtype)) / jnp.asarray(sigma_np, model.dtype)
-        return {
-            "pixels": pixels,
-            "flat_prior": (params["flat"] - 1.0) / 0.02,
-            "zernike_prior": params["zernike"] / 0.05,
-        }
+    residuals = weighted_residuals(image_model, data_np, sigma_np)
 
     loss.residuals = residuals
     return loss, best_fit, image_model

@@ -67,6 +67,26 @@ def zernike_basis(nterms: int, npupil: int):
     return basis, inside
 
 
+def weighted_residuals(model_fn, data_np: np.ndarray, sigma_np: np.ndarray):
+    """The residuals of an image model: the pixels' (model - data) / sqrt(expected
+    counts), whose Gauss-Newton matrix is the Poisson Fisher information, and the
+    priors the simulation drew from (the flat field's 2% scatter around 1, the
+    Zernike coefficients' 0.05). Without them the data leave modes unconstrained
+    (flux against the flat field's mean, piston, tip/tilt against position): the
+    Fisher matrix alone is singular."""
+
+    def residuals(params):
+        model = model_fn(params)
+        pixels = (model - jnp.asarray(data_np, model.dtype)) / jnp.asarray(sigma_np, model.dtype)
+        return {
+            "pixels": pixels,
+            "flat_prior": (params["flat"] - 1.0) / 0.02,
+            "zernike_prior": params["zernike"] / 0.05,
+        }
+
+    return residuals
+
+
 def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed: int = 0):
     """Build ``(loss, best_fit)`` for a detector of ``npix``^2 pixels and ``nzern``
     Zernike terms (n = npix^2 + nzern + 3 parameters)."""
@@ -115,20 +135,7 @@ def make_model(npix: int = 64, nzern: int = 21, npupil: int | None = None, seed:
 
     sigma_np = np.sqrt(expected_np).astype(np.float32)
 
-    def residuals(params):
-        """Noise-weighted residuals: the pixels' (model - data) / sqrt(expected counts),
-        whose Gauss-Newton matrix is the Poisson Fisher information, and the priors
-        the simulation drew from (the flat field's 2% scatter around 1, the Zernike
-        coefficients' 0.05). Without them the data leave modes unconstrained (flux
-        against the flat field's mean, piston, tip/tilt against position): the
-        Fisher matrix alone is singular."""
-        model = psf_model(params)
-        pixels = (model - jnp.asarray(data_np, model.dtype)) / jnp.asarray(sigma_np, model.dtype)
-        return {
-            "pixels": pixels,
-            "flat_prior": (params["flat"] - 1.0) / 0.02,
-            "zernike_prior": params["zernike"] / 0.05,
-        }
+    residuals = weighted_residuals(psf_model, data_np, sigma_np)
 
     loss.residuals = residuals
     return loss, best_fit, psf_model
