@@ -26,9 +26,7 @@ carry to a fixed point. A primitive without a rule is dense over its operands
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,7 +102,7 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
         env.patterns[var] = p
         if value is not None:
             env.values[var] = value
-    folded = _fold_ahead(jaxpr, env)
+    folded = _fold_ahead(ctx, jaxpr, env)
     for eqn in jaxpr.eqns:
         if id(eqn) in folded:
             continue  # evaluated ahead, with the other constants
@@ -146,7 +144,7 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
 _FOLD_AHEAD = 4
 
 
-def _fold_ahead(jaxpr, env: _Env) -> set[int]:
+def _fold_ahead(ctx: Context, jaxpr, env: _Env) -> set[int]:
     """Evaluate in one compiled call every equation whose inputs are all known
     before the walk (constants and what they compute: coordinates, masks, a
     basis, index arithmetic), and put the values used elsewhere in ``env``;
@@ -155,26 +153,14 @@ def _fold_ahead(jaxpr, env: _Env) -> set[int]:
     compiled kernel evaluates them (fused), not op by op."""
     known = {v for v in env.values if not _depends(env.pattern(v))}
     key = (id(jaxpr), frozenset(id(v) for v in known))
-    with _FOLDS_LOCK:
-        plan = _FOLDS.get(key)
-    if plan is None:
-        plan = (jaxpr, *_fold_plan(jaxpr, known))  # the jaxpr kept: its id stays its own
-        with _FOLDS_LOCK:
-            _FOLDS[key] = plan
-            while len(_FOLDS) > _FOLDS_KEPT:
-                _FOLDS.popitem(last=False)
+    plan = ctx.folds.get(key)
+    if plan is None:  # the jaxpr kept with its plan: its id stays its own
+        plan = ctx.folds[key] = (jaxpr, *_fold_plan(jaxpr, known))
     _, ids, ins, outs, run = plan
     if run is not None:
         values = run(*[env.values[v] for v in ins])
         env.values.update(zip(outs, values, strict=True))
     return ids
-
-
-#: Fold plans by (jaxpr, its known variables): a loop's body walked to a fixed
-#: point, or the same program detected again, compiles its constants once.
-_FOLDS: collections.OrderedDict = collections.OrderedDict()
-_FOLDS_KEPT = 256
-_FOLDS_LOCK = threading.Lock()
 
 
 def _fold_plan(jaxpr, known: set):

@@ -92,6 +92,9 @@ class Context:
     def __init__(self, n: int, budget: int, evaluate: Callable):
         self.n, self.budget, self._evaluate = n, budget, evaluate
         self.lost: list[str] = []  # where structure was given up (primitives without a rule)
+        #: the constants' fold plans of this detection, by (jaxpr, known variables): a
+        #: loop body walked to a fixed point compiles its constants once
+        self.folds: dict = {}
 
     def run(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
         """The patterns of ``jaxpr``'s outputs given its inputs' (``known``: their
@@ -101,7 +104,9 @@ class Context:
     def sub(self, n: int) -> Context:
         """A detection of another tangent, of size ``n`` (a linear map's own
         pattern, inside this one), with this one's budget."""
-        return Context(n, self.budget, self._evaluate)
+        inner = Context(n, self.budget, self._evaluate)
+        inner.folds = self.folds
+        return inner
 
     def evaluate(self, jaxpr, consts: Sequence, ins: Sequence[Pattern], known: Sequence):
         """`run`, and the outputs' values where they are known: ``(patterns, values)``."""
