@@ -97,7 +97,7 @@ def bicolor_seeds(colors: np.ndarray) -> np.ndarray:
 
 def _alone(keys: np.ndarray) -> np.ndarray:
     """Whether each key occurs once among ``keys``."""
-    unique, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     return counts[inverse] == 1
 
 

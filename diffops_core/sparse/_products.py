@@ -152,8 +152,11 @@ class Sparsity:
         """This Sparsity with a one-sided colouring (column or row, whichever
         needs fewer): itself unless bidirectional. For an executor that stores
         one kind of product (the pipeline): more products, the same matrix."""
-        if self.mode != "bidirectional":
-            return self
+        return self if self.mode != "bidirectional" else self._one_sided_colouring
+
+    @functools.cached_property
+    def _one_sided_colouring(self) -> Sparsity:
+        """`one_sided`'s colouring, made once (the pipeline asks on every run)."""
         return _one_sided(self.pattern, self.shape, self.dtype, self.seconds)
 
 
@@ -260,15 +263,17 @@ def _color(kind: str, pattern, shape, dtype: str, symmetric: bool = False) -> Sp
         colors = star_coloring(pattern, symmetric=symmetric)
         return Sparsity(shape, pattern, colors, int(colors.max()) + 1, "star", dtype)
     both = bicoloring(pattern)  # JVPs and VJPs together (None without dense rows and columns)
-    if both is not None:
-        csr = sp.csr_array(pattern)
-        bound = min(int(np.diff(csr.indptr).max()), int(np.diff(sp.csc_array(csr).indptr).max()))
-        # below both sides' lower bounds (the densest row, the densest column), the one-sided
-        # colourings cannot win and are not tried: with a dense row of 10⁶ columns the column
-        # colouring walks it from every column
-        if both[1] < bound or both[1] < _one_sided(pattern, shape, dtype).ncolors:
-            return Sparsity(shape, pattern, both[0], both[1], "bidirectional", dtype)
-    return _one_sided(pattern, shape, dtype)
+    if both is None:
+        return _one_sided(pattern, shape, dtype)
+    csr = sp.csr_array(pattern)
+    bound = min(int(np.diff(csr.indptr).max()), int(np.diff(sp.csc_array(csr).indptr).max()))
+    # below both sides' lower bounds (the densest row, the densest column), the one-sided
+    # colourings cannot win and are not tried: with a dense row of 10⁶ columns the column
+    # colouring walks it from every column
+    one = None if both[1] < bound else _one_sided(pattern, shape, dtype)
+    if one is not None and one.ncolors <= both[1]:
+        return one
+    return Sparsity(shape, pattern, both[0], both[1], "bidirectional", dtype)
 
 
 def _one_sided(pattern, shape, dtype: str, seconds=None) -> Sparsity:

@@ -108,7 +108,7 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
             continue  # evaluated ahead, with the other constants
         pats = [env.pattern(v) for v in eqn.invars]
         vals = [env.value(v) for v in eqn.invars]
-        depends = any(p.rows is not None or p.common.size for p in pats)
+        depends = any(_depends(p) for p in pats)
         if not depends and all(v is not None for v in vals) and _foldable(eqn):
             outs = eqn.primitive.bind(*vals, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
