@@ -140,6 +140,92 @@ def test_the_zeros_of_a_constant_factor_are_used():
         np.testing.assert_array_equal(hessian_pattern(loss, y).toarray(), true)
 
 
+def test_a_basis_on_an_aperture_is_exact_and_united_once_per_signature():
+    """A phase from a few coefficients times a basis that is zero off a circular
+    aperture (a Zernike basis): pixels off the aperture depend on no coefficient.
+    The pattern is exact (it was, reading each of the basis's nonzeros one by
+    one: 6 s of a 1024² flat field's detection); now each distinct set of zeros
+    is united once. Also with a batch axis, and the basis on the left."""
+    k, npix = 4, 9
+    c = (np.arange(npix) - (npix - 1) / 2) / (npix / 2)
+    inside = (c[:, None] ** 2 + c[None, :] ** 2) <= 1
+    basis = np.random.default_rng(1).normal(size=(k, npix, npix)) * inside
+    basis[2, :, 4] = 0  # one coefficient also off along a line: a third signature
+    b = jnp.asarray(basis, jnp.float32)
+    batched = jnp.stack([b, b[::-1]])  # (2, k, npix, npix)
+
+    def phase_right(v):
+        return jnp.tensordot(v[:k], b, axes=1)
+
+    def phase_left(v):
+        return jnp.tensordot(b, v[:k], axes=((0,), (0,)))
+
+    def phase_batched(v):
+        z = v[:k].reshape(1, k) * jnp.array([[1.0], [2.0]])
+        return jnp.einsum("bk,bkij->bij", z, batched).sum(0)
+
+    x = jnp.linspace(0.5, 1.0, k + npix * npix, dtype=jnp.float32)
+    for phase in (phase_right, phase_left, phase_batched):
+        f = lambda v, phase=phase: jnp.sum((jnp.cos(phase(v)) * v[k:].reshape(npix, npix)) ** 2)
+        true = np.asarray(jax.hessian(f)(x)) != 0
+        np.testing.assert_array_equal(hessian_pattern(f, x).toarray(), true)
+        g = lambda v, phase=phase: (1 + phase(v)).reshape(-1) * v[k:]
+        true = np.asarray(jax.jacfwd(g)(x)) != 0
+        np.testing.assert_array_equal(jacobian_pattern(g, x).toarray(), true)
+
+
+def test_pad_and_row_gathers_match_the_primitive_and_the_product():
+    """The pad rule's numpy padding equals ``lax.pad`` (negative and interior
+    padding too), and a pattern's row gather equals the selection matrix's
+    product it replaced."""
+    from jax import lax
+
+    from diffops_core.sparse.detect._pattern import gather_rows, selection
+    from diffops_core.sparse.detect._structural import pad_indices
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(s) for s in rng.integers(0, 5, rng.integers(1, 4)))
+        config = []
+        for n in shape:
+            interior = int(rng.integers(0, 3))
+            spread = n + max(n - 1, 0) * interior
+            lo = int(rng.integers(-spread, 4))
+            hi = max(int(rng.integers(-spread, 4)), -(spread + lo))
+            config.append((lo, hi, interior))
+        idx = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+        expected = np.asarray(lax.pad(jnp.asarray(idx), np.int32(-1), config))
+        got = pad_indices(idx, config)
+        assert got.shape == expected.shape, (shape, config)
+        np.testing.assert_array_equal(got, expected)
+    import scipy.sparse as sp
+
+    for _ in range(100):
+        m, n = (int(s) for s in rng.integers(1, 20, 2))
+        rows = sp.csr_array(sp.random_array((m, n), density=0.3, rng=rng, format="csr") != 0)
+        idx = rng.integers(-1, m, int(rng.integers(0, 30)))
+        np.testing.assert_array_equal(gather_rows(rows, idx).toarray(),
+                                      (selection(idx, m) @ rows).toarray())  # fmt: skip
+
+
+def test_scatters_of_one_shape_build_their_landing_kernel_once():
+    """A model's scatters repeat their shapes (SBRYBND: 17, each compiled on its
+    own): the transpose that finds where each update lands is built once per
+    shape and parameters, and stays exact for other indices."""
+    from diffops_core.sparse.detect._indexing import _landing
+
+    _landing.cache_clear()
+    ix = [jnp.array([0, 2, 2, 4]), jnp.array([1, 1, 3, 0]), jnp.array([4, 3, 2, 1])]
+    f = lambda v: sum(jnp.zeros(5).at[i].add(v[4 * k : 4 * k + 4] ** 2) for k, i in enumerate(ix))
+    pattern = jacobian_pattern(f, jnp.zeros(N, jnp.float32)).toarray()
+    expected = np.zeros((5, N), bool)
+    for k, i in enumerate(ix):
+        expected[np.asarray(i), 4 * k + np.arange(4)] = True
+    np.testing.assert_array_equal(pattern, expected)
+    info = _landing.cache_info()
+    assert info.misses == 1 and info.hits == 2
+
+
 def test_scatter_add_is_exact_with_known_indices():
     f = lambda v: jnp.zeros(5).at[jnp.array([0, 2, 2, 4])].add(v[:4] ** 2)
     pattern = jacobian_pattern(f, jnp.zeros(N, jnp.float32)).toarray()

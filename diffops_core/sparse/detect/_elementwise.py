@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._pattern import empty, indices, take, union
+from ._pattern import SPELL_OUT, empty, indices, take, union
 
 __all__ = ["ELEMENTWISE", "RULES"]
 
@@ -30,10 +30,6 @@ def _unite(ctx, eqn, pats, vals, outs):
     return [union(ctx, pats, shape) for shape in outs]
 
 
-#: The entries up to which `_mul` spells a common set out to drop its zeros.
-_SPELLED_OUT = 1 << 16
-
-
 def _mul(ctx, eqn, pats, vals, outs):
     """A product with a known factor (a constant of the linear map) depends on
     nothing where that factor is zero: HS117's ``a * x[:, None]`` with a
@@ -45,7 +41,7 @@ def _mul(ctx, eqn, pats, vals, outs):
     (shape,) = outs
     out = union(ctx, pats, shape)
     depends = [p.rows is not None or p.common.size > 0 for p in pats]
-    if depends[0] == depends[1] or out.size * out.common.size > _SPELLED_OUT:
+    if depends[0] == depends[1] or out.size * out.common.size > SPELL_OUT:
         return [out]
     known = vals[1] if depends[0] else vals[0]
     if known is None:

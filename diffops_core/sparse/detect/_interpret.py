@@ -143,6 +143,10 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
 #: Equations folded ahead in one compiled call at least (fewer: one by one).
 _FOLD_AHEAD = 4
 
+#: Folds whose every value is at most this size run op by op (XLA's compile of
+#: thousands of scalar equations costs seconds; each primitive's cached kernel, microseconds).
+_FOLD_EAGER = 64
+
 
 def _fold_ahead(ctx: Context, jaxpr, env: _Env) -> set[int]:
     """Evaluate in one compiled call every equation whose inputs are all known
@@ -187,7 +191,13 @@ def _fold_plan(jaxpr, known: set):
                            tuple(f"in{i}" for i in range(len(ins))),
                            tuple(f"out{i}" for i in range(len(outs))))  # fmt: skip
     program = jcore.ClosedJaxpr(jcore.Jaxpr([], ins, outs, batch, debug_info=info), [])
+    if max(_size(v) for eqn in batch for v in eqn.outvars) <= _FOLD_EAGER:
+        return ids, ins, outs, jcore.jaxpr_as_fun(program)
     return ids, ins, outs, jax.jit(jcore.jaxpr_as_fun(program))
+
+
+def _size(v) -> int:
+    return int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64))
 
 
 def _depends(p: Pattern) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
-from jax import lax
 
 from ._pattern import Pattern, everything, indices, take, union
 
@@ -54,9 +53,27 @@ def _numpy_structural(eqn, idx: np.ndarray) -> np.ndarray | None:
 
 
 def _pad(ctx, eqn, pats, vals, outs):
-    idx = lax.pad(jnp.asarray(indices(pats[0].shape)), np.int32(-1), eqn.params["padding_config"])
-    padded = take(ctx, pats[0], np.asarray(idx))
+    padded = take(ctx, pats[0], pad_indices(indices(pats[0].shape), eqn.params["padding_config"]))
     return [union(ctx, [padded, pats[1]], outs[0])]  # the padding value's own pattern
+
+
+def pad_indices(idx: np.ndarray, config) -> np.ndarray:
+    """``lax.pad`` of an index array with -1, in numpy: per axis, ``interior``
+    -1s between elements, then ``lo`` and ``hi`` at the ends (negative: cut)."""
+    for axis, (lo, hi, interior) in enumerate(config):
+        at = (slice(None),) * axis
+        n = idx.shape[axis]
+        if interior and n > 1:
+            shape = list(idx.shape)
+            shape[axis] = n + (n - 1) * interior
+            spread = np.full(shape, -1, idx.dtype)
+            spread[at + (slice(None, None, interior + 1),)] = idx
+            idx = spread
+        widths = [(0, 0)] * idx.ndim
+        widths[axis] = (max(lo, 0), max(hi, 0))
+        idx = np.pad(idx, widths, constant_values=-1)
+        idx = idx[at + (slice(max(-lo, 0), idx.shape[axis] - max(-hi, 0)),)]
+    return idx
 
 
 def _concatenate(ctx, eqn, pats, vals, outs):
