@@ -175,6 +175,19 @@ def dense_vertices(adjacency: sp.csr_array) -> np.ndarray:
     return found
 
 
+def _symmetric(pattern) -> sp.csr_array:
+    """``pattern`` or its transpose (boolean): a detected Hessian is symmetric as
+    a rule, and comparing it with its transpose costs a fifth of the sum
+    (at 5·10⁷ nonzeros, 0.6 s against 2.7 s)."""
+    a = sp.csr_array(pattern, dtype=bool, copy=True)
+    a.sum_duplicates()
+    t = sp.csr_array(a.T.tocsr(), dtype=bool)
+    t.sum_duplicates()
+    if np.array_equal(a.indptr, t.indptr) and np.array_equal(a.indices, t.indices):
+        return a
+    return sp.csr_array(a + t, dtype=bool)
+
+
 def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
     """0-based colours of a symmetric pattern's vertices, a star colouring:
     adjacent vertices differ, and every path on four vertices has at least three
@@ -182,8 +195,7 @@ def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
     The pattern is made symmetric first, unless the caller knows it is
     (``symmetric``: a ``Jᵀ J``; at n = 10⁶ the sum with the transpose costs
     seconds)."""
-    a = sp.csr_array(pattern, dtype=bool, copy=True) if symmetric else (
-        sp.csr_array(pattern + pattern.T, dtype=bool))  # fmt: skip
+    a = sp.csr_array(pattern, dtype=bool, copy=True) if symmetric else _symmetric(pattern)
     a.setdiag(False)
     a.eliminate_zeros()
     n = a.shape[0]
@@ -196,8 +208,9 @@ def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
         # no path through them is two-coloured, so all share the next colour at once
         rest = np.ones(n, bool)
         rest[dense] = False
-        owner = np.repeat(np.arange(n), np.diff(ptr))
-        others = np.bincount(owner, weights=rest[idx], minlength=n)  # non-dense neighbours
+        # dense neighbours of each vertex: the dense rows' entries (symmetric), counted
+        beside = np.concatenate([idx[ptr[d] : ptr[d + 1]] for d in dense])
+        others = np.diff(ptr) - np.bincount(beside, minlength=n)  # non-dense neighbours
         colors[rest & (others == 0)] = base + 1
     # largest degree first: a vertex many others see is coloured before them, so
     # they are not forced apart through it while it is uncoloured

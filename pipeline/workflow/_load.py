@@ -66,11 +66,12 @@ def check_writable(spec: Spec, field: str, target: str) -> None:
 def check_float_leaves(spec: Spec, x: Any) -> None:
     """Every leaf of the point is floating point, whatever ``dtype`` the spec asks:
     a silently cast integer is a different point than the one written."""
+    import jax.numpy as jnp
     import numpy as np
 
     for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
         dtype = np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else np.dtype(leaf.dtype)
-        if isinstance(leaf, float) or np.issubdtype(dtype, np.floating):
+        if isinstance(leaf, float) or jnp.issubdtype(dtype, jnp.floating):  # bfloat16 too
             continue
         raise SpecError(
             f"{spec.path}: point: leaf {jax.tree_util.keystr(path) or '(root)'} has dtype "

@@ -223,6 +223,18 @@ def test_half_precision_x_works_as_the_dense_path_does(dtype):
     np.testing.assert_allclose(H.toarray(), np.asarray(dense, np.float32), atol=1e-2)
 
 
+def test_the_check_holds_bfloat16_to_its_own_rounding():
+    """numpy does not take bfloat16 for a float: the check held a bfloat16
+    Hessian to float32's rounding (a tolerance of 1e-5 against its 8e-3 steps)
+    and refused it now and then, as its random vectors fell."""
+    from diffops_core.sparse._check import compute_eps
+
+    for dtype, eps in ((jnp.bfloat16, 2.0**-7), (jnp.float16, 2.0**-10), (jnp.float32, 2.0**-23)):
+        x = jnp.linspace(0.5, 1.5, 8).astype(dtype)
+        jaxpr = jax.make_jaxpr(jax.hessian(_tri))(x).jaxpr
+        assert compute_eps(jaxpr, np.dtype(dtype)) == eps
+
+
 def test_a_variance_that_overflows_says_so():
     import scipy.sparse as sp
 

@@ -226,6 +226,68 @@ def test_scatters_of_one_shape_build_their_landing_kernel_once():
     assert info.misses == 1 and info.hits == 2
 
 
+#: ``.at[].set`` cases of asdex's scatter tests (tests/_interpret/test_scatter.py):
+#: (name, f, n, the nonzeros asdex asserts). The written slots lose the operand.
+SETS = [
+    ("one constant", lambda x: x.at[1].set(0.0), 3, 2),
+    ("two of x", lambda x: x[:4].at[jnp.array([0, 2])].set(x[4:6]), 6, 4),
+    ("middle axis", lambda x: x.reshape(2, 3, 4).at[:, 2, :].set(0.0).reshape(-1), 24, 16),
+    ("rows", lambda x: x.reshape(3, 4).at[jnp.array([2, 0])].set(jnp.ones((2, 4))).ravel(), 12, 4),
+    (
+        "coordinates",
+        lambda x: (
+            x.reshape(3, 4).at[jnp.array([0, 1, 2]), jnp.array([1, 3, 0])].set(jnp.zeros(3)).ravel()
+        ),
+        12,
+        9,
+    ),  # fmt: skip
+    (
+        "non-square rows",
+        lambda x: x.reshape(3, 5).at[jnp.array([1])].set(jnp.zeros((1, 5))).ravel(),
+        15,
+        10,
+    ),  # fmt: skip
+    ("then gathered", lambda x: x.at[1].set(0.0)[jnp.array([0, 2])], 3, 2),
+    ("written twice", lambda x: jnp.zeros(3).at[jnp.array([1, 1])].set(x[:2]), 3, 2),
+]
+
+
+@pytest.mark.parametrize("f, n, asdex", [case[1:] for case in SETS], ids=[c[0] for c in SETS])
+def test_a_set_replaces_what_it_writes(f, n, asdex):
+    """``x.at[i].set(v)``: the written elements depend on ``v`` alone (they kept
+    the operand's element: 24 nonzeros for asdex's 16 on the middle axis). An
+    element written twice depends on every writer: which one wins is the
+    backend's choice, so the JVP's own record of the winner (a scatter of ids,
+    run here on the CPU) is not taken for known. Never more than asdex."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=n), jnp.float32)
+    pattern = jacobian_pattern(f, x)
+    _check(pattern, np.asarray(jax.jacfwd(f)(x)), None)
+    assert pattern.nnz == asdex
+
+
+def test_a_set_out_of_bounds_keeps_the_operand_where_undefined():
+    """An index out of bounds under ``promise_in_bounds`` leaves the write
+    undefined: the operand element is kept (a superset); dropped or clipped
+    writes are exact."""
+    idx = jnp.array([1, 7])
+    x = jnp.linspace(0.5, 1.0, 4)
+    for mode, nnz in (("drop", 4), ("clip", 4), ("promise_in_bounds", 6)):
+        f = lambda v, mode=mode: v.at[idx].set(v[:2] * 2, mode=mode)
+        pattern = jacobian_pattern(f, x)
+        _check(pattern, np.asarray(jax.jacfwd(f)(x)), None)
+        assert pattern.nnz == nnz, mode
+
+
+def test_a_known_mask_selects_one_case():
+    """``jnp.where`` with a mask known without ``x``: each element depends on
+    the case it takes alone (it depended on both)."""
+    f = lambda v: jnp.where(jnp.arange(5) % 2 == 0, v[:5], v[5:] ** 2)
+    x = jnp.linspace(0.5, 1.0, 10)
+    pattern = jacobian_pattern(f, x).toarray()
+    np.testing.assert_array_equal(pattern, np.asarray(jax.jacfwd(f)(x)) != 0)
+    assert pattern.sum() == 5
+
+
 def test_scatter_add_is_exact_with_known_indices():
     f = lambda v: jnp.zeros(5).at[jnp.array([0, 2, 2, 4])].add(v[:4] ** 2)
     pattern = jacobian_pattern(f, jnp.zeros(N, jnp.float32)).toarray()

@@ -52,12 +52,27 @@ def _mul(ctx, eqn, pats, vals, outs):
     return [take(ctx, out, np.where(nonzero, indices(shape), -1))]
 
 
+def _select(ctx, eqn, pats, vals, outs):
+    """``select_n(which, *cases)`` with ``which`` known (a mask, ``jnp.where`` on
+    constants; the JVP of a ``.at[].set`` picks the winning update so): each
+    element depends on the case it picks alone. Else on every case."""
+    (shape,) = outs
+    which = vals[0]
+    if which is None or pats[0].rows is not None or pats[0].common.size:
+        return [union(ctx, pats, shape)]
+    which = np.broadcast_to(np.asarray(which).astype(np.int64), shape)
+    here = indices(shape)
+    picked = [take(ctx, p if p.shape == shape else union(ctx, [p], shape),
+                   np.where(which == k, here, -1)) for k, p in enumerate(pats[1:])]  # fmt: skip
+    return [union(ctx, picked, shape)]
+
+
 def _nothing(ctx, eqn, pats, vals, outs):
     return [empty(shape) for shape in outs]
 
 
 RULES: dict[str, Callable] = {
-    "select_n": _unite,
+    "select_n": _select,
     "mul": _mul,
     **{name: _nothing for name in ("iota", "argmax", "argmin", "stop_gradient")},
 }

@@ -36,19 +36,21 @@ def _int_params(eqn) -> dict:
     return params
 
 
-def _targets(eqn, vals, update_shape, out_shape) -> np.ndarray | None:
+def _targets(eqn, vals, update_shape, out_shape, mode=None) -> np.ndarray | None:
     """For each element of a scatter's updates, the output element it lands on
     (-1: dropped), from the transpose of the scatter (a gather) applied to the
     output's element indices; None when the indices are not known."""
     where = vals[1]
     if where is None:
         return None
-    params = tuple(sorted((k, v) for k, v in eqn.params.items()
-                          if k not in ("update_jaxpr", "update_consts")))  # fmt: skip
+    params = {k: v for k, v in eqn.params.items() if k not in ("update_jaxpr", "update_consts")}
+    if mode is not None:  # where the updates would land in that mode
+        params["mode"] = mode
+    items = tuple(sorted(params.items()))
     try:
-        kernel = _landing(params, tuple(out_shape), tuple(update_shape))
+        kernel = _landing(items, tuple(out_shape), tuple(update_shape))
     except TypeError:  # a parameter that is not hashable: built for this scatter alone
-        kernel = _landing.__wrapped__(params, tuple(out_shape), tuple(update_shape))
+        kernel = _landing.__wrapped__(items, tuple(out_shape), tuple(update_shape))
     flat = indices(out_shape).astype(np.int64) + 1  # 0: dropped
     high, low = kernel(where, (flat // 4096).astype(np.float32), (flat % 4096).astype(np.float32))
     high, low = (np.rint(np.asarray(part)).astype(np.int64) for part in (high, low))
@@ -77,17 +79,25 @@ def _landing(params: tuple, out_shape: tuple, update_shape: tuple):
 
 def _scatter(ctx, eqn, pats, vals, outs):
     """scatter, scatter-add and kin: each output element unites its operand
-    element and every update that lands on it (known indices), else every update."""
+    element and every update that lands on it (known indices), else every update.
+    A ``scatter`` (``.at[].set``) replaces what it lands on: there the operand
+    element is gone (asdex's ``x.at[:, 2, :].set(0.0)``: 16 nonzeros, not 24),
+    unless an index is out of bounds in a mode that leaves it undefined."""
     operand, updates = pats[0], pats[2]
     target = _targets(eqn, vals, updates.shape, outs[0])
     if target is None:
         return [union(ctx, [operand, everything(ctx, [updates], outs[0])], outs[0])]
+    size = int(np.prod(outs[0], dtype=np.int64))
+    if eqn.primitive.name == "scatter" and _defined(eqn, vals, updates.shape, outs[0], target):
+        replaced = np.zeros(size, bool)
+        replaced[target.reshape(-1)[target.reshape(-1) >= 0]] = True
+        kept = np.where(replaced, -1, np.arange(size)).reshape(outs[0])
+        operand = take(ctx, operand, kept)
     keep = target.reshape(-1) >= 0
     if updates.rows is not None:
         updates = Pattern((int(keep.sum()),), updates.rows[np.flatnonzero(keep)], updates.common)
     else:
         updates = Pattern((int(keep.sum()),), None, updates.common)
-    size = int(np.prod(outs[0], dtype=np.int64))
     landed = group(ctx, updates, target.reshape(-1)[keep], (size,))
     if updates.common.size:  # only where something landed
         hit = np.zeros(size, bool)
@@ -95,6 +105,37 @@ def _scatter(ctx, eqn, pats, vals, outs):
         landed = take(ctx, landed, np.where(hit, np.arange(size), -1))
     landed = Pattern(tuple(outs[0]), landed.rows, landed.common)
     return [union(ctx, [operand, landed], outs[0])]
+
+
+def _defined(eqn, vals, update_shape, out_shape, target: np.ndarray) -> bool:
+    """Whether every update lands where ``target`` says in XLA's semantics: the
+    mode clamps (``CLIP``) or drops (``FILL_OR_DROP``) what is out of bounds, or
+    nothing is (a promise kept: the targets are those of dropping)."""
+    mode = eqn.params.get("mode")
+    if mode in (lax.GatherScatterMode.CLIP, lax.GatherScatterMode.FILL_OR_DROP):
+        return True
+    dropping = _targets(eqn, vals, update_shape, out_shape,
+                        mode=lax.GatherScatterMode.FILL_OR_DROP)  # fmt: skip
+    return dropping is not None and bool(np.array_equal(dropping, target))
+
+
+def overwrites(eqn) -> bool:
+    """A ``scatter`` (``.at[].set``) not promised unique indices: two updates may
+    land on one element, and which wins is the backend's choice."""
+    return eqn.primitive.name == "scatter" and not eqn.params.get("unique_indices", False)
+
+
+def settled(eqn, vals) -> bool:
+    """Whether a scatter of known operands writes each output element at most
+    once, where XLA defines it: then its value is the same on every backend
+    (the JVP of ``.at[].set`` scatters ids to find each element's writer)."""
+    out_shape, update_shape = shape_of(eqn.invars[0]), shape_of(eqn.invars[2])
+    target = _targets(eqn, vals, update_shape, out_shape)
+    if target is None or not _defined(eqn, vals, update_shape, out_shape, target):
+        return False
+    landed = target.reshape(-1)
+    landed = landed[landed >= 0]
+    return bool(np.unique(landed).size == landed.size)
 
 
 def _along(ctx, p: Pattern, dims) -> Pattern:

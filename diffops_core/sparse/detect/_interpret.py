@@ -27,6 +27,7 @@ carry to a fixed point. A primitive without a rule is dense over its operands
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from jax.extend import core as jcore
 
 from . import _control, _elementwise, _indexing, _reductions, _structural, _windows
 from ._elementwise import ELEMENTWISE
+from ._indexing import overwrites, settled
 from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union, where
 
 __all__ = [
@@ -109,6 +111,10 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
         pats = [env.pattern(v) for v in eqn.invars]
         vals = [env.value(v) for v in eqn.invars]
         depends = any(_depends(p) for p in pats)
+        if not depends and all(v is not None for v in vals) and overwrites(eqn):
+            if settled(eqn, vals):  # each element written once: its value is known
+                env.values[eqn.outvars[0]] = eqn.primitive.bind(*vals, **eqn.params)
+            continue
         if not depends and all(v is not None for v in vals) and _foldable(eqn):
             outs = eqn.primitive.bind(*vals, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
@@ -237,14 +243,36 @@ _FOLDED_CALLS = ("pjit", "jit", "closed_call", "core_call")
 
 def _foldable(eqn) -> bool:
     """Whether to evaluate an equation whose inputs are all known: what indices
-    and shapes are made of (small), not loops (which may be long) or callbacks."""
+    and shapes are made of (small), not loops (which may be long) or callbacks,
+    nor a ``scatter`` that may write one element twice (or a call holding one):
+    which write wins is the backend's to choose, so its value is not known
+    here (`_indexing.settled` evaluates one that writes each element once)."""
     name = eqn.primitive.name
     if name in _CALLS and name not in _FOLDED_CALLS:
         return False
-    if name in ("while", "scan", "cond") or "callback" in name:
+    if name in ("while", "scan", "cond") or "callback" in name or overwrites(eqn):
+        return False
+    if name in _FOLDED_CALLS and _holds_overwrite(_sub_jaxpr(eqn.params)[0]):
         return False
     size = sum(int(np.prod(shape_of(v), dtype=np.int64)) for v in eqn.outvars)
     return size <= 1 << 24
+
+
+#: Whether a called jaxpr holds a `scatter` that may write an element twice, per
+#: jaxpr while it lives (a model's thousands of nested calls are looked into once).
+_OVERWRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _holds_overwrite(jaxpr) -> bool:
+    if jaxpr is None:
+        return False
+    found = _OVERWRITES.get(jaxpr)
+    if found is None:
+        found = any(overwrites(e) or (e.primitive.name in _CALLS
+                                      and _holds_overwrite(_sub_jaxpr(e.params)[0]))
+                    for e in jaxpr.eqns)  # fmt: skip
+        _OVERWRITES[jaxpr] = found
+    return found
 
 
 def _sub_jaxpr(params: dict):
