@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax import lax
 
 from diffops_core.internal import hessian_pattern, jacobian_pattern
 from diffops_core.sparse import recover_star, seeds, star_coloring
@@ -178,8 +179,6 @@ def test_pad_and_row_gathers_match_the_primitive_and_the_product():
     """The pad rule's numpy padding equals ``lax.pad`` (negative and interior
     padding too), and a pattern's row gather equals the selection matrix's
     product it replaced."""
-    from jax import lax
-
     from diffops_core.sparse.detect._pattern import gather_rows, selection
     from diffops_core.sparse.detect._structural import pad_indices
 
@@ -286,6 +285,52 @@ def test_a_known_mask_selects_one_case():
     pattern = jacobian_pattern(f, x).toarray()
     np.testing.assert_array_equal(pattern, np.asarray(jax.jacfwd(f)(x)) != 0)
     assert pattern.sum() == 5
+
+
+#: Loops whose steps a fixed point united: (name, f of x, n).
+STEPS = [
+    ("a carry shifted twice", lambda x: lax.fori_loop(0, 2, lambda i, v: jnp.roll(v, 1) * 2, x), 5),
+    ("a running sum's products", lambda x: lax.scan(lambda c, v: (c + v, c * v), 0.0, x)[1], 5),
+    (
+        "the same, reversed",
+        lambda x: lax.scan(lambda c, v: (c + v, c * v), 0.0, x, reverse=True)[1],
+        5,
+    ),
+    (
+        "a carry rolled by the xs",
+        lambda x: lax.scan(lambda c, v: (jnp.roll(c, 1) * v, c[0]), x[:3], x[3:])[0],
+        7,
+    ),
+    (
+        "one element set a step",
+        lambda x: lax.fori_loop(0, 3, lambda i, v: v.at[i].set(v[i + 1] * 2), x),
+        5,
+    ),
+    ("a known branch", lambda x: lax.cond(True, lambda v: v[::-1], lambda v: v, x), 4),
+    (
+        "a known switch",
+        lambda x: lax.switch(2, [lambda v: v, lambda v: v[::-1], lambda v: v * v[0]], x),
+        4,
+    ),
+]
+
+
+@pytest.mark.parametrize("f, n", [case[1:] for case in STEPS], ids=[c[0] for c in STEPS])
+def test_short_loops_are_read_step_by_step_and_known_branches_alone(f, n):
+    """A scan of a few steps (up to 64) walks its steps one after another, each
+    with its own carry: a carry rolled twice was dense (25 nonzeros for 5), a
+    running sum's products 25 for 14. A ``cond`` whose index is known walks the
+    branch it takes (both were united). Exact: the nonzeros of jax's Jacobian at
+    three points, and the Hessian's soundness."""
+    true = np.zeros((1, 1))
+    for seed in range(3):
+        x = jnp.asarray(np.random.default_rng(seed).normal(size=n), jnp.float32)
+        jac = np.asarray(jax.jacfwd(f)(x)) != 0
+        true = jac if seed == 0 else true | jac
+    pattern = jacobian_pattern(f, x)
+    _check(pattern, true, true)
+    loss = lambda v: jnp.sum(jnp.sin(f(v)) ** 2)
+    _check(hessian_pattern(loss, x), np.asarray(jax.hessian(loss)(x)), None)
 
 
 def test_scatter_add_is_exact_with_known_indices():

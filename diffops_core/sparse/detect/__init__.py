@@ -14,8 +14,9 @@ The rules live one family a module, as SparseConnectivityTracer.jl keeps them:
 - `_windows`: conv_general_dilated (every dimension number, stride, padding,
   dilation and group; a known kernel's zeros) and the reduce_window family
   (sum, max, min, generic; select_and_gather_add, select_and_scatter_add).
-- `_control`: cond, while, scan (step by step, the body vmapped over its
-  steps, where every step's arrays fit).
+- `_control`: cond (a known index: its branch), while, scan (a short one step
+  after step; else the body vmapped over its steps, where every step's arrays
+  fit).
 
 `_pattern` holds the algebra every rule is made of (what every element
 depends on is kept once, as a shared set), `_interpret` walks the jaxpr

@@ -1,7 +1,9 @@
-"""Control flow: ``cond`` unites its branches; ``while`` and ``scan`` iterate
-their carry to a fixed point (the condition only decides how often: any
-number of times), a scan with every step on its own slice of the xs. Their
-bodies are interpreted by ``ctx.run`` (``ctx.evaluate``: with known values)."""
+"""Control flow: ``cond`` unites its branches (or walks the one a known index
+takes); ``while`` and long ``scan`` iterate their carry to a fixed point (the
+condition only decides how often: any number of times), a scan with every
+step on its own slice of the xs; a short scan walks its steps one after
+another. Their bodies are interpreted by ``ctx.run`` (``ctx.evaluate``: with
+known values)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+import scipy.sparse as sp
 from jax.extend import core as jcore
 
 from ._pattern import Pattern, empty, everything, group, indices, shape_of, take, union, where
@@ -17,7 +20,10 @@ __all__ = ["RULES", "scan"]
 
 
 def _cond(ctx, eqn, pats, vals, outs):
+    """Every branch united, or the one a known index picks (clamped, as XLA does)."""
     branches = eqn.params["branches"]
+    if vals[0] is not None and np.size(vals[0]) == 1:
+        branches = [branches[int(np.clip(np.asarray(vals[0]).item(), 0, len(branches) - 1))]]
     results = [ctx.run(b.jaxpr, b.consts, pats[1:], vals[1:]) for b in branches]
     return [union(ctx, [r[i] for r in results] + [everything(ctx, [pats[0]], outs[i])], outs[i])
             for i in range(len(outs))]  # fmt: skip
@@ -80,6 +86,8 @@ def scan(ctx, eqn, pats, vals):
     consts, carry = pats[:nconsts], list(pats[nconsts : nconsts + ncarry])
     xs = pats[nconsts + ncarry :]
     body = eqn.params["jaxpr"]
+    if ncarry and 0 < length <= _UNROLLED_STEPS:
+        return _unrolled(ctx, eqn, pats, vals)
     stepwise = _stepwise(eqn)
     if _largest(stepwise.jaxpr) <= _STEPWISE_ELEMENTS:
         known = list(vals[:nconsts]) + [None] * ncarry + list(vals[nconsts + ncarry :])
@@ -110,6 +118,50 @@ def scan(ctx, eqn, pats, vals):
         carry = merged
     outs = [shape_of(v) for v in eqn.outvars]
     return [everything(ctx, pats, o) for o in outs], [None] * len(outs)
+
+
+#: Scans with a carry of at most this many steps are walked step by step: each
+#: step's carry is its own (a fixed point unites every step's: a carry shifted
+#: twice depended on every element, not on one).
+_UNROLLED_STEPS = 64
+
+
+def _unrolled(ctx, eqn, pats, vals):
+    """``(patterns, values)`` of a short scan, one step after another."""
+    nconsts, ncarry = eqn.params["num_consts"], eqn.params["num_carry"]
+    length, body = eqn.params["length"], eqn.params["jaxpr"]
+    consts, carry = pats[:nconsts], list(pats[nconsts : nconsts + ncarry])
+    known = list(vals[nconsts : nconsts + ncarry])
+    xs, xs_vals = pats[nconsts + ncarry :], vals[nconsts + ncarry :]
+    ys, ys_vals = [], []
+    reverse = eqn.params.get("reverse", False)
+    for t in reversed(range(length)) if reverse else range(length):
+        step = [take(ctx, p, indices(p.shape)[t]) for p in xs]
+        step_vals = [None if v is None else v[t] for v in xs_vals]
+        found, values = ctx.evaluate(body.jaxpr, body.consts, consts + carry + step,
+                                     list(vals[:nconsts]) + known + step_vals)  # fmt: skip
+        carry, known = list(found[:ncarry]), list(values[:ncarry])
+        ys.append(found[ncarry:])
+        ys_vals.append(values[ncarry:])
+    if reverse:  # the steps ran last to first; their ys stand first to last
+        ys, ys_vals = ys[::-1], ys_vals[::-1]
+    stacked = [_stack(ctx, [y[k] for y in ys]) for k in range(len(ys[0]))]
+    stacked_vals = [
+        None if any(v[k] is None for v in ys_vals) else np.stack([v[k] for v in ys_vals])
+        for k in range(len(stacked))
+    ]
+    return carry + stacked, known + stacked_vals
+
+
+def _stack(ctx, parts: list[Pattern]) -> Pattern:
+    """The steps' patterns as one ``(steps, *shape)``: what all share stays common."""
+    shared = parts[0].common
+    for p in parts[1:]:
+        shared = np.intersect1d(shared, p.common, assume_unique=True)
+    rows = [Pattern(p.shape, p.rows, np.setdiff1d(p.common, shared, assume_unique=True)
+                    .astype(np.int64)).matrix(ctx.n, ctx.budget) for p in parts]  # fmt: skip
+    whole = sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool)
+    return ctx.check(Pattern((len(parts), *parts[0].shape), whole, shared.astype(np.int64)))
 
 
 def _each_step(ctx, p: Pattern, length: int) -> Pattern:
