@@ -11,10 +11,20 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-import scipy.sparse as sp
 from jax.extend import core as jcore
 
-from ._pattern import Pattern, empty, everything, group, indices, shape_of, take, union, where
+from ._pattern import (
+    Pattern,
+    empty,
+    everything,
+    group,
+    indices,
+    shape_of,
+    stacked,
+    take,
+    union,
+    where,
+)
 
 __all__ = ["RULES", "scan"]
 
@@ -155,13 +165,8 @@ def _unrolled(ctx, eqn, pats, vals):
 
 def _stack(ctx, parts: list[Pattern]) -> Pattern:
     """The steps' patterns as one ``(steps, *shape)``: what all share stays common."""
-    shared = parts[0].common
-    for p in parts[1:]:
-        shared = np.intersect1d(shared, p.common, assume_unique=True)
-    rows = [Pattern(p.shape, p.rows, np.setdiff1d(p.common, shared, assume_unique=True)
-                    .astype(np.int64)).matrix(ctx.n, ctx.budget) for p in parts]  # fmt: skip
-    whole = sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool)
-    return ctx.check(Pattern((len(parts), *parts[0].shape), whole, shared.astype(np.int64)))
+    whole = stacked(ctx, parts)
+    return ctx.check(Pattern((len(parts), *parts[0].shape), whole.rows, whole.common))
 
 
 def _each_step(ctx, p: Pattern, length: int) -> Pattern:

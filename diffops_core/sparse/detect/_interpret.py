@@ -267,8 +267,7 @@ def _foldable(eqn) -> bool:
         return False
     if name in _FOLDED_CALLS and _holds_overwrite(_sub_jaxpr(eqn.params)[0]):
         return False
-    size = sum(int(np.prod(shape_of(v), dtype=np.int64)) for v in eqn.outvars)
-    return size <= 1 << 24
+    return sum(_size(v) for v in eqn.outvars) <= 1 << 24
 
 
 #: Whether a called jaxpr holds a `scatter` that may write an element twice, per

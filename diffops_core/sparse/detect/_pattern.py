@@ -29,9 +29,9 @@ __all__ = [
     "group",
     "indices",
     "merge",
-    "selection",
     "shape_of",
     "sorted_set",
+    "stacked",
     "take",
     "union",
     "where",
@@ -149,14 +149,6 @@ def _shared(p: Pattern) -> Pattern:
     return Pattern(p.shape, remaining if remaining.nnz else None, merge(p.common, shared))
 
 
-def selection(idx: np.ndarray, in_size: int) -> sp.csr_array:
-    """(out x in) matrix with a one at (o, idx[o]) where idx[o] >= 0."""
-    flat = np.asarray(idx, np.int64).reshape(-1)
-    valid = flat >= 0
-    rows = np.flatnonzero(valid)
-    return sp.csr_array((np.ones(rows.size, bool), (rows, flat[valid])), shape=(flat.size, in_size))
-
-
 def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
     """Each output element is the input element ``idx`` (-1: none)."""
     idx = np.asarray(idx)
@@ -258,6 +250,21 @@ def group(ctx: Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
         )
         out.rows = g @ p.rows
     return ctx.check(out)
+
+
+def stacked(ctx: Context, parts: Sequence[Pattern]) -> Pattern:
+    """``parts`` one after another, flat: what all share stays common, the rest
+    of each part's common set is spelled out on its own rows (a gradient's
+    parts depend on different sets: a global's on everything, a pixel's on a
+    few)."""
+    shared = parts[0].common
+    for p in parts[1:]:
+        shared = np.intersect1d(shared, p.common, assume_unique=True)
+    rows = [Pattern(p.shape, p.rows, np.setdiff1d(p.common, shared, assume_unique=True)
+                    .astype(np.int64)).matrix(ctx.n, ctx.budget) for p in parts]  # fmt: skip
+    total = sum(p.size for p in parts)
+    whole = sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool)
+    return Pattern((total,), whole, shared.astype(np.int64))
 
 
 def union(ctx: Context, parts: Sequence[Pattern], shape) -> Pattern:

@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
 
-from ._pattern import Pattern, everything, indices, take, union
+from ._pattern import everything, indices, stacked, take, union
 
 __all__ = ["RULES", "copies"]
 
@@ -77,25 +76,17 @@ def pad_indices(idx: np.ndarray, config) -> np.ndarray:
 
 
 def _concatenate(ctx, eqn, pats, vals, outs):
-    """The operands stacked; what all share stays common, the rest of each
-    operand's common part is spelled out on its own rows (a gradient's parts
-    depend on different sets: a global's on everything, a pixel's on a few)."""
-    stacked, offset = [], 0
+    """The operands stacked (`stacked`: what all share stays common), then
+    placed as the primitive places them."""
+    parts, offset = [], 0
     for p in pats:
-        stacked.append(indices(p.shape) + offset)
+        parts.append(indices(p.shape) + offset)
         offset += p.size
     if eqn.primitive.name == "concatenate":
-        idx = np.concatenate([np.asarray(a) for a in stacked], axis=eqn.params["dimension"])
+        idx = np.concatenate([np.asarray(a) for a in parts], axis=eqn.params["dimension"])
     else:  # stack, and what else shares this rule
-        idx = np.asarray(eqn.primitive.bind(*stacked, **eqn.params))
-    shared = pats[0].common
-    for p in pats[1:]:
-        shared = np.intersect1d(shared, p.common, assume_unique=True)
-    rows = []
-    for p in pats:
-        own = np.setdiff1d(p.common, shared, assume_unique=True)
-        rows.append(Pattern(p.shape, p.rows, own.astype(np.int64)).matrix(ctx.n, ctx.budget))
-    whole = Pattern((offset,), sp.csr_array(sp.vstack(rows, format="csr"), dtype=bool), shared)
+        idx = np.asarray(eqn.primitive.bind(*parts, **eqn.params))
+    whole = stacked(ctx, pats)
     return [take(ctx, whole, idx)]
 
 
