@@ -114,10 +114,10 @@ def _apply(op, lin, v):
     return lin(v)[0] if op == "jacrev" else lin(v)
 
 
-def _seeds(colors, ncolors: int, probes, in_dtype):
+def _seeds(colors, ncolors, probes, in_dtype):
     """The vectors of a compressed block, ``index -> (len(index), extent)``: for
-    ``i < ncolors`` the seed of colour ``i`` (the sum of its unit vectors;
-    ``colors``: each one's colour, traced), then the rows of ``probes`` (the
+    ``i < ncolors`` (an int, or traced) the seed of colour ``i`` (the sum of its
+    unit vectors; ``colors``: each one's colour, traced), then the rows of ``probes`` (the
     check's probe vectors, traced, riding in the same call; ``None``: none)."""
 
     def vectors(index):
@@ -331,6 +331,38 @@ class Kernels:
             return run
 
         return functools.partial(self._jit(("products", count), build), self.consts)
+
+    def _seeded_products_jitted(self, count: int):
+        def build():
+            def run(consts, x_flat, colors, ncolors, probes, start):
+                lin = self._lin(consts, x_flat)
+                index = start + jnp.arange(count, dtype=jnp.int32)
+                vectors = _seeds(colors, ncolors, probes, self.seed_dtype)(index)
+                return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(vectors)
+
+            return run
+
+        return self._jit(("seeded_products", count), build)
+
+    def seeded_products(self, count: int):
+        """``(x_flat, colors, ncolors, probes, start) -> products``: the op's
+        products of the vectors ``start .. start + count`` of a colouring, built
+        where they run (`_seeds`: colour ``i``'s seed for ``i < ncolors``, then
+        the rows of ``probes``, ``(nprobes, extent)``; past them a repeat of the
+        last probe, to be dropped). ``colors`` (int32 over the extent, -1 for
+        none), ``ncolors`` and ``start`` (int32 scalars) are traced: one compile
+        for every colouring and chunk of this extent and number of probes."""
+        return functools.partial(self._seeded_products_jitted(count), self.consts)
+
+    def compile_seeded_products(self, count: int, nprobes: int, x_flat) -> None:
+        """Compile `seeded_products` ahead of its first call (into the cache that
+        call reads), e.g. in a thread while the colouring is found."""
+        extent = self.spec.extent
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        self._seeded_products_jitted(count).lower(
+            self.consts, x_flat, jax.ShapeDtypeStruct((extent,), jnp.int32), scalar,
+            jax.ShapeDtypeStruct((nprobes, extent), self.seed_dtype), scalar,
+        ).compile()  # fmt: skip
 
     def _prepare_jitted(self):
         return self._jit(("prepare",), lambda: self._lin)
