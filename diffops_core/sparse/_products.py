@@ -397,7 +397,8 @@ def _compressed(kernels, x_flat, colors: np.ndarray, transpose: bool, probes=Non
     pending = [run(x_flat, on_device, np.int32(count), rows, np.int32(start))
                for start in range(0, total, _PRODUCTS_AT_ONCE)]  # fmt: skip
     other = kernels.spec.m if kernels.spec.axis == 1 else kernels.spec.n
-    out = np.concatenate([np.asarray(p) for p in pending])[:total] if pending else np.zeros((0, other))
+    out = np.concatenate([np.asarray(p) for p in pending]) if pending else np.zeros((0, other))
+    out = out[:total]
     found = out[:count]
     return (found if transpose else found.T), (out[count:] if nprobes else None)
 
