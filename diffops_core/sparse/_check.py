@@ -8,7 +8,7 @@ that sums are exact), ``v₅ = v₁ + v₂`` and ``v₆ = v₃ − v₄``. Row `
 product ``k`` passes when
 
     |P(v_k)_i − (M v_k)_i| <= 16 eps log2(nnz_i + 2) (Σ_j |M_ij| |v_kj| + |P(v_k)_i|)
-                              + 16 noise_i
+                              + 32 noise_i
 
 - ``eps`` is that of the lowest precision ``f`` computes in (a float32 cast or
   a ``reduce_precision`` inside an x64 run counts), not x's;
@@ -49,7 +49,13 @@ __all__ = ["PROBES", "check_products", "compute_eps", "probe_vectors"]
 #: Probe vectors a check uses (they ride in the colours' products where they can).
 PROBES = 6
 _ROUNDING = 16.0
-_NOISE = 16.0
+#: The noise factor. 16 refused a correct Hessian at 10⁶ rows (the PSF model at
+#: 1024², float32) for 5 of 30 probe seeds: its compressed products carry more
+#: rounding along the image's centre column than the probes' linearity defects
+#: show, and the largest of 6·10⁶ ratios crossed it. At 32 the largest of the 30
+#: was 0.80 of the tolerance; the power measured in benchmarks/RESULTS.md
+#: stays above its targets.
+_NOISE = 32.0
 
 
 def probe_vectors(extent: int, seed: int) -> np.ndarray:
