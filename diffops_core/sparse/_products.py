@@ -420,9 +420,12 @@ def _compile_ahead(kind: str, sparsity: Any, kernels, x_flat) -> threading.Threa
             return None
         kernels.memo[key] = True
 
+    x64 = bool(jax.config.jax_enable_x64)  # a context's setting is this thread's alone
+
     def compile_() -> None:
         try:
-            kernels.compile_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
+            with jax.enable_x64(x64):
+                kernels.compile_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
         except Exception:  # noqa: BLE001 - compiled again, and raised, by the call
             with _CACHE_LOCK:
                 kernels.memo.pop(key, None)

@@ -780,3 +780,37 @@ def test_a_steady_sparse_call_traces_f_once():
     calls.clear()
     dc.hessian(f, x, sparsity="auto")
     assert len(calls) == 1  # the identity's trace; detection and kernels are cached
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_a_first_call_compiles_its_products_once_while_detecting(x64, caplog):
+    """The products' call has a fixed width and takes the colouring as traced
+    arguments, so a first call compiles it in a thread while the pattern is
+    detected, under the caller's x64 setting (a context's setting is its
+    thread's alone: compiled at another, the call would compile again)."""
+    import logging
+
+    import diffops_core as dc
+
+    scale = 1.5 + x64  # a program of its own in each case: nothing compiled before
+
+    def f(v):
+        return jnp.sum(jnp.sin(v[1:] * v[:-1]) * scale) + jnp.sum(v**4)
+
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with jax.enable_x64(x64), caplog.at_level(logging.DEBUG, logger="jax"):
+            x = jnp.linspace(0.1, 1.0, 300)
+            H, _ = dc.sparse_hessian(f, x)
+            runs = [r.threadName for r in caplog.records
+                    if "XLA compilation of jit(run)" in r.getMessage()]  # fmt: skip
+            np.testing.assert_allclose(H.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5,
+                                       atol=1e-6)  # fmt: skip
+            x2 = jax.block_until_ready(x * 1.01)
+            caplog.clear()
+            dc.sparse_hessian(f, x2)
+            again = [r for r in caplog.records if "XLA compilation of" in r.getMessage()]
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert runs == ["diffops-compile-ahead"]
+    assert again == []
