@@ -420,7 +420,7 @@ def _compile_ahead(kind: str, sparsity: Any, kernels, x_flat) -> threading.Threa
             return None
         kernels.memo[key] = True
 
-    x64 = bool(jax.config.jax_enable_x64)  # a context's setting is this thread's alone
+    x64 = bool(jax.config.read("jax_enable_x64"))  # a context's setting is this thread's alone
 
     def compile_() -> None:
         try:
