@@ -174,6 +174,21 @@ JACOBIANS = [
         True,
     ),  # fmt: skip
     (
+        "jax.image.resize cubic, down and up",
+        lambda v: jax.image.resize(v.reshape(4, 6), (3, 9), "cubic").ravel(),
+        True,
+    ),  # fmt: skip
+    (
+        "jax.image.resize lanczos3, up",
+        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "lanczos3").ravel(),
+        True,
+    ),  # fmt: skip
+    (
+        "jax.image.resize linear, down (antialiased)",
+        lambda v: jax.image.resize(v.reshape(4, 6), (2, 3), "linear").ravel(),
+        True,
+    ),  # fmt: skip
+    (
         "custom_linear_solve (cg), diagonal",
         lambda v: jax.scipy.sparse.linalg.cg(lambda u: 2.0 * u, v)[0],
         True,
