@@ -26,6 +26,7 @@ carry to a fixed point. A primitive without a rule is dense over its operands
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax.extend import core as jcore
 
-from . import _control, _elementwise, _indexing, _reductions, _structural, _windows
+from . import _control, _elementwise, _host, _indexing, _reductions, _structural, _windows
 from ._elementwise import ELEMENTWISE
 from ._indexing import overwrites, settled
 from ._pattern import NONE, Context, Dense, Pattern, empty, everything, shape_of, union, where
@@ -116,8 +117,7 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
                 env.values[eqn.outvars[0]] = eqn.primitive.bind(*vals, **eqn.params)
             continue
         if not depends and all(v is not None for v in vals) and _foldable(eqn):
-            outs = eqn.primitive.bind(*vals, **eqn.params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
+            outs = _bind(eqn, vals)
             for var, value in zip(eqn.outvars, outs, strict=True):
                 env.values[var] = value
             continue
@@ -201,11 +201,31 @@ def _fold_plan(jaxpr, known: set):
                            tuple(f"in{i}" for i in range(len(ins))),
                            tuple(f"out{i}" for i in range(len(outs))))  # fmt: skip
     program = jcore.ClosedJaxpr(jcore.Jaxpr([], ins, outs, batch, debug_info=info), [])
-    if max(_size(v) for eqn in batch for v in eqn.outvars) <= _FOLD_EAGER and (
-        len(batch) >= _REPEATS * len({_kind(eqn) for eqn in batch})
+    if all(_host.exact(eqn) for eqn in batch) or (
+        max(_size(v) for eqn in batch for v in eqn.outvars) <= _FOLD_EAGER
+        and len(batch) >= _REPEATS * len({_kind(eqn) for eqn in batch})
     ):
-        return ids, ins, outs, jcore.jaxpr_as_fun(program)
+        return ids, ins, outs, functools.partial(_one_by_one, batch, ins, outs)
     return ids, ins, outs, jax.jit(jcore.jaxpr_as_fun(program))
+
+
+def _bind(eqn, vals: list) -> list:
+    """The outputs of an equation whose inputs are all known: by numpy where
+    that is XLA's result bit for bit (`_host`: nothing compiled), else by the
+    primitive (each primitive and shape compiles once)."""
+    if _host.exact(eqn):
+        return _host.evaluate(eqn, vals)
+    outs = eqn.primitive.bind(*vals, **eqn.params)
+    return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _one_by_one(batch: list, ins: list, outs: list, *values) -> list:
+    """A fold evaluated one equation after another (`_bind`)."""
+    env = dict(zip(ins, values, strict=True))
+    read = lambda v: v.val if isinstance(v, jcore.Literal) else env[v]
+    for eqn in batch:
+        env.update(zip(eqn.outvars, _bind(eqn, [read(v) for v in eqn.invars]), strict=True))
+    return [env[v] for v in outs]
 
 
 def _kind(eqn) -> tuple:

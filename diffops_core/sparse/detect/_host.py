@@ -1,0 +1,117 @@
+"""Constants evaluated on the host, exactly: the primitives whose numpy
+evaluation is bit for bit XLA's (moves of elements, comparisons, logic, and
+integer arithmetic, which wraps alike), so that folding them compiles nothing.
+
+Detection evaluates what depends only on constants (index arithmetic, masks,
+coordinates). Op by op, each primitive and shape compiled its own XLA kernel:
+10 to 80 ms apiece, and 1.7 s for one ``unstack`` of 100 scalars (SBRYBND).
+Float arithmetic is left to XLA: a transcendental's last bit (hence a zero)
+may differ, and a zero the pattern relies on must be XLA's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["evaluate", "exact"]
+
+
+def _broadcast_in_dim(x, shape, broadcast_dimensions, **_):
+    expanded = [1] * len(shape)
+    for axis, size in zip(broadcast_dimensions, np.shape(x), strict=True):
+        expanded[axis] = size
+    return np.broadcast_to(np.reshape(x, expanded), shape)
+
+
+def _reshape(x, new_sizes, dimensions=None, **_):
+    if dimensions is not None:
+        return None
+    return np.reshape(x, new_sizes)
+
+
+def _slice(x, start_indices, limit_indices, strides=None, **_):
+    steps = strides or (1,) * len(start_indices)
+    return x[tuple(slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, steps,
+                                                      strict=True))]  # fmt: skip
+
+
+def _iota(dtype, shape, dimension, **_):
+    index = np.arange(shape[dimension], dtype=dtype)
+    return np.broadcast_to(index.reshape([-1 if d == dimension else 1 for d in range(len(shape))]),
+                           shape)  # fmt: skip
+
+
+def _select_n(which, *cases, **_):
+    return np.choose(np.asarray(which, np.int64), cases)
+
+
+def _convert(x, new_dtype, **_):
+    return np.asarray(x).astype(np.dtype(new_dtype))
+
+
+#: Integer and boolean arithmetic: it wraps as XLA's does.
+_INTEGERS = {"and", "or", "xor", "not", "add", "sub", "mul", "neg", "max", "min"}
+
+_EXACT: dict[str, Callable] = {
+    "unstack": lambda x, axis, **_: [np.take(x, i, axis) for i in range(np.shape(x)[axis])],
+    "transpose": lambda x, permutation, **_: np.transpose(x, permutation),
+    "reshape": lambda x, new_sizes, **_: np.reshape(x, new_sizes),
+    "squeeze": lambda x, dimensions, **_: np.squeeze(x, tuple(dimensions)),
+    "broadcast_in_dim": _broadcast_in_dim,
+    "slice": _slice,
+    "concatenate": lambda *xs, dimension, **_: np.concatenate(xs, dimension),
+    "rev": lambda x, dimensions, **_: np.flip(x, tuple(dimensions)),
+    "iota": _iota,
+    "select_n": _select_n,
+    "convert_element_type": _convert,
+    "eq": lambda a, b, **_: np.equal(a, b),
+    "ne": lambda a, b, **_: np.not_equal(a, b),
+    "lt": lambda a, b, **_: np.less(a, b),
+    "le": lambda a, b, **_: np.less_equal(a, b),
+    "gt": lambda a, b, **_: np.greater(a, b),
+    "ge": lambda a, b, **_: np.greater_equal(a, b),
+    "and": lambda a, b, **_: np.bitwise_and(a, b),
+    "or": lambda a, b, **_: np.bitwise_or(a, b),
+    "xor": lambda a, b, **_: np.bitwise_xor(a, b),
+    "not": lambda a, **_: np.invert(a),
+    "add": lambda a, b, **_: np.add(a, b),
+    "sub": lambda a, b, **_: np.subtract(a, b),
+    "mul": lambda a, b, **_: np.multiply(a, b),
+    "neg": lambda a, **_: np.negative(a),
+    "max": lambda a, b, **_: np.maximum(a, b),
+    "min": lambda a, b, **_: np.minimum(a, b),
+}
+
+
+def _kind(v) -> str:
+    return np.dtype(v.aval.dtype).kind if hasattr(v.aval, "dtype") else "?"
+
+
+def exact(eqn) -> bool:
+    """Whether numpy evaluates ``eqn`` as XLA does, bit for bit (from its types)."""
+    name = eqn.primitive.name
+    if name not in _EXACT:
+        return False
+    if name in _INTEGERS:
+        return all(_kind(v) in "iub" for v in (*eqn.invars, *eqn.outvars))
+    if name == "convert_element_type":  # float to integer: XLA saturates, numpy need not
+        source, target = _kind(eqn.invars[0]), _kind(eqn.outvars[0])
+        return not (source in "fcV" and target not in "fcV") and not (source == "c" != target)
+    if name == "reshape":
+        return eqn.params.get("dimensions") is None
+    if name == "select_n":
+        return len(eqn.invars) <= 32
+    return all(_kind(v) != "?" for v in eqn.invars)
+
+
+def evaluate(eqn, values) -> list:
+    """The outputs of an `exact` ``eqn`` at the known ``values`` of its inputs
+    (each first cast to its input's type, as the jaxpr types it), by numpy."""
+    pairs = zip(eqn.invars, values, strict=True)
+    arrays = [np.asarray(value, dtype=var.aval.dtype) for var, value in pairs]
+    with np.errstate(over="ignore"):
+        out = _EXACT[eqn.primitive.name](*arrays, **eqn.params)
+    outs = out if eqn.primitive.multiple_results else [out]
+    return [np.asarray(o, dtype=v.aval.dtype) for o, v in zip(outs, eqn.outvars, strict=True)]
