@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from ._coloring import column_coloring, dense_vertices, row_coloring
 
-__all__ = ["bicolor_plan", "bicolor_seeds", "bicoloring", "split_colors"]
+__all__ = ["bicolor_plan", "bicoloring", "split_colors"]
 
 
 def _rows_by_vjp(csr: sp.csr_array, by_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,14 +85,6 @@ def split_colors(colors: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray
     rows = np.asarray(colors[n : n + m], np.int64)
     offset = _count(cols)
     return cols, np.where(rows >= 0, rows - offset, -1)
-
-
-def bicolor_seeds(colors: np.ndarray) -> np.ndarray:
-    """The 0/1 seed matrix (extent x colours) of one side's colours (-1: none)."""
-    out = np.zeros((colors.size, _count(colors)))
-    seeded = np.flatnonzero(colors >= 0)
-    out[seeded, colors[seeded]] = 1
-    return out
 
 
 def _alone(keys: np.ndarray) -> np.ndarray:

@@ -601,7 +601,7 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     host), a bad ``sparsity``, or a result that does not check."""
     _refuse_traced(x)
     kernels, x_flat = _traced(kind, f, x)
-    ahead = _compile_ahead(kind, sparsity, kernels.for_op(_OP[kind]), x_flat)
+    ahead = _compile_ahead(kind, sparsity, kernels, x_flat)  # kernels of _OP[kind]
     found = _given(kind, sparsity, kernels, x_flat)
     if ahead is not None and not found.dense:  # else it ends alone, in vain (not a daemon)
         ahead.join()

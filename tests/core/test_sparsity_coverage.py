@@ -163,31 +163,22 @@ JACOBIANS = [
         True,
     ),  # fmt: skip
     ("a diagonal constant", lambda v: jnp.diag(jnp.arange(24.0)) @ v, True),
-    (
-        "jax.image.resize linear",
-        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "linear").ravel(),
-        True,
-    ),  # fmt: skip
-    (
-        "jax.image.resize nearest",
-        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "nearest").ravel(),
-        True,
-    ),  # fmt: skip
-    (
-        "jax.image.resize cubic, down and up",
-        lambda v: jax.image.resize(v.reshape(4, 6), (3, 9), "cubic").ravel(),
-        True,
-    ),  # fmt: skip
-    (
-        "jax.image.resize lanczos3, up",
-        lambda v: jax.image.resize(v.reshape(4, 6), (8, 12), "lanczos3").ravel(),
-        True,
-    ),  # fmt: skip
-    (
-        "jax.image.resize linear, down (antialiased)",
-        lambda v: jax.image.resize(v.reshape(4, 6), (2, 3), "linear").ravel(),
-        True,
-    ),  # fmt: skip
+    *[
+        (
+            f"jax.image.resize {method}, (4, 6) to {shape}",
+            lambda v, method=method, shape=shape: jax.image.resize(
+                v.reshape(4, 6), shape, method
+            ).ravel(),
+            True,
+        )
+        for method, shape in (
+            ("linear", (8, 12)),
+            ("nearest", (8, 12)),
+            ("cubic", (3, 9)),  # down and up
+            ("lanczos3", (8, 12)),
+            ("linear", (2, 3)),  # down, antialiased
+        )
+    ],
     (
         "custom_linear_solve (cg), diagonal",
         lambda v: jax.scipy.sparse.linalg.cg(lambda u: 2.0 * u, v)[0],

@@ -25,12 +25,6 @@ def _broadcast_in_dim(x, shape, broadcast_dimensions, **_):
     return np.broadcast_to(np.reshape(x, expanded), shape)
 
 
-def _reshape(x, new_sizes, dimensions=None, **_):
-    if dimensions is not None:
-        return None
-    return np.reshape(x, new_sizes)
-
-
 def _slice(x, start_indices, limit_indices, strides=None, **_):
     steps = strides or (1,) * len(start_indices)
     return x[tuple(slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, steps,
