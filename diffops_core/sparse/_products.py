@@ -39,7 +39,7 @@ from ._coloring import (
     star_coloring,
     star_plan,
 )
-from .detect import Dense, hessian_pattern, jacobian_pattern
+from .detect import Dense, gram, hessian_pattern, jacobian_pattern
 
 __all__ = [
     "Sparsity",
@@ -231,7 +231,7 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
             pattern = hessian_pattern(lambda z: f_flat(z).reshape(()), x_flat)
         elif kind == "gauss_newton":  # G = Jᵀ W J of the whitened residuals: Jᵀ J's pattern
             jac = sp.csr_array(jacobian_pattern(f_flat, x_flat), dtype=bool)
-            pattern = sp.csr_array(jac.T @ jac, dtype=bool)
+            pattern = gram(jac)
         else:
             pattern = jacobian_pattern(f_flat, x_flat)
     except Dense as err:

@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
 from diffops_core.internal import hessian_pattern, jacobian_pattern
 from diffops_core.sparse import recover_star, seeds, star_coloring
-from diffops_core.sparse.detect import RULES, WARNED
+from diffops_core.sparse.detect import RULES, WARNED, gram
 
 N = 12
 GRID = (3, 4)
@@ -358,6 +359,28 @@ def test_random_pairings_are_found(pairs, seed):
     expected[idx[:-1], idx[1:]] = expected[idx[1:], idx[:-1]] = True
     expected[idx[1:], idx[1:]] = True
     np.testing.assert_array_equal(pattern.toarray(), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.integers(1, 40),
+    st.integers(0, 6),
+    st.floats(0.0, 0.3),
+    st.integers(0, 2**31 - 1),
+)
+def test_the_gauss_newton_pattern_equals_the_sparse_product(m, n, heavy, density, seed):
+    # Jᵀ J's pattern with a few columns most rows hold (a model's globals), taken
+    # apart from the rest, must be the sparse product's, entry for entry
+    rng = np.random.default_rng(seed)
+    jac = rng.random((m, n)) < density
+    cols = rng.choice(n, size=min(heavy, n), replace=False)
+    jac[:, cols] |= rng.random((m, cols.size)) < 0.9
+    jac[rng.random(m) < 0.2] = False  # empty rows
+    got = gram(sp.csr_array(jac))
+    assert got.shape == (n, n) and got.dtype == bool
+    np.testing.assert_array_equal(got.toarray(), (jac.T.astype(int) @ jac.astype(int)) > 0)
+    assert got.nnz == int(((jac.T.astype(int) @ jac.astype(int)) > 0).sum())  # no repeats
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ The rules live one family a module, as SparseConnectivityTracer.jl keeps them:
   fit).
 
 `_pattern` holds the algebra every rule is made of (what every element
-depends on is kept once, as a shared set), `_interpret` walks the jaxpr
+depends on is kept once, as a shared set) and `gram`, a Gauss–Newton
+matrix's pattern from its Jacobian's; `_interpret` walks the jaxpr
 (calls such as ``pjit``, ``custom_jvp_call`` and ``checkpoint`` are walked
 into, and what they compute of known values comes back out) and holds the
 entry points. A new rule is one function and one entry in its family's
@@ -28,13 +29,14 @@ and named where the result went dense.
 """
 
 from ._interpret import RULES, WARNED, hessian_pattern, jacobian_pattern, tangent_pattern
-from ._pattern import Dense, Pattern
+from ._pattern import Dense, Pattern, gram
 
 __all__ = [
     "RULES",
     "WARNED",
     "Dense",
     "Pattern",
+    "gram",
     "hessian_pattern",
     "jacobian_pattern",
     "tangent_pattern",

@@ -26,6 +26,7 @@ __all__ = [
     "distinct",
     "empty",
     "everything",
+    "gram",
     "group",
     "indices",
     "merge",
@@ -144,9 +145,15 @@ def _shared(p: Pattern) -> Pattern:
     if not shared.size:
         return p
     keep = ~np.isin(rows.indices, shared)
-    kept = np.concatenate([[0], np.cumsum(keep)])[rows.indptr]
+    kept = np.concatenate([[0], _count(keep)])[rows.indptr]
     remaining = sp.csr_array((rows.data[keep], rows.indices[keep], kept), shape=rows.shape)
     return Pattern(p.shape, remaining if remaining.nnz else None, merge(p.common, shared))
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    """``np.cumsum(mask)`` as int64, by way of bytes (numpy's int64 sum of a
+    boolean array converts element by element: ten times slower)."""
+    return np.cumsum(mask.view(np.uint8), dtype=np.int64)
 
 
 def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
@@ -172,18 +179,33 @@ def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
 def gather_rows(rows: sp.csr_array, idx: np.ndarray) -> sp.csr_array:
     """Row ``idx[k]`` of ``rows`` as row ``k`` (-1: an empty row): scipy's row
     indexing, not a selection matrix's product (a pad of a 10⁶-element
-    pattern: 1.9 s as a product)."""
+    pattern: 1.9 s as a product). Rows taken in order, each once, between empty
+    ones (a pad's) share ``rows``' entries: only the row pointers are new."""
     idx = np.asarray(idx, np.int64).reshape(-1)
     valid = idx >= 0
     if not idx.size or not valid.any():
         return sp.csr_array((idx.size, rows.shape[1]), dtype=bool)
-    picked = rows[idx if valid.all() else idx[valid]]
-    if valid.all():
-        return picked
-    lengths = np.zeros(idx.size, np.int64)
-    lengths[valid] = np.diff(picked.indptr)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    return sp.csr_array((picked.data, picked.indices, indptr), shape=(idx.size, rows.shape[1]))
+    every = bool(valid.all())
+    wanted = idx if every else idx[valid]
+    first, last = int(wanted[0]), int(wanted[-1])
+    if every and wanted.size == rows.shape[0] and first == 0 and last == wanted.size - 1 and (
+        np.diff(wanted) == 1
+    ).all():
+        return rows
+    lengths = np.zeros(idx.size, rows.indptr.dtype)
+    if last - first + 1 == wanted.size and (np.diff(wanted) == 1).all():  # a run, in order
+        lengths[valid] = np.diff(rows.indptr[first : last + 2])
+        start, stop = rows.indptr[first], rows.indptr[last + 1]
+        data, indices = rows.data[start:stop], rows.indices[start:stop]
+    else:
+        picked = rows[wanted]
+        if every:
+            return picked
+        lengths[valid] = np.diff(picked.indptr)
+        data, indices = picked.data, picked.indices
+    indptr = np.concatenate([np.zeros(1, lengths.dtype), np.cumsum(lengths)])
+    return sp.csr_array((data, indices, indptr.astype(indices.dtype, copy=False)),
+                        shape=(idx.size, rows.shape[1]))  # fmt: skip
 
 
 def combine(ctx: Context, p: Pattern, out_idx: np.ndarray, in_idx: np.ndarray,
@@ -347,3 +369,73 @@ def shape_of(var) -> tuple[int, ...]:
 def where(eqn) -> str:
     """The line of user code an equation came from."""
     return source_info_util.summarize(eqn.source_info)
+
+
+#: Columns of a Jacobian's pattern are taken apart in `gram` when at least this
+#: share of its rows hold them (the globals every pixel of a model depends on).
+_HEAVY = 1 / 16
+
+
+def gram(jac: sp.csr_array) -> sp.csr_array:
+    """The pattern of ``Jᵀ J`` (a Gauss–Newton matrix's) from ``J``'s (boolean, m x n).
+
+    ``Jᵀ J`` by a sparse product costs, per column, its rows times their
+    lengths: a few global columns every row holds cost m² between them (2–4 s
+    of the 10⁶ flat field's detection). Those heavy columns (`_HEAVY` of the
+    rows or more, at most 256) are taken apart: the light part's own product is
+    sparse, and the heavy columns meet every column through one dense (m x k)
+    indicator in sparse-times-dense products, exact (sums of ones are never
+    zero). Row by row, the result holds the light product's columns, then the
+    heavy ones (indices unsorted within a row, as a sparse product leaves them).
+    """
+    m, n = jac.shape
+    jac = sp.csr_array(jac, dtype=bool)
+    heavy = np.flatnonzero(np.bincount(jac.indices, minlength=n) >= max(2.0, _HEAVY * m))
+    if heavy.size == 0 or heavy.size > 256:
+        return sp.csr_array(jac.T @ jac, dtype=bool)
+    column = np.full(n, -1, np.int32)
+    column[heavy] = np.arange(heavy.size, dtype=np.int32)
+    light, part = _split_columns(jac, column)
+    indicator = part.toarray().astype(np.float32)  # (m x k)
+    cross = np.ascontiguousarray((light.T.astype(np.float32) @ indicator != 0).T)  # (k x n)
+    meets = indicator.T @ indicator != 0  # (k x k)
+    own = sp.csr_array(light.T @ light, dtype=bool)
+    own_count, cross_count = np.diff(own.indptr), cross.sum(axis=0)
+    counts = own_count + cross_count
+    counts[heavy] += cross.sum(axis=1) + meets.sum(axis=1)  # a heavy row: every column it meets
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    kind = np.int32 if max(n, int(indptr[-1])) < 2**31 else np.int64  # one index dtype: no copies
+    indptr = indptr.astype(kind)
+    indices = np.empty(int(indptr[-1]), kind)
+    # scatters of one light column's entries at a time: the large temporaries a
+    # vectorised placement makes cost more than the loop (page faults)
+    indices[np.arange(own.nnz, dtype=kind) + np.repeat(indptr[:-1] - own.indptr[:-1].astype(kind),
+                                                       own_count)] = own.indices  # fmt: skip
+    at = indptr[:-1] + own_count.astype(kind)  # where each row's heavy columns go
+    for j, h in enumerate(heavy):
+        rows = np.flatnonzero(cross[j])
+        indices[at[rows]] = h
+        at[rows] += 1
+        # a heavy column: no light product, no cross entry of its own
+        start = int(indptr[h])
+        indices[start : start + rows.size] = rows
+        indices[start + rows.size : indptr[h + 1]] = heavy[meets[j]]
+    return sp.csr_array((np.ones(indices.size, bool), indices, indptr), shape=(n, n))
+
+
+def _split_columns(jac: sp.csr_array, column: np.ndarray) -> tuple[sp.csr_array, sp.csr_array]:
+    """``jac`` (m x n) as its light columns (``column`` -1; m x n) and its heavy
+    ones (m x k, heavy column ``c`` at ``column[c]``)."""
+    m, n = jac.shape
+    to = column[jac.indices]
+    is_heavy = to >= 0
+    lengths = np.diff(jac.indptr)
+    per_row = np.zeros(m, np.int64)
+    rows = np.flatnonzero(lengths)
+    per_row[rows] = np.add.reduceat(is_heavy.view(np.uint8), jac.indptr[rows], dtype=np.int64)
+    heavy_indptr = np.concatenate([[0], np.cumsum(per_row)])
+    light = sp.csr_array((np.ones(jac.nnz - int(heavy_indptr[-1]), bool),
+                          jac.indices[~is_heavy], jac.indptr - heavy_indptr), shape=(m, n))
+    part = sp.csr_array((np.ones(int(heavy_indptr[-1]), bool), to[is_heavy], heavy_indptr),
+                        shape=(m, int(column.max()) + 1))
+    return light, part
