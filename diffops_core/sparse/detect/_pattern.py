@@ -188,10 +188,6 @@ def gather_rows(rows: sp.csr_array, idx: np.ndarray) -> sp.csr_array:
     every = bool(valid.all())
     wanted = idx if every else idx[valid]
     first, last = int(wanted[0]), int(wanted[-1])
-    if every and wanted.size == rows.shape[0] and first == 0 and last == wanted.size - 1 and (
-        np.diff(wanted) == 1
-    ).all():
-        return rows
     lengths = np.zeros(idx.size, rows.indptr.dtype)
     if last - first + 1 == wanted.size and (np.diff(wanted) == 1).all():  # a run, in order
         lengths[valid] = np.diff(rows.indptr[first : last + 2])
@@ -434,8 +430,16 @@ def _split_columns(jac: sp.csr_array, column: np.ndarray) -> tuple[sp.csr_array,
     rows = np.flatnonzero(lengths)
     per_row[rows] = np.add.reduceat(is_heavy.view(np.uint8), jac.indptr[rows], dtype=np.int64)
     heavy_indptr = np.concatenate([[0], np.cumsum(per_row)])
-    light = sp.csr_array((np.ones(jac.nnz - int(heavy_indptr[-1]), bool),
-                          jac.indices[~is_heavy], jac.indptr - heavy_indptr), shape=(m, n))
-    part = sp.csr_array((np.ones(int(heavy_indptr[-1]), bool), to[is_heavy], heavy_indptr),
-                        shape=(m, int(column.max()) + 1))
+    light = sp.csr_array(
+        (
+            np.ones(jac.nnz - int(heavy_indptr[-1]), bool),
+            jac.indices[~is_heavy],
+            jac.indptr - heavy_indptr,
+        ),
+        shape=(m, n),
+    )
+    part = sp.csr_array(
+        (np.ones(int(heavy_indptr[-1]), bool), to[is_heavy], heavy_indptr),
+        shape=(m, int(column.max()) + 1),
+    )
     return light, part
