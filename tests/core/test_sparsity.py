@@ -176,6 +176,76 @@ def test_a_basis_on_an_aperture_is_exact_and_united_once_per_signature():
         np.testing.assert_array_equal(jacobian_pattern(g, x).toarray(), true)
 
 
+def test_a_basis_copied_to_many_pixels_stays_exact_through_pad_and_fft():
+    """At 72² pixels and 21 terms the basis's signatures are copied to more
+    entries than a rule spells out: they stay a few rows (picks) through the
+    product, the mask, the pad and the FFT, and the patterns stay exact."""
+    k, npix = 21, 72
+    c = (np.arange(npix) - (npix - 1) / 2) / (npix / 2)
+    inside = (c[:, None] ** 2 + c[None, :] ** 2) <= 1
+    basis = np.random.default_rng(2).normal(size=(k, npix, npix)) * inside
+    basis[3, :, 10] = 0  # a third signature
+    b = jnp.asarray(basis, jnp.float32)
+    mask = jnp.asarray(inside, jnp.float32)
+
+    def image(v):
+        field = mask * jnp.exp(1j * jnp.tensordot(v[:k], b, axes=1))
+        wide = jnp.pad(field, ((4, 4), (4, 4)))
+        return (jnp.abs(jnp.fft.fft2(wide)) ** 2)[4:-4, 4:-4] * v[k:].reshape(npix, npix)
+
+    def phase(v):
+        return (1 + jnp.tensordot(v[:k], b, axes=1)).reshape(-1) * v[k:]
+
+    x = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.0, k + npix * npix), jnp.float32)
+    for g in (image, phase):
+        true = np.asarray(jax.jacfwd(lambda v, g=g: g(v).reshape(-1))(x)) != 0
+        np.testing.assert_array_equal(jacobian_pattern(g, x).toarray(), true)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 30), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_picks_of_a_few_rows_act_as_the_rows_they_stand_for(nbase, size, ncommon, seed):
+    # every move of the algebra on a pattern held as picks equals the same move
+    # on its rows spelled out
+    from diffops_core.sparse.detect._pattern import (
+        Context,
+        Pattern,
+        everything,
+        gather_rows,
+        group,
+        take,
+        union,
+    )  # fmt: skip
+
+    rng = np.random.default_rng(seed)
+    n = 12
+    base = sp.csr_array(rng.random((nbase, n)) < 0.3)
+    idx = rng.integers(-1, nbase, size)
+    common = np.sort(rng.choice(n, ncommon, replace=False)).astype(np.int64)
+    ctx = Context(n, 10_000, None)
+    lazy = lambda: Pattern((size,), None, common, (base, idx))
+    spelled = lambda: Pattern((size,), gather_rows(base, idx), common)
+    full = lambda q: q.matrix(n, 10_000).toarray()
+    assert lazy().depends and full(lazy()).tolist() == full(spelled()).tolist()
+    other = Pattern((size,), sp.csr_array(rng.random((size, n)) < 0.1), np.zeros(0, np.int64))
+    where = rng.integers(-1, size, 2 * size)
+    groups = rng.integers(0, 3, size)
+    moves = (
+        lambda q: ctx.check(q),
+        lambda q: take(ctx, q, where),
+        lambda q: take(ctx, take(ctx, q, where), rng.permutation(2 * size)),
+        lambda q: union(ctx, [q, Pattern((), None, np.array([n - 1]))], (size,)),
+        lambda q: union(ctx, [q, other], (size,)),
+        lambda q: group(ctx, q, groups, (3,)),
+        lambda q: everything(ctx, [q], (2,)),
+    )
+    for move in moves:
+        state = rng.bit_generator.state
+        got = full(move(lazy()))
+        rng.bit_generator.state = state
+        np.testing.assert_array_equal(got, full(move(spelled())))
+
+
 def test_pad_and_row_gathers_match_the_primitive_and_the_product():
     """The pad rule's numpy padding equals ``lax.pad`` (negative and interior
     padding too), and a pattern's row gather equals the selection matrix's

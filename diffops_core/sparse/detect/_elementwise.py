@@ -40,7 +40,7 @@ def _mul(ctx, eqn, pats, vals, outs):
     need to stay within the budget."""
     (shape,) = outs
     out = union(ctx, pats, shape)
-    depends = [p.rows is not None or p.common.size > 0 for p in pats]
+    depends = [p.depends for p in pats]
     if depends[0] == depends[1] or out.size * out.common.size > SPELL_OUT:
         return [out]
     known = vals[1] if depends[0] else vals[0]
@@ -58,7 +58,7 @@ def _select(ctx, eqn, pats, vals, outs):
     element depends on the case it picks alone. Else on every case."""
     (shape,) = outs
     which = vals[0]
-    if which is None or pats[0].rows is not None or pats[0].common.size:
+    if which is None or pats[0].depends:
         return [union(ctx, pats, shape)]
     which = np.broadcast_to(np.asarray(which).astype(np.int64), shape)
     here = indices(shape)

@@ -155,7 +155,7 @@ def _gather(ctx, eqn, pats, vals, outs):
     equation's mode). Unknown ones (a sort's or a top_k's permutation): any
     element along the indexed axes, but only in its own slice of the others
     (batch axes, offsets), never across them."""
-    depends = any(q.rows is not None or q.common.size for q in pats[1:])
+    depends = any(q.depends for q in pats[1:])
     unknown = [k for k, v in enumerate(vals[1:], 1) if v is None]
     if not unknown or depends:
         return copies(ctx, eqn, pats, vals, outs, _int_params(eqn))

@@ -240,7 +240,7 @@ def _size(v) -> int:
 
 
 def _depends(p: Pattern) -> bool:
-    return p.rows is not None or bool(p.common.size)
+    return p.depends
 
 
 def _lost(ctx: Context) -> str:

@@ -8,9 +8,7 @@ one set, never n copies of it).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,15 +42,35 @@ class Dense(Exception):
     once the interpreter has added it, says at which primitive and line."""
 
 
-@dataclasses.dataclass
 class Pattern:
     """What each element of an array depends on: ``rows`` (a boolean CSR matrix,
     elements x n, or None for nothing) and ``common`` (sorted indices every
-    element depends on)."""
+    element depends on).
 
-    shape: tuple[int, ...]
-    rows: Any
-    common: np.ndarray
+    ``rows`` may be held as ``picks``, ``(base, idx)``: element ``k`` depends on
+    row ``idx[k]`` of ``base`` (-1: on no row). A few rows copied to many
+    elements (the signatures of a Zernike basis over a 10⁶-element pupil) stay
+    a few rows through `take` and `union` until a rule reads ``rows``, which
+    spells them out then."""
+
+    def __init__(self, shape, rows, common, picks=None):
+        self.shape: tuple[int, ...] = tuple(shape)
+        self._rows, self.common, self.picks = rows, common, picks
+
+    @property
+    def rows(self):
+        if self.picks is not None:
+            self._rows, self.picks = gather_rows(*self.picks), None
+        return self._rows
+
+    @rows.setter
+    def rows(self, value) -> None:
+        self._rows, self.picks = value, None
+
+    @property
+    def depends(self) -> bool:
+        """Whether any element may depend on anything (without spelling ``picks`` out)."""
+        return self._rows is not None or self.picks is not None or bool(self.common.size)
 
     @property
     def size(self) -> int:
@@ -66,16 +84,17 @@ class Pattern:
         rows = 0 if self.rows is None else self.rows.nnz
         if rows + self.size * self.common.size > budget:
             raise Dense
-        out = self.rows if self.rows is not None else sp.csr_array((self.size, n), dtype=bool)
-        if self.common.size:
-            block = sp.csr_array(
-                (np.ones(self.size * self.common.size, bool),
-                 np.tile(self.common, self.size),
-                 np.arange(0, self.size * self.common.size + 1, self.common.size)),
-                shape=(self.size, n),
-            )  # fmt: skip
-            out = out + block
-        return sp.csr_array(out, dtype=bool)
+        if not self.common.size:
+            out = self.rows if self.rows is not None else sp.csr_array((self.size, n), dtype=bool)
+            return sp.csr_array(out, dtype=bool)
+        kind = np.int32 if max(n, rows + self.size * self.common.size) < 2**31 else np.int64
+        block = sp.csr_array(
+            (np.ones(self.size * self.common.size, bool),
+             np.tile(self.common.astype(kind), self.size),
+             np.arange(0, self.size * self.common.size + 1, self.common.size, dtype=kind)),
+            shape=(self.size, n),
+        )  # fmt: skip
+        return block if not rows else sp.csr_array(self.rows + block, dtype=bool)
 
 
 NONE = np.zeros(0, np.int64)
@@ -114,6 +133,8 @@ class Context:
         return self._evaluate(self, jaxpr, consts, ins, known)
 
     def check(self, p: Pattern) -> Pattern:
+        if p.picks is not None:
+            return _check_picks(self, p)
         if p.rows is not None:
             if p.rows.nnz == 0:
                 p.rows = None
@@ -125,6 +146,24 @@ class Context:
                 if p.rows is not None and p.rows.nnz > self.budget:
                     raise Dense
         return p
+
+
+def _check_picks(ctx: Context, p: Pattern) -> Pattern:
+    """`Context.check` of a pattern held as picks, on its few rows: the rows
+    picked by every element (one row shared by all: the common set) and the
+    budget, from the rows' lengths."""
+    base, idx = p.picks
+    valid = idx >= 0
+    picked = np.flatnonzero(np.bincount(idx[valid], minlength=base.shape[0]))
+    lengths = np.diff(base.indptr)
+    if picked.size == 0 or not lengths[picked].any():
+        return Pattern(p.shape, None, p.common)
+    if int(lengths[idx[valid]].sum()) > ctx.budget:
+        raise Dense
+    if picked.size == 1 and valid.all():  # every element the same row: one shared set
+        row = base.indices[base.indptr[picked[0]] : base.indptr[picked[0] + 1]]
+        return Pattern(p.shape, None, merge(p.common, sorted_set(row)))
+    return p
 
 
 def _shared(p: Pattern) -> Pattern:
@@ -157,23 +196,47 @@ def _count(mask: np.ndarray) -> np.ndarray:
 
 
 def take(ctx: Context, p: Pattern, idx: np.ndarray) -> Pattern:
-    """Each output element is the input element ``idx`` (-1: none)."""
+    """Each output element is the input element ``idx`` (-1: none). Copies of a
+    few rows to many elements (more than `SPELL_OUT` entries, four times the
+    rows') are kept as picks (`Pattern`)."""
     idx = np.asarray(idx)
+    flat = idx.reshape(-1)
+    valid = flat >= 0
+    padded = not valid.all()
+    if p.picks is not None:  # a choice of a choice: still a few rows
+        base, inner = p.picks
+        common = p.common
+        if common.size and padded and p.size * common.size <= ctx.budget // 4:
+            base, inner = _spelled_picks(ctx, base, inner, common)  # as below, on the few rows
+            common = NONE
+        picks = (base, np.where(valid, inner[np.maximum(flat, 0)], -1))
+        return ctx.check(Pattern(idx.shape, None, common, picks))
     if p.rows is not None:  # refuse before the product, from what it would hold at most
-        valid = idx.reshape(-1)
-        valid = valid[valid >= 0]
-        if int(np.diff(p.rows.indptr)[valid].sum()) > ctx.budget:
+        entries = int(np.diff(p.rows.indptr)[flat[valid] if padded else flat].sum())
+        if entries > ctx.budget:
             raise Dense
-    if p.common.size and (idx < 0).any() and p.size * p.common.size <= ctx.budget // 4:
+    if p.common.size and padded and p.size * p.common.size <= ctx.budget // 4:
         # padding depends on nothing: spell the common part out where that is
         # cheap; else the padding keeps it (a superset, never smaller than the truth)
         p = Pattern(p.shape, p.matrix(ctx.n, ctx.budget), NONE)
-    flat = idx.reshape(-1)
-    if p.rows is not None and flat.size == p.size and (flat == np.arange(p.size)).all():
+        entries = int(np.diff(p.rows.indptr)[flat[valid]].sum())
+    if p.rows is None:
+        return ctx.check(Pattern(idx.shape, None, p.common))
+    if not padded and flat.size == p.size and (flat == np.arange(p.size)).all():
         rows = p.rows  # every element where it was (a concatenation's stacking): no product
+    elif entries > max(SPELL_OUT, 4 * p.rows.nnz):
+        return ctx.check(Pattern(idx.shape, None, p.common, (p.rows, flat.astype(np.int64))))
     else:
-        rows = None if p.rows is None else gather_rows(p.rows, flat)
+        rows = gather_rows(p.rows, flat)
     return ctx.check(Pattern(idx.shape, rows, p.common))
+
+
+def _spelled_picks(ctx: Context, base, idx: np.ndarray, common: np.ndarray):
+    """``(base, idx)`` picks with ``common`` spelled out on every row, and a row of
+    ``common`` alone for the elements that picked none (they hold it too)."""
+    rows = Pattern((base.shape[0] + 1,), sp.vstack([base, sp.csr_array((1, ctx.n), dtype=bool)],
+                                                    format="csr"), common)  # fmt: skip
+    return rows.matrix(ctx.n, ctx.budget), np.where(idx >= 0, idx, base.shape[0])
 
 
 def gather_rows(rows: sp.csr_array, idx: np.ndarray) -> sp.csr_array:
@@ -261,7 +324,14 @@ def group(ctx: Context, p: Pattern, groups: np.ndarray, out_shape) -> Pattern:
     """Output element ``g`` is the union of the input elements ``groups == g``."""
     out = empty(out_shape)
     out.common = p.common
-    if p.rows is not None:
+    if p.picks is not None:  # group the picks, then their few rows
+        base, idx = p.picks
+        flat = np.asarray(groups, np.int64).reshape(-1)
+        valid = idx >= 0
+        chosen = sp.csr_array((np.ones(int(valid.sum()), bool), (flat[valid], idx[valid])),
+                              shape=(out.size, base.shape[0]))  # fmt: skip
+        out.rows = sp.csr_array(chosen @ base, dtype=bool)
+    elif p.rows is not None:
         flat = np.asarray(groups, np.int64).reshape(-1)
         g = sp.csr_array(
             (np.ones(flat.size, bool), (flat, np.arange(flat.size))), shape=(out.size, p.size)
@@ -287,18 +357,24 @@ def stacked(ctx: Context, parts: Sequence[Pattern]) -> Pattern:
 
 def union(ctx: Context, parts: Sequence[Pattern], shape) -> Pattern:
     shape = tuple(shape)
-    rows, common = None, NONE
+    common = NONE
+    held = []
     for p in parts:
-        if p.rows is not None and tuple(p.shape) != shape:
+        if (p.picks is not None or p._rows is not None) and tuple(p.shape) != shape:
             # broadcast as numpy does (a scalar, or size-1 axes: JAX's elementwise
             # ops take [12, 1] * [1, 12]); each output element reads its own operand
             # element, never element 0 of a smaller operand
             idx = np.broadcast_to(indices(aligned(p.shape, len(shape))), shape)
             p = take(ctx, p, np.ascontiguousarray(idx, np.int64))
-        if p.rows is not None:
-            rows = p.rows if rows is None else rows + p.rows
+        if p.picks is not None or p._rows is not None:
+            held.append(p)
         if p.common.size:
             common = merge(common, p.common)
+    if len(held) == 1 and held[0].picks is not None:  # one operand's few rows: still picks
+        return ctx.check(Pattern(shape, None, common, held[0].picks))
+    rows = None
+    for p in held:
+        rows = p.rows if rows is None else rows + p.rows
     return ctx.check(Pattern(shape, rows, common))
 
 
@@ -341,7 +417,11 @@ def everything(ctx: Context, parts: Sequence[Pattern], shape) -> Pattern:
     """Every output element depends on every dependency of every operand."""
     common = NONE
     for p in parts:
-        if p.rows is not None:
+        if p.picks is not None:  # the rows some element picks, not every copy of them
+            base, idx = p.picks
+            picked = np.flatnonzero(np.bincount(idx[idx >= 0], minlength=base.shape[0]))
+            common = np.union1d(common, base[picked].indices)
+        elif p.rows is not None:
             common = np.union1d(common, p.rows.indices)
         common = np.union1d(common, p.common)
     return ctx.check(Pattern(tuple(shape), None, common.astype(np.int64)))

@@ -67,7 +67,7 @@ def _triangular_solve(ctx, eqn, pats, vals, outs):
     the suffix of ``b`` the inverse's triangle reaches (a's own zeros not
     used: a superset). An ``a`` that depends on it: everything."""
     a, b = pats
-    if a.rows is not None or a.common.size:
+    if a.depends:
         return [everything(ctx, pats, outs[0])]
     params = eqn.params
     lower = bool(params["lower"]) != bool(params["transpose_a"])  # op(a)'s triangle
@@ -98,7 +98,7 @@ def _linear_solve(ctx, eqn, pats, vals, outs):
     nconsts = sum(lengths)
     matvec = eqn.params["jaxprs"].matvec
     b = pats[nconsts:]
-    if any(p.rows is not None or p.common.size for p in pats[:nconsts]) or matvec is None:
+    if any(p.depends for p in pats[:nconsts]) or matvec is None:
         return [everything(ctx, pats, o) for o in outs]
     sizes = [p.size for p in b]
     total = int(sum(sizes))
@@ -141,7 +141,7 @@ def _by_known_zeros(ctx, eqn, pats, vals, out_shape):
     budget. Any zero counts: HS86's constraints are a constant 10x5 matrix
     with 13 zeros (37 nonzeros, as asdex finds)."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    depends = [p.rows is not None or p.common.size for p in pats]
+    depends = [p.depends for p in pats]
     if depends[0] == depends[1]:
         return None
     side = 0 if depends[0] else 1
@@ -208,7 +208,7 @@ def _dot_general(ctx, eqn, pats, vals, outs):
         return [exact]
     parts = []
     for p, contract, batch, side in ((pats[0], lc, lb, "lhs"), (pats[1], rc, rb, "rhs")):
-        if p.rows is None and not p.common.size:
+        if not p.depends:
             continue
         free = [d for d in range(len(p.shape)) if d not in contract and d not in batch]
         kept = list(batch) + free

@@ -21,7 +21,7 @@ def copies(ctx, eqn, pats, vals, outs, params=None):
     ``params``: the equation's, changed for an index array where it must be)."""
     p = pats[0]
     others = vals[1:]
-    if any(v is None for v in others) or any(q.rows is not None or q.common.size for q in pats[1:]):
+    if any(v is None for v in others) or any(q.depends for q in pats[1:]):
         return [everything(ctx, pats, outs[0])]
     idx = _numpy_structural(eqn, indices(p.shape)) if not others else None
     if idx is None:  # the primitive itself, eagerly (it compiles once per shape)
@@ -124,7 +124,7 @@ def _dynamic_update_slice(ctx, eqn, pats, vals, outs):
     starts, the operand's element and any update element (a superset)."""
     operand, update = pats[0], pats[1]
     starts = vals[2:]
-    if any(v is None for v in starts) or any(q.rows is not None or q.common.size
+    if any(v is None for v in starts) or any(q.depends
                                              for q in pats[2:]):  # fmt: skip
         return [union(ctx, [operand, everything(ctx, [update], outs[0])], outs[0])]
     shape, window = operand.shape, update.shape

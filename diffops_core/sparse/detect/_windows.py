@@ -69,7 +69,7 @@ def _reduce_window(ctx, eqn, pats, vals, outs):
     for p in operands:
         out_idx, in_idx = _window_relation(p.shape, outs[0], eqn.params)
         parts.append(combine(ctx, p, out_idx, in_idx, outs[0]))
-    parts += [everything(ctx, [q], outs[0]) for q in inits if q.rows is not None or q.common.size]
+    parts += [everything(ctx, [q], outs[0]) for q in inits if q.depends]
     joined = union(ctx, parts, outs[0])
     return [joined for _ in outs]
 
@@ -145,7 +145,7 @@ def _conv(ctx, eqn, pats, vals, outs):
     if len(lhs_p.shape) < 3:  # no spatial axis: a contraction, united whole
         return [everything(ctx, pats, outs[0])]
     lhs, rhs, out = _conv_maps(eqn, lhs_p.shape, rhs_p.shape, outs[0])
-    kernel_known = vals[1] is not None and rhs_p.rows is None and not rhs_p.common.size
+    kernel_known = vals[1] is not None and not rhs_p.depends
     kernel = np.transpose(np.asarray(vals[1]), eqn.params["dimension_numbers"].rhs_spec) \
         if kernel_known else None  # fmt: skip
     per_row = max(1, int(np.prod(out.shape, dtype=np.int64) // max(1, out.shape[2]))) \
@@ -155,9 +155,9 @@ def _conv(ctx, eqn, pats, vals, outs):
                for a in range(0, out.shape[2], step)]  # fmt: skip
     out_idx, lhs_idx, rhs_idx = (np.concatenate(part) for part in zip(*triples, strict=True))
     parts: list[Pattern] = []
-    if lhs_p.rows is not None or lhs_p.common.size:
+    if lhs_p.depends:
         parts.append(combine(ctx, lhs_p, out_idx, lhs_idx, outs[0]))
-    if rhs_p.rows is not None or rhs_p.common.size:
+    if rhs_p.depends:
         parts.append(combine(ctx, rhs_p, out_idx, rhs_idx, outs[0]))
     return [union(ctx, parts, outs[0])]
 
