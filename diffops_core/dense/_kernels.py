@@ -354,6 +354,36 @@ class Kernels:
         for every colouring and chunk of this extent and number of probes."""
         return functools.partial(self._seeded_products_jitted(count), self.consts)
 
+    def _seeded_apply_jitted(self, count: int):
+        def build():
+            def run(lin, colors, ncolors, probes, start):
+                index = start + jnp.arange(count, dtype=jnp.int32)
+                vectors = _seeds(colors, ncolors, probes, self.seed_dtype)(index)
+                return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(vectors)
+
+            return run
+
+        return self._jit(("seeded_apply", count), build)
+
+    def seeded_apply(self, count: int):
+        """`seeded_products` in two stages: ``lin = prepare()(x_flat)`` once, then
+        ``(lin, colors, ncolors, probes, start) -> products`` per ``count``
+        vectors (a call of many chunks linearises once)."""
+        return self._seeded_apply_jitted(count)
+
+    def compile_seeded_apply(self, count: int, nprobes: int, x_flat) -> None:
+        """Compile `prepare` and `seeded_apply` ahead of their first call (into the
+        caches those calls read)."""
+        extent = self.spec.extent
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        prepare = self._prepare_jitted()
+        prepare.lower(self.consts, x_flat).compile()
+        lin = jax.eval_shape(prepare, self.consts, x_flat)
+        self._seeded_apply_jitted(count).lower(
+            lin, jax.ShapeDtypeStruct((extent,), jnp.int32), scalar,
+            jax.ShapeDtypeStruct((nprobes, extent), self.seed_dtype), scalar,
+        ).compile()  # fmt: skip
+
     def compile_seeded_products(self, count: int, nprobes: int, x_flat) -> None:
         """Compile `seeded_products` ahead of its first call (into the cache that
         call reads), e.g. in a thread while the colouring is found."""

@@ -60,6 +60,11 @@ __all__ = [
 #: reuses it. Per vector, 16 at once cost as much as 32 on the PSF demo at 64²
 #: to 512² (within 3%; 8 at once: up to 15% more), and bound the products' memory.
 _PRODUCTS_AT_ONCE = 16
+#: From this many parameters on, a call linearises once and applies the linear
+#: map per chunk (two compiled programs); below it, each chunk's one program
+#: linearises again: at n = 4120 two programs cost the first call 0.1-0.2 s more
+#: compile, at n = 10⁶ linearising per chunk cost the Fisher matrix 25% more.
+_TWO_STAGE_FROM = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,15 +397,24 @@ def _compressed(kernels, x_flat, colors: np.ndarray, transpose: bool, probes=Non
     on_device = jnp.asarray(colors, jnp.int32)
     rows = np.zeros((1, kernels.spec.extent), dtype) if probes is None else probes
     rows = jnp.asarray(np.asarray(rows, dtype))
-    run = kernels.seeded_products(_PRODUCTS_AT_ONCE)
     total = count + nprobes
-    pending = [run(x_flat, on_device, np.int32(count), rows, np.int32(start))
+    run = _chunk_products(kernels, x_flat)
+    pending = [run(on_device, np.int32(count), rows, np.int32(start))
                for start in range(0, total, _PRODUCTS_AT_ONCE)]  # fmt: skip
     other = kernels.spec.m if kernels.spec.axis == 1 else kernels.spec.n
     out = np.concatenate([np.asarray(p) for p in pending]) if pending else np.zeros((0, other))
     out = out[:total]
     found = out[:count]
     return (found if transpose else found.T), (out[count:] if nprobes else None)
+
+
+def _chunk_products(kernels, x_flat):
+    """``(colors, ncolors, probes, start) -> products`` of `_PRODUCTS_AT_ONCE`
+    vectors at ``x_flat``: linearised once here from `_TWO_STAGE_FROM`
+    parameters on, else in each chunk's one program."""
+    if kernels.spec.n >= _TWO_STAGE_FROM:
+        return functools.partial(kernels.seeded_apply(_PRODUCTS_AT_ONCE), kernels.prepare()(x_flat))
+    return functools.partial(kernels.seeded_products(_PRODUCTS_AT_ONCE), x_flat)
 
 
 def _compile_ahead(kind: str, sparsity: Any, kernels, x_flat) -> threading.Thread | None:
@@ -425,7 +439,10 @@ def _compile_ahead(kind: str, sparsity: Any, kernels, x_flat) -> threading.Threa
     def compile_() -> None:
         try:
             with jax.enable_x64(x64):
-                kernels.compile_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
+                if spec.n >= _TWO_STAGE_FROM:
+                    kernels.compile_seeded_apply(_PRODUCTS_AT_ONCE, PROBES, x_flat)
+                else:
+                    kernels.compile_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
         except Exception:  # noqa: BLE001 - compiled again, and raised, by the call
             with _CACHE_LOCK:
                 kernels.memo.pop(key, None)

@@ -876,17 +876,24 @@ def test_a_steady_sparse_call_traces_f_once():
     assert len(calls) == 1  # the identity's trace; detection and kernels are cached
 
 
+@pytest.mark.parametrize("two_stage", [False, True], ids=["one-program", "two-stage"])
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
-def test_a_first_call_compiles_its_products_once_while_detecting(x64, caplog):
+def test_a_first_call_compiles_its_products_once_while_detecting(x64, two_stage, caplog,
+                                                                 monkeypatch):  # fmt: skip
     """The products' call has a fixed width and takes the colouring as traced
     arguments, so a first call compiles it in a thread while the pattern is
     detected, under the caller's x64 setting (a context's setting is its
-    thread's alone: compiled at another, the call would compile again)."""
+    thread's alone: compiled at another, the call would compile again). From
+    `_TWO_STAGE_FROM` parameters on, the linearisation and the products per
+    chunk are two programs, both compiled there."""
     import logging
 
     import diffops_core as dc
+    import diffops_core.sparse._products as products
 
-    scale = 1.5 + x64  # a program of its own in each case: nothing compiled before
+    if two_stage:
+        monkeypatch.setattr(products, "_TWO_STAGE_FROM", 1)
+    scale = 1.5 + x64 + 2 * two_stage  # a program of its own in each case
 
     def f(v):
         return jnp.sum(jnp.sin(v[1:] * v[:-1]) * scale) + jnp.sum(v**4)
@@ -897,7 +904,8 @@ def test_a_first_call_compiles_its_products_once_while_detecting(x64, caplog):
             x = jnp.linspace(0.1, 1.0, 300)
             H, _ = dc.sparse_hessian(f, x)
             runs = [r.threadName for r in caplog.records
-                    if "XLA compilation of jit(run)" in r.getMessage()]  # fmt: skip
+                    if "XLA compilation of jit(run)" in r.getMessage()
+                    or "XLA compilation of jit(_lin)" in r.getMessage()]  # fmt: skip
             np.testing.assert_allclose(H.toarray(), np.asarray(jax.hessian(f)(x)), rtol=1e-5,
                                        atol=1e-6)  # fmt: skip
             x2 = jax.block_until_ready(x * 1.01)
@@ -906,8 +914,29 @@ def test_a_first_call_compiles_its_products_once_while_detecting(x64, caplog):
             again = [r for r in caplog.records if "XLA compilation of" in r.getMessage()]
     finally:
         jax.config.update("jax_log_compiles", False)
-    assert runs == ["diffops-compile-ahead"]
+    assert runs == ["diffops-compile-ahead"] * (1 + two_stage)
     assert again == []
+
+
+@pytest.mark.parametrize("kind", ["hessian", "gauss_newton", "jacobian"])
+def test_products_linearised_once_per_call_equal_the_dense_matrix(kind, monkeypatch):
+    # the two-stage products (one linearisation, the linear map applied per chunk
+    # of 16), forced at a small n: three chunks of colours and probes
+    import diffops_core as dc
+    import diffops_core.sparse._products as products
+
+    monkeypatch.setattr(products, "_TWO_STAGE_FROM", 1)
+    k = 40
+    x = jnp.linspace(0.2, 1.3, 2 * k, dtype=jnp.float32)
+    band = lambda v: v[2:] * v[1:-1] - jnp.sin(v[:-2]) + v[0] * v[-1]  # a band and two globals
+    if kind == "hessian":
+        f = lambda v: jnp.sum(band(v) ** 2) + jnp.sum(v[::3] ** 3)
+        got, dense = dc.sparse_hessian(f, x)[0], jax.hessian(f)(x)
+    elif kind == "gauss_newton":
+        got, dense = dc.sparse_gauss_newton(band, x)[0], jax.jacfwd(band)(x).T @ jax.jacfwd(band)(x)
+    else:
+        got, dense = dc.sparse_jacobian(band, x)[0], jax.jacfwd(band)(x)
+    np.testing.assert_allclose(got.toarray(), np.asarray(dense), rtol=2e-5, atol=2e-5)
 
 
 def _host_cases():
