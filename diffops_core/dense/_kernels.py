@@ -187,6 +187,7 @@ def _quick_compile() -> dict | None:
         return None
     return _QUICK_COMPILE
 
+
 _CACHE: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
 _CACHE_SIZE = 32
 _CACHE_LOCK = threading.Lock()

@@ -1,7 +1,7 @@
 """Sparsity on the primitives our users' models emit (issue 24, part A):
 convolutions of every kind, the reduce_window family, unstack, tile,
 dynamic_update_slice, checkpoint, cumulative ops, triangular solves, sorts and
-top_k, jit closures. Each detected pattern holds every nonzero `jax.jacfwd` /
+top_k, jit closures, products of `jax.experimental.sparse` BCOO matrices. Each detected pattern holds every nonzero `jax.jacfwd` /
 `jax.hessian` give at random points, and equals their union where the
 structure is exact (each case failed before: dense, or a crash)."""
 
@@ -12,6 +12,7 @@ import jax.scipy.signal as jss
 import numpy as np
 import pytest
 from jax import lax
+from jax.experimental import sparse as jsparse
 
 import diffops_core as dc
 from diffops_core.internal import hessian_pattern, jacobian_pattern
@@ -24,6 +25,8 @@ _RNG = np.random.default_rng(3)
 SPARSE = jnp.asarray(np.where(_RNG.random((N, N)) < 0.1, 1.0 + _RNG.random((N, N)), 0.0),
                      jnp.float32)  # fmt: skip
 SPARSE3 = jnp.asarray(np.where(_RNG.random((2, 6, 12)) < 0.2, 1.0, 0.0), jnp.float32)
+BCOO = jsparse.BCOO.fromdense(SPARSE.at[3].set(0.0).at[:, 7].set(0.0))  # (CMPC's constraints)
+BCOO_ZERO = jsparse.BCOO((BCOO.data.at[::3].set(0.0), BCOO.indices), shape=BCOO.shape)
 
 
 def _conv(v, shape, kernel_shape, **kw):
@@ -200,6 +203,19 @@ JACOBIANS = [
         lambda v: lax.map(lambda i: v[i] * v[(i + 5) % N], jnp.arange(N)),
         True,
     ),  # fmt: skip
+    ("BCOO @ v", lambda v: BCOO @ v, True),
+    ("BCOO.T @ v", lambda v: BCOO.T @ v, True),
+    ("v @ BCOO.T", lambda v: v @ BCOO.T, True),
+    ("BCOO @ a matrix", lambda v: (BCOO @ jnp.stack([v, v**2], 1)).reshape(-1), True),
+    ("BCOO with stored zeros @ v", lambda v: BCOO_ZERO @ v, True),
+    (
+        "BCOO of data from v",
+        lambda v: (
+            jsparse.BCOO((jnp.resize(v, BCOO.nse) * BCOO.data, BCOO.indices), shape=BCOO.shape)
+            @ jnp.cos(v)
+        ),
+        True,
+    ),  # fmt: skip
     *[
         (
             f"triangular_solve left={left} lower={lower} transpose={tr}",
@@ -235,6 +251,7 @@ HESSIANS = [
         False,
     ),  # fmt: skip
     ("checkpoint", lambda v: jnp.sum(jax.checkpoint(lambda u: jnp.sin(u) * u)(v) ** 2), True),
+    ("BCOO least squares", lambda v: jnp.sum((BCOO @ v) ** 2) + jnp.sum(v**3), True),
 ]
 
 

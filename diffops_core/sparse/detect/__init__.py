@@ -10,6 +10,7 @@ The rules live one family a module, as SparseConnectivityTracer.jl keeps them:
 - `_indexing`: gather, dynamic_slice (known indices exact, in the equation's
   mode; unknown ones spread along the indexed axes only), scatter and its kin.
 - `_reductions`: reduce_*, cumulative ops (by prefix), fft, dot_general,
+  bcoo_dot_general (a BCOO matrix of known indices times an array),
   triangular_solve.
 - `_windows`: conv_general_dilated (every dimension number, stride, padding,
   dilation and group; a known kernel's zeros) and the reduce_window family

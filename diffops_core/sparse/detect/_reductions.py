@@ -229,6 +229,39 @@ def _dot_general(ctx, eqn, pats, vals, outs):
     return [union(ctx, parts, out_shape)]
 
 
+def _bcoo_dot_general(ctx, eqn, pats, vals, outs):
+    """``jax.experimental.sparse``'s product of a BCOO matrix (``data``,
+    ``indices``) and a dense array: for a 2-D matrix of known indices, all in
+    bounds, with no batch or dense dimensions and one contracted axis, each
+    output element unites the elements of the dense operand that its row's
+    stored entries read (an entry of known zero data reads nothing), and those
+    entries' data where the data depend on the tangent. Else everything (a
+    superset)."""
+    data_p, index_p, rhs_p = pats
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    shape = tuple(eqn.params["lhs_spinfo"].shape)
+    index = None if vals[1] is None else np.asarray(vals[1], np.int64)
+    if (index is None or index_p.depends or len(shape) != 2 or lb or rb or len(lc) != 1
+            or index.ndim != 2 or index.shape[1] != 2 or data_p.shape != index.shape[:1]
+            or not ((index >= 0) & (index < np.asarray(shape))).all()):  # fmt: skip
+        return [everything(ctx, pats, outs[0])]
+    contracted, (axis,) = int(lc[0]), rc
+    rhs = np.moveaxis(indices(rhs_p.shape), axis, 0)
+    rhs = rhs.reshape(rhs.shape[0], -1).astype(np.int64)  # (contracted, rhs free)
+    width = rhs.shape[1]
+    if tuple(outs[0]) != (shape[1 - contracted],) + tuple(np.delete(rhs_p.shape, axis)):
+        return [everything(ctx, pats, outs[0])]
+    entries = np.arange(index.shape[0])
+    if not data_p.depends and vals[0] is not None:
+        entries = entries[np.asarray(vals[0]).reshape(-1) != 0]
+    row, col = index[entries, 1 - contracted], index[entries, contracted]
+    out_idx = (row[:, None] * width + np.arange(width)).reshape(-1)
+    parts = [combine(ctx, rhs_p, out_idx, rhs[col].reshape(-1), outs[0])]
+    if data_p.depends:
+        parts.append(combine(ctx, data_p, out_idx, np.repeat(entries, width), outs[0]))
+    return [union(ctx, parts, outs[0])]
+
+
 RULES: dict[str, Callable] = {
     **{
         name: _reduce
@@ -246,4 +279,5 @@ RULES: dict[str, Callable] = {
     "triangular_solve": _triangular_solve,
     "custom_linear_solve": _linear_solve,
     "dot_general": _dot_general,
+    "bcoo_dot_general": _bcoo_dot_general,
 }
