@@ -168,26 +168,6 @@ def _fill(lin, start, width, inner_width, extent, in_dtype, axis, slab, first=0,
     return jax.lax.fori_loop(first, count, body, slab)
 
 
-#: XLA's options for the in-memory compressed products' one program on the CPU
-#: (a first call waits for its compile): without the fusion emitters, the PSF
-#: demo's products compiled in 0.5-0.6 s against 0.8-1.0 s, and ran as fast
-#: (benchmarks/RESULTS.md).
-_QUICK_COMPILE = {"xla_cpu_use_fusion_emitters": False}
-
-
-@functools.cache
-def _quick_compile() -> dict | None:
-    """`_QUICK_COMPILE` where the backend is the CPU and XLA takes it (tried
-    once on a one-line program), else None: XLA's defaults."""
-    if jax.default_backend() != "cpu":
-        return None
-    try:
-        jax.jit(lambda v: v + 1, compiler_options=_QUICK_COMPILE).lower(1.0).compile()
-    except Exception:  # noqa: BLE001 - an option this XLA does not know: its defaults
-        return None
-    return _QUICK_COMPILE
-
-
 _CACHE: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
 _CACHE_SIZE = 32
 _CACHE_LOCK = threading.Lock()
@@ -317,12 +297,12 @@ class Kernels:
 
         return matrix
 
-    def _jit(self, key, build, options=None):
+    def _jit(self, key, build):
         key = (self.spec.op,) + key
         program = self._program
         with program.lock:
             if key not in program.jitted:
-                program.jitted[key] = jax.jit(build(), compiler_options=options)
+                program.jitted[key] = jax.jit(build())
             return program.jitted[key]
 
     def block(self, block_size: int, inner_width: int):
@@ -362,7 +342,7 @@ class Kernels:
 
             return run
 
-        return self._jit(("seeded_products", count), build, _quick_compile())
+        return self._jit(("seeded_products", count), build)
 
     def seeded_products(self, count: int):
         """``(x_flat, colors, ncolors, probes, start) -> products``: the op's
