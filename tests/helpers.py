@@ -179,6 +179,22 @@ def wait_for_lock_held(store, proc, timeout=120.0):
         time.sleep(0.02)
 
 
+def scheduler_address(path, proc) -> str:
+    """The address in a dask scheduler file, once the scheduler has written it
+    whole: the file appears before its content, so its existence is no sign
+    (a test read it empty). Waits on the file; fails if the scheduler exits."""
+    import json
+    import time
+
+    while True:
+        try:
+            with open(path) as fh:
+                return json.load(fh)["address"]
+        except (FileNotFoundError, ValueError, KeyError):
+            assert proc.poll() is None, "the scheduler exited before writing its file"
+            time.sleep(0.05)
+
+
 #: A small residual model for spec tests: ``residuals`` (two leaves, 10 values),
 #: a scalar ``loss`` and ``point`` (``a``: 5, ``b``: a scalar).
 RESIDUAL_MODEL = """

@@ -5,7 +5,6 @@ time, naming the cause, how many blocks are done and how to resume; the run
 recorded as failed with that cause. Each case on a cluster started by hand,
 bound to 127.0.0.1, every process stopped by the test."""
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 import faults
 import pipeline
-from helpers import log_fault
+from helpers import log_fault, scheduler_address
 from pipeline import ClusterSetupError, DistributedExecutor
 
 # each starts and kills a scheduler and a worker: with the slow set (CI runs it too)
@@ -51,11 +50,7 @@ def cluster(tmp_path):
     try:
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0",
               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file)  # fmt: skip
-        while not os.path.exists(scheduler_file):
-            assert procs["scheduler"].poll() is None
-            time.sleep(0.05)
-        with open(scheduler_file) as fh:
-            address = json.load(fh)["address"]
+        address = scheduler_address(scheduler_file, procs["scheduler"])
         start("worker", "worker", address, "--host", "127.0.0.1", "--dashboard-address",
               "127.0.0.1:0", "--nthreads", "1", "--no-nanny")  # fmt: skip
         yield address, procs
@@ -64,6 +59,19 @@ def cluster(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_the_scheduler_address_waits_for_the_file_s_content(tmp_path):
+    # the scheduler creates its file before it writes it: a fixture that read it
+    # as soon as it existed got "" (a JSONDecodeError in the slow run)
+    path = tmp_path / "scheduler.json"
+    path.write_text("")
+
+    class Scheduler:  # still running; it writes its address while we wait
+        def poll(self):
+            path.write_text('{"address": "tcp://127.0.0.1:8786"}')
+
+    assert scheduler_address(str(path), Scheduler()) == "tcp://127.0.0.1:8786"
 
 
 def _run_until_blocked(address, store, tmp_path, inject, kill):

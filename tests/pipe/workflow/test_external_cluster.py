@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import diffops_core as dc
+from helpers import scheduler_address
 from pipeline.internal import ResultStore
 
 BIN = os.path.dirname(sys.executable)
@@ -89,11 +89,7 @@ def cluster(tmp_path_factory):
             "--scheduler-file",
             scheduler_file,
         )
-        deadline = time.time() + 60
-        while not os.path.exists(scheduler_file) and time.time() < deadline:
-            time.sleep(0.1)
-        with open(scheduler_file) as fh:
-            address = json.load(fh)["address"]
+        address = scheduler_address(scheduler_file, procs[0])
         assert address.startswith("tcp://127.0.0.1:")
         for _ in range(2):
             start(
