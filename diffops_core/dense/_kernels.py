@@ -332,13 +332,23 @@ class Kernels:
 
         return functools.partial(self._jit(("products", count), build), self.consts)
 
+    def _seeded_fn(self, count: int):
+        """The un-jitted products of a colouring's vectors from a linearisation:
+        ``(lin, colors, ncolors, probes, start) -> products`` (`seeded_products`)."""
+
+        def run(lin, colors, ncolors, probes, start):
+            index = start + jnp.arange(count, dtype=jnp.int32)
+            vectors = _seeds(colors, ncolors, probes, self.seed_dtype)(index)
+            return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(vectors)
+
+        return run
+
     def _seeded_products_jitted(self, count: int):
         def build():
-            def run(consts, x_flat, colors, ncolors, probes, start):
-                lin = self._lin(consts, x_flat)
-                index = start + jnp.arange(count, dtype=jnp.int32)
-                vectors = _seeds(colors, ncolors, probes, self.seed_dtype)(index)
-                return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(vectors)
+            seeded = self._seeded_fn(count)
+
+            def run(consts, x_flat, *chunk):
+                return seeded(self._lin(consts, x_flat), *chunk)
 
             return run
 
@@ -354,45 +364,30 @@ class Kernels:
         for every colouring and chunk of this extent and number of probes."""
         return functools.partial(self._seeded_products_jitted(count), self.consts)
 
-    def _seeded_apply_jitted(self, count: int):
-        def build():
-            def run(lin, colors, ncolors, probes, start):
-                index = start + jnp.arange(count, dtype=jnp.int32)
-                vectors = _seeds(colors, ncolors, probes, self.seed_dtype)(index)
-                return jax.vmap(lambda v: _apply(self.spec.op, lin, v))(vectors)
-
-            return run
-
-        return self._jit(("seeded_apply", count), build)
-
     def seeded_apply(self, count: int):
         """`seeded_products` in two stages: ``lin = prepare()(x_flat)`` once, then
         ``(lin, colors, ncolors, probes, start) -> products`` per ``count``
         vectors (a call of many chunks linearises once)."""
-        return self._seeded_apply_jitted(count)
+        return self._jit(("seeded_apply", count), lambda: self._seeded_fn(count))
+
+    def _chunk_avals(self, nprobes: int) -> tuple:
+        """The avals of ``(colors, ncolors, probes, start)``."""
+        extent, scalar = self.spec.extent, jax.ShapeDtypeStruct((), jnp.int32)
+        return (jax.ShapeDtypeStruct((extent,), jnp.int32), scalar,
+                jax.ShapeDtypeStruct((nprobes, extent), self.seed_dtype), scalar)  # fmt: skip
 
     def compile_seeded_apply(self, count: int, nprobes: int, x_flat) -> None:
         """Compile `prepare` and `seeded_apply` ahead of their first call (into the
         caches those calls read)."""
-        extent = self.spec.extent
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        prepare = self._prepare_jitted()
-        prepare.lower(self.consts, x_flat).compile()
-        lin = jax.eval_shape(prepare, self.consts, x_flat)
-        self._seeded_apply_jitted(count).lower(
-            lin, jax.ShapeDtypeStruct((extent,), jnp.int32), scalar,
-            jax.ShapeDtypeStruct((nprobes, extent), self.seed_dtype), scalar,
-        ).compile()  # fmt: skip
+        prepared = self._prepare_jitted().lower(self.consts, x_flat)
+        prepared.compile()
+        self.seeded_apply(count).lower(prepared.out_info, *self._chunk_avals(nprobes)).compile()
 
     def compile_seeded_products(self, count: int, nprobes: int, x_flat) -> None:
         """Compile `seeded_products` ahead of its first call (into the cache that
         call reads), e.g. in a thread while the colouring is found."""
-        extent = self.spec.extent
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        self._seeded_products_jitted(count).lower(
-            self.consts, x_flat, jax.ShapeDtypeStruct((extent,), jnp.int32), scalar,
-            jax.ShapeDtypeStruct((nprobes, extent), self.seed_dtype), scalar,
-        ).compile()  # fmt: skip
+        jitted = self._seeded_products_jitted(count)
+        jitted.lower(self.consts, x_flat, *self._chunk_avals(nprobes)).compile()
 
     def _prepare_jitted(self):
         return self._jit(("prepare",), lambda: self._lin)

@@ -111,7 +111,7 @@ def _evaluate(ctx: Context, jaxpr, consts: Sequence, ins: Sequence[Pattern], kno
             continue  # evaluated ahead, with the other constants
         pats = [env.pattern(v) for v in eqn.invars]
         vals = [env.value(v) for v in eqn.invars]
-        depends = any(_depends(p) for p in pats)
+        depends = any(p.depends for p in pats)
         if not depends and all(v is not None for v in vals) and overwrites(eqn):
             if settled(eqn, vals):  # each element written once: its value is known
                 env.values[eqn.outvars[0]] = eqn.primitive.bind(*vals, **eqn.params)
@@ -165,7 +165,7 @@ def _fold_ahead(ctx: Context, jaxpr, env: _Env) -> set[int]:
     the ids of the equations folded. One by one, each primitive of a dLux model
     compiled on its own: 2.9 s of its 4 s detection. Evaluated as the products'
     compiled kernel evaluates them (fused), not op by op."""
-    known = {v for v in env.values if not _depends(env.pattern(v))}
+    known = {v for v in env.values if not env.pattern(v).depends}
     key = (id(jaxpr), frozenset(id(v) for v in known))
     plan = ctx.folds.get(key)
     if plan is None:  # the jaxpr kept with its plan: its id stays its own
@@ -237,10 +237,6 @@ def _kind(eqn) -> tuple:
 
 def _size(v) -> int:
     return int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64))
-
-
-def _depends(p: Pattern) -> bool:
-    return p.depends
 
 
 def _lost(ctx: Context) -> str:
