@@ -199,16 +199,15 @@ def _remember(key: tuple, found: Sparsity) -> None:
 _OP = {"hessian": "hessian", "gauss_newton": "gauss_newton", "jacobian": "jacfwd"}
 
 
-def _traced(kind: str, f: Callable, x: Any) -> tuple[Any, Any]:
-    """(kernels, x flat) of ``f`` at ``x`` for ``kind``: one trace."""
-    kernels, x_flat, _ = get_kernels(f, x, _OP[kind])
-    return kernels, x_flat
+def _traced(kind: str, f: Callable, x: Any) -> tuple[Any, Any, Callable]:
+    """(kernels, x flat, unravel) of ``f`` at ``x`` for ``kind``: one trace."""
+    return get_kernels(f, x, _OP[kind])
 
 
 def _detect(kind: str, f: Callable, x: Any) -> Sparsity:
     """The Sparsity of ``kind`` of ``f`` at ``x``, detected once per computation
     (what JAX traced)."""
-    return _detected(kind, *_traced(kind, f, x))
+    return _detected(kind, *_traced(kind, f, x)[:2])
 
 
 def _detected(kind: str, kernels, x_flat) -> Sparsity:
@@ -394,9 +393,11 @@ def _compressed(kernels, x_flat, colors: np.ndarray, transpose: bool, probes=Non
     count = int(colors.max(initial=-1)) + 1
     nprobes = 0 if probes is None else probes.shape[0]
     dtype = kernels.seed_dtype
-    on_device = jnp.asarray(colors, jnp.int32)
+    # converted on the host, then put: jnp.asarray would compile a conversion (and a
+    # staging) on a first call, 30 ms of the PSF demo's
+    on_device = jax.device_put(colors.astype(np.int32))
     rows = np.zeros((1, kernels.spec.extent), dtype) if probes is None else probes
-    rows = jnp.asarray(np.asarray(rows, dtype))
+    rows = jax.device_put(np.asarray(rows, dtype))
     total = count + nprobes
     run = _chunk_products(kernels, x_flat)
     pending = [run(on_device, np.int32(count), rows, np.int32(start))
@@ -436,16 +437,30 @@ def _compile_ahead(kind: str, sparsity: Any, kernels, x_flat) -> threading.Threa
 
     x64 = bool(jax.config.read("jax_enable_x64"))  # a context's setting is this thread's alone
 
+    def dropped() -> None:
+        with _CACHE_LOCK:
+            kernels.memo.pop(key, None)
+
+    lowered = None
+    if spec.n < _TWO_STAGE_FROM:
+        # traced and lowered here, before detection: Python, which in the thread would
+        # share the GIL with detection's walk and put off the compile (the first
+        # call's critical path) by twice as long; at 10⁶ detection is the longer
+        try:
+            lowered = kernels.lower_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
+        except Exception:  # noqa: BLE001 - traced again, and raised, by the call
+            dropped()
+            return None
+
     def compile_() -> None:
         try:
+            if lowered is not None:
+                lowered.compile()
+                return
             with jax.enable_x64(x64):
-                if spec.n >= _TWO_STAGE_FROM:
-                    kernels.compile_seeded_apply(_PRODUCTS_AT_ONCE, PROBES, x_flat)
-                else:
-                    kernels.compile_seeded_products(_PRODUCTS_AT_ONCE, PROBES, x_flat)
+                kernels.compile_seeded_apply(_PRODUCTS_AT_ONCE, PROBES, x_flat)
         except Exception:  # noqa: BLE001 - compiled again, and raised, by the call
-            with _CACHE_LOCK:
-                kernels.memo.pop(key, None)
+            dropped()
 
     # not a daemon: an exit waits for it, before JAX's own clean-up
     thread = threading.Thread(target=compile_, name="diffops-compile-ahead")
@@ -617,12 +632,11 @@ def matrix_from_products(kind: str, f: Callable, x: Any, sparsity: Any, *, dense
     **Raises:** `ValueError` for a traced ``x`` (the pattern is coloured on the
     host), a bad ``sparsity``, or a result that does not check."""
     _refuse_traced(x)
-    kernels, x_flat = _traced(kind, f, x)
+    kernels, x_flat, unravel = _traced(kind, f, x)
     ahead = _compile_ahead(kind, sparsity, kernels, x_flat)  # kernels of _OP[kind]
     found = _given(kind, sparsity, kernels, x_flat)
     if ahead is not None and not found.dense:  # else it ends alone, in vain (not a daemon)
         ahead.join()
-    unravel = jax.flatten_util.ravel_pytree(x)[1]
     if found.dense:
         if not dense_path:
             _warn_dense(kind, found, sparsity)
