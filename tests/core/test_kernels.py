@@ -86,3 +86,34 @@ def test_a_ragged_last_block_skips_the_columns_it_does_not_own(extent_block_micr
     last = plan.block(plan.n_blocks - 1)
     assert last.first_batch(inner_width) == (last.start - last.window) // inner_width
     np.testing.assert_allclose(H, reference_hessian(mixed_loss, mixed_x()), **tol(np.float32))
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_x_flattened_on_the_host_equals_ravel_pytree(x64):
+    # concrete arrays of the flat dtype are flattened on the host (nothing
+    # compiled); any other x goes through ravel_pytree: the same vector, dtype
+    # and unravel either way
+    import jax
+    import jax.flatten_util
+    import jax.numpy as jnp
+
+    with jax.enable_x64(x64):
+        ft = jnp.float64 if x64 else jnp.float32
+        cases = [
+            {"a": np.arange(6.0, dtype=ft).reshape(2, 3), "b": np.float32(2.5).astype(ft)},
+            [jnp.linspace(0.0, 1.0, 5, dtype=ft), np.zeros((0, 2), ft), jnp.ones((2, 2), ft)],
+            {"a": np.arange(3.0, dtype=np.float32), "b": 1.5},  # a Python float: ravel_pytree
+            (np.arange(3.0, dtype=np.float16), np.arange(2.0, dtype=np.float32)),  # promoted
+        ]
+        for x in cases:
+            want, want_unravel = jax.flatten_util.ravel_pytree(x)
+            kernels, x_flat, unravel = dci.get_kernels(lambda t: sum(
+                jnp.sum(v**2) for v in jax.tree_util.tree_leaves(t)), x, "hessian")  # fmt: skip
+            assert x_flat.dtype == want.dtype and x_flat.shape == want.shape
+            np.testing.assert_array_equal(np.asarray(x_flat), np.asarray(want))
+            back, again = unravel(x_flat), want_unravel(want)
+            assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(again)
+            for got, ref in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(again),
+                                strict=True):  # fmt: skip
+                assert got.dtype == ref.dtype and got.shape == ref.shape
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
