@@ -38,12 +38,32 @@ __all__ = [
 ]  # fmt: skip
 
 
+#: Steps (a bound on a loop's innermost ones) up to which a compiled loop not
+#: yet loaded in this process runs as Python instead: loading it from numba's
+#: cache costs a first call 0.1-0.25 s, and Python takes 0.1-0.2 µs a step on
+#: small patterns (a band of 600 vertices: 13 ms), so a small problem's first
+#: colouring costs milliseconds. The same code either way, the same colours.
+_PYTHON_STEPS = 50_000
+
+
+def _loop(compiled, steps: int):
+    """``compiled`` if loaded in this process already or ``steps`` is large, else
+    its Python function (`_PYTHON_STEPS`)."""
+    return compiled if compiled.signatures or steps > _PYTHON_STEPS else compiled.py_func
+
+
+def _distance2_steps(csr: sp.csr_array) -> int:
+    """A bound on the distance-2 loops' steps: every row visited once per column in it."""
+    lengths = np.diff(csr.indptr).astype(np.int64)
+    return int(lengths @ lengths)
+
+
 def _greedy_distance2(pattern: sp.csr_array) -> np.ndarray:
     """Colours of the columns of ``pattern`` such that two columns sharing a row
     differ (1-based), in order of the columns."""
     csc = sp.csc_array(pattern)
     csr = sp.csr_array(pattern)
-    return _distance2(
+    return _loop(_distance2, _distance2_steps(csr))(
         np.asarray(csc.indptr, np.int64), np.asarray(csc.indices, np.int64),
         np.asarray(csr.indptr, np.int64), np.asarray(csr.indices, np.int64), pattern.shape[1],
     )  # fmt: skip
@@ -87,7 +107,7 @@ def _dsatur_distance2(pattern: sp.csr_array) -> np.ndarray | None:
         sums = np.add.reduceat(np.diff(rptr)[cidx], cptr[:-1][nonempty])
         weight[nonempty] = sums
     order = np.asarray(np.argsort(-weight, kind="stable"), np.int64)
-    colors = _dsatur(cptr, cidx, rptr, ridx, n, order)
+    colors = _loop(_dsatur, _distance2_steps(csr))(cptr, cidx, rptr, ridx, n, order)
     return None if n and colors[0] < 0 else colors
 
 
@@ -218,8 +238,11 @@ def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
     order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
     if order.size:  # (a flat field beside its globals is coloured already: numba's
         # compiled loop, loaded from its cache on a first call, is not needed)
-        _star_greedy(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
-                     np.asarray(order, np.int64), base)  # fmt: skip
+        degree = np.diff(ptr).astype(np.int64)
+        beyond = sp.csr_array((np.ones(idx.size), idx, ptr), shape=a.shape) @ degree
+        steps = int(degree @ beyond)  # v - w - x - y paths, at most
+        _loop(_star_greedy, steps)(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
+                                   np.asarray(order, np.int64), base)  # fmt: skip
     return colors - 1
 
 
