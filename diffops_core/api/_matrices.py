@@ -88,7 +88,7 @@ def _dense_from_sparse(kind: str, f: Callable, x: Any, sparsity: Any):
     if found is None:
         return None
     matrix, unravel, kernels = found
-    dense = jnp.asarray(matrix.toarray())
+    dense = jax.device_put(matrix.toarray())  # (jnp.asarray compiles a staging on a first call)
     if kind == "hessian":
         return dense, unravel
     return split_jacobian(dense, kernels.spec.out_layout, kernels.spec.n), unravel
