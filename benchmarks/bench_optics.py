@@ -166,7 +166,7 @@ def main() -> None:
         "`zodiax.diffops.hessian` at nbatches 16, and for the Fisher matrix "
         "`zodiax.diffops.jacobian` (nbatches 16) then a jitted `J.T @ J`. dense: "
         "`diffops_core.hessian` / `gauss_newton` (defaults); sparse: `sparse_hessian` / "
-        "`sparse_gauss_newton` with `sparsity=\"auto\"`, one call as a user makes it (its "
+        '`sparse_gauss_newton` with `sparsity="auto"`, one call as a user makes it (its '
         "products compile in a thread beside detection; detection cached after the first "
         "call; scipy results, the self-check included). Each case in a fresh process; first: every compile included; "
         f"steady: median of {args.repeats} calls at new x. Peak: the process's VmHWM.\n\n"

@@ -1120,3 +1120,59 @@ def test_a_constant_unstack_is_folded_without_a_compile(caplog):
     truth = np.asarray(jax.hessian(f)(x)) != 0
     np.testing.assert_array_equal(pattern.toarray(), truth)
     assert compiled == []
+
+
+def _fold_compiles(caplog, detect) -> tuple:
+    """``detect()``'s result and how many programs of folded constants it compiled."""
+    import logging
+
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            caplog.clear()
+            found = detect()
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    return found, sum("XLA compilation of jit(jaxpr_as_fun)" in r.getMessage()
+                      for r in caplog.records)  # fmt: skip
+
+
+def test_folded_constants_no_rule_reads_compile_nothing(caplog):
+    """A defect: detection compiled every fold of constants (the PSF demo's: 0.16 s
+    beside the products' compile on a first call) though no rule read them. Now
+    a fold is computed when a rule first reads one of its values."""
+    c = np.linspace(0.1, 2.0, 30, dtype=np.float32)
+
+    def f(v):
+        w = jnp.exp(jnp.asarray(c)) * 2.0 + jnp.cos(jnp.asarray(c)) ** 3  # constants only
+        return jnp.sum(jnp.sin(v + w) ** 2) + jnp.sum(v[1:] * v[:-1])
+
+    x = jnp.linspace(0.1, 1.0, 30, dtype=jnp.float32)
+    pattern, compiles = _fold_compiles(caplog, lambda: hessian_pattern(f, x))
+    assert compiles == 0
+    np.testing.assert_array_equal(pattern.toarray(), np.asarray(jax.hessian(f)(x)) != 0)
+
+
+def test_folded_constants_a_rule_reads_keep_their_zeros(caplog):
+    # two folded factors with zeros where their masks are, computed by XLA (not
+    # on the host): the first read computes its own equations, the second the
+    # whole fold; both factors' zeros make the pattern exact, and a third
+    # folded value no rule reads changes nothing
+    c = np.linspace(0.1, 2.0, 40, dtype=np.float32)
+    mask_a, mask_b = (np.arange(40) % 3 == 0), (np.arange(40) % 4 == 1)
+
+    def f(v):
+        cc = jnp.asarray(c)
+        a = jnp.exp(cc) * jnp.asarray(mask_a, jnp.float32)
+        b = jnp.log(cc + 1.0) * jnp.asarray(mask_b, jnp.float32)
+        unread = jnp.tanh(cc) * 3.0
+        return jnp.sum((v * a) ** 2 * v[::-1]) + jnp.sum(jnp.sin(v * b)) + jnp.sum(v + unread)
+
+    x = jnp.linspace(0.3, 1.7, 40, dtype=jnp.float32)
+    pattern, compiles = _fold_compiles(caplog, lambda: hessian_pattern(f, x))
+    assert compiles <= 2
+    truth = np.zeros((40, 40), bool)
+    for seed in range(3):  # the union over points: entries that vanish at one by chance
+        z = x * (1 + 0.1 * seed)
+        truth |= np.asarray(jax.hessian(f)(z)) != 0
+    np.testing.assert_array_equal(pattern.toarray(), truth)
