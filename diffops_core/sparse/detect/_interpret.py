@@ -81,12 +81,14 @@ class _Batch:
     __slots__ = ("run", "ins", "outs")
 
     def __init__(self, run: Callable, ins: list):
-        self.run, self.ins, self.outs = run, ins, None
+        self.run: Callable = run
+        self.ins: list = ins
+        self.outs: list | None = None
 
     def value(self, index: int):
         if self.outs is None:
             self.outs = list(self.run(*[resolved(v) for v in self.ins]))
-            self.ins = None  # (what it read can go)
+            self.ins = []  # (what it read can go)
         return self.outs[index]
 
 
@@ -98,10 +100,11 @@ class _FoldBatch(_Batch):
     demo's rules read two seeds of a fold of 10 equations; a dLux model's, 8
     outputs of 12, made by most of its 100."""
 
-    __slots__ = ("done", "compiled")
+    __slots__ = ("fold", "done", "compiled")
 
     def __init__(self, fold: _Fold, ins: list):
         super().__init__(fold, ins)
+        self.fold = fold
         self.done: dict[int, Any] = {}  # the outputs computed alone
         self.compiled = False  # whether one of them needed a compile
 
@@ -110,12 +113,12 @@ class _FoldBatch(_Batch):
             return self.outs[index]
         if index in self.done:
             return self.done[index]
-        ins, call = self.run.cone(index)
+        ins, call = self.fold.cone(index)
         compiles = isinstance(call, _Fold)
         if compiles and self.compiled:
             return super().value(index)  # every output at once
         self.compiled = self.compiled or compiles
-        known = dict(zip(self.run.ins, self.ins, strict=True))
+        known = dict(zip(self.fold.ins, self.ins, strict=True))
         self.done[index] = call(*[resolved(known[v]) for v in ins])[0]
         return self.done[index]
 
