@@ -118,7 +118,7 @@ class _FoldBatch(_Batch):
             return self.done[index]
         ins, call = self.fold.cone(index)
         compiles = isinstance(call, _Fold)
-        if compiles and (self.compiled or 4 * len(call.batch) > len(self.fold.batch)):
+        if isinstance(call, _Fold) and (self.compiled or 4 * len(call.batch) > len(self.fold.batch)):
             return super().value(index)  # every output at once
         self.compiled = self.compiled or compiles
         known = dict(zip(self.fold.ins, self.ins, strict=True))
