@@ -118,7 +118,8 @@ class _FoldBatch(_Batch):
             return self.done[index]
         ins, call = self.fold.cone(index)
         compiles = isinstance(call, _Fold)
-        if isinstance(call, _Fold) and (self.compiled or 4 * len(call.batch) > len(self.fold.batch)):
+        large = isinstance(call, _Fold) and 4 * len(call.batch) > len(self.fold.batch)
+        if compiles and (self.compiled or large):
             return super().value(index)  # every output at once
         self.compiled = self.compiled or compiles
         known = dict(zip(self.fold.ins, self.ins, strict=True))
