@@ -8,7 +8,7 @@ that sums are exact), ``v₅ = v₁ + v₂`` and ``v₆ = v₃ − v₄``. Row `
 product ``k`` passes when
 
     |P(v_k)_i − (M v_k)_i| <= 16 eps log2(nnz_i + 2) (Σ_j |M_ij| |v_kj| + |P(v_k)_i|)
-                              + 32 noise_i
+                              + 64 noise_i
 
 - ``eps`` is that of the lowest precision ``f`` computes in (a float32 cast or
   a ``reduce_precision`` inside an x64 run counts), not x's;
@@ -53,9 +53,11 @@ _ROUNDING = 16.0
 #: 1024², float32) for 5 of 30 probe seeds: its compressed products carry more
 #: rounding along the image's centre column than the probes' linearity defects
 #: show, and the largest of 6·10⁶ ratios crossed it. At 32 the largest of the 30
-#: was 0.80 of the tolerance; the power measured in benchmarks/RESULTS.md
-#: stays above its targets.
-_NOISE = 32.0
+#: was 0.80 of the tolerance on one CPU, but another (2026-12-08) refused seed 3
+#: (row 508 at 1.27 of it; the row exact against its own Hessian-vector
+#: product); at 64 none of the 30 is, the largest 0.69. The power measured in
+#: benchmarks/RESULTS.md stays above its targets.
+_NOISE = 64.0
 
 
 def probe_vectors(extent: int, seed: int) -> np.ndarray:
