@@ -1196,3 +1196,34 @@ def test_a_folded_value_made_by_most_of_its_fold_compiles_the_fold_once(caplog):
     for seed in range(3):
         truth |= np.asarray(jax.hessian(f)(x * (1 + 0.1 * seed))) != 0
     np.testing.assert_array_equal(pattern.toarray(), truth)
+
+
+def test_a_folded_value_reads_the_same_every_time():
+    # a value computed alone (its own equations) and then again with the whole
+    # fold may differ in its last bits (another program): a rule that read it
+    # once must read the same after, or two rules see two values of one constant
+    import importlib
+
+    interp = importlib.import_module("diffops_core.sparse.detect._interpret")
+
+    class Small(interp._Fold):  # one output's own equations, compiled: 1.0
+        def __init__(self):
+            super().__init__([None], ["a"], ["u"])
+
+        def __call__(self, *values):
+            return [np.float32(1.0)]
+
+    class Fold(interp._Fold):  # the whole fold, compiled: 1.0 + 1 ulp, then 3.0
+        def __init__(self):
+            super().__init__([None] * 8, ["a"], ["u", "v"])
+
+        def cone(self, index):
+            return ["a"], Small()
+
+        def __call__(self, *values):
+            return [np.nextafter(np.float32(1.0), np.float32(2.0)), np.float32(3.0)]
+
+    batch = interp._FoldBatch(Fold(), [np.float32(0.0)])
+    first = batch.value(0)
+    assert batch.value(1) == np.float32(3.0)  # a compiled read after: the whole fold
+    assert batch.value(0) == first == np.float32(1.0)

@@ -112,10 +112,10 @@ class _FoldBatch(_Batch):
         self.compiled = False  # whether one of them needed a compile
 
     def value(self, index: int):
+        if index in self.done:  # (first: a value read once reads the same after)
+            return self.done[index]
         if self.outs is not None:
             return self.outs[index]
-        if index in self.done:
-            return self.done[index]
         ins, call = self.fold.cone(index)
         compiles = isinstance(call, _Fold)
         large = isinstance(call, _Fold) and 4 * len(call.batch) > len(self.fold.batch)
