@@ -20,6 +20,7 @@ Jacobian?", SIAM Review 2005).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -46,10 +47,11 @@ __all__ = [
 _PYTHON_STEPS = 50_000
 
 
-def _loop(compiled, steps: int):
-    """``compiled`` if loaded in this process already or ``steps`` is large, else
-    its Python function (`_PYTHON_STEPS`)."""
-    return compiled if compiled.signatures or steps > _PYTHON_STEPS else compiled.py_func
+def _loop(compiled, steps: Callable[[], int]):
+    """``compiled`` if loaded in this process already or its ``steps()`` are
+    many, else its Python function (`_PYTHON_STEPS`); the bound is counted only
+    while the loop is not loaded."""
+    return compiled if compiled.signatures or steps() > _PYTHON_STEPS else compiled.py_func
 
 
 def _distance2_steps(csr: sp.csr_array) -> int:
@@ -58,12 +60,20 @@ def _distance2_steps(csr: sp.csr_array) -> int:
     return int(lengths @ lengths)
 
 
+def _star_steps(adjacency: sp.csr_array) -> int:
+    """A bound on the star colouring loop's steps: its v - w - x - y paths."""
+    degree = np.diff(adjacency.indptr).astype(np.int64)
+    beyond = sp.csr_array((np.ones(adjacency.indices.size), adjacency.indices,
+                           adjacency.indptr), shape=adjacency.shape) @ degree  # fmt: skip
+    return int(degree @ beyond)
+
+
 def _greedy_distance2(pattern: sp.csr_array) -> np.ndarray:
     """Colours of the columns of ``pattern`` such that two columns sharing a row
     differ (1-based), in order of the columns."""
     csc = sp.csc_array(pattern)
     csr = sp.csr_array(pattern)
-    return _loop(_distance2, _distance2_steps(csr))(
+    return _loop(_distance2, lambda: _distance2_steps(csr))(
         np.asarray(csc.indptr, np.int64), np.asarray(csc.indices, np.int64),
         np.asarray(csr.indptr, np.int64), np.asarray(csr.indices, np.int64), pattern.shape[1],
     )  # fmt: skip
@@ -107,7 +117,7 @@ def _dsatur_distance2(pattern: sp.csr_array) -> np.ndarray | None:
         sums = np.add.reduceat(np.diff(rptr)[cidx], cptr[:-1][nonempty])
         weight[nonempty] = sums
     order = np.asarray(np.argsort(-weight, kind="stable"), np.int64)
-    colors = _loop(_dsatur, _distance2_steps(csr))(cptr, cidx, rptr, ridx, n, order)
+    colors = _loop(_dsatur, lambda: _distance2_steps(csr))(cptr, cidx, rptr, ridx, n, order)
     return None if n and colors[0] < 0 else colors
 
 
@@ -238,11 +248,10 @@ def star_coloring(pattern: sp.csr_array, symmetric: bool = False) -> np.ndarray:
     order = order[colors[order] == 0]  # the rest: what is coloured already is left alone
     if order.size:  # (a flat field beside its globals is coloured already: numba's
         # compiled loop, loaded from its cache on a first call, is not needed)
-        degree = np.diff(ptr).astype(np.int64)
-        beyond = sp.csr_array((np.ones(idx.size), idx, ptr), shape=a.shape) @ degree
-        steps = int(degree @ beyond)  # v - w - x - y paths, at most
-        _loop(_star_greedy, steps)(np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
-                                   np.asarray(order, np.int64), base)  # fmt: skip
+        _loop(_star_greedy, lambda: _star_steps(a))(
+            np.asarray(ptr, np.int64), np.asarray(idx, np.int64), colors,
+            np.asarray(order, np.int64), base,
+        )  # fmt: skip
     return colors - 1
 
 

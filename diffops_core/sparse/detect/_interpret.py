@@ -117,11 +117,10 @@ class _FoldBatch(_Batch):
         if self.outs is not None:
             return self.outs[index]
         ins, call = self.fold.cone(index)
-        compiles = isinstance(call, _Fold)
-        large = isinstance(call, _Fold) and 4 * len(call.batch) > len(self.fold.batch)
-        if compiles and (self.compiled or large):
-            return super().value(index)  # every output at once
-        self.compiled = self.compiled or compiles
+        if isinstance(call, _Fold):  # its own equations need a compile
+            if self.compiled or 4 * len(call.batch) > len(self.fold.batch):
+                return super().value(index)  # every output at once
+            self.compiled = True
         known = dict(zip(self.fold.ins, self.ins, strict=True))
         self.done[index] = call(*[resolved(known[v]) for v in ins])[0]
         return self.done[index]
