@@ -29,6 +29,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import ClosedJaxpr
 
 from .._errors import InputTypeError, InputValueError
 from ._layout import Layout
@@ -229,6 +230,11 @@ class Kernels:
     def f_flat(self, consts, z):
         """``f`` on the flat input with constants ``consts``, raveled to one vector."""
         return ravel_output(eval_flat(self._program.jaxpr, consts, z))
+
+    def closed(self, consts) -> ClosedJaxpr:
+        """The program `f_flat` evaluates, closed over ``consts``: ``z`` to the
+        output's leaves (`ravel_output` makes them `f_flat`'s vector)."""
+        return ClosedJaxpr(self._program.jaxpr, list(consts))
 
     def _lin(self, consts, x_flat):
         f_flat = functools.partial(self.f_flat, consts)

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from .._errors import InputTypeError, InputValueError, SparsityWarning
 from ..curvature import whitened_residuals
-from ..dense import auto_inner_width, get_kernels
+from ..dense import auto_inner_width, get_kernels, ravel_output
 from ._bicolor import bicolor_plan, bicoloring, split_colors
 from ._check import PROBES, check_products, compute_eps, probe_vectors
 from ._coloring import (
@@ -230,14 +230,16 @@ def _detected(kind: str, kernels, x_flat) -> Sparsity:
     consts = kernels.consts
     f_flat = lambda z: kernels.f_flat(consts, z)
     m, n = kernels.spec.m, kernels.spec.n
+    program = (kernels.closed(consts), ravel_output)  # traced once, not again
     try:
         if kind == "hessian":
-            pattern = hessian_pattern(lambda z: f_flat(z).reshape(()), x_flat)
+            scalar = (program[0], lambda leaves: ravel_output(leaves).reshape(()))
+            pattern = hessian_pattern(lambda z: f_flat(z).reshape(()), x_flat, program=scalar)
         elif kind == "gauss_newton":  # G = Jᵀ W J of the whitened residuals: Jᵀ J's pattern
-            jac = sp.csr_array(jacobian_pattern(f_flat, x_flat), dtype=bool)
+            jac = sp.csr_array(jacobian_pattern(f_flat, x_flat, program=program), dtype=bool)
             pattern = gram(jac)
         else:
-            pattern = jacobian_pattern(f_flat, x_flat)
+            pattern = jacobian_pattern(f_flat, x_flat, program=program)
     except Dense as err:
         pattern, why = None, str(err)
     else:
