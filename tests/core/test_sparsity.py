@@ -1231,80 +1231,34 @@ def test_a_folded_value_reads_the_same_every_time():
     assert batch.value(0) == first == np.float32(1.0)
 
 
-def _ieee_values(dtype) -> np.ndarray:
-    """Floats of every kind IEEE 754 has: tiny and huge normals, zeros of both
-    signs, subnormals, infinities, a NaN, and ordinary values."""
-    info = np.finfo(dtype)
-    rng = np.random.default_rng(11)
-    special = [0.0, -0.0, 1.0, -1.0, 3.0, 6.0, 1 / 3, info.tiny, -info.tiny, info.tiny * 4,
-               info.smallest_subnormal, -info.smallest_subnormal * 5, info.max, -info.max,
-               np.sqrt(info.max), np.sqrt(info.tiny), np.inf, -np.inf, np.nan]  # fmt: skip
-    ordinary = rng.standard_normal(45) * 10.0 ** rng.integers(-12, 12, 45)
-    return np.concatenate([special, ordinary]).astype(dtype)
+def test_a_zero_float_arithmetic_makes_is_xla_s_not_the_host_s():
+    """A defect (found by the CUTEst baselines, never released): with IEEE
+    754's ``+ - * /`` folded by numpy, OET2's ``jnp.linspace(-0.5, 0.5, 501)``
+    held an exact 0.0 where XLA's compiled program (a division by a constant
+    made a product with its reciprocal) computes 1e-17, and the pattern lost
+    the two Jacobian entries that multiply it: unsound. Float arithmetic
+    stays XLA's."""
+
+    def f(q):
+        r = jnp.linspace(-0.5, 0.5, 501)
+        return q[0] - q[1] * jnp.exp(q[2] * r) + 1.0 / (1.0 + r)
+
+    x = jnp.asarray([0.3, -1.2, 0.7])
+    pattern = jacobian_pattern(f, x).toarray()
+    truth = np.zeros_like(pattern)
+    for scale in (1.0, 1.3, 0.6):
+        truth |= np.asarray(jax.jit(jax.jacfwd(f))(x * scale)) != 0
+    assert not (truth & ~pattern).any()  # sound: every nonzero inside the pattern
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_float_arithmetic_on_the_host_is_xla_s_or_declined(dtype):
-    """IEEE 754's own operations are folded on the host (on the CPU, where numpy
-    and XLA both round to nearest): each result is XLA's bit for bit, op by op
-    and compiled, or the host declines (None) where a subnormal operand or
-    result would be flushed to zero by XLA; never a different value."""
-    with jax.enable_x64(dtype == np.float64):
-        _check_host_arithmetic(dtype)
-
-
-def _check_host_arithmetic(dtype) -> None:
-    from diffops_core.sparse.detect import _host
-
-    values = _ieee_values(dtype)
-    a = np.repeat(values, values.size)
-    b = np.tile(values, values.size)
-    ops = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b,
-           lambda a, b: -a, lambda a, b: a < b, lambda a, b: a == b, lambda a, b: a >= b]  # fmt: skip
-    ops += [lambda a, b, y=y: lax.integer_pow(a, y) for y in (2, 3, 5, -1, -2, 7)]
-    bits = lambda x: np.ascontiguousarray(x).view(np.uint8)
-    declined = agreed = 0
-    for op in ops:
-        for x, y in ((a, b), (a[:1], b[:1])):  # arrays, and a scalar's shape too
-            closed = jax.make_jaxpr(op)(x, y)
-            (eqn,) = closed.jaxpr.eqns
-            assert _host.exact(eqn), eqn
-            mine = _host.evaluate(eqn, [x, y][: len(eqn.invars)])
-            theirs = eqn.primitive.bind(*[x, y][: len(eqn.invars)], **eqn.params)
-            compiled = jax.jit(op)(x, y)
-            if mine is None:
-                declined += 1
-                continue
-            agreed += 1
-            np.testing.assert_array_equal(bits(mine[0]), bits(np.asarray(theirs)))
-            np.testing.assert_array_equal(bits(mine[0]), bits(np.asarray(compiled)))
-    # the subnormals make every array decline; the scalar 0 op 0 is done on the host
-    assert declined >= len(ops) and agreed >= len(ops)
-    # without subnormals every array is the host's
-    normal = values[~((np.abs(values) > 0) & (np.abs(values) < np.finfo(dtype).tiny))]
-    x, y = np.repeat(normal, normal.size), np.tile(normal, normal.size)
-    for op in ops[:4]:
-        (eqn,) = jax.make_jaxpr(op)(x, y).jaxpr.eqns
-        out = _host.evaluate(eqn, [x, y])
-        if out is not None:  # (a subnormal result: declined, as it must be)
-            np.testing.assert_array_equal(bits(out[0]), bits(np.asarray(jax.jit(op)(x, y))))
-        else:
-            with np.errstate(all="ignore"):
-                full = np.asarray(op(x.astype(np.float64), y.astype(np.float64)))
-            assert dtype == np.float32 or np.any((full != 0) & (np.abs(full) < 1e-300))
-
-
-def test_detection_differentiates_only_what_depends_on_x(monkeypatch, caplog):
+def test_detection_differentiates_only_what_depends_on_x(monkeypatch):
     """A defect: detection traced the Hessian-vector product of the whole
     objective, its constants' arithmetic included: VANDANMSLS computes 220
     B-spline values of its data in 7,280 of its 8,175 equations, which JAX's
     AD traced forward, linearised and transposed, and which the fold then
-    evaluated op by op in XLA (2.1 s in all). Now what depends on constants
-    alone is split off before differentiating and folded on the host, its
-    ``jnp.where`` calls walked into: nothing compiles, and the B-spline's zeros
+    evaluated (2.1 s in all). Now what depends on constants alone is split
+    off before differentiating and folded as before: the B-spline's zeros
     still make the pattern exact."""
-    import logging
-
     knots = np.linspace(-1.0, 1.0, 12)
     traced = []
     make_jaxpr = jax.make_jaxpr
@@ -1320,14 +1274,7 @@ def test_detection_differentiates_only_what_depends_on_x(monkeypatch, caplog):
         return jnp.sum((v * b) ** 2) + jnp.sum(v[1:] * v[:-1])
 
     x = jnp.linspace(0.3, 1.2, 12)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="jax"):
-            pattern = hessian_pattern(f, x)
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()]
-    assert compiled == []
+    pattern = hessian_pattern(f, x)
 
     def names(jaxpr) -> list:  # every primitive, nested calls' included
         subs = [getattr(p, "jaxpr", p) for e in jaxpr.eqns for p in e.params.values()]

@@ -9,7 +9,10 @@ uses (``custom_jvp``, ``custom_vjp``) and leaves out what depends only on ``x``
 (it is a constant of the linear map). The Hessian is the Jacobian of the
 gradient: one set of first-order rules serves both, where a second-order
 propagation would need a second rule per primitive, and the structure of the
-gradient is exactly what the Hessian's columns can be.
+gradient is exactly what the Hessian's columns can be. What ``f`` computes of
+its constants alone is split off before differentiating (`_split`): JAX's AD
+traces only what depends on ``x``, and the walk reads those constants' values
+as it reads its own fold's (computed when a rule first reads one).
 
 Each array of the traced program carries, for each of its elements, the set of
 ``t``'s entries it depends on: a sparse boolean matrix (elements x n) plus a set
