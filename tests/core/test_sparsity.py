@@ -1231,6 +1231,58 @@ def test_a_folded_value_reads_the_same_every_time():
     assert batch.value(0) == first == np.float32(1.0)
 
 
+def _ieee_values(dtype) -> np.ndarray:
+    """Floats of every kind IEEE 754 has: tiny and huge normals, zeros of both
+    signs, subnormals, infinities, a NaN, and ordinary values."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(11)
+    special = [0.0, -0.0, 1.0, -1.0, 3.0, 6.0, 1 / 3, info.tiny, -info.tiny, info.tiny * 4,
+               info.smallest_subnormal, -info.smallest_subnormal * 5, info.max, -info.max,
+               np.sqrt(info.max), np.sqrt(info.tiny), np.inf, -np.inf, np.nan]  # fmt: skip
+    ordinary = rng.standard_normal(45) * 10.0 ** rng.integers(-12, 12, 45)
+    return np.concatenate([special, ordinary]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_float_equation_on_the_host_is_xla_s_alone_or_declined(dtype):
+    """Where detection evaluates a fold op by op (thousands of scalars:
+    VANDANMSLS's B-spline values, 0.4 s through XLA's dispatch), IEEE 754's
+    operations go to numpy: each result is XLA's for that equation alone (its
+    operands arguments) bit for bit, or the host declines (None) where a
+    subnormal operand or result would be flushed to zero by XLA."""
+    with jax.enable_x64(dtype == np.float64):
+        _check_one_op(dtype)
+
+
+def _check_one_op(dtype) -> None:
+    from diffops_core.sparse.detect import _host
+
+    values = _ieee_values(dtype)
+    a, b = np.repeat(values, values.size), np.tile(values, values.size)
+    ops = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b,
+           lambda a, b: -a]  # fmt: skip
+    ops += [lambda a, b, y=y: lax.integer_pow(a, y) for y in (1, 2, 3, 5, 7)]
+    bits = lambda x: np.ascontiguousarray(x).view(np.uint8)
+    declined = agreed = 0
+    for op in ops:
+        for x, y in ((a, b), (a[:1], b[:1]), (a[5:6], b[7:8])):  # arrays, and scalars' shapes
+            (eqn,) = jax.make_jaxpr(op)(x, y).jaxpr.eqns
+            args = [x, y][: len(eqn.invars)]
+            mine = _host.one_op(eqn, args)
+            if mine is None:
+                declined += 1
+                continue
+            agreed += 1
+            theirs = eqn.primitive.bind(*args, **eqn.params)
+            assert mine[0].dtype == np.asarray(theirs).dtype
+            np.testing.assert_array_equal(bits(mine[0]), bits(np.asarray(theirs)))
+    # the subnormals make every whole array decline; the scalars are done on the host
+    assert declined >= len(ops) and agreed >= 2 * len(ops)
+    for op in (lambda a, b: lax.integer_pow(a, -2), lambda a, b: a < b, lambda a, b: jnp.exp(a)):
+        (eqn,) = jax.make_jaxpr(op)(a[:1], b[:1]).jaxpr.eqns  # not such an equation
+        assert _host.one_op(eqn, [a[:1], b[:1]][: len(eqn.invars)]) is None
+
+
 def test_a_zero_float_arithmetic_makes_is_xla_s_not_the_host_s():
     """A defect (found by the CUTEst baselines, never released): with IEEE
     754's ``+ - * /`` folded by numpy, OET2's ``jnp.linspace(-0.5, 0.5, 501)``

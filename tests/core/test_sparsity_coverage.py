@@ -27,6 +27,15 @@ SPARSE = jnp.asarray(np.where(_RNG.random((N, N)) < 0.1, 1.0 + _RNG.random((N, N
 SPARSE3 = jnp.asarray(np.where(_RNG.random((2, 6, 12)) < 0.2, 1.0, 0.0), jnp.float32)
 BCOO = jsparse.BCOO.fromdense(SPARSE.at[3].set(0.0).at[:, 7].set(0.0))  # (CMPC's constraints)
 BCOO_ZERO = jsparse.BCOO((BCOO.data.at[::3].set(0.0), BCOO.indices), shape=BCOO.shape)
+#: two entries stored twice (summed where made dense)
+BCOO_TWICE = jnp.concatenate([BCOO.indices, BCOO.indices[:2]])
+
+
+def _bcoo_of(v, twice=False):
+    """A BCOO matrix whose data depend on ``v`` (BCOO's indices, or with two twice)."""
+    where = BCOO_TWICE if twice else BCOO.indices
+    data = jnp.resize(v, where.shape[0]) * jnp.resize(BCOO.data, where.shape[0])
+    return jsparse.BCOO((data, where), shape=BCOO.shape)
 
 
 def _conv(v, shape, kernel_shape, **kw):
@@ -216,6 +225,18 @@ JACOBIANS = [
         ),
         True,
     ),  # fmt: skip
+    ("BCOO of data from v, made dense", lambda v: _bcoo_of(v).todense().ravel(), True),
+    (
+        "BCOO with entries stored twice, made dense",
+        lambda v: _bcoo_of(v, twice=True).todense().ravel(),
+        True,
+    ),  # fmt: skip
+    (
+        "BCOO's entries of an array from v",
+        lambda v: jsparse.bcoo_extract(BCOO, jnp.outer(v, jnp.cos(v[::-1]))).data,
+        True,
+    ),  # fmt: skip
+    ("BCOO of data from v, transposed", lambda v: _bcoo_of(v).T @ jnp.cos(v), True),
     *[
         (
             f"triangular_solve left={left} lower={lower} transpose={tr}",
@@ -252,6 +273,10 @@ HESSIANS = [
     ),  # fmt: skip
     ("checkpoint", lambda v: jnp.sum(jax.checkpoint(lambda u: jnp.sin(u) * u)(v) ** 2), True),
     ("BCOO least squares", lambda v: jnp.sum((BCOO @ v) ** 2) + jnp.sum(v**3), True),
+    # not exact: an empty row of the matrix makes (B(v) sin v)[2] zero, a value of
+    # x the tangent's pattern cannot see, so d²/dv2² of cos(v2) times it is kept
+    ("BCOO of data from v, a form", lambda v: jnp.cos(v) @ (_bcoo_of(v) @ jnp.sin(v)), False),
+    ("BCOO of data from v, made dense", lambda v: jnp.sum(_bcoo_of(v).todense() ** 2), True),
 ]
 
 

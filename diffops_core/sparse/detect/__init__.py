@@ -10,8 +10,9 @@ The rules live one family a module, as SparseConnectivityTracer.jl keeps them:
 - `_indexing`: gather, dynamic_slice (known indices exact, in the equation's
   mode; unknown ones spread along the indexed axes only), scatter and its kin.
 - `_reductions`: reduce_*, cumulative ops (by prefix), fft, dot_general,
-  bcoo_dot_general (a BCOO matrix of known indices times an array),
-  triangular_solve.
+  triangular_solve; BCOO's bcoo_dot_general (a matrix of known indices times
+  an array), bcoo_todense, bcoo_extract, bcoo_transpose and
+  bcoo_dot_general_sampled (what differentiating in the data emits).
 - `_windows`: conv_general_dilated (every dimension number, stride, padding,
   dilation and group; a known kernel's zeros) and the reduce_window family
   (sum, max, min, generic; select_and_gather_add, select_and_scatter_add).

@@ -346,12 +346,16 @@ def _bind(eqn, vals: list) -> list:
     primitive (each primitive and shape compiles once)."""
     if _host.exact(eqn):
         outs = _host.evaluate(eqn, vals)
-        if outs is not None:  # (None: a subnormal, which XLA flushes)
+        if outs is not None:  # (None: a scatter whose mode decides)
             return outs
     elif _exact(eqn):  # a call of host equations (``jnp.where``): walked into
         inner, consts = _sub_jaxpr(eqn.params)
         return _one_by_one(inner.eqns, [*inner.constvars, *inner.invars], inner.outvars,
                            *consts, *vals)  # fmt: skip
+    else:  # float arithmetic as XLA evaluates it on its own, where numpy's is that
+        outs = _host.one_op(eqn, vals)
+        if outs is not None:
+            return outs
     outs = eqn.primitive.bind(*vals, **eqn.params)
     return outs if eqn.primitive.multiple_results else [outs]
 
@@ -415,6 +419,9 @@ def _call(ctx: Context, eqn, pats: list[Pattern], vals: list):
     None when ``eqn`` is not a call with a jaxpr."""
     if eqn.primitive.name == "scan":  # a loop whose steps' known values come out
         return _control.scan(ctx, eqn, pats, _Values(vals))
+    if eqn.primitive.name == "bcoo_transpose":
+        outs = [shape_of(v) for v in eqn.outvars]  # (its indices' value comes out)
+        return _reductions.bcoo_transpose(ctx, eqn, pats, _Values(vals), outs)
     if eqn.primitive.name not in _CALLS:
         return None
     jaxpr, consts = _sub_jaxpr(eqn.params)

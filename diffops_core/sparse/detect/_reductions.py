@@ -262,6 +262,84 @@ def _bcoo_dot_general(ctx, eqn, pats, vals, outs):
     return [union(ctx, parts, outs[0])]
 
 
+def _coo(vals, index_p, shape) -> np.ndarray | None:
+    """A BCOO matrix's flat element index of each stored entry: its indices
+    known, all in bounds, with no batch or dense dimensions; else None."""
+    index = None if vals is None or index_p.depends else np.asarray(vals, np.int64)
+    if index is None or index.ndim != 2 or index.shape[1] != len(shape):
+        return None
+    if not ((index >= 0) & (index < np.asarray(shape, np.int64))).all():
+        return None
+    return np.ravel_multi_index(tuple(index.T), shape) if len(shape) else None
+
+
+def _bcoo_todense(ctx, eqn, pats, vals, outs):
+    """A BCOO matrix made dense: each element unites the stored entries at it
+    (``.at[].add``); known in-bounds indices, else everything."""
+    data_p, index_p = pats
+    flat = _coo(vals[1], index_p, outs[0])
+    if flat is None or data_p.shape != flat.shape:
+        return [everything(ctx, pats, outs[0])]
+    size = int(np.prod(outs[0], dtype=np.int64))
+    landed = group(ctx, data_p, flat, (size,))
+    if data_p.common.size:  # only where an entry is stored
+        hit = np.zeros(size, bool)
+        hit[flat] = True
+        landed = take(ctx, landed, np.where(hit, np.arange(size), -1))
+    return [Pattern(tuple(outs[0]), landed.rows, landed.common)]
+
+
+def _bcoo_extract(ctx, eqn, pats, vals, outs):
+    """A dense array's elements at a BCOO matrix's indices (its new data): each
+    entry is the element it names (or nothing, a duplicate zeroed)."""
+    index_p, arr_p = pats
+    flat = _coo(vals[0], index_p, arr_p.shape)
+    if flat is None or tuple(outs[0]) != flat.shape:
+        return [everything(ctx, pats, outs[0])]
+    return [take(ctx, arr_p, flat)]
+
+
+def _bcoo_transpose(ctx, eqn, pats, vals, outs):
+    return bcoo_transpose(ctx, eqn, pats, vals, outs)[0]
+
+
+def bcoo_transpose(ctx, eqn, pats, vals, outs) -> tuple[list, list]:
+    """A BCOO matrix transposed: ``(patterns, values)`` of its data, which move
+    as the permutation of its batch and dense dimensions says, and of its
+    indices, whose columns the sparse dimensions' permutation reorders (their
+    value, known where the indices are: the product that follows stays exact)."""
+    data_p, index_p = pats
+    n_batch, n_sparse = len(index_p.shape) - 2, index_p.shape[-1]
+    perm = tuple(eqn.params["permutation"])
+    dense = [d - n_batch - n_sparse for d in perm[n_batch + n_sparse :]]
+    order = (*perm[:n_batch], n_batch, *(d + n_batch + 1 for d in dense))
+    moved = np.transpose(indices(data_p.shape), order)
+    index_order = (*perm[:n_batch], n_batch, n_batch + 1)
+    if tuple(moved.shape) != tuple(outs[0]) or index_p.depends:
+        return [everything(ctx, pats, o) for o in outs], [None, None]
+    known = None
+    if vals[1] is not None:
+        sparse = [d - n_batch for d in perm[n_batch : n_batch + n_sparse]]
+        known = np.transpose(np.asarray(vals[1])[..., sparse], index_order)
+    return [take(ctx, data_p, moved), empty(outs[1])], [None, known]
+
+
+def _bcoo_dot_general_sampled(ctx, eqn, pats, vals, outs):
+    """The product of two dense arrays at a BCOO matrix's indices (the
+    transpose of a BCOO product in its data): each entry is the element of
+    the dense product it names, its pattern `_dot_general`'s there."""
+    lhs_p, rhs_p, index_p = pats
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    kept = lambda p, c, b: [d for d in range(len(p.shape)) if d not in c and d not in b]
+    dense_shape = (*(lhs_p.shape[d] for d in lb), *(lhs_p.shape[d] for d in kept(lhs_p, lc, lb)),
+                   *(rhs_p.shape[d] for d in kept(rhs_p, rc, rb)))  # fmt: skip
+    flat = _coo(vals[2], index_p, dense_shape)
+    if flat is None or lb or rb or tuple(outs[0]) != flat.shape:
+        return [everything(ctx, pats, outs[0])]
+    (product,) = _dot_general(ctx, eqn, [lhs_p, rhs_p], vals[:2], [dense_shape])
+    return [take(ctx, product, flat)]
+
+
 RULES: dict[str, Callable] = {
     **{
         name: _reduce
@@ -280,4 +358,8 @@ RULES: dict[str, Callable] = {
     "custom_linear_solve": _linear_solve,
     "dot_general": _dot_general,
     "bcoo_dot_general": _bcoo_dot_general,
+    "bcoo_todense": _bcoo_todense,
+    "bcoo_extract": _bcoo_extract,
+    "bcoo_transpose": _bcoo_transpose,
+    "bcoo_dot_general_sampled": _bcoo_dot_general_sampled,
 }
