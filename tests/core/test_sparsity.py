@@ -1065,6 +1065,20 @@ def _host_cases():
     ]
 
 
+def _each_equation(closed, args):
+    """``(eqn, its inputs' values, its outputs' values)`` of each equation of a
+    closed jaxpr at ``args``, each output computed by the primitive (XLA)."""
+    env = dict(zip(closed.jaxpr.constvars, closed.consts, strict=True))
+    env.update(zip(closed.jaxpr.invars, args, strict=True))
+    read = lambda v: v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+    for eqn in closed.jaxpr.eqns:
+        vals = [read(v) for v in eqn.invars]
+        outs = eqn.primitive.bind(*vals, **eqn.params)
+        outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs, strict=True))
+        yield eqn, vals, outs
+
+
 @pytest.mark.parametrize("case", range(6))
 def test_constants_evaluated_on_the_host_are_xla_s_bit_for_bit(case):
     """Detection folds constants with numpy where that is exact (`_host`): each
@@ -1072,15 +1086,8 @@ def test_constants_evaluated_on_the_host_are_xla_s_bit_for_bit(case):
     from diffops_core.sparse.detect import _host
 
     f, *args = _host_cases()[case]
-    closed = jax.make_jaxpr(f)(*args)
-    env = dict(zip(closed.jaxpr.invars, args, strict=True))
-    read = lambda v: v.val if isinstance(v, jax.extend.core.Literal) else env[v]
     checked = 0
-    for eqn in closed.jaxpr.eqns:
-        vals = [read(v) for v in eqn.invars]
-        outs = eqn.primitive.bind(*vals, **eqn.params)
-        outs = outs if eqn.primitive.multiple_results else [outs]
-        env.update(zip(eqn.outvars, outs, strict=True))
+    for eqn, vals, outs in _each_equation(jax.make_jaxpr(f)(*args), args):
         if _host.exact(eqn):
             for mine, theirs in zip(_host.evaluate(eqn, vals), outs, strict=True):
                 assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, eqn
@@ -1375,15 +1382,8 @@ def test_a_scatter_on_the_host_is_xla_s_or_declined(case):
 
     cases, a = _scatters()
     f, hosted = cases[case]
-    closed = jax.make_jaxpr(f)(a)
-    env = {closed.jaxpr.invars[0]: a, **dict(zip(closed.jaxpr.constvars, closed.consts))}
-    read = lambda v: v.val if isinstance(v, jax.extend.core.Literal) else env[v]
     seen = 0
-    for eqn in closed.jaxpr.eqns:
-        vals = [read(v) for v in eqn.invars]
-        outs = eqn.primitive.bind(*vals, **eqn.params)
-        outs = outs if eqn.primitive.multiple_results else [outs]
-        env.update(zip(eqn.outvars, outs, strict=True))
+    for eqn, vals, outs in _each_equation(jax.make_jaxpr(f)(a), [a]):
         if eqn.primitive.name != "scatter":
             continue
         seen += 1
