@@ -237,6 +237,16 @@ JACOBIANS = [
         True,
     ),  # fmt: skip
     ("BCOO of data from v, transposed", lambda v: _bcoo_of(v).T @ jnp.cos(v), True),
+    (
+        "BCOO with entries stored twice, sorted",
+        lambda v: _bcoo_of(v, twice=True).sort_indices() @ jnp.cos(v),
+        True,
+    ),  # fmt: skip
+    (
+        "BCOO transposed, sorted, made dense",
+        lambda v: _bcoo_of(v).T.sort_indices().todense().ravel(),
+        True,
+    ),  # fmt: skip
     *[
         (
             f"triangular_solve left={left} lower={lower} transpose={tr}",
