@@ -171,7 +171,7 @@ def evaluate(eqn, values) -> list | None:
     return [np.asarray(o, dtype=v.aval.dtype) for o, v in zip(outs, eqn.outvars, strict=True)]
 
 
-def _integer_pow(x, y):
+def _integer_pow(x, y, **_):
     """``x ** y`` (y > 0) as JAX lowers it: square and multiply, each step checked."""
     acc = None
     while y > 0:
@@ -184,11 +184,11 @@ def _integer_pow(x, y):
 
 
 _ONE_OP: dict[str, Callable] = {
-    "add": np.add,
-    "sub": np.subtract,
-    "mul": np.multiply,
-    "div": np.divide,
-    "neg": np.negative,
+    "add": lambda a, b, **_: np.add(a, b),
+    "sub": lambda a, b, **_: np.subtract(a, b),
+    "mul": lambda a, b, **_: np.multiply(a, b),
+    "div": lambda a, b, **_: np.divide(a, b),
+    "neg": lambda a, **_: np.negative(a),
     "integer_pow": _integer_pow,
 }
 
@@ -226,9 +226,7 @@ def one_op(eqn, values) -> list | None:
         with np.errstate(all="ignore"):  # (IEEE's infinities and NaNs are results like any)
             if any(_subnormal(a) for a in arrays):
                 return None
-            out = (
-                _integer_pow(arrays[0], power) if name == "integer_pow" else _ONE_OP[name](*arrays)
-            )
+            out = _ONE_OP[name](*arrays, **eqn.params)
             out = _checked(np.asarray(out, dtype=dtypes[0]))
     except _Declined:
         return None

@@ -308,6 +308,12 @@ def _program(batch: list, ins: list, outs: list) -> Callable:
     return _Fold(batch, ins, outs)
 
 
+def _debug_info(what: str, ins: list, outs: list):
+    """The debug info of a jaxpr detection builds (``what`` it computes)."""
+    return jcore.DebugInfo("sparsity detection", what, tuple(f"in{i}" for i in range(len(ins))),
+                           tuple(f"out{i}" for i in range(len(outs))))  # fmt: skip
+
+
 class _Fold:
     """A fold's compiled call of every output (compiled on its first call), and
     of any one output's own equations (`cone`)."""
@@ -319,9 +325,7 @@ class _Fold:
 
     def __call__(self, *values):
         if self.jitted is None:
-            info = jcore.DebugInfo("sparsity detection", "the constants of a traced product",
-                                   tuple(f"in{i}" for i in range(len(self.ins))),
-                                   tuple(f"out{i}" for i in range(len(self.outs))))  # fmt: skip
+            info = _debug_info("the constants of a traced product", self.ins, self.outs)
             jaxpr = jcore.Jaxpr([], self.ins, self.outs, self.batch, debug_info=info)
             self.jitted = jax.jit(jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr, [])))
         return self.jitted(*values)
@@ -364,6 +368,15 @@ def _bind(eqn, vals: list) -> list:
 _HOST_ONLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _per_jaxpr(cache: weakref.WeakKeyDictionary, jaxpr, compute: Callable) -> bool:
+    """``compute(jaxpr)``, once per jaxpr while it lives (a model's thousands of
+    nested calls are looked into once)."""
+    found = cache.get(jaxpr)
+    if found is None:
+        found = cache[jaxpr] = compute(jaxpr)
+    return found
+
+
 def _exact(eqn) -> bool:
     """Whether the host evaluates ``eqn`` exactly (`_host.exact`), or it is a call
     of such equations alone (VANDANMSLS's 880 ``jnp.where`` calls, 25 µs
@@ -375,10 +388,7 @@ def _exact(eqn) -> bool:
     inner = _sub_jaxpr(eqn.params)[0]
     if inner is None:
         return False
-    found = _HOST_ONLY.get(inner)
-    if found is None:
-        found = _HOST_ONLY[inner] = all(_exact(e) for e in inner.eqns)
-    return found
+    return _per_jaxpr(_HOST_ONLY, inner, lambda j: all(_exact(e) for e in j.eqns))
 
 
 def _bind_values(eqn, *values) -> list:
@@ -419,9 +429,9 @@ def _call(ctx: Context, eqn, pats: list[Pattern], vals: list):
     None when ``eqn`` is not a call with a jaxpr."""
     if eqn.primitive.name == "scan":  # a loop whose steps' known values come out
         return _control.scan(ctx, eqn, pats, _Values(vals))
-    if eqn.primitive.name == "bcoo_transpose":
-        outs = [shape_of(v) for v in eqn.outvars]  # (its indices' value comes out)
-        return _reductions.bcoo_transpose(ctx, eqn, pats, _Values(vals), outs)
+    valued = _reductions.VALUED.get(eqn.primitive.name)
+    if valued is not None:  # a rule whose outputs' known values come out too
+        return valued(ctx, eqn, pats, _Values(vals), [shape_of(v) for v in eqn.outvars])
     if eqn.primitive.name not in _CALLS:
         return None
     jaxpr, consts = _sub_jaxpr(eqn.params)
@@ -456,20 +466,16 @@ def _foldable(eqn) -> bool:
 
 
 #: Whether a called jaxpr holds a `scatter` that may write an element twice, per
-#: jaxpr while it lives (a model's thousands of nested calls are looked into once).
+#: jaxpr while it lives.
 _OVERWRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _holds_overwrite(jaxpr) -> bool:
     if jaxpr is None:
         return False
-    found = _OVERWRITES.get(jaxpr)
-    if found is None:
-        found = any(overwrites(e) or (e.primitive.name in _CALLS
-                                      and _holds_overwrite(_sub_jaxpr(e.params)[0]))
-                    for e in jaxpr.eqns)  # fmt: skip
-        _OVERWRITES[jaxpr] = found
-    return found
+    return _per_jaxpr(_OVERWRITES, jaxpr, lambda j: any(
+        overwrites(e) or (e.primitive.name in _CALLS and _holds_overwrite(_sub_jaxpr(e.params)[0]))
+        for e in j.eqns))  # fmt: skip
 
 
 def _sub_jaxpr(params: dict):
@@ -564,9 +570,7 @@ def _split(f_flat: Callable, x_flat, program: tuple | None) -> tuple[Callable, t
     given = dict(zip(jaxpr.constvars, closed.consts, strict=True))
     values = _later(run_fold, [given[v] for v in ins], len(outs)) if outs else []
     invars = [*jaxpr.invars, *outs]
-    info = jcore.DebugInfo("sparsity detection", "what depends on x",
-                           tuple(f"in{i}" for i in range(len(invars))),
-                           tuple(f"out{i}" for i in range(len(jaxpr.outvars))))  # fmt: skip
+    info = _debug_info("what depends on x", invars, jaxpr.outvars)
     rest = jcore.Jaxpr(jaxpr.constvars, invars, jaxpr.outvars,
                        [eqn for eqn in jaxpr.eqns if id(eqn) not in ids],
                        jaxpr.effects, debug_info=info)  # fmt: skip

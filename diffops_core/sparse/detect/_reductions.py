@@ -23,7 +23,7 @@ from ._pattern import (
     union,
 )
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "VALUED"]
 
 
 def _reduce(ctx, eqn, pats, vals, outs):
@@ -299,11 +299,7 @@ def _bcoo_extract(ctx, eqn, pats, vals, outs):
     return [take(ctx, arr_p, flat)]
 
 
-def _bcoo_transpose(ctx, eqn, pats, vals, outs):
-    return bcoo_transpose(ctx, eqn, pats, vals, outs)[0]
-
-
-def bcoo_transpose(ctx, eqn, pats, vals, outs) -> tuple[list, list]:
+def _bcoo_transpose(ctx, eqn, pats, vals, outs) -> tuple[list, list]:
     """A BCOO matrix transposed: ``(patterns, values)`` of its data, which move
     as the permutation of its batch and dense dimensions says, and of its
     indices, whose columns the sparse dimensions' permutation reorders (their
@@ -360,6 +356,10 @@ RULES: dict[str, Callable] = {
     "bcoo_dot_general": _bcoo_dot_general,
     "bcoo_todense": _bcoo_todense,
     "bcoo_extract": _bcoo_extract,
-    "bcoo_transpose": _bcoo_transpose,
     "bcoo_dot_general_sampled": _bcoo_dot_general_sampled,
 }
+
+
+#: Rules that give their outputs' values too, where known without x or t:
+#: ``(patterns, values)`` (the walk reads them as a call's).
+VALUED: dict[str, Callable] = {"bcoo_transpose": _bcoo_transpose}
